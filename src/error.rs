@@ -1,0 +1,78 @@
+//! Errors of the service's lifecycle: starting and stopping. Each says what
+//! failed and what to do about it. (HTTP errors live in `problem.rs`,
+//! configuration errors in `config.rs`.)
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::shutdown::ShutdownReport;
+
+/// The service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listening socket could not be bound.
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The OS refused to start a thread (usually a process or memory limit).
+    Spawn { thread: String, source: io::Error },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { addr, source } => {
+                write!(f, "cannot listen on {addr}: {source}")?;
+                match source.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        write!(f, "; another process uses port {}: set PORT to a free port", addr.port())
+                    }
+                    io::ErrorKind::PermissionDenied => write!(
+                        f,
+                        "; ports below 1024 need privileges: set PORT to 1024 or above"
+                    ),
+                    io::ErrorKind::AddrNotAvailable => write!(
+                        f,
+                        "; {} is not an address of this machine: set BIND_ADDR to one (0.0.0.0 for all)",
+                        addr.ip()
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            StartError::Spawn { thread, source } => write!(
+                f,
+                "cannot start thread {thread}: {source}; lower WORKERS or HTTP_THREADS, or raise the process's thread limit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { source, .. } | StartError::Spawn { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Shutdown finished, but a thread had panicked outside the places that
+/// catch panics (a bug). The report is still complete.
+#[derive(Debug)]
+pub struct ShutdownError {
+    /// Names of the kinds of thread that panicked, e.g. `worker` or `http`.
+    pub panicked: Vec<&'static str>,
+    pub report: ShutdownReport,
+}
+
+impl fmt::Display for ShutdownError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shutdown completed but {} thread(s) had panicked ({}); see the log above; {}",
+            self.panicked.len(),
+            self.panicked.join(", "),
+            self.report
+        )
+    }
+}
+
+impl std::error::Error for ShutdownError {}

@@ -1,0 +1,425 @@
+//! The HTTP side: request threads, routing, and the answers.
+//!
+//! tiny_http runs its own accept thread and one thread per connection; those
+//! parse requests and put them on tiny_http's internal queue. Our
+//! `HTTP_THREADS` request threads (`http-0`, `http-1`, ...) each loop on
+//! `server.recv()`, answer one request at a time, and share one [`Api`]:
+//! the intake (to queue events) and a store handle (to read products).
+//! A request thread never waits for a worker: `POST /events` is answered as
+//! soon as the event is in the queue (202) or the queue refuses it (503).
+//!
+//! Routes:
+//!
+//! | method    | path             | answer                                  |
+//! |-----------|------------------|-----------------------------------------|
+//! | POST      | `/events`        | 202 + `{"status":"accepted","seq":..}`  |
+//! | GET, HEAD | `/products/{id}` | 200 + the product, or 404               |
+//!
+//! Every error is an [`ApiError`] rendered as problem details.
+
+use std::borrow::Cow;
+use std::io::{self, Read};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use serde::Serialize;
+use tiny_http::{Header, HTTPVersion, Method, Request, Response, Server};
+
+use crate::model::{self, ProductUpdate};
+use crate::problem::ApiError;
+use crate::queue::{Intake, SubmitError};
+use crate::store::{Seq, Store};
+
+/// What the request threads share.
+pub struct Api {
+    intake: Arc<Intake>,
+    store: Store,
+    max_body_bytes: usize,
+    /// Set when shutdown begins: every answer from then on says
+    /// `Connection: close`, so keep-alive clients move elsewhere.
+    draining: AtomicBool,
+    headers: Headers,
+}
+
+/// Headers built once; tiny_http clones them into each response.
+struct Headers {
+    json: Header,
+    problem_json: Header,
+    close: Header,
+    keep_alive: Header,
+    retry_after: Header,
+    allow_events: Header,
+    allow_products: Header,
+}
+
+impl Headers {
+    fn new() -> Headers {
+        let h = |name: &str, value: &str| {
+            Header::from_bytes(name.as_bytes(), value.as_bytes())
+                .expect("static header names and values are valid ASCII")
+        };
+        Headers {
+            json: h("Content-Type", "application/json"),
+            problem_json: h("Content-Type", "application/problem+json"),
+            close: h("Connection", "close"),
+            keep_alive: h("Connection", "keep-alive"),
+            retry_after: h("Retry-After", "1"),
+            allow_events: h("Allow", ALLOW_EVENTS),
+            allow_products: h("Allow", ALLOW_PRODUCTS),
+        }
+    }
+}
+
+const ALLOW_EVENTS: &str = "POST";
+const ALLOW_PRODUCTS: &str = "GET, HEAD";
+
+impl Api {
+    pub fn new(intake: Arc<Intake>, store: Store, max_body_bytes: usize) -> Api {
+        Api {
+            intake,
+            store,
+            max_body_bytes,
+            draining: AtomicBool::new(false),
+            headers: Headers::new(),
+        }
+    }
+
+    /// Shutdown step 1: close the intake. From here on `POST /events` answers
+    /// 503 `shutting_down`, and every response asks the client to close.
+    /// Returns how many events were accepted in all.
+    pub fn begin_drain(&self) -> u64 {
+        self.draining.store(true, Ordering::Relaxed);
+        self.intake.close()
+    }
+
+    /// Answers one request. Every path answers on purpose: a request dropped
+    /// unanswered would get tiny_http's bare 500.
+    fn handle(&self, mut request: Request) {
+        let close = self.draining.load(Ordering::Relaxed) || client_wants_close(&request);
+        let response = match self.route(&mut request) {
+            Ok(reply) => Response::from_data(reply.body)
+                .with_status_code(reply.status)
+                .with_header(self.headers.json.clone()),
+            Err(error) => {
+                log::debug!(
+                    "{} {} -> {} {}: {error}",
+                    request.method(),
+                    request.url(),
+                    error.status(),
+                    error.code()
+                );
+                self.error_response(&error)
+            }
+        };
+        let response = if close {
+            response.with_header(self.headers.close.clone())
+        } else if *request.http_version() == HTTPVersion(1, 0) {
+            // An HTTP/1.0 client only keeps the connection if told so.
+            response.with_header(self.headers.keep_alive.clone())
+        } else {
+            response
+        };
+        if let Err(e) = request.respond(response) {
+            log::debug!("could not send a response: {e}");
+        }
+    }
+
+    fn error_response(&self, error: &ApiError) -> Response<io::Cursor<Vec<u8>>> {
+        let response = Response::from_data(error.to_json())
+            .with_status_code(error.status())
+            .with_header(self.headers.problem_json.clone());
+        match error {
+            ApiError::QueueFull { .. } => response.with_header(self.headers.retry_after.clone()),
+            ApiError::ShuttingDown => response.with_header(self.headers.close.clone()),
+            ApiError::MethodNotAllowed { allow, .. } => {
+                let header = if *allow == ALLOW_EVENTS {
+                    &self.headers.allow_events
+                } else {
+                    &self.headers.allow_products
+                };
+                response.with_header(header.clone())
+            }
+            _ => response,
+        }
+    }
+
+    fn route(&self, request: &mut Request) -> Result<Reply, ApiError> {
+        let url = request.url();
+        let path = url.split_once('?').map_or(url, |(path, _query)| path);
+        if path == "/events" {
+            return match request.method() {
+                Method::Post => self.post_event(request),
+                other => Err(method_not_allowed(other, ALLOW_EVENTS)),
+            };
+        }
+        if let Some(raw_id) = path.strip_prefix("/products/") {
+            if raw_id.is_empty() || raw_id.contains('/') {
+                return Err(ApiError::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+            return match request.method() {
+                Method::Get | Method::Head => self.get_product(raw_id),
+                other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
+            };
+        }
+        Err(ApiError::NotFound {
+            path: path.to_owned(),
+        })
+    }
+
+    fn post_event(&self, request: &mut Request) -> Result<Reply, ApiError> {
+        check_content_type(request)?;
+        let body = read_body(request, self.max_body_bytes)?;
+        let update = model::decode_event(&body).map_err(ApiError::Event)?;
+        let product_id = update.product_id.clone();
+        let seq = self.submit(update)?;
+        Ok(Reply::json(
+            202,
+            &Accepted {
+                status: "accepted",
+                seq,
+                product_id: &product_id,
+            },
+        ))
+    }
+
+    fn submit(&self, update: ProductUpdate) -> Result<Seq, ApiError> {
+        self.intake.submit(update).map_err(|e| match e {
+            SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
+        })
+    }
+
+    fn get_product(&self, raw_id: &str) -> Result<Reply, ApiError> {
+        let id = percent_decode(raw_id)?;
+        model::check_product_id(&id)
+            .map_err(|reason| ApiError::InvalidPathProductId { reason })?;
+        match self.store.get(&id) {
+            Some(product) => Ok(Reply::json(200, &product)),
+            None => Err(ApiError::ProductNotFound {
+                product_id: id.into_owned(),
+            }),
+        }
+    }
+}
+
+/// A successful answer: status and JSON body.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        Reply {
+            status,
+            // Our replies are structs of strings and numbers: cannot fail.
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+}
+
+/// The 202 acknowledgement.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    status: &'static str,
+    seq: Seq,
+    product_id: &'a str,
+}
+
+fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    }
+}
+
+fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// True when the client will not send another request on this connection:
+/// it said `Connection: close`, or speaks HTTP/1.0 without keep-alive.
+/// (tiny_http closes the connection after the response in both cases; we
+/// say so in the response.)
+fn client_wants_close(request: &Request) -> bool {
+    let connection = header(request, "Connection");
+    let has = |token: &str| {
+        connection.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has("close") || (*request.http_version() == HTTPVersion(1, 0) && !has("keep-alive"))
+}
+
+/// `application/json`, with any parameters and in any case, or no
+/// Content-Type at all. Anything else is a 415.
+fn check_content_type(request: &Request) -> Result<(), ApiError> {
+    let Some(value) = header(request, "Content-Type") else {
+        return Ok(());
+    };
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType {
+            found: value.to_owned(),
+        })
+    }
+}
+
+/// Reads the body, never more than `limit` bytes (plus one to detect an
+/// oversized chunked body). A declared Content-Length over the limit is
+/// refused before anything is read.
+fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = request.body_length();
+    if let Some(len) = declared.filter(|&len| len > limit) {
+        return Err(ApiError::PayloadTooLarge {
+            limit,
+            declared: Some(len),
+        });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::UnreadableBody {
+            detail: e.to_string(),
+        })?;
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge {
+            limit,
+            declared: None,
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes `%XX` escapes in a path segment. Borrows when there are none.
+fn percent_decode(segment: &str) -> Result<Cow<'_, str>, ApiError> {
+    if !segment.contains('%') {
+        return Ok(Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::InvalidPath {
+                    detail: format!(
+                        "'%' at byte {i} of the product id is not followed by two hex digits"
+                    ),
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| ApiError::InvalidPath {
+            detail: "the product id decodes to bytes that are not UTF-8".to_owned(),
+        })
+}
+
+/// The request threads and the flag that tells them a wake-up means "stop".
+pub struct HttpThreads {
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl HttpThreads {
+    /// Starts `count` request threads named `http-{i}`.
+    pub fn spawn(server: &Arc<Server>, api: &Arc<Api>, count: usize) -> io::Result<HttpThreads> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count {
+            let (thread_server, thread_api) = (Arc::clone(server), Arc::clone(api));
+            let thread_stopping = Arc::clone(&stopping);
+            let spawned = thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || serve(i, &thread_server, &thread_api, &thread_stopping));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    // Stop the ones already started before reporting.
+                    HttpThreads { threads, stopping }.stop(server, api);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(HttpThreads { threads, stopping })
+    }
+
+    /// Wakes each request thread once with tiny_http's `unblock()` (which
+    /// queues a marker *behind* requests already parsed, so those are still
+    /// answered) and joins them. Returns how many panicked.
+    pub fn stop(self, server: &Server, api: &Api) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.threads {
+            server.unblock();
+        }
+        let panicked = self
+            .threads
+            .into_iter()
+            .map(JoinHandle::join)
+            .filter(Result::is_err)
+            .count();
+        // Requests parsed after the markers: answer rather than let
+        // tiny_http drop them with a bare 500.
+        while let Ok(Some(request)) = server.try_recv() {
+            let response = api.error_response(&ApiError::ShuttingDown);
+            let _ = request.respond(response);
+        }
+        panicked
+    }
+}
+
+fn serve(id: usize, server: &Server, api: &Api, stopping: &AtomicBool) {
+    loop {
+        match server.recv() {
+            Ok(request) => {
+                // A bug in a handler must cost one request, not a thread.
+                if panic::catch_unwind(AssertUnwindSafe(|| api.handle(request))).is_err() {
+                    log::error!("http-{id}: handler panicked; the client got a 500");
+                }
+            }
+            Err(_) if stopping.load(Ordering::SeqCst) => break,
+            Err(e) => {
+                // tiny_http's accept thread reports an accept failure once and
+                // then stops accepting; existing connections are still served.
+                log::error!("http-{id}: tiny_http reported: {e}; new connections may not be accepted");
+            }
+        }
+    }
+    log::debug!("http-{id} exiting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("abc").unwrap(), "abc");
+        assert_eq!(percent_decode("a%20b").unwrap(), "a b");
+        assert_eq!(percent_decode("%E2%82%AC").unwrap(), "€");
+        assert_eq!(percent_decode("a%2fb").unwrap(), "a/b");
+        assert_eq!(percent_decode("a+b").unwrap(), "a+b");
+        for bad in ["%", "%4", "%zz", "a%g1", "%ff", "%C3"] {
+            assert_eq!(percent_decode(bad).unwrap_err().code(), "invalid_path", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `product-update-service`: takes product update events over HTTP, queues
+//! them, and applies them to an in-memory store with a pool of worker
+//! threads. Synchronous and thread-based: no async runtime.
+//!
+//! # The pipeline
+//!
+//! ```text
+//!             tiny_http                    HTTP_THREADS            bounded queue          WORKERS
+//! client ──▶ accept + one thread ──recv()──▶ http-0..N ──submit()──▶ [QUEUE_SIZE] ──iter()──▶ worker-0..N ──apply()──▶ Store
+//!            per connection                   │                                                           (RwLock<HashMap>)
+//!                                             └──────────────────────── get() ◀───────────────────────────────┘
+//! ```
+//!
+//! - [`http`]: request threads; routing; validation runs here, so bad input
+//!   never reaches the queue. `POST /events` answers 202 as soon as the
+//!   event is queued, 503 at once when the queue is full.
+//! - [`queue`]: the intake: one lock that gives each accepted event its
+//!   sequence number and puts it in the bounded channel.
+//! - [`worker`]: threads that drain the channel into the store.
+//! - [`store`]: the product map, with per-field sequence guards so events
+//!   applied out of order still leave the newest value of each field.
+//! - [`shutdown`]: [`Running`], the handle that stops everything in order.
+//!
+//! ARCHITECTURE.md tells the whole story: who owns what, the ordering
+//! argument, and the shutdown sequence step by step.
+//!
+//! # Example
+//!
+//! ```no_run
+//! let mut config = product_update_service::Config::default();
+//! config.bind = "127.0.0.1:0".parse().unwrap();
+//! let running = product_update_service::start(config).unwrap();
+//! println!("listening on {}", running.local_addr());
+//! let report = running.shutdown().unwrap();
+//! assert_eq!(report.not_applied, 0);
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod problem;
+pub mod queue;
+pub mod shutdown;
+pub mod store;
+pub mod worker;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+pub use config::{Config, ConfigError};
+pub use error::{ShutdownError, StartError};
+pub use shutdown::{PausedWorkers, Running, ShutdownReport, Stats};
+
+use http::{Api, HttpThreads};
+use queue::Intake;
+use store::Store;
+use worker::{Control, Worker, WorkerCounters};
+
+/// Binds the socket, starts the workers and the request threads, and
+/// returns once the service is accepting requests.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+
+    let store = Store::new();
+    let (intake, job_rx) = Intake::new(config.queue_size);
+    let intake = Arc::new(intake);
+    let control = Arc::new(Control::default());
+    let counters = Arc::new(WorkerCounters::default());
+
+    // Workers first, so the queue is being drained before the first request.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let mut workers = Vec::with_capacity(config.workers);
+    for id in 0..config.workers {
+        let store = store.clone();
+        let spawned = Worker::spawn(
+            id,
+            job_rx.clone(),
+            done_tx.clone(),
+            Arc::clone(&control),
+            Arc::clone(&counters),
+            move |job| store.apply(job.seq, &job.update),
+        );
+        match spawned {
+            Ok(worker) => workers.push(worker),
+            Err(source) => {
+                // Closing the intake lets the workers already started exit.
+                intake.close();
+                control.abandon();
+                return Err(StartError::Spawn {
+                    thread: format!("worker-{id}"),
+                    source,
+                });
+            }
+        }
+    }
+    // Only the workers hold these now: the last worker to exit disconnects
+    // `done_rx`, and the channel is disconnected once the intake closes.
+    drop(done_tx);
+    drop(job_rx);
+
+    let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
+        StartError::Bind {
+            addr: config.bind,
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    let server = Arc::new(server);
+    let api = Arc::new(Api::new(Arc::clone(&intake), store.clone(), config.max_body_bytes));
+    let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {
+        intake.close();
+        StartError::Spawn {
+            thread: "http".to_owned(),
+            source,
+        }
+    })?;
+
+    log::info!(
+        "product-update-service {} listening on {local_addr} ({config})",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(Running {
+        config,
+        local_addr,
+        server,
+        api,
+        http,
+        intake,
+        workers,
+        done_rx,
+        control,
+        counters,
+        store,
+    })
+}

@@ -1,0 +1,74 @@
+//! The binary: read the configuration, start the service, wait for SIGINT or
+//! SIGTERM, shut down in order. A second signal exits at once.
+//!
+//! Exit codes: 0 after a shutdown (the log says if events were not applied),
+//! 1 if the service could not start or a thread had panicked, 2 for a bad
+//! setting or argument, 130 on a second signal.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use product_update_service::{Config, start};
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{}", Config::help());
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("product-update-service {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("error: unknown argument {other:?}; settings come from the environment (see --help)");
+            return ExitCode::from(2);
+        }
+    }
+    let config = match Config::from_lookup(|name| std::env::var_os(name)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    // The handler runs on ctrlc's own thread: it only forwards the signal.
+    // The first one goes to main, which does the shutdown; a second one means
+    // "stop now", and there is nobody to forward it to.
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(1);
+    let signals = AtomicUsize::new(0);
+    let handler = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = signal_tx.try_send(());
+        } else {
+            eprintln!("second signal: exiting immediately; queued events are lost");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = handler {
+        eprintln!("error: cannot install the SIGINT/SIGTERM handler: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let running = match start(config) {
+        Ok(running) => running,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The sender lives in the handler for the life of the process, so this
+    // returns only when a signal arrives.
+    let _ = signal_rx.recv();
+    log::info!("signal received: shutting down (send it again to exit at once)");
+    match running.shutdown() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! The data the service speaks: a [`ProductUpdate`] coming in, a [`Product`]
+//! going out, and the rules an update must pass before it is queued.
+//!
+//! Decoding and validation run on the HTTP thread that received the request,
+//! so a bad event is answered 400 at once and never reaches the queue.
+//! Every rule has its own [`EventError`] variant with a stable `code` and a
+//! sentence naming the field, because a silently dropped field (a typo such as
+//! `"stok"`) is exactly how "products aren't updating" starts.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest accepted `product_id`, in bytes of UTF-8.
+pub const MAX_PRODUCT_ID_BYTES: usize = 128;
+/// Largest accepted `price`.
+pub const MAX_PRICE: f64 = 1_000_000_000.0;
+/// Largest accepted `stock`.
+pub const MAX_STOCK: u64 = 1_000_000_000;
+
+/// A validated update: the id and at least one field to set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductUpdate {
+    pub product_id: Box<str>,
+    pub price: Option<f64>,
+    pub stock: Option<u64>,
+}
+
+/// The current state of a product, as `GET /products/{id}` returns it.
+/// A field no event has set yet is `None` (JSON `null`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Product {
+    pub product_id: Box<str>,
+    pub price: Option<f64>,
+    pub stock: Option<u64>,
+}
+
+/// Why an event body was refused. Each variant is one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventError {
+    /// The body is not JSON at all (or is cut short). `detail` is the parser's
+    /// message with line and column.
+    MalformedJson { detail: String },
+    /// Valid JSON, but not an object (an array, a string, ...).
+    NotAnObject { detail: String },
+    /// A complete JSON object followed by more non-whitespace bytes.
+    TrailingData { detail: String },
+    /// A member the event does not have, e.g. `"stok"`.
+    UnknownField { field: String },
+    /// The same member twice; which one wins would be a guess.
+    DuplicateField { field: &'static str },
+    /// `product_id` is absent.
+    MissingProductId,
+    /// `product_id` is present but breaks a rule; the string says which.
+    InvalidProductId { reason: String },
+    /// `price` is present but breaks a rule.
+    InvalidPrice { reason: String },
+    /// `stock` is present but breaks a rule.
+    InvalidStock { reason: String },
+    /// Neither `price` nor `stock`: the event would change nothing.
+    NoUpdateFields,
+}
+
+impl EventError {
+    /// Stable machine-readable code, sent as the problem's `code` member.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventError::MalformedJson { .. } => "malformed_json",
+            EventError::NotAnObject { .. } => "not_an_object",
+            EventError::TrailingData { .. } => "trailing_data",
+            EventError::UnknownField { .. } => "unknown_field",
+            EventError::DuplicateField { .. } => "duplicate_field",
+            EventError::MissingProductId => "missing_product_id",
+            EventError::InvalidProductId { .. } => "invalid_product_id",
+            EventError::InvalidPrice { .. } => "invalid_price",
+            EventError::InvalidStock { .. } => "invalid_stock",
+            EventError::NoUpdateFields => "no_update_fields",
+        }
+    }
+
+    /// The member the problem is about, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            EventError::UnknownField { field } => Some(field),
+            EventError::DuplicateField { field } => Some(field),
+            EventError::MissingProductId | EventError::InvalidProductId { .. } => {
+                Some("product_id")
+            }
+            EventError::InvalidPrice { .. } => Some("price"),
+            EventError::InvalidStock { .. } => Some("stock"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::MalformedJson { detail } => {
+                write!(f, "request body is not valid JSON: {detail}")
+            }
+            EventError::NotAnObject { detail } => write!(
+                f,
+                "request body must be one JSON object like {{\"product_id\":\"abc123\",\"price\":49.99,\"stock\":100}}: {detail}"
+            ),
+            EventError::TrailingData { detail } => write!(
+                f,
+                "request body must hold exactly one JSON object, but more data follows it: {detail}"
+            ),
+            EventError::UnknownField { field } => write!(
+                f,
+                "unknown field {field:?}; an event has only \"product_id\", \"price\" and \"stock\""
+            ),
+            EventError::DuplicateField { field } => {
+                write!(f, "field {field:?} appears more than once; send it once")
+            }
+            EventError::MissingProductId => {
+                write!(f, "field \"product_id\" is required (a non-empty string)")
+            }
+            EventError::InvalidProductId { reason } => write!(f, "field \"product_id\" {reason}"),
+            EventError::InvalidPrice { reason } => write!(f, "field \"price\" {reason}"),
+            EventError::InvalidStock { reason } => write!(f, "field \"stock\" {reason}"),
+            EventError::NoUpdateFields => write!(
+                f,
+                "an event must set \"price\", \"stock\" or both; this one sets neither"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EventError {}
+
+/// Decodes and validates one `POST /events` body.
+pub fn decode_event(body: &[u8]) -> Result<ProductUpdate, EventError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(EventError::MalformedJson {
+            detail: "the body is empty; send a JSON object".to_owned(),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw = RawEvent::deserialize(&mut de).map_err(|e| classify(&e))?;
+    de.end().map_err(|e| EventError::TrailingData {
+        detail: e.to_string(),
+    })?;
+    raw.validate()
+}
+
+/// Checks an id from an event or a URL path. Returns the reason it is invalid.
+pub fn check_product_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("must not be empty or only whitespace".to_owned());
+    }
+    if id.len() > MAX_PRODUCT_ID_BYTES {
+        return Err(format!(
+            "is {} bytes long; the limit is {MAX_PRODUCT_ID_BYTES} bytes",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!("must not contain control characters (found {c:?})"));
+    }
+    if id.contains('/') {
+        return Err("must not contain '/'".to_owned());
+    }
+    Ok(())
+}
+
+/// Maps a serde_json failure to the rule it broke. Unknown and duplicate
+/// members never get here (the visitor records them on the [`RawEvent`]), and
+/// every member value is read as a plain JSON [`Value`], so a `Data` error
+/// can only mean the top level was not an object.
+fn classify(e: &serde_json::Error) -> EventError {
+    match e.classify() {
+        serde_json::error::Category::Data => EventError::NotAnObject {
+            detail: e.to_string(),
+        },
+        _ => EventError::MalformedJson {
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// The members of an event object, each kept as the raw JSON value so the
+/// rules can name the member and say what was wrong with it.
+#[derive(Default)]
+struct RawEvent {
+    product_id: Option<Value>,
+    price: Option<Value>,
+    stock: Option<Value>,
+    /// The first rule broken while reading the members (unknown or
+    /// duplicate); reported before any value is checked.
+    problem: Option<EventError>,
+}
+
+enum Member {
+    ProductId,
+    Price,
+    Stock,
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MemberVisitor;
+        impl Visitor<'_> for MemberVisitor {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "product_id" => Member::ProductId,
+                    "price" => Member::Price,
+                    "stock" => Member::Stock,
+                    other => Member::Unknown(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(MemberVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = RawEvent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+                let mut raw = RawEvent::default();
+                while let Some(member) = map.next_key::<Member>()? {
+                    let (slot, name) = match member {
+                        Member::ProductId => (&mut raw.product_id, "product_id"),
+                        Member::Price => (&mut raw.price, "price"),
+                        Member::Stock => (&mut raw.stock, "stock"),
+                        Member::Unknown(field) => {
+                            raw.problem
+                                .get_or_insert(EventError::UnknownField { field });
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        raw.problem
+                            .get_or_insert(EventError::DuplicateField { field: name });
+                    }
+                    *slot = Some(map.next_value::<Value>()?);
+                }
+                Ok(raw)
+            }
+        }
+        deserializer.deserialize_map(EventVisitor)
+    }
+}
+
+impl RawEvent {
+    fn validate(self) -> Result<ProductUpdate, EventError> {
+        if let Some(problem) = self.problem {
+            return Err(problem);
+        }
+        let product_id = match self.product_id {
+            None => return Err(EventError::MissingProductId),
+            Some(Value::String(id)) => id,
+            Some(other) => {
+                return Err(EventError::InvalidProductId {
+                    reason: format!("must be a string, not {}", kind(&other)),
+                });
+            }
+        };
+        check_product_id(&product_id).map_err(|reason| EventError::InvalidProductId { reason })?;
+        let price = self.price.map(check_price).transpose()?;
+        let stock = self.stock.map(check_stock).transpose()?;
+        if price.is_none() && stock.is_none() {
+            return Err(EventError::NoUpdateFields);
+        }
+        Ok(ProductUpdate {
+            product_id: product_id.into_boxed_str(),
+            price,
+            stock,
+        })
+    }
+}
+
+fn check_price(value: Value) -> Result<f64, EventError> {
+    let invalid = |reason: String| EventError::InvalidPrice { reason };
+    let price = match &value {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| invalid(format!("must be a finite number, got {n}")))?,
+        other => {
+            return Err(invalid(format!(
+                "must be a number, not {}; omit the field to leave the price unchanged",
+                kind(other)
+            )));
+        }
+    };
+    if !price.is_finite() {
+        return Err(invalid(format!("must be a finite number, got {price}")));
+    }
+    if price < 0.0 {
+        return Err(invalid(format!("must not be negative, got {price}")));
+    }
+    if price > MAX_PRICE {
+        return Err(invalid(format!(
+            "is {price}; the maximum is {MAX_PRICE:.0}"
+        )));
+    }
+    // -0.0 passes the checks above; store it as 0.0 so it reads back as 0.0.
+    Ok(price + 0.0)
+}
+
+fn check_stock(value: Value) -> Result<u64, EventError> {
+    let invalid = |reason: String| EventError::InvalidStock { reason };
+    let n = match &value {
+        Value::Number(n) => n,
+        other => {
+            return Err(invalid(format!(
+                "must be a whole number, not {}; omit the field to leave the stock unchanged",
+                kind(other)
+            )));
+        }
+    };
+    if let Some(stock) = n.as_u64() {
+        if stock > MAX_STOCK {
+            return Err(invalid(format!(
+                "is {stock}; the maximum is {MAX_STOCK}"
+            )));
+        }
+        return Ok(stock);
+    }
+    if n.as_i64().is_some() {
+        return Err(invalid(format!("must not be negative, got {n}")));
+    }
+    // A float: 1.5, 100.0, 1e3, or an integer too large for 64 bits.
+    match n.as_f64() {
+        Some(f) if f < 0.0 => Err(invalid(format!("must not be negative, got {n}"))),
+        Some(f) if f.fract() == 0.0 && f > MAX_STOCK as f64 => Err(invalid(format!(
+            "is {n}; the maximum is {MAX_STOCK}"
+        ))),
+        _ => Err(invalid(format!(
+            "must be a whole number written without a decimal point or exponent, got {n}"
+        ))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> ProductUpdate {
+        decode_event(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"))
+    }
+
+    fn code(body: &[u8]) -> &'static str {
+        match decode_event(body) {
+            Ok(update) => panic!("{:?} was accepted as {update:?}", String::from_utf8_lossy(body)),
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn full_and_partial_events() {
+        assert_eq!(
+            ok(r#"{"product_id":"abc123","price":49.99,"stock":100}"#),
+            ProductUpdate {
+                product_id: "abc123".into(),
+                price: Some(49.99),
+                stock: Some(100)
+            }
+        );
+        let p = ok(r#" {"stock":0, "product_id":"x"} "#);
+        assert_eq!((p.price, p.stock), (None, Some(0)));
+        let p = ok(r#"{"product_id":"x","price":0}"#);
+        assert_eq!((p.price, p.stock), (Some(0.0), None));
+    }
+
+    #[test]
+    fn syntax_errors() {
+        assert_eq!(code(b""), "malformed_json");
+        assert_eq!(code(b"  \n"), "malformed_json");
+        assert_eq!(code(b"{"), "malformed_json");
+        assert_eq!(code(b"{\"product_id\":\"a\",}"), "malformed_json");
+        assert_eq!(code(b"{'product_id':'a'}"), "malformed_json");
+        assert_eq!(code(b"\xff\xfe"), "malformed_json");
+        assert_eq!(code(br#"{"product_id":"a","price":NaN}"#), "malformed_json");
+        assert_eq!(code(br#"{"product_id":"a","price":1e999}"#), "malformed_json");
+        assert_eq!(code(b"{\"product_id\":\"\xff\",\"price\":1}"), "malformed_json");
+    }
+
+    #[test]
+    fn shape_errors() {
+        assert_eq!(code(b"[]"), "not_an_object");
+        assert_eq!(code(b"\"abc\""), "not_an_object");
+        assert_eq!(code(b"null"), "not_an_object");
+        assert_eq!(code(b"42"), "not_an_object");
+        assert_eq!(code(br#"{"product_id":"a","price":1}{}"#), "trailing_data");
+        assert_eq!(code(br#"{"product_id":"a","price":1} x"#), "trailing_data");
+        assert_eq!(code(br#"{"product_id":"a","stok":1}"#), "unknown_field");
+        assert_eq!(code(br#"{"product_id":"a","price":1,"Price":2}"#), "unknown_field");
+        assert_eq!(code(br#"{"product_id":"a","price":1,"price":2}"#), "duplicate_field");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = decode_event(br#"{"product_id":"a","stok":1}"#).unwrap_err();
+        assert_eq!(err.field(), Some("stok"));
+        assert!(err.to_string().contains("\"stok\""), "{err}");
+    }
+
+    #[test]
+    fn product_id_rules() {
+        assert_eq!(code(br#"{"price":1}"#), "missing_product_id");
+        for bad in [
+            r#""""#,
+            r#""   ""#,
+            r#""\t""#,
+            r#"null"#,
+            r#"12"#,
+            r#""a/b""#,
+            r#""a\u0000b""#,
+            r#""a\nb""#,
+            r#""a\u007fb""#,
+        ] {
+            let body = format!(r#"{{"product_id":{bad},"price":1}}"#);
+            assert_eq!(code(body.as_bytes()), "invalid_product_id", "{body}");
+        }
+        let long = "x".repeat(MAX_PRODUCT_ID_BYTES + 1);
+        let body = format!(r#"{{"product_id":"{long}","price":1}}"#);
+        assert_eq!(code(body.as_bytes()), "invalid_product_id");
+        let longest = "x".repeat(MAX_PRODUCT_ID_BYTES);
+        ok(&format!(r#"{{"product_id":"{longest}","price":1}}"#));
+        // 43 three-byte characters = 129 bytes: the limit is in bytes.
+        let wide = "€".repeat(43);
+        let body = format!(r#"{{"product_id":"{wide}","price":1}}"#);
+        assert_eq!(code(body.as_bytes()), "invalid_product_id");
+        assert_eq!(&*ok(r#"{"product_id":"ünï cödé ☃","price":1}"#).product_id, "ünï cödé ☃");
+    }
+
+    #[test]
+    fn price_rules() {
+        for bad in ["-0.01", "-1", "\"49.99\"", "null", "true", "[1]", "1000000000.01", "1e10"] {
+            let body = format!(r#"{{"product_id":"a","price":{bad}}}"#);
+            assert_eq!(code(body.as_bytes()), "invalid_price", "{body}");
+        }
+        assert_eq!(ok(r#"{"product_id":"a","price":1000000000}"#).price, Some(MAX_PRICE));
+        let zero = ok(r#"{"product_id":"a","price":-0.0}"#).price.unwrap();
+        assert!(zero == 0.0 && zero.is_sign_positive());
+    }
+
+    #[test]
+    fn stock_rules() {
+        for bad in [
+            "-1",
+            "1.5",
+            "100.0",
+            "1e3",
+            "\"7\"",
+            "null",
+            "1000000001",
+            "18446744073709551616",
+            "-99999999999999999999",
+        ] {
+            let body = format!(r#"{{"product_id":"a","stock":{bad}}}"#);
+            assert_eq!(code(body.as_bytes()), "invalid_stock", "{body}");
+        }
+        assert_eq!(ok(r#"{"product_id":"a","stock":1000000000}"#).stock, Some(MAX_STOCK));
+    }
+
+    #[test]
+    fn needs_a_field_to_update() {
+        assert_eq!(code(br#"{"product_id":"a"}"#), "no_update_fields");
+    }
+
+    #[test]
+    fn prices_round_trip_exactly() {
+        for text in ["49.99", "0.1", "0.3", "19.999999999999996", "123456789.12345679", "5e-324"] {
+            let body = format!(r#"{{"product_id":"a","price":{text}}}"#);
+            let price = ok(&body).price.unwrap();
+            assert_eq!(price, text.parse::<f64>().unwrap(), "{text}");
+            let out = serde_json::to_string(&price).unwrap();
+            assert_eq!(out.parse::<f64>().unwrap(), price, "{text} -> {out}");
+        }
+        assert_eq!(serde_json::to_string(&49.99f64).unwrap(), "49.99");
+    }
+}

@@ -1,0 +1,227 @@
+//! Every HTTP error the service can answer, and its RFC 9457 body.
+//!
+//! An [`ApiError`] knows its status, a stable machine `code`, a short title
+//! and a detail sentence naming the field or limit involved. The body is
+//! always `application/problem+json`:
+//!
+//! ```json
+//! {"type":"urn:product-update-service:problem:invalid_price","title":"Invalid field value",
+//!  "status":400,"detail":"field \"price\" must not be negative, got -1","code":"invalid_price",
+//!  "field":"price"}
+//! ```
+//!
+//! The codes are part of the API: clients may branch on them, so they never
+//! change meaning. The README lists them all.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::EventError;
+
+/// One HTTP error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// The event body broke a rule (400).
+    Event(EventError),
+    /// The body could not be read: the client closed early or sent a broken
+    /// chunked encoding (400).
+    UnreadableBody { detail: String },
+    /// The body is larger than `MAX_BODY_BYTES` (413). `declared` is the
+    /// Content-Length, when the client sent one.
+    PayloadTooLarge { limit: usize, declared: Option<usize> },
+    /// Content-Type is present and is not `application/json` (415).
+    UnsupportedMediaType { found: String },
+    /// The queue is full (503 with `Retry-After: 1`).
+    QueueFull { capacity: usize },
+    /// Shutdown has begun (503 with `Connection: close`).
+    ShuttingDown,
+    /// No route for this path (404).
+    NotFound { path: String },
+    /// No event for this product has been applied (404).
+    ProductNotFound { product_id: String },
+    /// The path's percent-encoding is broken or decodes to invalid UTF-8 (400).
+    InvalidPath { detail: String },
+    /// The product id in the path can never be valid (400).
+    InvalidPathProductId { reason: String },
+    /// The path exists but not for this method (405 with `Allow`).
+    MethodNotAllowed { method: String, allow: &'static str },
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Event(_)
+            | ApiError::UnreadableBody { .. }
+            | ApiError::InvalidPath { .. }
+            | ApiError::InvalidPathProductId { .. } => 400,
+            ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType { .. } => 415,
+            ApiError::QueueFull { .. } | ApiError::ShuttingDown => 503,
+        }
+    }
+
+    /// Stable machine-readable code (the problem's `code` member).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Event(e) => e.code(),
+            ApiError::UnreadableBody { .. } => "unreadable_body",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::ProductNotFound { .. } => "product_not_found",
+            ApiError::InvalidPath { .. } => "invalid_path",
+            ApiError::InvalidPathProductId { .. } => "invalid_product_id",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+
+    /// Short, fixed summary of the problem type (the problem's `title`).
+    pub fn title(&self) -> &'static str {
+        match self {
+            ApiError::Event(EventError::MalformedJson { .. }) => "Malformed JSON",
+            ApiError::Event(EventError::NotAnObject { .. })
+            | ApiError::Event(EventError::TrailingData { .. }) => "Body is not one JSON object",
+            ApiError::Event(EventError::UnknownField { .. }) => "Unknown field",
+            ApiError::Event(EventError::DuplicateField { .. }) => "Duplicate field",
+            ApiError::Event(EventError::MissingProductId) => "Missing field",
+            ApiError::Event(EventError::NoUpdateFields) => "Nothing to update",
+            ApiError::Event(_) | ApiError::InvalidPathProductId { .. } => "Invalid field value",
+            ApiError::UnreadableBody { .. } => "Unreadable request body",
+            ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::UnsupportedMediaType { .. } => "Unsupported media type",
+            ApiError::QueueFull { .. } => "Queue full",
+            ApiError::ShuttingDown => "Shutting down",
+            ApiError::NotFound { .. } => "Not found",
+            ApiError::ProductNotFound { .. } => "Product not found",
+            ApiError::InvalidPath { .. } => "Invalid path",
+            ApiError::MethodNotAllowed { .. } => "Method not allowed",
+        }
+    }
+
+    /// The field the problem is about, if any (the problem's `field`).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Event(e) => e.field(),
+            ApiError::InvalidPathProductId { .. } | ApiError::ProductNotFound { .. } => {
+                Some("product_id")
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let problem = Problem {
+            kind: format!("urn:product-update-service:problem:{}", self.code()),
+            title: self.title(),
+            status: self.status(),
+            detail: self.to_string(),
+            code: self.code(),
+            field: self.field(),
+        };
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+}
+
+/// The sentence in the problem's `detail`.
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Event(e) => e.fmt(f),
+            ApiError::UnreadableBody { detail } => {
+                write!(f, "could not read the request body: {detail}")
+            }
+            ApiError::PayloadTooLarge { limit, declared: Some(len) } => write!(
+                f,
+                "request body is {len} bytes (Content-Length); the limit is {limit} bytes (MAX_BODY_BYTES)"
+            ),
+            ApiError::PayloadTooLarge { limit, declared: None } => write!(
+                f,
+                "request body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
+            ),
+            ApiError::UnsupportedMediaType { found } => write!(
+                f,
+                "Content-Type {found:?} is not supported; send the header 'Content-Type: application/json' (curl: -H 'Content-Type: application/json')"
+            ),
+            ApiError::QueueFull { capacity } => write!(
+                f,
+                "the event queue is full ({capacity} events, QUEUE_SIZE); retry after 1 second"
+            ),
+            ApiError::ShuttingDown => write!(
+                f,
+                "the service is shutting down and accepts no new events; retry against another instance or after restart"
+            ),
+            ApiError::NotFound { path } => write!(
+                f,
+                "no route for {path:?}; routes are POST /events and GET /products/{{id}}"
+            ),
+            ApiError::ProductNotFound { product_id } => write!(
+                f,
+                "no product with product_id {product_id:?}; it appears once an event for it has been applied"
+            ),
+            ApiError::InvalidPath { detail } => write!(f, "the request path is invalid: {detail}"),
+            ApiError::InvalidPathProductId { reason } => {
+                write!(f, "the product id in the path {reason}")
+            }
+            ApiError::MethodNotAllowed { method, allow } => {
+                write!(f, "method {method} is not allowed here; allowed: {allow}")
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn body_has_the_rfc_9457_members_and_a_code() {
+        let err = ApiError::Event(EventError::InvalidPrice {
+            reason: "must not be negative, got -1".into(),
+        });
+        let body: Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(body["type"], "urn:product-update-service:problem:invalid_price");
+        assert_eq!(body["title"], "Invalid field value");
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["code"], "invalid_price");
+        assert_eq!(body["field"], "price");
+        assert_eq!(body["detail"], "field \"price\" must not be negative, got -1");
+    }
+
+    #[test]
+    fn field_is_omitted_when_there_is_none() {
+        let body: Value = serde_json::from_slice(&ApiError::ShuttingDown.to_json()).unwrap();
+        assert!(body.get("field").is_none());
+        assert_eq!(body["status"], 503);
+    }
+
+    #[test]
+    fn limits_are_named() {
+        let err = ApiError::PayloadTooLarge {
+            limit: 65536,
+            declared: Some(70000),
+        };
+        assert!(err.to_string().contains("65536") && err.to_string().contains("MAX_BODY_BYTES"));
+        let err = ApiError::QueueFull { capacity: 7 };
+        assert!(err.to_string().contains("QUEUE_SIZE"));
+    }
+}

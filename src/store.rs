@@ -1,0 +1,236 @@
+//! The product store: a cheap-to-clone handle over
+//! `Arc<RwLock<HashMap<id, Record>>>`.
+//!
+//! Worker threads write it ([`Store::apply`]); HTTP threads read it
+//! ([`Store::get`]). Every critical section is a hash lookup and a few field
+//! copies: no I/O, no JSON, no logging and no channel operation happens while
+//! a guard is held.
+//!
+//! # Ordering: per-field sequence guards
+//!
+//! Each event carries the sequence number the intake gave it (see
+//! `queue.rs`), and each field of a [`Record`] remembers the sequence number
+//! of the event that last set it. A write only lands if its event is newer
+//! than the one that set the field. So the result does not depend on which
+//! worker applies which event, or in what order: once every accepted event is
+//! applied, each field holds the value from the newest accepted event that
+//! set it. A late, older price-only event still sets `stock` if nothing newer
+//! set `stock`, and never overwrites a newer `price`.
+//!
+//! Because a field only ever moves to a newer sequence number, and readers
+//! copy under the read lock, a reader can never see a field go back to an
+//! older value.
+//!
+//! # Poisoning policy
+//!
+//! A panic while holding the write guard poisons the lock. Every change here
+//! is a whole-field assignment of plain data, so a panic cannot leave a
+//! record half-written in a way later readers could misread; the store
+//! therefore ignores poisoning (`PoisonError::into_inner`) instead of turning
+//! one bad event into a permanent outage for every thread.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::model::{Product, ProductUpdate};
+
+/// Sequence number given by the intake; the first accepted event has seq 1,
+/// so 0 can mean "never set".
+pub type Seq = u64;
+
+/// What a product holds. 32 bytes: seq 0 marks a field no event has set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Record {
+    price: f64,
+    price_seq: Seq,
+    stock: u64,
+    stock_seq: Seq,
+}
+
+/// What one [`Store::apply`] did, for the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Fields the event set.
+    pub written: u32,
+    /// Fields the event carried but a newer event had already set.
+    pub stale: u32,
+}
+
+/// Handle to the shared product map. Clones share the same map.
+#[derive(Clone, Default)]
+pub struct Store {
+    products: Arc<RwLock<HashMap<Box<str>, Record>>>,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Applies `update`, accepted with sequence number `seq`, field by field.
+    pub fn apply(&self, seq: Seq, update: &ProductUpdate) -> ApplyOutcome {
+        let mut products = self.write();
+        let record = match products.get_mut(&*update.product_id) {
+            Some(record) => record,
+            None => products.entry(update.product_id.clone()).or_default(),
+        };
+        let mut outcome = ApplyOutcome::default();
+        if let Some(price) = update.price {
+            if seq > record.price_seq {
+                record.price = price;
+                record.price_seq = seq;
+                outcome.written += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        if let Some(stock) = update.stock {
+            if seq > record.stock_seq {
+                record.stock = stock;
+                record.stock_seq = seq;
+                outcome.written += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        outcome
+    }
+
+    /// The current state of `product_id`, or `None` if no event for it has
+    /// been applied yet.
+    pub fn get(&self, product_id: &str) -> Option<Product> {
+        let record = *self.read().get(product_id)?;
+        Some(Product {
+            product_id: product_id.into(),
+            price: (record.price_seq > 0).then_some(record.price),
+            stock: (record.stock_seq > 0).then_some(record.stock),
+        })
+    }
+
+    /// Number of products stored.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Record>> {
+        self.products.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Record>> {
+        self.products.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: &str, price: Option<f64>, stock: Option<u64>) -> ProductUpdate {
+        ProductUpdate {
+            product_id: id.into(),
+            price,
+            stock,
+        }
+    }
+
+    #[test]
+    fn unknown_product_is_none() {
+        assert_eq!(Store::new().get("nope"), None);
+    }
+
+    #[test]
+    fn unset_fields_read_as_none() {
+        let store = Store::new();
+        store.apply(1, &update("a", None, Some(5)));
+        assert_eq!(
+            store.get("a"),
+            Some(Product {
+                product_id: "a".into(),
+                price: None,
+                stock: Some(5)
+            })
+        );
+    }
+
+    #[test]
+    fn partial_updates_merge() {
+        let store = Store::new();
+        store.apply(1, &update("a", Some(1.0), Some(1)));
+        store.apply(2, &update("a", Some(2.0), None));
+        store.apply(3, &update("a", None, Some(3)));
+        let p = store.get("a").unwrap();
+        assert_eq!((p.price, p.stock), (Some(2.0), Some(3)));
+    }
+
+    #[test]
+    fn an_older_event_applied_late_only_fills_fields_nothing_newer_set() {
+        let store = Store::new();
+        // seq 3 (price only) is applied before seq 2 (price and stock).
+        assert_eq!(
+            store.apply(3, &update("a", Some(30.0), None)),
+            ApplyOutcome { written: 1, stale: 0 }
+        );
+        assert_eq!(
+            store.apply(2, &update("a", Some(20.0), Some(2))),
+            ApplyOutcome { written: 1, stale: 1 }
+        );
+        let p = store.get("a").unwrap();
+        assert_eq!((p.price, p.stock), (Some(30.0), Some(2)));
+    }
+
+    #[test]
+    fn any_apply_order_gives_the_sequential_result() {
+        let events = [
+            (1, update("a", Some(1.0), Some(10))),
+            (2, update("a", None, Some(20))),
+            (3, update("a", Some(3.0), None)),
+            (4, update("a", None, Some(40))),
+        ];
+        // Every permutation of four events.
+        let mut order = [0, 1, 2, 3];
+        let mut permutations = 0;
+        loop {
+            let store = Store::new();
+            for &i in &order {
+                store.apply(events[i].0, &events[i].1);
+            }
+            let p = store.get("a").unwrap();
+            assert_eq!((p.price, p.stock), (Some(3.0), Some(40)), "{order:?}");
+            permutations += 1;
+            if !next_permutation(&mut order) {
+                break;
+            }
+        }
+        assert_eq!(permutations, 24);
+    }
+
+    fn next_permutation(a: &mut [usize]) -> bool {
+        let Some(i) = (1..a.len()).rev().find(|&i| a[i - 1] < a[i]) else {
+            return false;
+        };
+        let j = (i..a.len()).rev().find(|&j| a[j] > a[i - 1]).unwrap();
+        a.swap(i - 1, j);
+        a[i..].reverse();
+        true
+    }
+
+    #[test]
+    fn survives_a_panic_while_the_write_lock_is_held() {
+        let store = Store::new();
+        store.apply(1, &update("a", Some(1.0), None));
+        let clone = store.clone();
+        let result = std::thread::spawn(move || {
+            let _guard = clone.write();
+            panic!("deliberate panic while holding the write lock");
+        })
+        .join();
+        assert!(result.is_err());
+        assert!(store.products.is_poisoned());
+        store.apply(2, &update("a", Some(2.0), None));
+        assert_eq!(store.get("a").unwrap().price, Some(2.0));
+    }
+}
