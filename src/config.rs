@@ -165,7 +165,10 @@ impl Config {
             None => DEFAULT_PORT,
         };
         let ip = match get("BIND_ADDR")? {
-            Some(v) => v.trim().parse::<IpAddr>().map_err(|_| error("BIND_ADDR", &v))?,
+            Some(v) => v
+                .trim()
+                .parse::<IpAddr>()
+                .map_err(|_| error("BIND_ADDR", &v))?,
             None => config.bind.ip(),
         };
         config.bind = SocketAddr::new(ip, port);
@@ -347,7 +350,11 @@ mod tests {
     fn help_lists_every_setting_with_its_default() {
         let help = Config::help();
         for s in SETTINGS {
-            assert!(help.contains(s.name) && help.contains(s.default), "{}", s.name);
+            assert!(
+                help.contains(s.name) && help.contains(s.default),
+                "{}",
+                s.name
+            );
         }
     }
 }

@@ -24,7 +24,11 @@ impl fmt::Display for StartError {
                 write!(f, "cannot listen on {addr}: {source}")?;
                 match source.kind() {
                     io::ErrorKind::AddrInUse => {
-                        write!(f, "; another process uses port {}: set PORT to a free port", addr.port())
+                        write!(
+                            f,
+                            "; another process uses port {}: set PORT to a free port",
+                            addr.port()
+                        )
                     }
                     io::ErrorKind::PermissionDenied => write!(
                         f,

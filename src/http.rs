@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 
 use serde::Serialize;
-use tiny_http::{Header, HTTPVersion, Method, Request, Response, Server};
+use tiny_http::{HTTPVersion, Header, Method, Request, Response, Server};
 
 use crate::model::{self, ProductUpdate};
 use crate::problem::ApiError;
@@ -98,11 +98,13 @@ impl Api {
     /// unanswered would get tiny_http's bare 500.
     fn handle(&self, mut request: Request) {
         let close = self.draining.load(Ordering::Relaxed) || client_wants_close(&request);
+        let mut closes_anyway = false;
         let response = match self.route(&mut request) {
             Ok(reply) => Response::from_data(reply.body)
                 .with_status_code(reply.status)
                 .with_header(self.headers.json.clone()),
             Err(error) => {
+                closes_anyway = error.closes_connection();
                 log::debug!(
                     "{} {} -> {} {}: {error}",
                     request.method(),
@@ -113,7 +115,7 @@ impl Api {
                 self.error_response(&error)
             }
         };
-        let response = if close {
+        let response = if close && !closes_anyway {
             response.with_header(self.headers.close.clone())
         } else if *request.http_version() == HTTPVersion(1, 0) {
             // An HTTP/1.0 client only keeps the connection if told so.
@@ -132,7 +134,7 @@ impl Api {
             .with_header(self.headers.problem_json.clone());
         match error {
             ApiError::QueueFull { .. } => response.with_header(self.headers.retry_after.clone()),
-            ApiError::ShuttingDown => response.with_header(self.headers.close.clone()),
+            _ if error.closes_connection() => response.with_header(self.headers.close.clone()),
             ApiError::MethodNotAllowed { allow, .. } => {
                 let header = if *allow == ALLOW_EVENTS {
                     &self.headers.allow_events
@@ -195,8 +197,7 @@ impl Api {
 
     fn get_product(&self, raw_id: &str) -> Result<Reply, ApiError> {
         let id = percent_decode(raw_id)?;
-        model::check_product_id(&id)
-            .map_err(|reason| ApiError::InvalidPathProductId { reason })?;
+        model::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
         match self.store.get(&id) {
             Some(product) => Ok(Reply::json(200, &product)),
             None => Err(ApiError::ProductNotFound {
@@ -400,7 +401,9 @@ fn serve(id: usize, server: &Server, api: &Api, stopping: &AtomicBool) {
             Err(e) => {
                 // tiny_http's accept thread reports an accept failure once and
                 // then stops accepting; existing connections are still served.
-                log::error!("http-{id}: tiny_http reported: {e}; new connections may not be accepted");
+                log::error!(
+                    "http-{id}: tiny_http reported: {e}; new connections may not be accepted"
+                );
             }
         }
     }
@@ -419,7 +422,11 @@ mod tests {
         assert_eq!(percent_decode("a%2fb").unwrap(), "a/b");
         assert_eq!(percent_decode("a+b").unwrap(), "a+b");
         for bad in ["%", "%4", "%zz", "a%g1", "%ff", "%C3"] {
-            assert_eq!(percent_decode(bad).unwrap_err().code(), "invalid_path", "{bad}");
+            assert_eq!(
+                percent_decode(bad).unwrap_err().code(),
+                "invalid_path",
+                "{bad}"
+            );
         }
     }
 }

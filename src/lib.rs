@@ -106,14 +106,17 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     drop(done_tx);
     drop(job_rx);
 
-    let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
-        StartError::Bind {
+    let server =
+        tiny_http::Server::from_listener(listener, None).map_err(|e| StartError::Bind {
             addr: config.bind,
             source: std::io::Error::other(e.to_string()),
-        }
-    })?;
+        })?;
     let server = Arc::new(server);
-    let api = Arc::new(Api::new(Arc::clone(&intake), store.clone(), config.max_body_bytes));
+    let api = Arc::new(Api::new(
+        Arc::clone(&intake),
+        store.clone(),
+        config.max_body_bytes,
+    ));
     let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {
         intake.close();
         StartError::Spawn {

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(other) => {
-            eprintln!("error: unknown argument {other:?}; settings come from the environment (see --help)");
+            eprintln!(
+                "error: unknown argument {other:?}; settings come from the environment (see --help)"
+            );
             return ExitCode::from(2);
         }
     }

@@ -326,9 +326,7 @@ fn check_stock(value: Value) -> Result<u64, EventError> {
     };
     if let Some(stock) = n.as_u64() {
         if stock > MAX_STOCK {
-            return Err(invalid(format!(
-                "is {stock}; the maximum is {MAX_STOCK}"
-            )));
+            return Err(invalid(format!("is {stock}; the maximum is {MAX_STOCK}")));
         }
         return Ok(stock);
     }
@@ -338,9 +336,9 @@ fn check_stock(value: Value) -> Result<u64, EventError> {
     // A float: 1.5, 100.0, 1e3, or an integer too large for 64 bits.
     match n.as_f64() {
         Some(f) if f < 0.0 => Err(invalid(format!("must not be negative, got {n}"))),
-        Some(f) if f.fract() == 0.0 && f > MAX_STOCK as f64 => Err(invalid(format!(
-            "is {n}; the maximum is {MAX_STOCK}"
-        ))),
+        Some(f) if f.fract() == 0.0 && f > MAX_STOCK as f64 => {
+            Err(invalid(format!("is {n}; the maximum is {MAX_STOCK}")))
+        }
         _ => Err(invalid(format!(
             "must be a whole number written without a decimal point or exponent, got {n}"
         ))),
@@ -368,7 +366,10 @@ mod tests {
 
     fn code(body: &[u8]) -> &'static str {
         match decode_event(body) {
-            Ok(update) => panic!("{:?} was accepted as {update:?}", String::from_utf8_lossy(body)),
+            Ok(update) => panic!(
+                "{:?} was accepted as {update:?}",
+                String::from_utf8_lossy(body)
+            ),
             Err(e) => e.code(),
         }
     }
@@ -398,8 +399,14 @@ mod tests {
         assert_eq!(code(b"{'product_id':'a'}"), "malformed_json");
         assert_eq!(code(b"\xff\xfe"), "malformed_json");
         assert_eq!(code(br#"{"product_id":"a","price":NaN}"#), "malformed_json");
-        assert_eq!(code(br#"{"product_id":"a","price":1e999}"#), "malformed_json");
-        assert_eq!(code(b"{\"product_id\":\"\xff\",\"price\":1}"), "malformed_json");
+        assert_eq!(
+            code(br#"{"product_id":"a","price":1e999}"#),
+            "malformed_json"
+        );
+        assert_eq!(
+            code(b"{\"product_id\":\"\xff\",\"price\":1}"),
+            "malformed_json"
+        );
     }
 
     #[test]
@@ -411,8 +418,14 @@ mod tests {
         assert_eq!(code(br#"{"product_id":"a","price":1}{}"#), "trailing_data");
         assert_eq!(code(br#"{"product_id":"a","price":1} x"#), "trailing_data");
         assert_eq!(code(br#"{"product_id":"a","stok":1}"#), "unknown_field");
-        assert_eq!(code(br#"{"product_id":"a","price":1,"Price":2}"#), "unknown_field");
-        assert_eq!(code(br#"{"product_id":"a","price":1,"price":2}"#), "duplicate_field");
+        assert_eq!(
+            code(br#"{"product_id":"a","price":1,"Price":2}"#),
+            "unknown_field"
+        );
+        assert_eq!(
+            code(br#"{"product_id":"a","price":1,"price":2}"#),
+            "duplicate_field"
+        );
     }
 
     #[test]
@@ -448,16 +461,31 @@ mod tests {
         let wide = "€".repeat(43);
         let body = format!(r#"{{"product_id":"{wide}","price":1}}"#);
         assert_eq!(code(body.as_bytes()), "invalid_product_id");
-        assert_eq!(&*ok(r#"{"product_id":"ünï cödé ☃","price":1}"#).product_id, "ünï cödé ☃");
+        assert_eq!(
+            &*ok(r#"{"product_id":"ünï cödé ☃","price":1}"#).product_id,
+            "ünï cödé ☃"
+        );
     }
 
     #[test]
     fn price_rules() {
-        for bad in ["-0.01", "-1", "\"49.99\"", "null", "true", "[1]", "1000000000.01", "1e10"] {
+        for bad in [
+            "-0.01",
+            "-1",
+            "\"49.99\"",
+            "null",
+            "true",
+            "[1]",
+            "1000000000.01",
+            "1e10",
+        ] {
             let body = format!(r#"{{"product_id":"a","price":{bad}}}"#);
             assert_eq!(code(body.as_bytes()), "invalid_price", "{body}");
         }
-        assert_eq!(ok(r#"{"product_id":"a","price":1000000000}"#).price, Some(MAX_PRICE));
+        assert_eq!(
+            ok(r#"{"product_id":"a","price":1000000000}"#).price,
+            Some(MAX_PRICE)
+        );
         let zero = ok(r#"{"product_id":"a","price":-0.0}"#).price.unwrap();
         assert!(zero == 0.0 && zero.is_sign_positive());
     }
@@ -478,7 +506,10 @@ mod tests {
             let body = format!(r#"{{"product_id":"a","stock":{bad}}}"#);
             assert_eq!(code(body.as_bytes()), "invalid_stock", "{body}");
         }
-        assert_eq!(ok(r#"{"product_id":"a","stock":1000000000}"#).stock, Some(MAX_STOCK));
+        assert_eq!(
+            ok(r#"{"product_id":"a","stock":1000000000}"#).stock,
+            Some(MAX_STOCK)
+        );
     }
 
     #[test]
@@ -488,7 +519,14 @@ mod tests {
 
     #[test]
     fn prices_round_trip_exactly() {
-        for text in ["49.99", "0.1", "0.3", "19.999999999999996", "123456789.12345679", "5e-324"] {
+        for text in [
+            "49.99",
+            "0.1",
+            "0.3",
+            "19.999999999999996",
+            "123456789.12345679",
+            "5e-324",
+        ] {
             let body = format!(r#"{{"product_id":"a","price":{text}}}"#);
             let price = ok(&body).price.unwrap();
             assert_eq!(price, text.parse::<f64>().unwrap(), "{text}");

@@ -29,7 +29,10 @@ pub enum ApiError {
     UnreadableBody { detail: String },
     /// The body is larger than `MAX_BODY_BYTES` (413). `declared` is the
     /// Content-Length, when the client sent one.
-    PayloadTooLarge { limit: usize, declared: Option<usize> },
+    PayloadTooLarge {
+        limit: usize,
+        declared: Option<usize>,
+    },
     /// Content-Type is present and is not `application/json` (415).
     UnsupportedMediaType { found: String },
     /// The queue is full (503 with `Retry-After: 1`).
@@ -61,6 +64,18 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::QueueFull { .. } | ApiError::ShuttingDown => 503,
         }
+    }
+
+    /// Whether the answer carries `Connection: close`: the body was not
+    /// (fully) read, or no more events are taken, so the connection is not
+    /// worth keeping.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ApiError::ShuttingDown
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::UnreadableBody { .. }
+        )
     }
 
     /// Stable machine-readable code (the problem's `code` member).
@@ -137,11 +152,17 @@ impl fmt::Display for ApiError {
             ApiError::UnreadableBody { detail } => {
                 write!(f, "could not read the request body: {detail}")
             }
-            ApiError::PayloadTooLarge { limit, declared: Some(len) } => write!(
+            ApiError::PayloadTooLarge {
+                limit,
+                declared: Some(len),
+            } => write!(
                 f,
                 "request body is {len} bytes (Content-Length); the limit is {limit} bytes (MAX_BODY_BYTES)"
             ),
-            ApiError::PayloadTooLarge { limit, declared: None } => write!(
+            ApiError::PayloadTooLarge {
+                limit,
+                declared: None,
+            } => write!(
                 f,
                 "request body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
             ),
@@ -199,12 +220,18 @@ mod tests {
             reason: "must not be negative, got -1".into(),
         });
         let body: Value = serde_json::from_slice(&err.to_json()).unwrap();
-        assert_eq!(body["type"], "urn:product-update-service:problem:invalid_price");
+        assert_eq!(
+            body["type"],
+            "urn:product-update-service:problem:invalid_price"
+        );
         assert_eq!(body["title"], "Invalid field value");
         assert_eq!(body["status"], 400);
         assert_eq!(body["code"], "invalid_price");
         assert_eq!(body["field"], "price");
-        assert_eq!(body["detail"], "field \"price\" must not be negative, got -1");
+        assert_eq!(
+            body["detail"],
+            "field \"price\" must not be negative, got -1"
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ impl Intake {
             Ok(()) => {
                 state.next_seq += 1;
                 drop(state);
-                if self.saturated.load(Ordering::Relaxed) && self.saturated.swap(false, Ordering::Relaxed) {
+                if self.saturated.load(Ordering::Relaxed)
+                    && self.saturated.swap(false, Ordering::Relaxed)
+                {
                     log::info!("event queue has room again; accepting events");
                 }
                 Ok(seq)
@@ -187,7 +189,10 @@ mod tests {
         intake.submit(event("a")).unwrap();
         intake.submit(event("b")).unwrap();
         assert_eq!(intake.depth(), 2);
-        assert_eq!(intake.submit(event("c")), Err(SubmitError::Full { capacity: 2 }));
+        assert_eq!(
+            intake.submit(event("c")),
+            Err(SubmitError::Full { capacity: 2 })
+        );
         job_rx.recv().unwrap();
         assert_eq!(intake.submit(event("c")), Ok(3));
     }

@@ -121,7 +121,9 @@ impl Store {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Record>> {
-        self.products.write().unwrap_or_else(PoisonError::into_inner)
+        self.products
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -172,11 +174,17 @@ mod tests {
         // seq 3 (price only) is applied before seq 2 (price and stock).
         assert_eq!(
             store.apply(3, &update("a", Some(30.0), None)),
-            ApplyOutcome { written: 1, stale: 0 }
+            ApplyOutcome {
+                written: 1,
+                stale: 0
+            }
         );
         assert_eq!(
             store.apply(2, &update("a", Some(20.0), Some(2))),
-            ApplyOutcome { written: 1, stale: 1 }
+            ApplyOutcome {
+                written: 1,
+                stale: 1
+            }
         );
         let p = store.get("a").unwrap();
         assert_eq!((p.price, p.stock), (Some(30.0), Some(2)));

@@ -161,7 +161,10 @@ impl Control {
         }
         let mut mode = self.lock();
         while *mode == PAUSE {
-            mode = self.changed.wait(mode).unwrap_or_else(PoisonError::into_inner);
+            mode = self
+                .changed
+                .wait(mode)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         if *mode == ABANDON {
             Checkpoint::Stop
@@ -233,8 +236,8 @@ mod tests {
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         let control = Arc::new(Control::default());
         let counters = Arc::new(WorkerCounters::default());
-        let worker = Worker::spawn(1, job_rx, done_tx, control.clone(), counters.clone(), apply)
-            .unwrap();
+        let worker =
+            Worker::spawn(1, job_rx, done_tx, control.clone(), counters.clone(), apply).unwrap();
         Harness {
             job_tx,
             done_rx,
@@ -247,14 +250,19 @@ mod tests {
     fn wait_done(done_rx: &Receiver<()>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         assert!(
-            done_rx.recv_deadline(deadline).is_err_and(|e| !e.is_timeout()),
+            done_rx
+                .recv_deadline(deadline)
+                .is_err_and(|e| !e.is_timeout()),
             "worker did not finish within 10 s"
         );
     }
 
     #[test]
     fn drains_the_queue_after_it_is_closed() {
-        let h = start(|_| ApplyOutcome { written: 1, stale: 0 });
+        let h = start(|_| ApplyOutcome {
+            written: 1,
+            stale: 0,
+        });
         for seq in 1..=10 {
             h.job_tx.send(job(seq, "a")).unwrap();
         }
@@ -271,7 +279,10 @@ mod tests {
             if &*job.update.product_id == "boom" {
                 panic!("deliberate test panic");
             }
-            ApplyOutcome { written: 1, stale: 1 }
+            ApplyOutcome {
+                written: 1,
+                stale: 1,
+            }
         });
         h.job_tx.send(job(1, "a")).unwrap();
         h.job_tx.send(job(2, "boom")).unwrap();

@@ -1,0 +1,185 @@
+//! Test harness: a real service on 127.0.0.1 port 0, a ureq client that
+//! reads 4xx/5xx as responses, and waits on conditions with deadlines.
+//! Never sleeps to synchronize and never installs a signal handler.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use product_update_service::{Config, Running, ShutdownReport, Stats, start};
+use serde_json::Value;
+
+/// The longest any test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A config for tests: loopback, any free port, small numbers.
+pub fn test_config() -> Config {
+    Config {
+        bind: "127.0.0.1:0".parse().expect("literal address"),
+        shutdown_timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
+pub struct TestServer {
+    pub running: Running,
+    pub base: String,
+    pub agent: ureq::Agent,
+}
+
+/// A response read fully: status, headers, body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts a problem-details error with `status` and `code`; returns it.
+    pub fn assert_problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "status; body: {}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "content type of {}",
+            self.body
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(
+            body["type"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        body
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .into()
+}
+
+fn read_reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("reading body: {e}"));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> TestServer {
+        let running = start(config).expect("service starts");
+        let base = format!("http://{}", running.local_addr());
+        TestServer {
+            running,
+            base,
+            agent: agent(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST a JSON body to /events with `Content-Type: application/json`.
+    pub fn post_event(&self, body: &str) -> Reply {
+        post_event(&self.agent, &self.base, body)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        read_reply(self.agent.get(self.url(path)).call())
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.running.stats()
+    }
+
+    /// Waits until every accepted event has been applied.
+    pub fn wait_applied(&self) -> Stats {
+        wait_until("all accepted events applied", || {
+            let s = self.stats();
+            (s.applied + s.panics == s.accepted && s.queue_depth == 0).then_some(s)
+        })
+    }
+
+    pub fn shutdown(self) -> ShutdownReport {
+        self.running.shutdown().expect("clean shutdown")
+    }
+}
+
+pub fn post_event(agent: &ureq::Agent, base: &str, body: &str) -> Reply {
+    read_reply(
+        agent
+            .post(format!("{base}/events"))
+            .header("Content-Type", "application/json")
+            .send(body),
+    )
+}
+
+/// Calls `check` until it returns `Some`, or fails the test after
+/// [`DEADLINE`] naming `what`. It re-checks every millisecond: the
+/// condition, not a guessed delay, decides when the test goes on.
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it
+/// (or the deadline passes). For what an HTTP client library won't send.
+pub fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("set timeout");
+    stream.write_all(request).expect("write request");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
