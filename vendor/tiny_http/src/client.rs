@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
+use crate::connection::Connection;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,6 +38,42 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // PATCHED (product-update-service): lets a response end the connection
+    close_handle: Arc<CloseHandle>,
+}
+
+/// PATCHED (product-update-service): shared by a connection and each of its
+/// requests. A response carrying `Connection: close` calls `close()`: the
+/// socket's write side is shut down right after the response (the client sees
+/// the end at once), and the connection reads no further requests.
+pub(crate) struct CloseHandle {
+    socket: Option<Connection>,
+    requested: AtomicBool,
+}
+
+impl CloseHandle {
+    pub(crate) fn new(socket: Option<Connection>) -> CloseHandle {
+        CloseHandle {
+            socket,
+            requested: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Some(socket) = &self.socket {
+            // Both directions: the write side so the client sees the end of
+            // the response, the read side so that draining an unread body
+            // (which would otherwise read as many bytes as the client cares
+            // to send, on the thread that answered) stops at once.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
 }
 
 /// Error that can happen when reading a request.
@@ -51,6 +91,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        close_handle: CloseHandle,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +106,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            close_handle: Arc::new(close_handle),
         }
     }
 
@@ -165,7 +207,7 @@ impl ClientConnection {
         })?;
 
         // return the request
-        Ok(request)
+        Ok(request.with_close_handle(Arc::clone(&self.close_handle)))
     }
 }
 
@@ -184,7 +226,13 @@ impl Iterator for ClientConnection {
         }
 
         loop {
-            let rq = match self.read() {
+            let read = self.read();
+            // PATCHED (product-update-service): the previous response said
+            // `Connection: close`; whatever was read after it is discarded.
+            if self.close_handle.requested() {
+                return None;
+            }
+            let rq = match read {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));

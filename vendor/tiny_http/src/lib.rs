@@ -296,6 +296,9 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // PATCHED (product-update-service): a second handle
+                        // on the socket, to shut it down after `Connection: close`.
+                        let close_handle = client::CloseHandle::new(sock.try_clone().ok());
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -313,7 +316,7 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(write_closable, read_closable, close_handle))
                     }
                     Err(e) => Err(e),
                 };
@@ -333,7 +336,16 @@ impl Server {
                                     }
                                 } else {
                                     for rq in client {
-                                        messages.push(rq.into());
+                                        // PATCHED (product-update-service): once the
+                                        // Server is dropped nobody reads `messages`;
+                                        // answer instead of queueing into the void
+                                        // (the client would wait forever).
+                                        if let Err(Message::NewRequest(rq)) =
+                                            messages.push_open(rq.into())
+                                        {
+                                            let _ = rq.respond(farewell());
+                                            break;
+                                        }
                                     }
                                 }
                             }
@@ -413,6 +425,23 @@ impl Server {
     }
 }
 
+/// PATCHED (product-update-service): the answer to a request that arrives on
+/// a connection after the `Server` was dropped: 503, problem details,
+/// `Connection: close` (which also ends the connection).
+fn farewell() -> Response<std::io::Cursor<Vec<u8>>> {
+    let body = br#"{"type":"urn:product-update-service:problem:shutting_down","title":"Shutting down","status":503,"detail":"the service has stopped serving requests; retry against another instance or after restart","code":"shutting_down"}"#;
+    Response::from_data(body.to_vec())
+        .with_status_code(503)
+        .with_header(Header {
+            field: "Content-Type".parse().expect("static header name"),
+            value: "application/problem+json".parse().expect("static header value"),
+        })
+        .with_header(Header {
+            field: "Connection".parse().expect("static header name"),
+            value: "close".parse().expect("static header value"),
+        })
+}
+
 impl Iterator for IncomingRequests<'_> {
     type Item = Request;
     fn next(&mut self) -> Option<Request> {
@@ -423,6 +452,13 @@ impl Iterator for IncomingRequests<'_> {
 impl Drop for Server {
     fn drop(&mut self) {
         self.close.store(true, Relaxed);
+        // PATCHED (product-update-service): answer what is still queued and
+        // refuse further pushes (see `farewell`).
+        for message in self.messages.close() {
+            if let Message::NewRequest(rq) = message {
+                let _ = rq.respond(farewell());
+            }
+        }
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
             ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),

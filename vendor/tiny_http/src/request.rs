@@ -74,6 +74,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // PATCHED (product-update-service): closes the connection after a
+    // response that says `Connection: close`
+    close_handle: Option<std::sync::Arc<crate::client::CloseHandle>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +242,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        close_handle: None,
     })
 }
 
@@ -447,6 +452,7 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+        let close = response.says_close();
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),
@@ -456,7 +462,13 @@ impl Request {
             None,
         ))?;
 
-        Self::ignore_client_closing_errors(writer.flush())
+        let flushed = Self::ignore_client_closing_errors(writer.flush());
+        if close {
+            if let Some(handle) = &self.close_handle {
+                handle.close();
+            }
+        }
+        flushed
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
@@ -467,6 +479,14 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
+    }
+
+    pub(crate) fn with_close_handle(
+        mut self,
+        handle: std::sync::Arc<crate::client::CloseHandle>,
+    ) -> Self {
+        self.close_handle = Some(handle);
+        self
     }
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {

@@ -187,6 +187,18 @@ impl<R> Response<R>
 where
     R: Read,
 {
+    /// PATCHED (product-update-service): true if the response carries
+    /// `Connection: close`.
+    pub(crate) fn says_close(&self) -> bool {
+        self.headers.iter().any(|h| {
+            h.field.equiv("Connection")
+                && h.value
+                    .as_str()
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    }
+
     /// Creates a new Response object.
     ///
     /// The `additional_headers` argument is a receiver that
@@ -255,8 +267,10 @@ where
         let header = header.into();
 
         // ignoring forbidden headers
-        if header.field.equiv("Connection")
-            || header.field.equiv("Trailer")
+        // PATCHED (product-update-service): `Connection` is allowed, so an
+        // application can answer `Connection: close`; the connection is then
+        // closed after the response (see `CloseHandle`).
+        if header.field.equiv("Trailer")
             || header.field.equiv("Transfer-Encoding")
             || header.field.equiv("Upgrade")
         {

@@ -13,6 +13,9 @@ where
 {
     queue: Mutex<VecDeque<Control<T>>>,
     condvar: Condvar,
+    // PATCHED (product-update-service): set (under the lock) when the Server
+    // is dropped; a push after that hands the value back.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl<T> MessagesQueue<T>
@@ -23,14 +26,39 @@ where
         Arc::new(MessagesQueue {
             queue: Mutex::new(VecDeque::with_capacity(capacity)),
             condvar: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Pushes an element to the queue.
     pub fn push(&self, value: T) {
+        let _ = self.push_open(value);
+    }
+
+    /// PATCHED (product-update-service): pushes unless the queue is closed;
+    /// then returns the value to the caller.
+    pub fn push_open(&self, value: T) -> Result<(), T> {
         let mut queue = self.queue.lock().unwrap();
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(value);
+        }
         queue.push_back(Control::Elem(value));
         self.condvar.notify_one();
+        Ok(())
+    }
+
+    /// PATCHED (product-update-service): closes the queue and returns what
+    /// it still held; later pushes are refused.
+    pub fn close(&self) -> Vec<T> {
+        let mut queue = self.queue.lock().unwrap();
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        queue
+            .drain(..)
+            .filter_map(|c| match c {
+                Control::Elem(value) => Some(value),
+                Control::Unblock => None,
+            })
+            .collect()
     }
 
     /// Unblock one thread stuck in pop loop.

@@ -1,0 +1,402 @@
+//! Shutdown: in-process through `Running::shutdown`, and the real binary
+//! through SIGTERM and SIGINT. Every event answered 202 must be applied, or
+//! counted as not applied when the drain deadline passes.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, TestServer, agent, post_event, test_config, wait_until};
+
+#[test]
+fn idle_service_shuts_down_at_once() {
+    let server = TestServer::start(test_config());
+    let report = server.shutdown();
+    assert_eq!(
+        (report.accepted, report.applied, report.not_applied),
+        (0, 0, 0)
+    );
+    assert!(report.drained);
+    // Generous bound: an idle shutdown does no waiting at all.
+    assert!(report.elapsed < Duration::from_secs(1), "{report}");
+}
+
+#[test]
+fn shutdown_under_load_applies_every_accepted_event() {
+    let mut config = test_config();
+    config.workers = 5;
+    let server = TestServer::start(config);
+    let base = server.base.clone();
+    let accepted = AtomicU64::new(0);
+
+    let report = thread::scope(|scope| {
+        let clients: Vec<_> = (0..6)
+            .map(|c| {
+                let (base, accepted) = (base.clone(), &accepted);
+                scope.spawn(move || {
+                    let agent = agent();
+                    let mut refused = 0;
+                    for i in 0.. {
+                        let body =
+                            format!(r#"{{"product_id":"p{}","stock":{i}}}"#, i % 50 + c * 50);
+                        let request = agent
+                            .post(format!("{base}/events"))
+                            .header("Content-Type", "application/json")
+                            .send(body.as_str());
+                        match request {
+                            Ok(r) if r.status() == 202 => {
+                                accepted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(mut r) => {
+                                let body = r.body_mut().read_to_string().unwrap_or_default();
+                                assert_eq!(r.status(), 503, "{body}");
+                                assert!(body.contains("shutting_down"), "{body}");
+                                return;
+                            }
+                            // Connection refused or reset: the listener is gone.
+                            Err(_) => {
+                                refused += 1;
+                                if refused > 3 {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_until("clients to get 500 events accepted", || {
+            (accepted.load(Ordering::SeqCst) >= 500).then_some(())
+        });
+        let report = server.running.shutdown().expect("clean shutdown");
+        for client in clients {
+            client.join().expect("client thread");
+        }
+        report
+    });
+    assert!(report.drained, "{report}");
+    assert_eq!(report.accepted, accepted.load(Ordering::SeqCst), "{report}");
+    assert_eq!(report.applied, report.accepted, "{report}");
+    assert_eq!(report.not_applied, 0);
+}
+
+#[test]
+fn posts_during_the_drain_get_503_shutting_down_and_gets_still_work() {
+    let server = TestServer::start(test_config());
+    let paused = server.running.pause_workers();
+    for i in 0..3 {
+        let r = server.post_event(&format!(r#"{{"product_id":"d","stock":{i}}}"#));
+        assert_eq!(r.status, 202);
+    }
+    let agent = server.agent.clone();
+    let base = server.base.clone();
+    let TestServer { running, .. } = server;
+    let (report_tx, report_rx) = mpsc::channel();
+    thread::spawn(move || report_tx.send(running.shutdown()));
+
+    // Shutdown is now waiting for the paused workers: the intake is closed.
+    let reply = wait_until("POST to be refused with shutting_down", || {
+        let r = post_event(&agent, &base, r#"{"product_id":"late","stock":1}"#);
+        (r.status == 503).then_some(r)
+    });
+    reply.assert_problem(503, "shutting_down");
+    assert_eq!(reply.header("connection"), Some("close"));
+    let mut get = agent
+        .get(format!("{base}/products/d"))
+        .call()
+        .expect("GET during drain");
+    // Nothing applied yet (paused), so the product is still unknown.
+    assert_eq!(get.status(), 404);
+    let _ = get.body_mut().read_to_string();
+
+    drop(paused);
+    let report = report_rx
+        .recv_timeout(DEADLINE)
+        .expect("shutdown finishes once the workers resume")
+        .expect("clean shutdown");
+    assert_eq!(
+        (report.accepted, report.applied, report.not_applied),
+        (3, 3, 0)
+    );
+    assert!(report.drained);
+}
+
+#[test]
+fn past_the_deadline_unapplied_events_are_counted() {
+    let mut config = test_config();
+    config.workers = 2;
+    config.shutdown_timeout = Duration::from_millis(200);
+    let server = TestServer::start(config);
+    let _paused = server.running.pause_workers();
+    for i in 0..10 {
+        let r = server.post_event(&format!(r#"{{"product_id":"x{i}","price":1}}"#));
+        assert_eq!(r.status, 202);
+    }
+    let report = server.running.shutdown().expect("clean shutdown");
+    assert!(!report.drained, "{report}");
+    assert_eq!(report.accepted, 10);
+    assert_eq!(report.applied, 0, "paused workers applied nothing");
+    assert_eq!(report.not_applied, 10, "{report}");
+    assert!(report.elapsed >= Duration::from_millis(200), "{report}");
+}
+
+/// The real binary, started with `env`, its log read line by line.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Binary {
+    fn start(env: &[(&str, &str)]) -> Binary {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_product-update-service"));
+        command
+            .env_clear()
+            .env("PORT", "0")
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn the binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (line_tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut binary = Binary {
+            child,
+            addr: "0.0.0.0:0".parse().expect("literal"),
+            log,
+            lines: Vec::new(),
+        };
+        let line = binary.wait_for_log("listening on ");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in the startup line");
+        binary.addr = addr.parse().expect("socket address");
+        binary
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {DEADLINE:?}; log so far:\n{}",
+                    self.lines.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Collect the rest of the log for the assertions.
+                while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
+                    self.lines.push(line);
+                }
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the binary did not exit within {DEADLINE:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Never leave a process behind when a test fails.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn graceful_signal_drains_and_exits_zero(signal: &str) {
+    let mut binary = Binary::start(&[("WORKERS", "3"), ("SHUTDOWN_TIMEOUT", "10")]);
+    let agent = agent();
+    let base = binary.base();
+    for i in 0..200 {
+        let r = post_event(
+            &agent,
+            &base,
+            &format!(r#"{{"product_id":"b{}","stock":{i}}}"#, i % 7),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    binary.signal(signal);
+    assert_eq!(binary.wait_exit(), 0, "log:\n{}", binary.lines.join("\n"));
+    let summary = binary.wait_for_log("shutdown complete:");
+    assert!(
+        summary.contains("accepted=200 applied=200 panicked=0 not_applied=0 drained=true"),
+        "{summary}"
+    );
+    // The listener is gone.
+    assert!(
+        TcpStream::connect(binary.addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    graceful_signal_drains_and_exits_zero("TERM");
+}
+
+#[test]
+fn sigint_drains_and_exits_zero() {
+    graceful_signal_drains_and_exits_zero("INT");
+}
+
+#[test]
+fn idle_binary_exits_fast_on_sigterm() {
+    let mut binary = Binary::start(&[]);
+    let sent = Instant::now();
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+    let took = sent.elapsed();
+    // Generous bound for a shared machine; the work itself takes ~1 ms.
+    assert!(took < Duration::from_secs(2), "idle shutdown took {took:?}");
+    binary.wait_for_log("shutdown complete: accepted=0 applied=0");
+}
+
+#[test]
+fn a_second_signal_exits_at_once_with_a_nonzero_code() {
+    let mut binary = Binary::start(&[("HTTP_THREADS", "1")]);
+    // Hold the only request thread inside a body read: it asks for the body
+    // with "100 Continue" and then waits for bytes that never come. The first
+    // SIGTERM's shutdown then waits for that thread.
+    let mut stuck = TcpStream::connect(binary.addr).expect("connect");
+    stuck.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stuck
+        .write_all(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .expect("send headers");
+    let mut interim = [0u8; 25];
+    stuck.read_exact(&mut interim).expect("100 Continue");
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+
+    binary.signal("TERM");
+    binary.wait_for_log("shutdown: intake closed");
+    binary.signal("TERM");
+    let code = binary.wait_exit();
+    assert_eq!(code, 130, "log:\n{}", binary.lines.join("\n"));
+    assert!(
+        binary.lines.iter().any(|l| l.contains("second signal")),
+        "log:\n{}",
+        binary.lines.join("\n")
+    );
+}
+
+#[test]
+fn bad_settings_stop_the_binary_with_exit_code_2_and_one_clear_line() {
+    for (var, value) in [
+        ("WORKERS", "0"),
+        ("QUEUE_SIZE", "0"),
+        ("PORT", "http"),
+        ("SHUTDOWN_TIMEOUT", "-5"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var) && stderr.contains(value), "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_prints_every_setting() {
+    let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+        .arg("--help")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "PORT",
+        "BIND_ADDR",
+        "WORKERS",
+        "QUEUE_SIZE",
+        "SHUTDOWN_TIMEOUT",
+        "MAX_BODY_BYTES",
+        "HTTP_THREADS",
+        "RUST_LOG",
+    ] {
+        assert!(
+            help.contains(name),
+            "--help does not mention {name}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn port_in_use_is_a_clear_startup_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+        .env_clear()
+        .env("PORT", &port)
+        .env("BIND_ADDR", "127.0.0.1")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("set PORT to a free port"), "{stderr}");
+}
