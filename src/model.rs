@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 /// Longest accepted `product_id`, in bytes of UTF-8.
 pub const MAX_PRODUCT_ID_BYTES: usize = 128;
@@ -21,10 +21,13 @@ pub const MAX_PRICE: f64 = 1_000_000_000.0;
 pub const MAX_STOCK: u64 = 1_000_000_000;
 
 /// A validated update: the id and at least one field to set.
+///
+/// The price is kept as the JSON number the client wrote (`5`, `5.0` or
+/// `49.99`), so it reads back exactly as sent, not just as an equal `f64`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductUpdate {
     pub product_id: Box<str>,
-    pub price: Option<f64>,
+    pub price: Option<Number>,
     pub stock: Option<u64>,
 }
 
@@ -33,7 +36,7 @@ pub struct ProductUpdate {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Product {
     pub product_id: Box<str>,
-    pub price: Option<f64>,
+    pub price: Option<Number>,
     pub stock: Option<u64>,
 }
 
@@ -285,16 +288,17 @@ impl RawEvent {
     }
 }
 
-fn check_price(value: Value) -> Result<f64, EventError> {
+fn check_price(value: Value) -> Result<Number, EventError> {
     let invalid = |reason: String| EventError::InvalidPrice { reason };
-    let price = match &value {
-        Value::Number(n) => n
-            .as_f64()
-            .ok_or_else(|| invalid(format!("must be a finite number, got {n}")))?,
+    let (number, price) = match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(price) => (n, price),
+            None => return Err(invalid(format!("must be a finite number, got {n}"))),
+        },
         other => {
             return Err(invalid(format!(
                 "must be a number, not {}; omit the field to leave the price unchanged",
-                kind(other)
+                kind(&other)
             )));
         }
     };
@@ -310,7 +314,10 @@ fn check_price(value: Value) -> Result<f64, EventError> {
         )));
     }
     // -0.0 passes the checks above; store it as 0.0 so it reads back as 0.0.
-    Ok(price + 0.0)
+    if price == 0.0 && price.is_sign_negative() {
+        return Ok(Number::from(0u8));
+    }
+    Ok(number)
 }
 
 fn check_stock(value: Value) -> Result<u64, EventError> {
@@ -380,14 +387,14 @@ mod tests {
             ok(r#"{"product_id":"abc123","price":49.99,"stock":100}"#),
             ProductUpdate {
                 product_id: "abc123".into(),
-                price: Some(49.99),
+                price: Number::from_f64(49.99),
                 stock: Some(100)
             }
         );
         let p = ok(r#" {"stock":0, "product_id":"x"} "#);
         assert_eq!((p.price, p.stock), (None, Some(0)));
         let p = ok(r#"{"product_id":"x","price":0}"#);
-        assert_eq!((p.price, p.stock), (Some(0.0), None));
+        assert_eq!((p.price, p.stock), (Some(Number::from(0u8)), None));
     }
 
     #[test]
@@ -482,12 +489,12 @@ mod tests {
             let body = format!(r#"{{"product_id":"a","price":{bad}}}"#);
             assert_eq!(code(body.as_bytes()), "invalid_price", "{body}");
         }
-        assert_eq!(
-            ok(r#"{"product_id":"a","price":1000000000}"#).price,
-            Some(MAX_PRICE)
-        );
+        let max = ok(r#"{"product_id":"a","price":1000000000}"#)
+            .price
+            .unwrap();
+        assert_eq!(max.as_f64(), Some(MAX_PRICE));
         let zero = ok(r#"{"product_id":"a","price":-0.0}"#).price.unwrap();
-        assert!(zero == 0.0 && zero.is_sign_positive());
+        assert_eq!(zero.to_string(), "0");
     }
 
     #[test]
@@ -529,9 +536,15 @@ mod tests {
         ] {
             let body = format!(r#"{{"product_id":"a","price":{text}}}"#);
             let price = ok(&body).price.unwrap();
-            assert_eq!(price, text.parse::<f64>().unwrap(), "{text}");
+            let expected: f64 = text.parse().unwrap();
+            assert_eq!(price.as_f64(), Some(expected), "{text}");
             let out = serde_json::to_string(&price).unwrap();
-            assert_eq!(out.parse::<f64>().unwrap(), price, "{text} -> {out}");
+            assert_eq!(out.parse::<f64>().unwrap(), expected, "{text} -> {out}");
+        }
+        // The client's spelling is kept: an integer stays an integer.
+        for text in ["49.99", "5", "5.0", "100", "0.5"] {
+            let body = format!(r#"{{"product_id":"a","price":{text}}}"#);
+            assert_eq!(serde_json::to_string(&ok(&body).price).unwrap(), text);
         }
         assert_eq!(serde_json::to_string(&49.99f64).unwrap(), "49.99");
     }

@@ -168,7 +168,7 @@ mod tests {
     fn event(id: &str) -> ProductUpdate {
         ProductUpdate {
             product_id: id.into(),
-            price: Some(1.0),
+            price: serde_json::Number::from_f64(1.0),
             stock: None,
         }
     }

@@ -32,16 +32,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use serde_json::Number;
+
 use crate::model::{Product, ProductUpdate};
 
 /// Sequence number given by the intake; the first accepted event has seq 1,
 /// so 0 can mean "never set".
 pub type Seq = u64;
 
-/// What a product holds. 32 bytes: seq 0 marks a field no event has set.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What a product holds (40 bytes). `price_seq`/`stock_seq` are the seq of
+/// the event that set the field, 0 if none has. The price is the JSON number
+/// as the client wrote it (see `model.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Record {
-    price: f64,
+    price: Option<Number>,
     price_seq: Seq,
     stock: u64,
     stock_seq: Seq,
@@ -75,9 +79,9 @@ impl Store {
             None => products.entry(update.product_id.clone()).or_default(),
         };
         let mut outcome = ApplyOutcome::default();
-        if let Some(price) = update.price {
+        if let Some(price) = &update.price {
             if seq > record.price_seq {
-                record.price = price;
+                record.price = Some(price.clone());
                 record.price_seq = seq;
                 outcome.written += 1;
             } else {
@@ -99,10 +103,10 @@ impl Store {
     /// The current state of `product_id`, or `None` if no event for it has
     /// been applied yet.
     pub fn get(&self, product_id: &str) -> Option<Product> {
-        let record = *self.read().get(product_id)?;
+        let record = self.read().get(product_id)?.clone();
         Some(Product {
             product_id: product_id.into(),
-            price: (record.price_seq > 0).then_some(record.price),
+            price: record.price,
             stock: (record.stock_seq > 0).then_some(record.stock),
         })
     }
@@ -131,7 +135,12 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn num(price: Option<f64>) -> Option<Number> {
+        price.and_then(Number::from_f64)
+    }
+
     fn update(id: &str, price: Option<f64>, stock: Option<u64>) -> ProductUpdate {
+        let price = num(price);
         ProductUpdate {
             product_id: id.into(),
             price,
@@ -165,7 +174,7 @@ mod tests {
         store.apply(2, &update("a", Some(2.0), None));
         store.apply(3, &update("a", None, Some(3)));
         let p = store.get("a").unwrap();
-        assert_eq!((p.price, p.stock), (Some(2.0), Some(3)));
+        assert_eq!((p.price, p.stock), (num(Some(2.0)), Some(3)));
     }
 
     #[test]
@@ -187,7 +196,7 @@ mod tests {
             }
         );
         let p = store.get("a").unwrap();
-        assert_eq!((p.price, p.stock), (Some(30.0), Some(2)));
+        assert_eq!((p.price, p.stock), (num(Some(30.0)), Some(2)));
     }
 
     #[test]
@@ -207,7 +216,7 @@ mod tests {
                 store.apply(events[i].0, &events[i].1);
             }
             let p = store.get("a").unwrap();
-            assert_eq!((p.price, p.stock), (Some(3.0), Some(40)), "{order:?}");
+            assert_eq!((p.price, p.stock), (num(Some(3.0)), Some(40)), "{order:?}");
             permutations += 1;
             if !next_permutation(&mut order) {
                 break;
@@ -239,6 +248,6 @@ mod tests {
         assert!(result.is_err());
         assert!(store.products.is_poisoned());
         store.apply(2, &update("a", Some(2.0), None));
-        assert_eq!(store.get("a").unwrap().price, Some(2.0));
+        assert_eq!(store.get("a").unwrap().price, num(Some(2.0)));
     }
 }

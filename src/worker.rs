@@ -213,7 +213,7 @@ mod tests {
             seq,
             update: ProductUpdate {
                 product_id: id.into(),
-                price: Some(1.0),
+                price: serde_json::Number::from_f64(1.0),
                 stock: None,
             },
             accepted_at: Instant::now(),

@@ -1373,3 +1373,34 @@ fn every_error_response_is_problem_json_with_a_matching_type() {
     let report = server.shutdown();
     assert_clean_shutdown(&report, 0);
 }
+
+/// A price reads back exactly as the client wrote it: an integer stays an
+/// integer, a decimal keeps its digits.
+#[test]
+fn prices_read_back_as_written() {
+    let server = TestServer::start(test_config());
+    for (id, text) in [
+        ("int", "5"),
+        ("float", "5.0"),
+        ("cents", "49.99"),
+        ("tiny", "0.1"),
+    ] {
+        let reply = server.post_event(&format!(r#"{{"product_id":"{id}","price":{text}}}"#));
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    server.wait_applied();
+    for (id, text) in [
+        ("int", "5"),
+        ("float", "5.0"),
+        ("cents", "49.99"),
+        ("tiny", "0.1"),
+    ] {
+        let reply = server.get(&format!("/products/{id}"));
+        assert_eq!(
+            reply.body,
+            format!(r#"{{"product_id":"{id}","price":{text},"stock":null}}"#)
+        );
+    }
+    let report = server.shutdown();
+    assert_eq!((report.accepted, report.applied), (4, 4));
+}
