@@ -9,36 +9,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Reply, TestServer, raw_exchange, test_config};
+use common::{DEADLINE, Reply, TestServer, raw_exchange, read_reply, test_config};
 use product_update_service::{Config, ShutdownReport};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
 
-/// Reads a ureq response fully into a [`Reply`] (for methods and bodies the
-/// harness's `post_event`/`get` do not cover).
-fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut response = response.unwrap_or_else(|e| panic!("request failed: {e}"));
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .unwrap_or_else(|e| panic!("reading body: {e}"));
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// POSTs raw bytes to /events with the given Content-Type.
 fn post_bytes(server: &TestServer, content_type: &str, body: &[u8]) -> Reply {
-    reply(
+    read_reply(
         server
             .agent
             .post(server.url("/events"))
@@ -982,7 +961,8 @@ fn unknown_paths_are_404_not_found() {
         assert!(problem.get("field").is_none(), "{path}: {problem}");
     }
     // POST to an unknown path is a 404 too, not a 405.
-    reply(server.agent.post(server.url("/nope")).send_empty()).assert_problem(404, "not_found");
+    read_reply(server.agent.post(server.url("/nope")).send_empty())
+        .assert_problem(404, "not_found");
 
     let report = server.shutdown();
     assert_clean_shutdown(&report, 0);
@@ -1012,17 +992,17 @@ fn wrong_method_on_events_is_405_with_allow_post() {
     let url = server.url("/events");
 
     let replies = [
-        ("GET", reply(server.agent.get(&url).call())),
+        ("GET", read_reply(server.agent.get(&url).call())),
         (
             "PUT",
-            reply(
+            read_reply(
                 server
                     .agent
                     .put(&url)
                     .send(r#"{"product_id":"a","price":1}"#),
             ),
         ),
-        ("DELETE", reply(server.agent.delete(&url).call())),
+        ("DELETE", read_reply(server.agent.delete(&url).call())),
     ];
     for (method, reply) in &replies {
         let problem = reply.assert_problem(405, "method_not_allowed");
@@ -1049,10 +1029,13 @@ fn wrong_method_on_a_product_is_405_with_allow_get() {
     let replies = [
         (
             "POST",
-            reply(server.agent.post(&url).send(r#"{"price":1}"#)),
+            read_reply(server.agent.post(&url).send(r#"{"price":1}"#)),
         ),
-        ("PUT", reply(server.agent.put(&url).send(r#"{"price":1}"#))),
-        ("DELETE", reply(server.agent.delete(&url).call())),
+        (
+            "PUT",
+            read_reply(server.agent.put(&url).send(r#"{"price":1}"#)),
+        ),
+        ("DELETE", read_reply(server.agent.delete(&url).call())),
     ];
     for (method, reply) in &replies {
         reply.assert_problem(405, "method_not_allowed");
@@ -1150,7 +1133,7 @@ fn head_product_returns_200_without_a_body() {
     accepted_seq(&server.post_event(r#"{"product_id":"h","stock":2}"#), "h");
     server.wait_applied();
 
-    let head = reply(server.agent.head(server.url("/products/h")).call());
+    let head = read_reply(server.agent.head(server.url("/products/h")).call());
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-type"), Some("application/json"));
     assert!(head.body.is_empty(), "HEAD sent a body: {:?}", head.body);
@@ -1164,7 +1147,7 @@ fn head_product_returns_200_without_a_body() {
     assert_eq!(raw.status, 200);
     assert!(raw.body.is_empty(), "HEAD sent a body: {:?}", raw.body);
 
-    let missing = reply(server.agent.head(server.url("/products/none")).call());
+    let missing = read_reply(server.agent.head(server.url("/products/none")).call());
     assert_eq!(missing.status, 404);
     assert!(
         missing.body.is_empty(),

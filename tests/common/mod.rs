@@ -85,7 +85,8 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-fn read_reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+/// Reads a ureq response fully into a [`Reply`].
+pub fn read_reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut response = response.unwrap_or_else(|e| panic!("request failed: {e}"));
     let status = response.status().as_u16();
     let headers = response
