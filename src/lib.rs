@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!             tiny_http                    HTTP_THREADS            bounded queue          WORKERS
-//! client ──▶ accept + one thread ──recv()──▶ http-0..N ──submit()──▶ [QUEUE_SIZE] ──iter()──▶ worker-0..N ──apply()──▶ Store
+//! client ──▶ accept + one thread ──recv()──▶ http-0..N ──submit()──▶ [QUEUE_SIZE] ──next()──▶ worker-0..N ──apply()──▶ Store
 //!            per connection                   │                                                           (RwLock<HashMap>)
 //!                                             └──────────────────────── get() ◀───────────────────────────────┘
 //! ```
@@ -70,7 +70,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     })?;
 
     let store = Store::new();
-    let (intake, job_rx) = Intake::new(config.queue_size);
+    let (intake, jobs) = Intake::new(config.queue_size);
     let intake = Arc::new(intake);
     let control = Arc::new(Control::default());
     let counters = Arc::new(WorkerCounters::default());
@@ -82,7 +82,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         let store = store.clone();
         let spawned = Worker::spawn(
             id,
-            job_rx.clone(),
+            jobs.clone(),
             done_tx.clone(),
             Arc::clone(&control),
             Arc::clone(&counters),
@@ -104,7 +104,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // Only the workers hold these now: the last worker to exit disconnects
     // `done_rx`, and the channel is disconnected once the intake closes.
     drop(done_tx);
-    drop(job_rx);
+    drop(jobs);
 
     let server =
         tiny_http::Server::from_listener(listener, None).map_err(|e| StartError::Bind {

@@ -8,10 +8,11 @@
 //!    queue; from now on `POST /events` answers 503 `shutting_down`, and
 //!    every response carries `Connection: close`. GETs are still answered.
 //! 2. **Drain.** The workers keep applying what is queued. When the queue is
-//!    empty *and* its sender is gone, each worker's `for job in job_rx.iter()`
-//!    ends, the worker exits and drops its `done_tx`. When the last one is
-//!    dropped, `done_rx.recv_deadline(now + SHUTDOWN_TIMEOUT)` returns
-//!    "disconnected": drained.
+//!    empty *and* its sender is gone, each worker's
+//!    `while let Some(job) = jobs.next()` ends, the worker exits and drops its
+//!    `done_tx`. When the last one is dropped,
+//!    `done_rx.recv_deadline(now + SHUTDOWN_TIMEOUT)` returns "disconnected":
+//!    drained.
 //! 3. **Deadline.** If the deadline passes first, `Control::abandon` makes
 //!    each worker stop after at most the event it holds. The events left in
 //!    the queue are counted (accepted − applied − panicked) and logged.

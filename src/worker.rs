@@ -2,7 +2,7 @@
 //! store until the queue is closed and empty.
 //!
 //! Each [`Worker`] owns its thread's `JoinHandle`. The thread owns a clone
-//! of the queue's receiver (`job_rx`) and a clone of `done_tx`, a channel
+//! of the queue's receiving end ([`Jobs`]) and a clone of `done_tx`, a channel
 //! sender that is never sent on: when the last worker exits, the last
 //! `done_tx` is dropped and whoever waits on `done_rx` sees "disconnected".
 //! That lets shutdown wait for "all workers finished" with a deadline
@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
-use crate::queue::Job;
+use crate::queue::{Job, Jobs};
 use crate::store::ApplyOutcome;
 
 /// Counts kept by the workers, read by shutdown (and, later, metrics).
@@ -55,7 +55,7 @@ impl Worker {
     /// once per event; a panic inside it is caught, counted and logged.
     pub fn spawn<F>(
         id: usize,
-        job_rx: Receiver<Job>,
+        jobs: Jobs,
         done_tx: Sender<()>,
         control: Arc<Control>,
         counters: Arc<WorkerCounters>,
@@ -67,7 +67,7 @@ impl Worker {
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || {
-                run(id, &job_rx, &control, &counters, apply);
+                run(id, &jobs, &control, &counters, apply);
                 log::debug!("worker-{id} exiting");
                 // Dropped last, on purpose: the thread is done with the queue.
                 drop(done_tx);
@@ -86,13 +86,14 @@ impl Worker {
     }
 }
 
-fn run<F>(id: usize, job_rx: &Receiver<Job>, control: &Control, counters: &WorkerCounters, apply: F)
+fn run<F>(id: usize, jobs: &Jobs, control: &Control, counters: &WorkerCounters, apply: F)
 where
     F: Fn(&Job) -> ApplyOutcome,
 {
-    // `iter()` blocks for the next event and ends when the queue is empty
-    // *and* its sender is gone: a closed queue is drained before it ends.
-    for job in job_rx.iter() {
+    // `next()` sleeps while the queue is empty and returns `None` once the
+    // intake is closed *and* the queue is empty: a closed queue is drained
+    // before the loop ends.
+    while let Some(job) = jobs.next() {
         if control.checkpoint() == Checkpoint::Stop {
             return;
         }
@@ -206,22 +207,20 @@ impl Control {
 mod tests {
     use super::*;
     use crate::model::ProductUpdate;
+    use crate::queue::Intake;
+    use crossbeam_channel::Receiver;
     use std::time::{Duration, Instant};
 
-    fn job(seq: u64, id: &str) -> Job {
-        Job {
-            seq,
-            update: ProductUpdate {
-                product_id: id.into(),
-                price: serde_json::Number::from_f64(1.0),
-                stock: None,
-            },
-            accepted_at: Instant::now(),
+    fn event(id: &str) -> ProductUpdate {
+        ProductUpdate {
+            product_id: id.into(),
+            price: serde_json::Number::from_f64(1.0),
+            stock: None,
         }
     }
 
     struct Harness {
-        job_tx: Sender<Job>,
+        intake: Intake,
         done_rx: Receiver<()>,
         control: Arc<Control>,
         counters: Arc<WorkerCounters>,
@@ -232,14 +231,14 @@ mod tests {
     where
         F: Fn(&Job) -> ApplyOutcome + Send + 'static,
     {
-        let (job_tx, job_rx) = crossbeam_channel::bounded(16);
+        let (intake, jobs) = Intake::new(16);
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         let control = Arc::new(Control::default());
         let counters = Arc::new(WorkerCounters::default());
         let worker =
-            Worker::spawn(1, job_rx, done_tx, control.clone(), counters.clone(), apply).unwrap();
+            Worker::spawn(1, jobs, done_tx, control.clone(), counters.clone(), apply).unwrap();
         Harness {
-            job_tx,
+            intake,
             done_rx,
             control,
             counters,
@@ -263,10 +262,10 @@ mod tests {
             written: 1,
             stale: 0,
         });
-        for seq in 1..=10 {
-            h.job_tx.send(job(seq, "a")).unwrap();
+        for _ in 0..10 {
+            h.intake.submit(event("a")).unwrap();
         }
-        drop(h.job_tx);
+        h.intake.close();
         wait_done(&h.done_rx);
         assert_eq!(h.worker.id(), 1);
         h.worker.join().unwrap();
@@ -284,10 +283,10 @@ mod tests {
                 stale: 1,
             }
         });
-        h.job_tx.send(job(1, "a")).unwrap();
-        h.job_tx.send(job(2, "boom")).unwrap();
-        h.job_tx.send(job(3, "b")).unwrap();
-        drop(h.job_tx);
+        h.intake.submit(event("a")).unwrap();
+        h.intake.submit(event("boom")).unwrap();
+        h.intake.submit(event("b")).unwrap();
+        h.intake.close();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();
         assert_eq!(h.counters.applied.load(Ordering::Relaxed), 2);
@@ -303,8 +302,8 @@ mod tests {
             ApplyOutcome::default()
         });
         h.control.pause();
-        h.job_tx.send(job(1, "a")).unwrap();
-        h.job_tx.send(job(2, "a")).unwrap();
+        h.intake.submit(event("a")).unwrap();
+        h.intake.submit(event("a")).unwrap();
         // Paused: nothing is applied. (A bounded wait for something that must
         // not happen; the positive case below proves the worker is alive.)
         assert!(seen_rx.recv_timeout(Duration::from_millis(100)).is_err());
@@ -313,8 +312,8 @@ mod tests {
         assert_eq!(seen_rx.recv_timeout(Duration::from_secs(10)), Ok(2));
 
         h.control.pause();
-        h.job_tx.send(job(3, "a")).unwrap();
-        h.job_tx.send(job(4, "a")).unwrap();
+        h.intake.submit(event("a")).unwrap();
+        h.intake.submit(event("a")).unwrap();
         h.control.abandon();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();

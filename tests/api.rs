@@ -1387,3 +1387,46 @@ fn prices_read_back_as_written() {
     let report = server.shutdown();
     assert_eq!((report.accepted, report.applied), (4, 4));
 }
+
+/// A burst of keep-alive connections, all held open: every one must be
+/// answered. (tiny_http 0.12's thread pool could leave connections queued
+/// behind others that stay open; see vendor/README.md.)
+#[test]
+fn a_burst_of_keep_alive_connections_is_answered_on_every_connection() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    for round in 0..2 {
+        // Busy threads during the burst, as under real load, so that pool
+        // threads woken for earlier connections are slow to run: that is
+        // when the pool lost track of how many were really idle.
+        let burst_done = std::sync::atomic::AtomicBool::new(false);
+        let mut connections: Vec<TcpStream> = std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while !burst_done.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let mut connections: Vec<TcpStream> = (0..64)
+                .map(|_| TcpStream::connect(addr).expect("connect"))
+                .collect();
+            for stream in &mut connections {
+                stream
+                    .write_all(b"GET /products/none HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .expect("send request");
+            }
+            burst_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            connections
+        });
+        for (i, stream) in connections.iter_mut().enumerate() {
+            stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let mut head = [0u8; 12];
+            stream
+                .read_exact(&mut head)
+                .unwrap_or_else(|e| panic!("round {round}: connection {i} got no answer: {e}"));
+            assert_eq!(&head, b"HTTP/1.1 404", "round {round}: connection {i}");
+        }
+    }
+    assert_clean_shutdown(&server.shutdown(), 0);
+}

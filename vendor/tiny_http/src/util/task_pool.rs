@@ -69,7 +69,13 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // PATCHED (product-update-service): a thread woken for an earlier
+        // task still counts as waiting until it runs, so upstream's
+        // `waiting_tasks == 0` test let a burst of connections queue behind
+        // a single idle thread; each task (a connection, which may stay open
+        // for long) then waited for a thread that never came. A new thread
+        // is needed unless there are more waiting threads than queued tasks.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);

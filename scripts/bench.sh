@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# HTTP benchmark of the service against the tiny_http anchors of
+# ../shared/bench (see its README), all on loopback, in one run:
+#
+#   1. builds the release binary; installs wrk and nginx-light if missing;
+#   2. starts the anchors (nginx, tiny_bare, tiny_parse) and the service on a
+#      free loopback port (BIND_ADDR=127.0.0.1, RUST_LOG=warn);
+#   3. runs matrix.sh: tiny_parse and the service interleaved for ROUNDS
+#      rounds (what the targets compare), and nginx and tiny_bare for
+#      CONTEXT_ROUNDS rounds (context only: one round keeps a default run
+#      under 15 minutes; CONTEXT_ROUNDS=$ROUNDS interleaves all four);
+#   4. prints summarize.sh's table and, per scenario, service / tiny_parse
+#      for throughput and p99 (medians over the rounds), PASS/FAIL against
+#      the targets of issue 3: throughput >= 0.9x and p99 <= 1.5x. A verdict
+#      marked "(unstable)" rests on rounds that disagree (one below 2/3 of
+#      the best): read the raw rounds before trusting it.
+#
+# Everything started here is stopped on exit. Raw results, wrk output and
+# logs are kept in the run directory it prints; `bench.sh --report
+# RUN_DIR/results.txt` prints the tables for them again.
+#
+# Env: ROUNDS (3), DURATION (10s), CONTEXT_ROUNDS (1, 0 = skip nginx and
+#      tiny_bare), SCENARIOS (the nine below), BENCH_DIR (../shared/bench),
+#      STRICT (1 = exit 1 when a target fails), plus matrix.sh's PAUSE and
+#      load.sh's WRK_THREADS, WRK_TIMEOUT.
+# Exit: 0 measured, 1 measured and a target failed with STRICT=1,
+#       2 could not measure.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bench=$(cd "${BENCH_DIR:-$(dirname "$0")/../../shared/bench}" && pwd)
+cd "$repo"
+export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
+context_rounds=${CONTEXT_ROUNDS:-1}
+export SCENARIOS=${SCENARIOS:-post-c1 post-c32 post-c256 post-close-c1 post-close-c32 get-c1 get-c32 get-c256 get-close-c32}
+target_dir=${CARGO_TARGET_DIR:-target}
+
+die() { echo "bench.sh: $*" >&2; exit 2; }
+
+# Prints summarize.sh's table and the service / tiny_parse table for a
+# results file. Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
+report() {
+  bash "$bench/summarize.sh" "$1"
+  echo
+  awk -v scenarios="$SCENARIOS" -v min_rps=0.9 -v max_p99=1.5 '
+function median(list,   a, n, i, j, t) {
+  n = split(list, a, " ")
+  if (n == 0) return ""
+  for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
+  lo = a[1]; hi = a[n]
+  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+}
+function sum(list,   a, n, i, s) { n = split(list, a, " "); s = 0; for (i = 1; i <= n; i++) s += a[i]; return s }
+{
+  off = ($1 ~ /^round=/) ? 1 : 0
+  name = $(1+off); sc = $(2+off)
+  for (i = 3 + off; i <= NF; i++) { split($i, kv, "="); v[name, sc, kv[1]] = v[name, sc, kv[1]] " " kv[2] }
+}
+END {
+  print "| scenario | service req/s | tiny_parse req/s | throughput ratio (>= " min_rps ") | service p99 ms | tiny_parse p99 ms | p99 ratio (<= " max_p99 ") | service errors | verdict |"
+  print "|---|---|---|---|---|---|---|---|---|"
+  n = split(scenarios, sc_list, " ")
+  for (k = 1; k <= n; k++) {
+    sc = sc_list[k]
+    # A round below 2/3 of the best round of the same target: the medians
+    # are shaky (see the notes that bench.sh prints under the table).
+    sr = median(v["service", sc, "rps"]); shaky = (hi > 0 && lo < hi * 2 / 3)
+    tr = median(v["tiny_parse", sc, "rps"]); shaky = shaky || (hi > 0 && lo < hi * 2 / 3)
+    sp = median(v["service", sc, "p99_us"]); tp = median(v["tiny_parse", sc, "p99_us"])
+    errs = sum(v["service", sc, "non2xx"]) + sum(v["service", sc, "err_connect"]) + sum(v["service", sc, "err_read"]) + sum(v["service", sc, "err_write"]) + sum(v["service", sc, "err_timeout"])
+    if (sr == "" || tr == "" || sr + 0 == 0 || tr + 0 == 0 || tp + 0 == 0 || v["service", sc, "error"] != "" || v["tiny_parse", sc, "error"] != "") {
+      printf "| %s | %s | %s | - | - | - | - | %d | NO DATA |\n", sc, sr, tr, errs
+      nodata++; continue
+    }
+    rr = sr / tr; pr = sp / tp
+    ok = (rr >= min_rps && pr <= max_p99)
+    verdict = (ok ? "PASS" : "FAIL") (shaky ? " (unstable)" : "")
+    if (!ok) failed++
+    if (shaky) unstable++
+    printf "| %s | %.0f | %.0f | %.2fx | %.2f | %.2f | %.2fx | %d | %s |\n", sc, sr, tr, rr, sp / 1000, tp / 1000, pr, errs, verdict
+    lines[k] = sprintf("%s %s: throughput %.2fx tiny_parse, p99 %.2fx", verdict, sc, rr, pr)
+  }
+  print ""
+  for (k = 1; k <= n; k++) if (k in lines) print lines[k]
+  printf "overall: %d of %d scenarios PASS%s\n", n - failed - nodata, n, nodata ? sprintf(", %d NO DATA", nodata) : ""
+  if (unstable) print "unstable: a round of service or tiny_parse ran at < 2/3 of its best round; with tiny_http this is usually connections parked in its task pool (a keep-alive run at c32 that runs like c1). Compare the rounds in the raw results before trusting that ratio."
+  exit nodata ? 2 : (failed ? 1 : 0)
+}' "$1"
+}
+
+# `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
+if [ "${1:-}" = --report ]; then
+  status=0
+  report "${2:?usage: bench.sh --report RESULTS_FILE}" || status=$?
+  [ "$status" -ne 2 ] || exit 2
+  exit 0
+fi
+
+run=$(mktemp -d /tmp/bench-sh.XXXXXX)
+results=$run/results.txt
+export WRK_LOG=$run/wrk.log
+svc_pid=
+
+# Stops the service (SIGTERM, SIGKILL after 20 s); returns its exit status.
+stop_service() {
+  [ -n "$svc_pid" ] || return 0
+  local pid=$svc_pid rc=0 deadline=$((SECONDS + 20))
+  svc_pid=
+  kill -TERM "$pid" 2>/dev/null || true
+  # bash reaps a finished child at once, so kill -0 fails when it is gone.
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  stop_service || echo "bench.sh: the service exited with status $? on SIGTERM" >&2
+  local pidfiles=("$run"/*.pids)
+  [ -e "${pidfiles[0]}" ] && bash "$bench/stop_pids.sh" "${pidfiles[@]}" >&2
+  echo "bench.sh: raw results and logs in $run" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port nothing listens on: curl's exit 7 is "connection refused".
+free_port() {
+  local p rc
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 12000))
+    rc=0; curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/" || rc=$?
+    [ "$rc" -eq 7 ] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# Starts the service; retries on another port if it dies (port taken).
+start_service() {
+  local port
+  for _ in 1 2 3 4 5; do
+    port=$(free_port) || die "no free loopback port found"
+    PORT=$port BIND_ADDR=127.0.0.1 RUST_LOG=warn \
+      "$target_dir/release/product-update-service" >"$run/service.log" 2>&1 &
+    svc_pid=$!
+    for _ in $(seq 1 100); do
+      if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/products/ready-check")" = 404 ]; then
+        service_url=http://127.0.0.1:$port
+        return 0
+      fi
+      kill -0 "$svc_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_service || true
+  done
+  die "the service did not start; its log: $(cat "$run/service.log")"
+}
+
+# 1. Tools and binary.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench.sh: installing ${missing[*]}" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+export PATH=$PATH:/usr/sbin
+cargo build --release --quiet --bin product-update-service
+
+# 2. Anchors and service.
+RUN_DIR=$run bash "$bench/start_anchors.sh" >"$run/targets.txt"
+start_service
+svc="service=$service_url=$svc_pid"
+tiny_parse=$(grep '^tiny_parse=' "$run/targets.txt") || die "tiny_parse did not start"
+mapfile -t context < <(grep -E '^(nginx|tiny_bare)=' "$run/targets.txt")
+
+{
+  echo "bench.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
+  echo "bench.sh: commit $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + local changes')"
+  echo "bench.sh: ROUNDS=$ROUNDS DURATION=$DURATION CONTEXT_ROUNDS=$context_rounds, service pid $svc_pid on $service_url"
+}
+
+# 3. Load. Progress lines go to stderr; results accumulate in $results.
+matrix() { OUT=$results bash "$bench/matrix.sh" "$@" >&2; }
+if [ "$context_rounds" = "$ROUNDS" ]; then
+  matrix "${context[@]}" "$tiny_parse" "$svc"
+else
+  [ "$context_rounds" -gt 0 ] && ROUNDS=$context_rounds matrix "${context[@]}"
+  matrix "$tiny_parse" "$svc"
+fi
+kill -0 "$svc_pid" 2>/dev/null || die "the service died during the run; see $run/service.log"
+
+# 4. Tables.
+echo
+status=0
+report "$results" || status=$?
+[ "$status" -eq 2 ] && die "some scenarios could not be measured (see $run/wrk.log)"
+[ "$status" -eq 1 ] && [ "${STRICT:-0}" = 1 ] && exit 1
+exit 0
