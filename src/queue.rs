@@ -31,18 +31,35 @@
 //! `submit` rings only when a worker is actually asleep. crossbeam's blocking
 //! `recv` spins and calls `sched_yield` several times before it parks; with
 //! four mostly idle workers on a two-core machine that cost about 10 µs of
-//! CPU per event, a third of the whole request (see the README's Performance
-//! section). The channel is still crossbeam's bounded channel: only the
+//! CPU per event, a third of the whole request (see ARCHITECTURE.md, "Waking
+//! workers"). The channel is still crossbeam's bounded channel: only the
 //! waiting is ours.
+//!
+//! Waking a sleeping thread still costs a few microseconds, so a worker
+//! that has just worked *lingers*: it waits at most [`LINGER`] for more work
+//! before it sleeps for good, and while one lingers `submit` does not ring
+//! (unless [`WAKE_DEPTH`] events are already waiting). Under load one
+//! wake-up then serves a batch of events, the way network cards coalesce
+//! interrupts; the price is that an event may wait up to [`LINGER`] before
+//! it is applied.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::model::ProductUpdate;
 use crate::store::Seq;
+
+/// How long a worker that has just applied an event waits for the next one
+/// before it sleeps until woken. Bounds how long an event can sit in the
+/// queue while a worker lingers.
+pub const LINGER: Duration = Duration::from_micros(200);
+
+/// Queue depth at which `submit` wakes another worker even though one is
+/// lingering: a backlog is worth more hands.
+pub const WAKE_DEPTH: usize = 32;
 
 /// One accepted event on its way to a worker.
 #[derive(Debug)]
@@ -95,7 +112,12 @@ impl Intake {
             saturated: AtomicBool::new(false),
             doorbell: Arc::clone(&doorbell),
         };
-        (intake, Jobs { job_rx, doorbell })
+        let jobs = Jobs {
+            job_rx,
+            doorbell,
+            just_worked: false,
+        };
+        (intake, jobs)
     }
 
     /// Queues `update` and returns the sequence number it was given.
@@ -113,9 +135,10 @@ impl Intake {
         };
         match job_tx.try_send(job) {
             Ok(()) => {
+                let depth = job_tx.len();
                 state.next_seq += 1;
                 drop(state);
-                self.doorbell.ring();
+                self.doorbell.ring(depth);
                 if self.saturated.load(Ordering::Relaxed)
                     && self.saturated.swap(false, Ordering::Relaxed)
                 {
@@ -188,65 +211,97 @@ impl Intake {
 pub struct Jobs {
     job_rx: Receiver<Job>,
     doorbell: Arc<Doorbell>,
+    /// The last call returned an event: on an empty queue, linger first.
+    just_worked: bool,
 }
 
 impl Jobs {
-    /// The next event, sleeping while the queue is empty. `None` once the
+    /// The next event, waiting while the queue is empty. `None` once the
     /// intake is closed and every queued event has been taken: a closed queue
     /// is drained before it ends.
-    pub fn next(&self) -> Option<Job> {
+    pub fn next(&mut self) -> Option<Job> {
         loop {
             match self.job_rx.try_recv() {
-                Ok(job) => return Some(job),
+                Ok(job) => {
+                    self.just_worked = true;
+                    return Some(job);
+                }
                 Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => self.doorbell.sleep_unless(|| !self.job_rx.is_empty()),
+                Err(TryRecvError::Empty) => {
+                    let job_rx = &self.job_rx;
+                    let linger = std::mem::take(&mut self.just_worked).then_some(LINGER);
+                    self.doorbell.wait_unless(linger, || !job_rx.is_empty());
+                }
             }
         }
     }
 }
 
-/// Where idle workers sleep, and how the intake wakes one.
+/// Where idle workers wait, and how the intake wakes one.
 ///
 /// The protocol that makes a lost wake-up impossible: a worker announces
-/// itself (`sleepers += 1`) *before* it looks at the queue one last time, and
-/// `ring` looks at `sleepers` *after* the event is in the queue, with a
-/// `SeqCst` fence on both sides. So either the worker's last look sees the
-/// event, or `ring` sees the sleeper and wakes it (taking the lock, which the
-/// worker holds until it is actually waiting).
+/// itself (`sleepers += 1`, and `lingerers += 1` for a timed wait) *before*
+/// it looks at the queue one last time, and `ring` looks at the counts
+/// *after* the event is in the queue, with a `SeqCst` fence on both sides.
+/// So either the worker's last look sees the event, or `ring` sees the
+/// waiter. A sleeper it then wakes (taking the lock, which the worker holds
+/// until it is actually waiting); a lingerer needs no wake-up, because it
+/// looks at the queue again within [`LINGER`] on its own, and when it gives up
+/// lingering it goes through this protocol again as a sleeper.
 #[derive(Default)]
 struct Doorbell {
-    /// Workers asleep or about to be; read by `ring` without the lock.
+    /// Workers waiting (timed or not), or about to; read by `ring` without
+    /// the lock.
     sleepers: AtomicUsize,
-    /// True once the intake is closed: nobody sleeps any more.
+    /// Of those, the ones in a timed wait ([`LINGER`]).
+    lingerers: AtomicUsize,
+    /// True once the intake is closed: nobody waits any more.
     closed: Mutex<bool>,
     bell: Condvar,
 }
 
 impl Doorbell {
-    /// Worker side: sleeps until rung, unless `work_waiting()` says there is
-    /// work already or the intake is closed. May return spuriously; callers
-    /// look at the queue again.
-    fn sleep_unless(&self, work_waiting: impl Fn() -> bool) {
+    /// Worker side: waits until rung (or for at most `linger`), unless
+    /// `work_waiting()` says there is work already or the intake is closed.
+    /// May return spuriously; callers look at the queue again.
+    fn wait_unless(&self, linger: Option<Duration>, work_waiting: impl Fn() -> bool) {
         let closed = self.lock();
         if *closed {
             return;
         }
         self.sleepers.fetch_add(1, Ordering::SeqCst);
+        if linger.is_some() {
+            self.lingerers.fetch_add(1, Ordering::SeqCst);
+        }
         fence(Ordering::SeqCst);
-        let _closed = if work_waiting() {
-            closed
-        } else {
-            self.bell
+        let _closed = match linger {
+            _ if work_waiting() => closed,
+            None => self
+                .bell
                 .wait(closed)
-                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => {
+                let (closed, _timed_out) = self
+                    .bell
+                    .wait_timeout(closed, timeout)
+                    .unwrap_or_else(PoisonError::into_inner);
+                closed
+            }
         };
+        if linger.is_some() {
+            self.lingerers.fetch_sub(1, Ordering::SeqCst);
+        }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Intake side, after an event is queued: wakes one sleeping worker, if
-    /// any. With every worker busy this is one atomic load.
-    fn ring(&self) {
+    /// Intake side, after an event is queued (`depth` now waiting): wakes a
+    /// waiting worker unless one is lingering and the backlog is small. With
+    /// every worker busy this is two atomic loads.
+    fn ring(&self, depth: usize) {
         fence(Ordering::SeqCst);
+        if self.lingerers.load(Ordering::SeqCst) > 0 && depth < WAKE_DEPTH {
+            return;
+        }
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _closed = self.lock();
             self.bell.notify_one();
@@ -289,7 +344,7 @@ mod tests {
 
     #[test]
     fn full_queue_is_refused_at_once_without_using_a_seq() {
-        let (intake, jobs) = Intake::new(2);
+        let (intake, mut jobs) = Intake::new(2);
         intake.submit(event("a")).unwrap();
         intake.submit(event("b")).unwrap();
         assert_eq!(intake.depth(), 2);
@@ -303,7 +358,7 @@ mod tests {
 
     #[test]
     fn close_keeps_queued_events_and_refuses_new_ones() {
-        let (intake, jobs) = Intake::new(4);
+        let (intake, mut jobs) = Intake::new(4);
         intake.submit(event("a")).unwrap();
         assert_eq!(intake.close(), 1);
         assert!(intake.is_closed());
@@ -314,23 +369,30 @@ mod tests {
     }
 
     #[test]
-    fn a_sleeping_worker_is_woken_by_each_event_and_by_close() {
-        let (intake, jobs) = Intake::new(64);
+    fn a_waiting_worker_gets_every_event_whether_lingering_or_asleep() {
+        let (intake, mut jobs) = Intake::new(64);
+        let doorbell = Arc::clone(&intake.doorbell);
         let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
             while let Some(job) = jobs.next() {
                 seen_tx.send(job.seq).unwrap();
             }
         });
-        let wait = std::time::Duration::from_secs(10);
-        // Each event arrives while the worker is (most likely) asleep.
-        for seq in 1..=50 {
+        let wait = Duration::from_secs(10);
+        for seq in 1..=40 {
+            if seq % 2 == 0 {
+                // Let the worker give up lingering: the event must then be
+                // delivered by a ring, not by the worker looking on its own.
+                let deadline = Instant::now() + wait;
+                while !(doorbell.sleepers.load(Ordering::SeqCst) == 1
+                    && doorbell.lingerers.load(Ordering::SeqCst) == 0)
+                {
+                    assert!(Instant::now() < deadline, "worker never went to sleep");
+                    std::thread::yield_now();
+                }
+            }
             assert_eq!(intake.submit(event("a")), Ok(seq));
-            assert_eq!(
-                seen_rx.recv_timeout(wait),
-                Ok(seq),
-                "event {seq} was not picked up"
-            );
+            assert_eq!(seen_rx.recv_timeout(wait), Ok(seq), "event {seq} was not picked up");
         }
         intake.close();
         worker.join().unwrap();

@@ -67,7 +67,7 @@ impl Worker {
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || {
-                run(id, &jobs, &control, &counters, apply);
+                run(id, jobs, &control, &counters, apply);
                 log::debug!("worker-{id} exiting");
                 // Dropped last, on purpose: the thread is done with the queue.
                 drop(done_tx);
@@ -86,7 +86,7 @@ impl Worker {
     }
 }
 
-fn run<F>(id: usize, jobs: &Jobs, control: &Control, counters: &WorkerCounters, apply: F)
+fn run<F>(id: usize, mut jobs: Jobs, control: &Control, counters: &WorkerCounters, apply: F)
 where
     F: Fn(&Job) -> ApplyOutcome,
 {
