@@ -26,7 +26,7 @@
 //!
 //! # Why the workers do not block in `recv()`
 //!
-//! The workers take events with [`Jobs::next`]: `try_recv`, and when the
+//! The workers take events through [`Jobs`] (an iterator): `try_recv`, and when the
 //! queue is empty, sleep on a condition variable (the [`Doorbell`]) that
 //! `submit` rings only when a worker is actually asleep. crossbeam's blocking
 //! `recv` spins and calls `sched_yield` several times before it parks; with
@@ -215,11 +215,14 @@ pub struct Jobs {
     just_worked: bool,
 }
 
-impl Jobs {
+/// The events, in queue order, for one worker: `for job in jobs { … }`.
+impl Iterator for Jobs {
+    type Item = Job;
+
     /// The next event, waiting while the queue is empty. `None` once the
     /// intake is closed and every queued event has been taken: a closed queue
     /// is drained before it ends.
-    pub fn next(&mut self) -> Option<Job> {
+    fn next(&mut self) -> Option<Job> {
         loop {
             match self.job_rx.try_recv() {
                 Ok(job) => {
@@ -374,7 +377,7 @@ mod tests {
         let doorbell = Arc::clone(&intake.doorbell);
         let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
-            while let Some(job) = jobs.next() {
+            for job in jobs {
                 seen_tx.send(job.seq).unwrap();
             }
         });
@@ -392,7 +395,11 @@ mod tests {
                 }
             }
             assert_eq!(intake.submit(event("a")), Ok(seq));
-            assert_eq!(seen_rx.recv_timeout(wait), Ok(seq), "event {seq} was not picked up");
+            assert_eq!(
+                seen_rx.recv_timeout(wait),
+                Ok(seq),
+                "event {seq} was not picked up"
+            );
         }
         intake.close();
         worker.join().unwrap();

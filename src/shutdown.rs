@@ -9,7 +9,7 @@
 //!    every response carries `Connection: close`. GETs are still answered.
 //! 2. **Drain.** The workers keep applying what is queued. When the queue is
 //!    empty *and* its sender is gone, each worker's
-//!    `while let Some(job) = jobs.next()` ends, the worker exits and drops its
+//!    `for job in jobs` ends, the worker exits and drops its
 //!    `done_tx`. When the last one is dropped,
 //!    `done_rx.recv_deadline(now + SHUTDOWN_TIMEOUT)` returns "disconnected":
 //!    drained.

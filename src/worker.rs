@@ -86,14 +86,14 @@ impl Worker {
     }
 }
 
-fn run<F>(id: usize, mut jobs: Jobs, control: &Control, counters: &WorkerCounters, apply: F)
+fn run<F>(id: usize, jobs: Jobs, control: &Control, counters: &WorkerCounters, apply: F)
 where
     F: Fn(&Job) -> ApplyOutcome,
 {
-    // `next()` sleeps while the queue is empty and returns `None` once the
-    // intake is closed *and* the queue is empty: a closed queue is drained
-    // before the loop ends.
-    while let Some(job) = jobs.next() {
+    // `Jobs` waits while the queue is empty and ends once the intake is
+    // closed *and* the queue is empty: a closed queue is drained before the
+    // loop ends.
+    for job in jobs {
         if control.checkpoint() == Checkpoint::Stop {
             return;
         }
