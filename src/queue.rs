@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_waiting_worker_gets_every_event_whether_lingering_or_asleep() {
-        let (intake, mut jobs) = Intake::new(64);
+        let (intake, jobs) = Intake::new(64);
         let doorbell = Arc::clone(&intake.doorbell);
         let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
