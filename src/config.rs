@@ -30,6 +30,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Threads taking parsed requests from tiny_http and answering them.
     pub http_threads: usize,
+    /// Read and write timeout of every client connection: a client that
+    /// sends nothing (or reads nothing) for this long is disconnected, so it
+    /// cannot hold a thread, or delay shutdown, for longer.
+    pub socket_timeout: Duration,
 }
 
 /// Default `PORT`.
@@ -46,6 +50,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `HTTP_THREADS`.
 pub const DEFAULT_HTTP_THREADS: usize = 4;
+/// Default `SOCKET_TIMEOUT`.
+pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -56,6 +62,7 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             http_threads: DEFAULT_HTTP_THREADS,
+            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
         }
     }
 }
@@ -101,7 +108,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "MAX_BODY_BYTES",
-        range: "64..=16777216",
+        range: "1024..=16777216",
         default: "65536",
         help: "largest accepted request body; larger ones get 413",
     },
@@ -110,6 +117,12 @@ const SETTINGS: &[Setting] = &[
         range: "1..=256",
         default: "4",
         help: "threads answering HTTP requests",
+    },
+    Setting {
+        name: "SOCKET_TIMEOUT",
+        range: "0.1..=3600 seconds, decimals allowed",
+        default: "10",
+        help: "a client silent (or not reading) this long is disconnected",
     },
     Setting {
         name: "RUST_LOG",
@@ -179,13 +192,19 @@ impl Config {
             config.queue_size = parse_int(&v, "QUEUE_SIZE", 1, 1_000_000)? as usize;
         }
         if let Some(v) = get("SHUTDOWN_TIMEOUT")? {
-            config.shutdown_timeout = parse_seconds(&v, "SHUTDOWN_TIMEOUT", 3600.0)?;
+            config.shutdown_timeout = parse_seconds(&v, "SHUTDOWN_TIMEOUT", 0.0, 3600.0)?;
         }
         if let Some(v) = get("MAX_BODY_BYTES")? {
-            config.max_body_bytes = parse_int(&v, "MAX_BODY_BYTES", 64, 16 * 1024 * 1024)? as usize;
+            // tiny_http reads bodies of up to 1024 bytes before the service
+            // sees the request, so a smaller limit could not be honoured.
+            config.max_body_bytes =
+                parse_int(&v, "MAX_BODY_BYTES", 1024, 16 * 1024 * 1024)? as usize;
         }
         if let Some(v) = get("HTTP_THREADS")? {
             config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
+        }
+        if let Some(v) = get("SOCKET_TIMEOUT")? {
+            config.socket_timeout = parse_seconds(&v, "SOCKET_TIMEOUT", 0.1, 3600.0)?;
         }
         Ok(config)
     }
@@ -216,13 +235,14 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?}",
             self.bind,
             self.workers,
             self.queue_size,
             self.shutdown_timeout,
             self.max_body_bytes,
-            self.http_threads
+            self.http_threads,
+            self.socket_timeout
         )
     }
 }
@@ -249,9 +269,14 @@ fn parse_int(value: &str, variable: &'static str, min: u64, max: u64) -> Result<
     }
 }
 
-fn parse_seconds(value: &str, variable: &'static str, max: f64) -> Result<Duration, ConfigError> {
+fn parse_seconds(
+    value: &str,
+    variable: &'static str,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
     match value.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && (0.0..=max).contains(&secs) => {
+        Ok(secs) if secs.is_finite() && (min..=max).contains(&secs) => {
             Ok(Duration::from_secs_f64(secs))
         }
         _ => Err(error(variable, value)),
@@ -286,16 +311,18 @@ mod tests {
             ("WORKERS", "5"),
             ("QUEUE_SIZE", "123"),
             ("SHUTDOWN_TIMEOUT", "2.5"),
-            ("MAX_BODY_BYTES", "1024"),
+            ("MAX_BODY_BYTES", "2048"),
             ("HTTP_THREADS", "2"),
+            ("SOCKET_TIMEOUT", "0.5"),
         ])
         .unwrap();
         assert_eq!(c.bind.to_string(), "127.0.0.1:9000");
         assert_eq!(c.workers, 5);
         assert_eq!(c.queue_size, 123);
         assert_eq!(c.shutdown_timeout, Duration::from_millis(2500));
-        assert_eq!(c.max_body_bytes, 1024);
+        assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.http_threads, 2);
+        assert_eq!(c.socket_timeout, Duration::from_millis(500));
     }
 
     #[test]
@@ -321,8 +348,10 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "10s"),
             ("SHUTDOWN_TIMEOUT", "NaN"),
             ("SHUTDOWN_TIMEOUT", "3601"),
-            ("MAX_BODY_BYTES", "63"),
+            ("MAX_BODY_BYTES", "1023"),
             ("HTTP_THREADS", "0"),
+            ("SOCKET_TIMEOUT", "0"),
+            ("SOCKET_TIMEOUT", "0.05"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
             assert_eq!(err.variable, var);

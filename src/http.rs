@@ -97,14 +97,18 @@ impl Api {
     /// Answers one request. Every path answers on purpose: a request dropped
     /// unanswered would get tiny_http's bare 500.
     fn handle(&self, mut request: Request) {
-        let close = self.draining.load(Ordering::Relaxed) || client_wants_close(&request);
-        let mut closes_anyway = false;
-        let response = match self.route(&mut request) {
+        let mut body_read = false;
+        let result = self.route(&mut request, &mut body_read);
+        // A body left unread would be drained from the socket by tiny_http
+        // on this thread, as slowly as the client likes: close instead.
+        let unread_body = has_body(&request) && !body_read;
+        let close =
+            unread_body || self.draining.load(Ordering::Relaxed) || client_wants_close(&request);
+        let response = match result {
             Ok(reply) => Response::from_data(reply.body)
                 .with_status_code(reply.status)
                 .with_header(self.headers.json.clone()),
             Err(error) => {
-                closes_anyway = error.closes_connection();
                 log::debug!(
                     "{} {} -> {} {}: {error}",
                     request.method(),
@@ -115,7 +119,7 @@ impl Api {
                 self.error_response(&error)
             }
         };
-        let response = if close && !closes_anyway {
+        let response = if close {
             response.with_header(self.headers.close.clone())
         } else if *request.http_version() == HTTPVersion(1, 0) {
             // An HTTP/1.0 client only keeps the connection if told so.
@@ -128,13 +132,14 @@ impl Api {
         }
     }
 
+    /// The problem-details response for `error`, with the headers its status
+    /// calls for (`Retry-After`, `Allow`). `handle` adds `Connection`.
     fn error_response(&self, error: &ApiError) -> Response<io::Cursor<Vec<u8>>> {
         let response = Response::from_data(error.to_json())
             .with_status_code(error.status())
             .with_header(self.headers.problem_json.clone());
         match error {
             ApiError::QueueFull { .. } => response.with_header(self.headers.retry_after.clone()),
-            _ if error.closes_connection() => response.with_header(self.headers.close.clone()),
             ApiError::MethodNotAllowed { allow, .. } => {
                 let header = if *allow == ALLOW_EVENTS {
                     &self.headers.allow_events
@@ -147,12 +152,20 @@ impl Api {
         }
     }
 
-    fn route(&self, request: &mut Request) -> Result<Reply, ApiError> {
+    /// Answers a request the request threads will no longer route (shutdown).
+    fn shutting_down(&self) -> Response<io::Cursor<Vec<u8>>> {
+        self.error_response(&ApiError::ShuttingDown)
+            .with_header(self.headers.close.clone())
+    }
+
+    /// Routes the request. `body_read` is set once the body has been read
+    /// to its end.
+    fn route(&self, request: &mut Request, body_read: &mut bool) -> Result<Reply, ApiError> {
         let url = request.url();
         let path = url.split_once('?').map_or(url, |(path, _query)| path);
         if path == "/events" {
             return match request.method() {
-                Method::Post => self.post_event(request),
+                Method::Post => self.post_event(request, body_read),
                 other => Err(method_not_allowed(other, ALLOW_EVENTS)),
             };
         }
@@ -172,9 +185,10 @@ impl Api {
         })
     }
 
-    fn post_event(&self, request: &mut Request) -> Result<Reply, ApiError> {
+    fn post_event(&self, request: &mut Request, body_read: &mut bool) -> Result<Reply, ApiError> {
         check_content_type(request)?;
         let body = read_body(request, self.max_body_bytes)?;
+        *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
         let product_id = update.product_id.clone();
         let seq = self.submit(update)?;
@@ -274,9 +288,19 @@ fn check_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the body, never more than `limit` bytes (plus one to detect an
-/// oversized chunked body). A declared Content-Length over the limit is
-/// refused before anything is read.
+/// Whether the request carries a body (a non-zero Content-Length, or a
+/// Transfer-Encoding).
+fn has_body(request: &Request) -> bool {
+    request.body_length().is_some_and(|len| len > 0)
+        || header(request, "Transfer-Encoding").is_some()
+}
+
+/// Reads the body, never more than `limit` bytes. A declared Content-Length
+/// over the limit is refused before anything is read; a chunked body is read
+/// to at most `limit + 1` bytes (one more tells "too large"). Never reads past
+/// the declared length: for a `Connection: Upgrade` request tiny_http hands
+/// over the raw socket, where reading "to the end" would wait for the client
+/// to close.
 fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = request.body_length();
     if let Some(len) = declared.filter(|&len| len > limit) {
@@ -285,18 +309,39 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
             declared: Some(len),
         });
     }
+    let chunked = header(request, "Transfer-Encoding").is_some();
+    let to_read = match declared {
+        Some(len) => len as u64,
+        None if chunked => limit as u64 + 1,
+        // Neither: HTTP says there is no body.
+        None => 0,
+    };
     let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
     request
         .as_reader()
-        .take(limit as u64 + 1)
+        .take(to_read)
         .read_to_end(&mut body)
         .map_err(|e| ApiError::UnreadableBody {
-            detail: e.to_string(),
+            detail: match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "the client sent nothing for SOCKET_TIMEOUT".to_owned()
+                }
+                _ => e.to_string(),
+            },
         })?;
     if body.len() > limit {
         return Err(ApiError::PayloadTooLarge {
             limit,
             declared: None,
+        });
+    }
+    if declared.is_some_and(|len| body.len() < len) {
+        return Err(ApiError::UnreadableBody {
+            detail: format!(
+                "the connection ended after {} of the {} bytes declared in Content-Length",
+                body.len(),
+                declared.unwrap_or(0)
+            ),
         });
     }
     Ok(body)
@@ -381,8 +426,7 @@ impl HttpThreads {
         // Requests parsed after the markers: answer rather than let
         // tiny_http drop them with a bare 500.
         while let Ok(Some(request)) = server.try_recv() {
-            let response = api.error_response(&ApiError::ShuttingDown);
-            let _ = request.respond(response);
+            let _ = request.respond(api.shutting_down());
         }
         panicked
     }

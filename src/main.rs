@@ -5,6 +5,7 @@
 //! 1 if the service could not start or a thread had panicked, 2 for a bad
 //! setting or argument, 130 on a second signal.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,12 +14,15 @@ use product_update_service::{Config, start};
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => {}
+        // `write!` rather than `print!`: a closed stdout (`--help | head -0`)
+        // must not panic.
         Some("-h" | "--help") => {
-            print!("{}", Config::help());
+            let _ = write!(std::io::stdout(), "{}", Config::help());
             return ExitCode::SUCCESS;
         }
         Some("-V" | "--version") => {
-            println!("product-update-service {}", env!("CARGO_PKG_VERSION"));
+            let version = env!("CARGO_PKG_VERSION");
+            let _ = writeln!(std::io::stdout(), "product-update-service {version}");
             return ExitCode::SUCCESS;
         }
         Some(other) => {
@@ -46,7 +50,11 @@ fn main() -> ExitCode {
         if signals.fetch_add(1, Ordering::SeqCst) == 0 {
             let _ = signal_tx.try_send(());
         } else {
-            eprintln!("second signal: exiting immediately; queued events are lost");
+            // Ignore a write error: a closed stderr must not stop the exit.
+            let _ = writeln!(
+                std::io::stderr(),
+                "second signal: exiting immediately; queued events are lost"
+            );
             std::process::exit(130);
         }
     });

@@ -313,7 +313,7 @@ fn check_price(value: Value) -> Result<Number, EventError> {
             "is {price}; the maximum is {MAX_PRICE:.0}"
         )));
     }
-    // -0.0 passes the checks above; store it as 0.0 so it reads back as 0.0.
+    // -0.0 passes the checks above; store it as 0 so it reads back as 0.
     if price == 0.0 && price.is_sign_negative() {
         return Ok(Number::from(0u8));
     }

@@ -66,18 +66,6 @@ impl ApiError {
         }
     }
 
-    /// Whether the answer carries `Connection: close`: the body was not
-    /// (fully) read, or no more events are taken, so the connection is not
-    /// worth keeping.
-    pub fn closes_connection(&self) -> bool {
-        matches!(
-            self,
-            ApiError::ShuttingDown
-                | ApiError::PayloadTooLarge { .. }
-                | ApiError::UnreadableBody { .. }
-        )
-    }
-
     /// Stable machine-readable code (the problem's `code` member).
     pub fn code(&self) -> &'static str {
         match self {

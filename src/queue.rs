@@ -206,6 +206,15 @@ impl Intake {
     }
 }
 
+/// Dropping the intake without `close` (a library user's shortcut) must
+/// still let the workers finish: the sender goes with it, and this wakes
+/// them so they see the queue disconnected.
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.doorbell.close();
+    }
+}
+
 /// The receiving end of the queue, one clone per worker.
 #[derive(Clone)]
 pub struct Jobs {

@@ -140,8 +140,9 @@ impl Running {
     }
 
     /// Holds the workers still until the returned value is dropped: each
-    /// worker stops before applying its next event. Useful to watch the
-    /// queue fill and backpressure start.
+    /// worker stops at its next checkpoint (an event it is already applying
+    /// is finished, and each worker may hold one event taken from the queue).
+    /// Useful to watch the queue fill and backpressure start.
     pub fn pause_workers(&self) -> PausedWorkers {
         self.control.pause();
         PausedWorkers {
@@ -151,16 +152,17 @@ impl Running {
 
     /// Stops the service in the order described in the module docs and
     /// reports what happened. Takes at most about `SHUTDOWN_TIMEOUT` plus
-    /// the time to finish the requests and events in hand.
+    /// the time to finish the requests in hand, which `SOCKET_TIMEOUT`
+    /// bounds for clients that stop sending or reading.
     pub fn shutdown(self) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
         let deadline = started + self.config.shutdown_timeout;
 
         // 1. Close the intake.
+        let queued = self.intake.depth();
         let accepted = self.api.begin_drain();
         log::info!(
-            "shutdown: intake closed after {accepted} accepted events; draining {} queued (deadline {:?})",
-            self.intake.depth(),
+            "shutdown: intake closed after {accepted} accepted events; draining about {queued} queued (deadline {:?})",
             self.config.shutdown_timeout
         );
 

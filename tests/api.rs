@@ -1430,3 +1430,104 @@ fn a_burst_of_keep_alive_connections_is_answered_on_every_connection() {
     }
     assert_clean_shutdown(&server.shutdown(), 0);
 }
+
+/// `curl --http2` sends `Connection: Upgrade, HTTP2-Settings`, for which
+/// tiny_http hands the raw socket over as the body: the service must read
+/// only the declared bytes, answer, and close.
+#[test]
+fn a_post_asking_to_upgrade_is_answered_without_waiting_for_the_client_to_close() {
+    let server = TestServer::start(test_config());
+    let body = r#"{"product_id":"up","stock":1}"#;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(server.running.local_addr()).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    // The client keeps its side open; the answer must come anyway.
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).expect("an answer without closing our side");
+    assert_eq!(&head, b"HTTP/1.1 202");
+    server.wait_applied();
+    assert_clean_shutdown(&server.shutdown(), 1);
+}
+
+/// A client that declares a body and stops sending holds a request thread
+/// for at most SOCKET_TIMEOUT; it gets 400 `unreadable_body`, and the only
+/// request thread is then free for others.
+#[test]
+fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
+    let server = TestServer::start(Config {
+        http_threads: 1,
+        socket_timeout: Duration::from_millis(300),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let mut stalled = TcpStream::connect(addr).expect("connect");
+    stalled.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    // Over 1024 bytes declared, so the service (not tiny_http) reads it.
+    stalled
+        .write_all(
+            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 2000\r\n\r\n{",
+        )
+        .expect("send");
+    let mut answer = String::new();
+    stalled.read_to_string(&mut answer).expect("an answer, then a close");
+    let reply = parse_raw(&answer);
+    reply.assert_problem(400, "unreadable_body");
+    assert_eq!(reply.header("connection"), Some("close"));
+    // The request thread is free again.
+    assert_eq!(server.get("/products/none").status, 404);
+    assert_clean_shutdown(&server.shutdown(), 0);
+}
+
+/// An error answered without reading a large declared body closes the
+/// connection instead of draining the body on the request thread.
+#[test]
+fn an_unread_body_is_not_drained_on_the_request_thread() {
+    let server = TestServer::start(Config {
+        http_threads: 1,
+        // Far longer than DEADLINE: only closing can free the thread in time.
+        socket_timeout: Duration::from_secs(600),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    for request in [
+        "POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+        "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100000000\r\n\r\n",
+        "PUT /products/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an answer, then a close");
+        let reply = parse_raw(&answer);
+        assert!(reply.status >= 400, "{answer}");
+        assert_eq!(reply.header("connection"), Some("close"), "{request}");
+        // Keep `stream` open (the client never sends the body): the only
+        // request thread must still be free.
+        assert_eq!(server.get("/products/none").status, 404, "after {request}");
+        drop(stream);
+    }
+    assert_clean_shutdown(&server.shutdown(), 0);
+}
+
+/// A connection that sends nothing is closed after SOCKET_TIMEOUT.
+#[test]
+fn an_idle_connection_is_closed_after_the_socket_timeout() {
+    let server = TestServer::start(Config {
+        socket_timeout: Duration::from_millis(200),
+        ..test_config()
+    });
+    let mut idle = TcpStream::connect(server.running.local_addr()).expect("connect");
+    idle.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut rest = Vec::new();
+    // Ends (EOF) instead of timing out on our side: the server closed it.
+    idle.read_to_end(&mut rest).expect("the server closes the idle connection");
+    assert_clean_shutdown(&server.shutdown(), 0);
+}

@@ -245,6 +245,19 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_timeout(listener, ssl_config, None)
+    }
+
+    /// PATCHED (product-update-service): like `from_listener`, and every
+    /// accepted connection gets `timeout` as its read and write timeout, so
+    /// a client that stops sending (or reading) cannot hold a thread forever:
+    /// a request head that times out is answered 408, and a body read that
+    /// times out returns an error to the application.
+    pub fn from_listener_with_timeout<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        timeout: Option<Duration>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -296,6 +309,9 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        if timeout.is_some() {
+                            let _ = sock.set_timeouts(timeout);
+                        }
                         // PATCHED (product-update-service): a second handle
                         // on the socket, to shut it down after `Connection: close`.
                         let close_handle = client::CloseHandle::new(sock.try_clone().ok());
@@ -352,10 +368,14 @@ impl Server {
                         }));
                     }
 
+                    // PATCHED (product-update-service): upstream stopped
+                    // accepting for good on the first error (for example
+                    // EMFILE, too many open files, which passes once clients
+                    // disconnect). Log it, pause briefly so a persistent error
+                    // is not a hot loop, and keep accepting.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        log::error!("Error accepting new client: {}; retrying", e);
+                        thread::sleep(Duration::from_millis(10));
                     }
                 }
             }
