@@ -1449,7 +1449,9 @@ fn a_post_asking_to_upgrade_is_answered_without_waiting_for_the_client_to_close(
     stream.write_all(request.as_bytes()).expect("send");
     // The client keeps its side open; the answer must come anyway.
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).expect("an answer without closing our side");
+    stream
+        .read_exact(&mut head)
+        .expect("an answer without closing our side");
     assert_eq!(&head, b"HTTP/1.1 202");
     server.wait_applied();
     assert_clean_shutdown(&server.shutdown(), 1);
@@ -1476,7 +1478,9 @@ fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
         )
         .expect("send");
     let mut answer = String::new();
-    stalled.read_to_string(&mut answer).expect("an answer, then a close");
+    stalled
+        .read_to_string(&mut answer)
+        .expect("an answer, then a close");
     let reply = parse_raw(&answer);
     reply.assert_problem(400, "unreadable_body");
     assert_eq!(reply.header("connection"), Some("close"));
@@ -1505,7 +1509,9 @@ fn an_unread_body_is_not_drained_on_the_request_thread() {
         stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
         stream.write_all(request.as_bytes()).expect("send");
         let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("an answer, then a close");
+        stream
+            .read_to_string(&mut answer)
+            .expect("an answer, then a close");
         let reply = parse_raw(&answer);
         assert!(reply.status >= 400, "{answer}");
         assert_eq!(reply.header("connection"), Some("close"), "{request}");
@@ -1528,6 +1534,7 @@ fn an_idle_connection_is_closed_after_the_socket_timeout() {
     idle.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut rest = Vec::new();
     // Ends (EOF) instead of timing out on our side: the server closed it.
-    idle.read_to_end(&mut rest).expect("the server closes the idle connection");
+    idle.read_to_end(&mut rest)
+        .expect("the server closes the idle connection");
     assert_clean_shutdown(&server.shutdown(), 0);
 }
