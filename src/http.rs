@@ -23,19 +23,27 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use serde::Serialize;
 use tiny_http::{HTTPVersion, Header, Method, Request, Response, Server};
 
+use crate::config::Config;
+use crate::metrics::{Metrics, RejectReason, Route, Snapshot};
 use crate::model::{self, ProductUpdate};
-use crate::problem::ApiError;
+use crate::problem::{ApiError, NotReady};
 use crate::queue::{Intake, SubmitError};
 use crate::store::{Seq, Store};
+use crate::worker::WorkerCounters;
 
 /// What the request threads share.
 pub struct Api {
     intake: Arc<Intake>,
     store: Store,
+    /// For `/metrics`: the workers' counts and the configuration.
+    counters: Arc<WorkerCounters>,
+    metrics: Arc<Metrics>,
+    workers: usize,
     max_body_bytes: usize,
     /// Set when shutdown begins: every answer from then on says
     /// `Connection: close`, so keep-alive clients move elsewhere.
@@ -46,6 +54,7 @@ pub struct Api {
 /// Headers built once; tiny_http clones them into each response.
 struct Headers {
     json: Header,
+    prometheus: Header,
     problem_json: Header,
     close: Header,
     keep_alive: Header,
@@ -62,6 +71,7 @@ impl Headers {
         };
         Headers {
             json: h("Content-Type", "application/json"),
+            prometheus: h("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
             problem_json: h("Content-Type", "application/problem+json"),
             close: h("Connection", "close"),
             keep_alive: h("Connection", "keep-alive"),
@@ -76,11 +86,20 @@ const ALLOW_EVENTS: &str = "POST";
 const ALLOW_PRODUCTS: &str = "GET, HEAD";
 
 impl Api {
-    pub fn new(intake: Arc<Intake>, store: Store, max_body_bytes: usize) -> Api {
+    pub fn new(
+        intake: Arc<Intake>,
+        store: Store,
+        counters: Arc<WorkerCounters>,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Api {
         Api {
             intake,
             store,
-            max_body_bytes,
+            counters,
+            metrics,
+            workers: config.workers,
+            max_body_bytes: config.max_body_bytes,
             draining: AtomicBool::new(false),
             headers: Headers::new(),
         }
@@ -97,6 +116,8 @@ impl Api {
     /// Answers one request. Every path answers on purpose: a request dropped
     /// unanswered would get tiny_http's bare 500.
     fn handle(&self, mut request: Request) {
+        let started = Instant::now();
+        let route = route_of(request.url());
         let mut body_read = false;
         let result = self.route(&mut request, &mut body_read);
         // A body left unread would be drained from the socket by tiny_http
@@ -104,10 +125,23 @@ impl Api {
         let unread_body = has_body(&request) && !body_read;
         let close =
             unread_body || self.draining.load(Ordering::Relaxed) || client_wants_close(&request);
+        let status = match &result {
+            Ok(reply) => reply.status,
+            Err(error) => error.status(),
+        };
+        if let (Route::Events, Method::Post, Err(error)) = (route, request.method(), &result) {
+            self.metrics.reject(reject_reason(error));
+        }
         let response = match result {
-            Ok(reply) => Response::from_data(reply.body)
-                .with_status_code(reply.status)
-                .with_header(self.headers.json.clone()),
+            Ok(reply) => {
+                let content_type = match reply.kind {
+                    ReplyKind::Json => &self.headers.json,
+                    ReplyKind::Prometheus => &self.headers.prometheus,
+                };
+                Response::from_data(reply.body)
+                    .with_status_code(reply.status)
+                    .with_header(content_type.clone())
+            }
             Err(error) => {
                 log::debug!(
                     "{} {} -> {} {}: {error}",
@@ -127,9 +161,12 @@ impl Api {
         } else {
             response
         };
+        let method = request.method().as_str().to_owned();
         if let Err(e) = request.respond(response) {
             log::debug!("could not send a response: {e}");
         }
+        self.metrics
+            .request(route, &method, status, started.elapsed());
     }
 
     /// The problem-details response for `error`, with the headers its status
@@ -169,6 +206,16 @@ impl Api {
                 other => Err(method_not_allowed(other, ALLOW_EVENTS)),
             };
         }
+        if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+            return match request.method() {
+                Method::Get | Method::Head => match path {
+                    "/healthz" => Ok(Reply::json(200, &Status { status: "ok" })),
+                    "/readyz" => self.readiness(),
+                    _ => Ok(self.metrics_reply()),
+                },
+                other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
+            };
+        }
         if let Some(raw_id) = path.strip_prefix("/products/") {
             if raw_id.is_empty() || raw_id.contains('/') {
                 return Err(ApiError::NotFound {
@@ -183,6 +230,41 @@ impl Api {
         Err(ApiError::NotFound {
             path: path.to_owned(),
         })
+    }
+
+    /// `/readyz`: ready unless draining or the queue is above its high-water
+    /// mark ([`HIGH_WATER_PERCENT`] of `QUEUE_SIZE`).
+    fn readiness(&self) -> Result<Reply, ApiError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::NotReady(NotReady::Draining));
+        }
+        let depth = self.intake.depth();
+        let capacity = self.intake.capacity();
+        if depth * 100 >= capacity * HIGH_WATER_PERCENT {
+            return Err(ApiError::NotReady(NotReady::QueueAboveHighWater {
+                depth,
+                capacity,
+            }));
+        }
+        Ok(Reply::json(200, &Status { status: "ready" }))
+    }
+
+    fn metrics_reply(&self) -> Reply {
+        let snapshot = Snapshot {
+            accepted: self.intake.accepted(),
+            applied: self.counters.applied.load(Ordering::Relaxed),
+            stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),
+            panics: self.counters.panics.load(Ordering::Relaxed),
+            queue_depth: self.intake.depth(),
+            queue_capacity: self.intake.capacity(),
+            workers: self.workers,
+            products: self.store.len(),
+        };
+        Reply {
+            status: 200,
+            body: self.metrics.render(&snapshot).into_bytes(),
+            kind: ReplyKind::Prometheus,
+        }
     }
 
     fn post_event(&self, request: &mut Request, body_read: &mut bool) -> Result<Reply, ApiError> {
@@ -225,6 +307,12 @@ impl Api {
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    kind: ReplyKind,
+}
+
+enum ReplyKind {
+    Json,
+    Prometheus,
 }
 
 impl Reply {
@@ -233,7 +321,41 @@ impl Reply {
             status,
             // Our replies are structs of strings and numbers: cannot fail.
             body: serde_json::to_vec(value).unwrap_or_default(),
+            kind: ReplyKind::Json,
         }
+    }
+}
+
+/// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
+pub const HIGH_WATER_PERCENT: usize = 90;
+
+/// `{"status":"ok"}` and `{"status":"ready"}`.
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+/// The metrics label for a request's path.
+fn route_of(url: &str) -> Route {
+    let path = url.split_once('?').map_or(url, |(path, _query)| path);
+    match path {
+        "/events" => Route::Events,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        p if p.starts_with("/products/") => Route::Product,
+        _ => Route::Other,
+    }
+}
+
+/// The `events_rejected_total` reason for an error answered on `/events`.
+fn reject_reason(error: &ApiError) -> RejectReason {
+    match error {
+        ApiError::PayloadTooLarge { .. } => RejectReason::TooLarge,
+        ApiError::UnsupportedMediaType { .. } => RejectReason::UnsupportedType,
+        ApiError::QueueFull { .. } => RejectReason::QueueFull,
+        ApiError::ShuttingDown => RejectReason::ShuttingDown,
+        _ => RejectReason::Validation,
     }
 }
 

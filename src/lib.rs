@@ -38,6 +38,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod problem;
 pub mod queue;
@@ -74,19 +75,27 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let intake = Arc::new(intake);
     let control = Arc::new(Control::default());
     let counters = Arc::new(WorkerCounters::default());
+    let metrics = Arc::new(metrics::Metrics::default());
 
     // Workers first, so the queue is being drained before the first request.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut workers = Vec::with_capacity(config.workers);
     for id in 0..config.workers {
         let store = store.clone();
+        let metrics = Arc::clone(&metrics);
         let spawned = Worker::spawn(
             id,
             jobs.clone(),
             done_tx.clone(),
             Arc::clone(&control),
             Arc::clone(&counters),
-            move |job| store.apply(job.seq, &job.update),
+            move |job| {
+                let outcome = store.apply(job.seq, &job.update);
+                metrics
+                    .queue_wait_seconds
+                    .observe(job.accepted_at.elapsed());
+                outcome
+            },
         );
         match spawned {
             Ok(worker) => workers.push(worker),
@@ -116,7 +125,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let api = Arc::new(Api::new(
         Arc::clone(&intake),
         store.clone(),
-        config.max_body_bytes,
+        Arc::clone(&counters),
+        Arc::clone(&metrics),
+        &config,
     ));
     let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {
         intake.close();

@@ -49,6 +49,26 @@ pub enum ApiError {
     InvalidPathProductId { reason: String },
     /// The path exists but not for this method (405 with `Allow`).
     MethodNotAllowed { method: String, allow: &'static str },
+    /// `/readyz`: the service should not get new traffic (503).
+    NotReady(NotReady),
+}
+
+/// Why `/readyz` says "not ready" (the problem's `reason` member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutdown has begun.
+    Draining,
+    /// The queue holds at least the high-water share of its capacity.
+    QueueAboveHighWater { depth: usize, capacity: usize },
+}
+
+impl NotReady {
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotReady::Draining => "draining",
+            NotReady::QueueAboveHighWater { .. } => "queue_above_high_water",
+        }
+    }
 }
 
 impl ApiError {
@@ -62,7 +82,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
-            ApiError::QueueFull { .. } | ApiError::ShuttingDown => 503,
+            ApiError::QueueFull { .. } | ApiError::ShuttingDown | ApiError::NotReady(_) => 503,
         }
     }
 
@@ -80,6 +100,7 @@ impl ApiError {
             ApiError::InvalidPath { .. } => "invalid_path",
             ApiError::InvalidPathProductId { .. } => "invalid_product_id",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::NotReady(_) => "not_ready",
         }
     }
 
@@ -103,6 +124,7 @@ impl ApiError {
             ApiError::ProductNotFound { .. } => "Product not found",
             ApiError::InvalidPath { .. } => "Invalid path",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
+            ApiError::NotReady(_) => "Not ready",
         }
     }
 
@@ -126,6 +148,10 @@ impl ApiError {
             detail: self.to_string(),
             code: self.code(),
             field: self.field(),
+            reason: match self {
+                ApiError::NotReady(not_ready) => Some(not_ready.reason()),
+                _ => None,
+            },
         };
         // Serializing a struct of strings and integers cannot fail.
         serde_json::to_vec(&problem).unwrap_or_default()
@@ -168,7 +194,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::NotFound { path } => write!(
                 f,
-                "no route for {path:?}; routes are POST /events and GET /products/{{id}}"
+                "no route for {path:?}; routes are POST /events, GET /products/{{id}}, GET /healthz, GET /readyz and GET /metrics"
             ),
             ApiError::ProductNotFound { product_id } => write!(
                 f,
@@ -181,6 +207,14 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
             }
+            ApiError::NotReady(NotReady::Draining) => write!(
+                f,
+                "the service is shutting down and takes no new events; send traffic elsewhere"
+            ),
+            ApiError::NotReady(NotReady::QueueAboveHighWater { depth, capacity }) => write!(
+                f,
+                "the event queue holds {depth} of {capacity} events (QUEUE_SIZE), at or above the 90% high-water mark; the workers are behind"
+            ),
         }
     }
 }
@@ -195,6 +229,8 @@ struct Problem<'a> {
     code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 #[cfg(test)]

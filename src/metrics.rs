@@ -1,0 +1,341 @@
+//! Prometheus metrics: counters and histograms kept with atomics on the hot
+//! path, written out in the text exposition format (version 0.0.4) by
+//! `GET /metrics`.
+//!
+//! Every request thread and worker updates these with relaxed atomic adds:
+//! no lock, no allocation. Gauges (queue depth, products, ...) are not kept
+//! here at all; they are read from their owners when `/metrics` is scraped.
+//!
+//! Hand-written rather than the `prometheus-client` crate: the service
+//! exports a dozen fixed series whose labels are all known at compile time,
+//! so fixed arrays of atomics cover them, and the exposition format is a
+//! few lines of `writeln!`. The crate would bring a registry, dynamic label
+//! sets and a dependency tree for no gain here.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why `POST /events` refused an event (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Validation,
+    TooLarge,
+    UnsupportedType,
+    QueueFull,
+    ShuttingDown,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 5] = [
+        RejectReason::Validation,
+        RejectReason::TooLarge,
+        RejectReason::UnsupportedType,
+        RejectReason::QueueFull,
+        RejectReason::ShuttingDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RejectReason::Validation => "validation",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UnsupportedType => "unsupported_type",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// The route a request was for (the `route` label); a fixed set, so a
+/// client cannot create new series by requesting new paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Events,
+    Product,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 6] = [
+        Route::Events,
+        Route::Product,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Events => "/events",
+            Route::Product => "/products/{id}",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &str) -> usize {
+    METHODS[..3].iter().position(|m| *m == method).unwrap_or(3)
+}
+
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(2, 5) - 2
+}
+
+/// A histogram with fixed bucket bounds (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound, plus one for `+Inf`; not cumulative.
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, duration: Duration) {
+        let secs = duration.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = self
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Request handling time buckets: 50 µs to 1 s.
+const REQUEST_BOUNDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Queue wait buckets: 10 µs to 5 s (a lingering worker picks an event up
+/// within 200 µs; a backlog shows in the upper buckets).
+const QUEUE_WAIT_BOUNDS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// The counters and histograms, shared by every thread.
+pub struct Metrics {
+    started: SystemTime,
+    rejected: [AtomicU64; 5],
+    /// `[route][method][status class]`.
+    requests: [[[AtomicU64; 4]; 4]; 6],
+    pub request_seconds: Histogram,
+    pub queue_wait_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: SystemTime::now(),
+            rejected: Default::default(),
+            requests: Default::default(),
+            request_seconds: Histogram::new(REQUEST_BOUNDS),
+            queue_wait_seconds: Histogram::new(QUEUE_WAIT_BOUNDS),
+        }
+    }
+}
+
+/// Values read from their owners at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub applied: u64,
+    pub stale_fields: u64,
+    pub panics: u64,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub workers: usize,
+    pub products: usize,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answered request and its handling time.
+    pub fn request(&self, route: Route, method: &str, status: u16, took: Duration) {
+        self.requests[route as usize][method_index(method)][class_index(status)]
+            .fetch_add(1, Ordering::Relaxed);
+        self.request_seconds.observe(took);
+    }
+
+    /// The whole exposition, in text format 0.0.4.
+    pub fn render(&self, s: &Snapshot) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        counter(
+            &mut out,
+            "events_accepted_total",
+            "Events answered 202 and queued.",
+            s.accepted,
+        );
+        header(
+            &mut out,
+            "events_rejected_total",
+            "counter",
+            "Events refused by POST /events, by reason.",
+        );
+        for reason in RejectReason::ALL {
+            let n = self.rejected[reason as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "events_rejected_total{{reason=\"{}\"}} {n}",
+                reason.label()
+            );
+        }
+        counter(
+            &mut out,
+            "events_applied_total",
+            "Events applied to the store.",
+            s.applied,
+        );
+        counter(
+            &mut out,
+            "stale_field_writes_skipped_total",
+            "Fields not written because a newer event had already set them.",
+            s.stale_fields,
+        );
+        counter(
+            &mut out,
+            "worker_panics_total",
+            "Events whose apply panicked (caught; the event was not applied).",
+            s.panics,
+        );
+        gauge(
+            &mut out,
+            "queue_depth",
+            "Events waiting in the queue.",
+            s.queue_depth,
+        );
+        gauge(
+            &mut out,
+            "queue_capacity",
+            "Events the queue can hold (QUEUE_SIZE).",
+            s.queue_capacity,
+        );
+        gauge(&mut out, "workers", "Worker threads (WORKERS).", s.workers);
+        gauge(&mut out, "products", "Products in the store.", s.products);
+        header(
+            &mut out,
+            "http_requests_total",
+            "counter",
+            "HTTP requests answered, by route, method and status class.",
+        );
+        for route in Route::ALL {
+            for (m, method) in METHODS.iter().enumerate() {
+                for (c, class) in CLASSES.iter().enumerate() {
+                    let n = self.requests[route as usize][m][c].load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{class}\"}} {n}",
+                            route.label()
+                        );
+                    }
+                }
+            }
+        }
+        self.request_seconds.render(
+            &mut out,
+            "http_request_duration_seconds",
+            "Time from taking a request to having answered it.",
+        );
+        self.queue_wait_seconds.render(
+            &mut out,
+            "queue_wait_seconds",
+            "Time from accepting an event (202) to having applied it.",
+        );
+        let start = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        header(
+            &mut out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+        );
+        let _ = writeln!(out, "process_start_time_seconds {start}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(2));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "help");
+        assert!(out.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.01\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_count 3\n"), "{out}");
+        assert!(out.contains("x_seconds_sum 2.0055\n"), "{out}");
+    }
+
+    #[test]
+    fn status_classes_and_methods_map_to_fixed_labels() {
+        assert_eq!(class_index(200), 0);
+        assert_eq!(class_index(304), 1);
+        assert_eq!(class_index(404), 2);
+        assert_eq!(class_index(503), 3);
+        assert_eq!(method_index("POST"), 2);
+        assert_eq!(method_index("PATCH"), 3);
+    }
+}
