@@ -69,7 +69,7 @@ fn drain(workers: usize, events: usize) -> Duration {
     let (intake, jobs) = Intake::new(events);
     for i in 0..events {
         intake
-            .submit(event(i))
+            .submit(event(i), "bench".into())
             .expect("the queue has room for every event");
     }
     // Closed before the workers start: they exit once the queue is empty.

@@ -34,6 +34,17 @@ pub struct Config {
     /// sends nothing (or reads nothing) for this long is disconnected, so it
     /// cannot hold a thread, or delay shutdown, for longer.
     pub socket_timeout: Duration,
+    /// How log lines are written (the binary's logger; the library only
+    /// uses the `log` facade).
+    pub log_format: LogFormat,
+}
+
+/// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Default `PORT`.
@@ -64,6 +75,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             http_threads: DEFAULT_HTTP_THREADS,
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -124,6 +136,12 @@ const SETTINGS: &[Setting] = &[
         range: "0.1..=3600 seconds, decimals allowed",
         default: "10",
         help: "a client silent (or not reading) this long is disconnected",
+    },
+    Setting {
+        name: "LOG_FORMAT",
+        range: "text or json",
+        default: "text",
+        help: "log lines as text, or one JSON object per line",
     },
     Setting {
         name: "RUST_LOG",
@@ -204,6 +222,13 @@ impl Config {
         if let Some(v) = get("HTTP_THREADS")? {
             config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
         }
+        if let Some(v) = get("LOG_FORMAT")? {
+            config.log_format = match v.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(error("LOG_FORMAT", &v)),
+            };
+        }
         if let Some(v) = get("SOCKET_TIMEOUT")? {
             config.socket_timeout = parse_seconds(&v, "SOCKET_TIMEOUT", 0.1, 3600.0)?;
         }
@@ -236,14 +261,15 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?}",
             self.bind,
             self.workers,
             self.queue_size,
             self.shutdown_timeout,
             self.max_body_bytes,
             self.http_threads,
-            self.socket_timeout
+            self.socket_timeout,
+            self.log_format
         )
     }
 }
@@ -315,6 +341,7 @@ mod tests {
             ("MAX_BODY_BYTES", "2048"),
             ("HTTP_THREADS", "2"),
             ("SOCKET_TIMEOUT", "0.5"),
+            ("LOG_FORMAT", "JSON"),
         ])
         .unwrap();
         assert_eq!(c.bind.to_string(), "127.0.0.1:9000");
@@ -324,6 +351,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.http_threads, 2);
         assert_eq!(c.socket_timeout, Duration::from_millis(500));
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 
     #[test]
@@ -353,6 +381,7 @@ mod tests {
             ("HTTP_THREADS", "0"),
             ("SOCKET_TIMEOUT", "0"),
             ("SOCKET_TIMEOUT", "0.05"),
+            ("LOG_FORMAT", "yaml"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
             assert_eq!(err.variable, var);

@@ -33,6 +33,7 @@ use crate::metrics::{Metrics, RejectReason, Route, Snapshot};
 use crate::model::{self, ProductUpdate};
 use crate::problem::{ApiError, NotReady};
 use crate::queue::{Intake, SubmitError};
+use crate::request_id::RequestIds;
 use crate::store::{Seq, Store};
 use crate::worker::WorkerCounters;
 
@@ -45,6 +46,7 @@ pub struct Api {
     metrics: Arc<Metrics>,
     workers: usize,
     max_body_bytes: usize,
+    request_ids: RequestIds,
     /// Set when shutdown begins: every answer from then on says
     /// `Connection: close`, so keep-alive clients move elsewhere.
     draining: AtomicBool,
@@ -100,6 +102,7 @@ impl Api {
             metrics,
             workers: config.workers,
             max_body_bytes: config.max_body_bytes,
+            request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
             headers: Headers::new(),
         }
@@ -118,8 +121,11 @@ impl Api {
     fn handle(&self, mut request: Request) {
         let started = Instant::now();
         let route = route_of(request.url());
+        let request_id = self
+            .request_ids
+            .for_request(header(&request, "X-Request-Id"));
         let mut body_read = false;
-        let result = self.route(&mut request, &mut body_read);
+        let result = self.route(&mut request, &mut body_read, &request_id);
         // A body left unread would be drained from the socket by tiny_http
         // on this thread, as slowly as the client likes: close instead.
         let unread_body = has_body(&request) && !body_read;
@@ -144,14 +150,21 @@ impl Api {
             }
             Err(error) => {
                 log::debug!(
-                    "{} {} -> {} {}: {error}",
+                    "{} {} -> {} {}: {error} request_id={request_id}",
                     request.method(),
                     request.url(),
                     error.status(),
                     error.code()
                 );
-                self.error_response(&error)
+                self.error_response(&error, &request_id)
             }
+        };
+        let bytes = response.data_length().unwrap_or(0);
+        // The id passed `RequestIds`' character check, so it is a valid
+        // header value; if it somehow were not, the header is left out.
+        let response = match Header::from_bytes(&b"X-Request-Id"[..], request_id.as_bytes()) {
+            Ok(id_header) => response.with_header(id_header),
+            Err(()) => response,
         };
         let response = if close {
             response.with_header(self.headers.close.clone())
@@ -162,17 +175,25 @@ impl Api {
             response
         };
         let method = request.method().as_str().to_owned();
+        let url = request.url().to_owned();
         if let Err(e) = request.respond(response) {
             log::debug!("could not send a response: {e}");
         }
-        self.metrics
-            .request(route, &method, status, started.elapsed());
+        let took = started.elapsed();
+        self.metrics.request(route, &method, status, took);
+        // One line per request, under its own target so it can be turned off
+        // on its own (RUST_LOG=info,access=off).
+        log::info!(
+            target: "access",
+            "{method} {url} {status} {bytes}B {}us request_id={request_id}",
+            took.as_micros()
+        );
     }
 
     /// The problem-details response for `error`, with the headers its status
     /// calls for (`Retry-After`, `Allow`). `handle` adds `Connection`.
-    fn error_response(&self, error: &ApiError) -> Response<io::Cursor<Vec<u8>>> {
-        let response = Response::from_data(error.to_json())
+    fn error_response(&self, error: &ApiError, request_id: &str) -> Response<io::Cursor<Vec<u8>>> {
+        let response = Response::from_data(error.to_json(request_id))
             .with_status_code(error.status())
             .with_header(self.headers.problem_json.clone());
         match error {
@@ -191,18 +212,24 @@ impl Api {
 
     /// Answers a request the request threads will no longer route (shutdown).
     fn shutting_down(&self) -> Response<io::Cursor<Vec<u8>>> {
-        self.error_response(&ApiError::ShuttingDown)
+        let request_id = self.request_ids.for_request(None);
+        self.error_response(&ApiError::ShuttingDown, &request_id)
             .with_header(self.headers.close.clone())
     }
 
     /// Routes the request. `body_read` is set once the body has been read
     /// to its end.
-    fn route(&self, request: &mut Request, body_read: &mut bool) -> Result<Reply, ApiError> {
+    fn route(
+        &self,
+        request: &mut Request,
+        body_read: &mut bool,
+        request_id: &str,
+    ) -> Result<Reply, ApiError> {
         let url = request.url();
         let path = url.split_once('?').map_or(url, |(path, _query)| path);
         if path == "/events" {
             return match request.method() {
-                Method::Post => self.post_event(request, body_read),
+                Method::Post => self.post_event(request, body_read, request_id),
                 other => Err(method_not_allowed(other, ALLOW_EVENTS)),
             };
         }
@@ -267,13 +294,18 @@ impl Api {
         }
     }
 
-    fn post_event(&self, request: &mut Request, body_read: &mut bool) -> Result<Reply, ApiError> {
+    fn post_event(
+        &self,
+        request: &mut Request,
+        body_read: &mut bool,
+        request_id: &str,
+    ) -> Result<Reply, ApiError> {
         check_content_type(request)?;
         let body = read_body(request, self.max_body_bytes)?;
         *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
         let product_id = update.product_id.clone();
-        let seq = self.submit(update)?;
+        let seq = self.submit(update, request_id.into())?;
         Ok(Reply::json(
             202,
             &Accepted {
@@ -284,8 +316,8 @@ impl Api {
         ))
     }
 
-    fn submit(&self, update: ProductUpdate) -> Result<Seq, ApiError> {
-        self.intake.submit(update).map_err(|e| match e {
+    fn submit(&self, update: ProductUpdate, request_id: Box<str>) -> Result<Seq, ApiError> {
+        self.intake.submit(update, request_id).map_err(|e| match e {
             SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
         })

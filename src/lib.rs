@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod problem;
 pub mod queue;
+pub mod request_id;
 pub mod shutdown;
 pub mod store;
 pub mod worker;

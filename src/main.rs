@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use product_update_service::config::LogFormat;
 use product_update_service::{Config, start};
 
 fn main() -> ExitCode {
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logger(config.log_format);
 
     // The handler runs on ctrlc's own thread: it only forwards the signal.
     // The first one goes to main, which does the shutdown; a second one means
@@ -81,4 +82,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes each record
+/// as one JSON object: `{"ts":…,"level":…,"target":…,"msg":…}`.
+fn init_logger(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
 }

@@ -139,8 +139,8 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The JSON body, naming the request it answers.
+    pub fn to_json(&self, request_id: &str) -> Vec<u8> {
         let problem = Problem {
             kind: format!("urn:product-update-service:problem:{}", self.code()),
             title: self.title(),
@@ -152,6 +152,7 @@ impl ApiError {
                 ApiError::NotReady(not_ready) => Some(not_ready.reason()),
                 _ => None,
             },
+            request_id,
         };
         // Serializing a struct of strings and integers cannot fail.
         serde_json::to_vec(&problem).unwrap_or_default()
@@ -231,6 +232,7 @@ struct Problem<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    request_id: &'a str,
 }
 
 #[cfg(test)]
@@ -243,7 +245,7 @@ mod tests {
         let err = ApiError::Event(EventError::InvalidPrice {
             reason: "must not be negative, got -1".into(),
         });
-        let body: Value = serde_json::from_slice(&err.to_json()).unwrap();
+        let body: Value = serde_json::from_slice(&err.to_json("req-1")).unwrap();
         assert_eq!(
             body["type"],
             "urn:product-update-service:problem:invalid_price"
@@ -260,7 +262,7 @@ mod tests {
 
     #[test]
     fn field_is_omitted_when_there_is_none() {
-        let body: Value = serde_json::from_slice(&ApiError::ShuttingDown.to_json()).unwrap();
+        let body: Value = serde_json::from_slice(&ApiError::ShuttingDown.to_json("req-1")).unwrap();
         assert!(body.get("field").is_none());
         assert_eq!(body["status"], 503);
     }

@@ -66,6 +66,8 @@ pub const WAKE_DEPTH: usize = 32;
 pub struct Job {
     pub seq: Seq,
     pub update: ProductUpdate,
+    /// The id of the request that carried it, for the worker's log line.
+    pub request_id: Box<str>,
     /// When the intake accepted it (for the time spent queued).
     pub accepted_at: Instant,
 }
@@ -122,7 +124,7 @@ impl Intake {
 
     /// Queues `update` and returns the sequence number it was given.
     /// Never blocks waiting for room.
-    pub fn submit(&self, update: ProductUpdate) -> Result<Seq, SubmitError> {
+    pub fn submit(&self, update: ProductUpdate, request_id: Box<str>) -> Result<Seq, SubmitError> {
         let mut state = self.lock();
         let seq = state.next_seq;
         let Some(job_tx) = &state.job_tx else {
@@ -131,6 +133,7 @@ impl Intake {
         let job = Job {
             seq,
             update,
+            request_id,
             accepted_at: Instant::now(),
         };
         match job_tx.try_send(job) {
@@ -347,8 +350,8 @@ mod tests {
     #[test]
     fn sequence_numbers_start_at_one_and_follow_queue_order() {
         let (intake, jobs) = Intake::new(4);
-        assert_eq!(intake.submit(event("a")), Ok(1));
-        assert_eq!(intake.submit(event("b")), Ok(2));
+        assert_eq!(intake.submit(event("a"), "test".into()), Ok(1));
+        assert_eq!(intake.submit(event("b"), "test".into()), Ok(2));
         let seqs: Vec<Seq> = jobs.job_rx.try_iter().map(|job| job.seq).collect();
         assert_eq!(seqs, [1, 2]);
         assert_eq!(intake.accepted(), 2);
@@ -357,24 +360,27 @@ mod tests {
     #[test]
     fn full_queue_is_refused_at_once_without_using_a_seq() {
         let (intake, mut jobs) = Intake::new(2);
-        intake.submit(event("a")).unwrap();
-        intake.submit(event("b")).unwrap();
+        intake.submit(event("a"), "test".into()).unwrap();
+        intake.submit(event("b"), "test".into()).unwrap();
         assert_eq!(intake.depth(), 2);
         assert_eq!(
-            intake.submit(event("c")),
+            intake.submit(event("c"), "test".into()),
             Err(SubmitError::Full { capacity: 2 })
         );
         jobs.next().unwrap();
-        assert_eq!(intake.submit(event("c")), Ok(3));
+        assert_eq!(intake.submit(event("c"), "test".into()), Ok(3));
     }
 
     #[test]
     fn close_keeps_queued_events_and_refuses_new_ones() {
         let (intake, mut jobs) = Intake::new(4);
-        intake.submit(event("a")).unwrap();
+        intake.submit(event("a"), "test".into()).unwrap();
         assert_eq!(intake.close(), 1);
         assert!(intake.is_closed());
-        assert_eq!(intake.submit(event("b")), Err(SubmitError::ShuttingDown));
+        assert_eq!(
+            intake.submit(event("b"), "test".into()),
+            Err(SubmitError::ShuttingDown)
+        );
         // The queued event is still delivered, then the queue reports the end.
         assert_eq!(jobs.next().unwrap().seq, 1);
         assert!(jobs.next().is_none());
@@ -403,7 +409,7 @@ mod tests {
                     std::thread::yield_now();
                 }
             }
-            assert_eq!(intake.submit(event("a")), Ok(seq));
+            assert_eq!(intake.submit(event("a"), "test".into()), Ok(seq));
             assert_eq!(
                 seen_rx.recv_timeout(wait),
                 Ok(seq),

@@ -106,9 +106,10 @@ where
                         .fetch_add(u64::from(outcome.stale), Ordering::Relaxed);
                 }
                 log::debug!(
-                    "worker-{id} applied seq={} product_id={:?} fields_written={} fields_stale={} queued_for={:?}",
+                    "worker-{id} applied seq={} product_id={:?} request_id={} fields_written={} fields_stale={} queued_for={:?}",
                     job.seq,
                     job.update.product_id,
+                    job.request_id,
                     outcome.written,
                     outcome.stale,
                     job.accepted_at.elapsed()
@@ -122,9 +123,10 @@ where
                     .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("(non-string panic payload)");
                 log::error!(
-                    "worker-{id} panicked applying seq={} product_id={:?}: {reason}; event not applied, worker continues",
+                    "worker-{id} panicked applying seq={} product_id={:?} request_id={}: {reason}; event not applied, worker continues",
                     job.seq,
-                    job.update.product_id
+                    job.update.product_id,
+                    job.request_id
                 );
             }
         }
@@ -263,7 +265,7 @@ mod tests {
             stale: 0,
         });
         for _ in 0..10 {
-            h.intake.submit(event("a")).unwrap();
+            h.intake.submit(event("a"), "test".into()).unwrap();
         }
         h.intake.close();
         wait_done(&h.done_rx);
@@ -283,9 +285,9 @@ mod tests {
                 stale: 1,
             }
         });
-        h.intake.submit(event("a")).unwrap();
-        h.intake.submit(event("boom")).unwrap();
-        h.intake.submit(event("b")).unwrap();
+        h.intake.submit(event("a"), "test".into()).unwrap();
+        h.intake.submit(event("boom"), "test".into()).unwrap();
+        h.intake.submit(event("b"), "test".into()).unwrap();
         h.intake.close();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();
@@ -302,8 +304,8 @@ mod tests {
             ApplyOutcome::default()
         });
         h.control.pause();
-        h.intake.submit(event("a")).unwrap();
-        h.intake.submit(event("a")).unwrap();
+        h.intake.submit(event("a"), "test".into()).unwrap();
+        h.intake.submit(event("a"), "test".into()).unwrap();
         // Paused: nothing is applied. (A bounded wait for something that must
         // not happen; the positive case below proves the worker is alive.)
         assert!(seen_rx.recv_timeout(Duration::from_millis(100)).is_err());
@@ -312,8 +314,8 @@ mod tests {
         assert_eq!(seen_rx.recv_timeout(Duration::from_secs(10)), Ok(2));
 
         h.control.pause();
-        h.intake.submit(event("a")).unwrap();
-        h.intake.submit(event("a")).unwrap();
+        h.intake.submit(event("a"), "test".into()).unwrap();
+        h.intake.submit(event("a"), "test".into()).unwrap();
         h.control.abandon();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();

@@ -275,3 +275,62 @@ fn operability_routes_refuse_other_methods() {
     }
     server.shutdown();
 }
+
+#[test]
+fn request_ids_are_echoed_generated_and_sanitized() {
+    let server = TestServer::start(test_config());
+    let with_id = |id: &str| {
+        common::read_reply(
+            server
+                .agent
+                .get(server.url("/products/none"))
+                .header("X-Request-Id", id)
+                .call(),
+        )
+    };
+    // A client's acceptable id comes back, in the header and the problem.
+    let r = with_id("client-id_1.2:3");
+    assert_eq!(r.header("x-request-id"), Some("client-id_1.2:3"));
+    assert_eq!(
+        r.assert_problem(404, "product_not_found")["request_id"],
+        "client-id_1.2:3"
+    );
+    // Without one, or with an unacceptable one, the service makes its own.
+    let generated = server.get("/healthz");
+    let first = generated
+        .header("x-request-id")
+        .expect("generated id")
+        .to_owned();
+    let second = server
+        .get("/healthz")
+        .header("x-request-id")
+        .map(str::to_owned);
+    assert!(
+        !first.is_empty() && Some(&first) != second.as_ref(),
+        "{first} {second:?}"
+    );
+    let long = "x".repeat(65);
+    for bad in ["with space", long.as_str(), "quote\"d"] {
+        let r = with_id(bad);
+        let id = r.header("x-request-id").expect("an id");
+        assert_ne!(id, bad);
+        assert!(
+            id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        );
+    }
+    // On success too.
+    let r = common::read_reply(
+        server
+            .agent
+            .post(server.url("/events"))
+            .header("Content-Type", "application/json")
+            .header("X-Request-Id", "post-1")
+            .send(r#"{"product_id":"r","stock":1}"#),
+    );
+    assert_eq!((r.status, r.header("x-request-id")), (202, Some("post-1")));
+    server.wait_applied();
+    server.shutdown();
+}

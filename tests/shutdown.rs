@@ -400,3 +400,42 @@ fn port_in_use_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("set PORT to a free port"), "{stderr}");
 }
+
+#[test]
+fn one_update_can_be_traced_by_its_request_id_from_access_log_to_worker() {
+    let mut binary = Binary::start(&[("RUST_LOG", "debug")]);
+    let reply = common::read_reply(
+        agent()
+            .post(format!("{}/events", binary.base()))
+            .header("Content-Type", "application/json")
+            .header("X-Request-Id", "trace-me-42")
+            .send(r#"{"product_id":"traced","price":1.25}"#),
+    );
+    assert_eq!(reply.status, 202);
+    let applied = binary.wait_for_log("request_id=trace-me-42 fields_written");
+    assert!(applied.contains("product_id=\"traced\""), "{applied}");
+    let access = binary.wait_for_log("POST /events 202");
+    assert!(access.contains("request_id=trace-me-42"), "{access}");
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let mut binary = Binary::start(&[("LOG_FORMAT", "json")]);
+    assert_eq!(
+        common::read_reply(agent().get(format!("{}/healthz", binary.base())).call()).status,
+        200
+    );
+    binary.wait_for_log("GET /healthz 200");
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+    assert!(binary.lines.len() >= 4, "{:?}", binary.lines);
+    for line in &binary.lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(v[key].is_string(), "{key} missing: {line}");
+        }
+    }
+}
