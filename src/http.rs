@@ -243,6 +243,13 @@ impl Api {
                 other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
             };
         }
+        if path == "/products" {
+            let query = url.split_once('?').map_or("", |(_path, query)| query);
+            return match request.method() {
+                Method::Get | Method::Head => self.list_products(query),
+                other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
+            };
+        }
         if let Some(raw_id) = path.strip_prefix("/products/") {
             if raw_id.is_empty() || raw_id.contains('/') {
                 return Err(ApiError::NotFound {
@@ -274,6 +281,47 @@ impl Api {
             }));
         }
         Ok(Reply::json(200, &Status { status: "ready" }))
+    }
+
+    /// `GET /products?limit=N&cursor=C`: one page, ids in byte order.
+    fn list_products(&self, query: &str) -> Result<Reply, ApiError> {
+        let mut limit = DEFAULT_PAGE;
+        let mut after = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let invalid = |detail: String| ApiError::InvalidQuery {
+                parameter: name.to_owned(),
+                detail,
+            };
+            match name {
+                "limit" => {
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            invalid(format!("must be an integer from 1 to {MAX_PAGE}"))
+                        })?;
+                }
+                "cursor" => {
+                    after = Some(cursor_decode(value).ok_or_else(|| {
+                        invalid("must be a next_cursor value from a previous page".to_owned())
+                    })?);
+                }
+                _ => return Err(invalid("is unknown; use limit and cursor".to_owned())),
+            }
+        }
+        let products = self.store.list_after(after.as_deref(), limit);
+        let next_cursor = (products.len() == limit)
+            .then(|| products.last().map(|p| cursor_encode(&p.product_id)))
+            .flatten();
+        Ok(Reply::json(
+            200,
+            &Page {
+                products,
+                next_cursor,
+            },
+        ))
     }
 
     fn metrics_reply(&self) -> Reply {
@@ -361,6 +409,40 @@ impl Reply {
 /// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
 pub const HIGH_WATER_PERCENT: usize = 90;
 
+/// Products per page of `GET /products` unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest `limit`.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of `GET /products`.
+#[derive(Serialize)]
+struct Page {
+    products: Vec<model::Product>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Cursors are the last id of a page, hex-encoded: opaque, and safe in a
+/// URL without any escaping.
+fn cursor_encode(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cursor_decode(cursor: &str) -> Option<String> {
+    if cursor.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| {
+            cursor
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// `{"status":"ok"}` and `{"status":"ready"}`.
 #[derive(Serialize)]
 struct Status {
@@ -372,6 +454,7 @@ fn route_of(url: &str) -> Route {
     let path = url.split_once('?').map_or(url, |(path, _query)| path);
     match path {
         "/events" => Route::Events,
+        "/products" => Route::ProductList,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,

@@ -51,6 +51,7 @@ impl RejectReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Events,
+    ProductList,
     Product,
     Healthz,
     Readyz,
@@ -59,8 +60,9 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 6] = [
+    const ALL: [Route; 7] = [
         Route::Events,
+        Route::ProductList,
         Route::Product,
         Route::Healthz,
         Route::Readyz,
@@ -71,6 +73,7 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::Events => "/events",
+            Route::ProductList => "/products",
             Route::Product => "/products/{id}",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -153,7 +156,7 @@ pub struct Metrics {
     started: SystemTime,
     rejected: [AtomicU64; 5],
     /// `[route][method][status class]`.
-    requests: [[[AtomicU64; 4]; 4]; 6],
+    requests: [[[AtomicU64; 4]; 4]; 7],
     pub request_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
 }

@@ -51,6 +51,8 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allow: &'static str },
     /// `/readyz`: the service should not get new traffic (503).
     NotReady(NotReady),
+    /// A query parameter of `GET /products` is unknown or invalid (400).
+    InvalidQuery { parameter: String, detail: String },
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
@@ -77,7 +79,8 @@ impl ApiError {
             ApiError::Event(_)
             | ApiError::UnreadableBody { .. }
             | ApiError::InvalidPath { .. }
-            | ApiError::InvalidPathProductId { .. } => 400,
+            | ApiError::InvalidPathProductId { .. }
+            | ApiError::InvalidQuery { .. } => 400,
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::InvalidPathProductId { .. } => "invalid_product_id",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::InvalidQuery { .. } => "invalid_query",
         }
     }
 
@@ -125,6 +129,7 @@ impl ApiError {
             ApiError::InvalidPath { .. } => "Invalid path",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::NotReady(_) => "Not ready",
+            ApiError::InvalidQuery { .. } => "Invalid query parameter",
         }
     }
 
@@ -135,6 +140,7 @@ impl ApiError {
             ApiError::InvalidPathProductId { .. } | ApiError::ProductNotFound { .. } => {
                 Some("product_id")
             }
+            ApiError::InvalidQuery { parameter, .. } => Some(parameter),
             _ => None,
         }
     }
@@ -195,7 +201,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::NotFound { path } => write!(
                 f,
-                "no route for {path:?}; routes are POST /events, GET /products/{{id}}, GET /healthz, GET /readyz and GET /metrics"
+                "no route for {path:?}; routes are POST /events, GET /products, GET /products/{{id}}, GET /healthz, GET /readyz and GET /metrics"
             ),
             ApiError::ProductNotFound { product_id } => write!(
                 f,
@@ -207,6 +213,9 @@ impl fmt::Display for ApiError {
             }
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
+            }
+            ApiError::InvalidQuery { parameter, detail } => {
+                write!(f, "query parameter {parameter:?} {detail}")
             }
             ApiError::NotReady(NotReady::Draining) => write!(
                 f,

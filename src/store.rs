@@ -29,7 +29,7 @@
 //! therefore ignores poisoning (`PoisonError::into_inner`) instead of turning
 //! one bad event into a permanent outage for every thread.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::Number;
@@ -109,6 +109,44 @@ impl Store {
             price: record.price,
             stock: (record.stock_seq > 0).then_some(record.stock),
         })
+    }
+
+    /// Up to `limit` products whose ids sort after `after` (all, if `None`),
+    /// in byte order of their ids: one page of `GET /products`.
+    ///
+    /// Cost: a `HashMap` has no order, so every page scans the whole map
+    /// under the read lock, keeping the `limit` smallest ids in a heap:
+    /// O(products × log limit) per page, during which writers wait. Meant for
+    /// debugging and teaching, not for bulk export.
+    pub fn list_after(&self, after: Option<&str>, limit: usize) -> Vec<Product> {
+        let products = self.read();
+        let mut smallest: BinaryHeap<&str> = BinaryHeap::with_capacity(limit + 1);
+        for id in products.keys() {
+            let id: &str = id;
+            if after.is_some_and(|after| id <= after) {
+                continue;
+            }
+            if smallest.len() < limit {
+                smallest.push(id);
+            } else if smallest.peek().is_some_and(|&largest| id < largest) {
+                smallest.pop();
+                smallest.push(id);
+            }
+        }
+        let mut page: Vec<Product> = smallest
+            .into_iter()
+            .filter_map(|id| {
+                let record = products.get(id)?;
+                Some(Product {
+                    product_id: id.into(),
+                    price: record.price.clone(),
+                    stock: (record.stock_seq > 0).then_some(record.stock),
+                })
+            })
+            .collect();
+        drop(products);
+        page.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id));
+        page
     }
 
     /// Number of products stored.
@@ -249,5 +287,21 @@ mod tests {
         assert!(store.products.is_poisoned());
         store.apply(2, &update("a", Some(2.0), None));
         assert_eq!(store.get("a").unwrap().price, num(Some(2.0)));
+    }
+
+    #[test]
+    fn pages_walk_every_product_once_in_id_order() {
+        let store = Store::new();
+        for id in ["b", "a", "d", "c", "e"] {
+            store.apply(1, &update(id, None, Some(1)));
+        }
+        let ids = |page: Vec<Product>| -> Vec<String> {
+            page.into_iter().map(|p| p.product_id.to_string()).collect()
+        };
+        assert_eq!(ids(store.list_after(None, 2)), ["a", "b"]);
+        assert_eq!(ids(store.list_after(Some("b"), 2)), ["c", "d"]);
+        assert_eq!(ids(store.list_after(Some("d"), 2)), ["e"]);
+        assert!(store.list_after(Some("e"), 2).is_empty());
+        assert_eq!(ids(store.list_after(None, 10)).len(), 5);
     }
 }

@@ -334,3 +334,63 @@ fn request_ids_are_echoed_generated_and_sanitized() {
     server.wait_applied();
     server.shutdown();
 }
+
+#[test]
+fn the_product_list_pages_through_every_product_exactly_once_in_id_order() {
+    let server = TestServer::start(test_config());
+    let mut expected: Vec<String> = (0..257).map(|i| format!("item-{i:03}")).collect();
+    expected.push("ünï/€".replace('/', "-"));
+    for id in &expected {
+        let r = server.post_event(&format!(r#"{{"product_id":"{id}","stock":7}}"#));
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    server.wait_applied();
+    expected.sort();
+
+    let mut seen = Vec::new();
+    let mut path = "/products?limit=50".to_owned();
+    for page in 0.. {
+        assert!(page < 20, "too many pages");
+        let body = server.get(&path).json();
+        let products = body["products"].as_array().expect("products array");
+        assert!(products.len() <= 50);
+        for p in products {
+            assert_eq!(p["stock"], 7);
+            assert!(p["price"].is_null());
+            seen.push(p["product_id"].as_str().expect("id").to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/products?limit=50&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected, "every product once, in id order");
+
+    // Default page size, and an empty store page.
+    let first = server.get("/products").json();
+    assert_eq!(first["products"].as_array().map(Vec::len), Some(100));
+    server.shutdown();
+}
+
+#[test]
+fn the_product_list_refuses_bad_parameters() {
+    let server = TestServer::start(test_config());
+    for (query, parameter) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=xyz", "cursor"),
+        ("cursor=abc", "cursor"),
+        ("sort=desc", "sort"),
+    ] {
+        let r = server.get(&format!("/products?{query}"));
+        let body = r.assert_problem(400, "invalid_query");
+        assert_eq!(body["field"], parameter, "{query}");
+    }
+    let empty = server.get("/products").json();
+    assert_eq!(
+        empty,
+        serde_json::json!({"products": [], "next_cursor": null})
+    );
+    server.shutdown();
+}
