@@ -233,6 +233,16 @@ impl Api {
                 other => Err(method_not_allowed(other, ALLOW_EVENTS)),
             };
         }
+        if path == "/openapi.json" {
+            return match request.method() {
+                Method::Get | Method::Head => Ok(Reply {
+                    status: 200,
+                    body: OPENAPI.as_bytes().to_vec(),
+                    kind: ReplyKind::Json,
+                }),
+                other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
+            };
+        }
         if matches!(path, "/healthz" | "/readyz" | "/metrics") {
             return match request.method() {
                 Method::Get | Method::Head => match path {
@@ -408,6 +418,10 @@ impl Reply {
 
 /// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
 pub const HIGH_WATER_PERCENT: usize = 90;
+
+/// The OpenAPI 3.1 description of this API, written by hand and checked
+/// against the live service by `tests/openapi.rs`.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// Products per page of `GET /products` unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 100;
