@@ -33,7 +33,6 @@ cd "$repo"
 export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
 context_rounds=${CONTEXT_ROUNDS:-1}
 export SCENARIOS=${SCENARIOS:-post-c1 post-c32 post-c256 post-close-c1 post-close-c32 get-c1 get-c32 get-c256 get-close-c32}
-target_dir=${CARGO_TARGET_DIR:-target}
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
 
@@ -99,20 +98,9 @@ fi
 run=$(mktemp -d /tmp/bench-sh.XXXXXX)
 results=$run/results.txt
 export WRK_LOG=$run/wrk.log
-svc_pid=
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
-# Stops the service (SIGTERM, SIGKILL after 20 s); returns its exit status.
-stop_service() {
-  [ -n "$svc_pid" ] || return 0
-  local pid=$svc_pid rc=0 deadline=$((SECONDS + 20))
-  svc_pid=
-  kill -TERM "$pid" 2>/dev/null || true
-  # bash reaps a finished child at once, so kill -0 fails when it is gone.
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" || rc=$?
-  return "$rc"
-}
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
@@ -125,37 +113,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port nothing listens on: curl's exit 7 is "connection refused".
-free_port() {
-  local p rc
-  for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 12000))
-    rc=0; curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/" || rc=$?
-    [ "$rc" -eq 7 ] && { echo "$p"; return 0; }
-  done
-  return 1
-}
 
-# Starts the service; retries on another port if it dies (port taken).
-start_service() {
-  local port
-  for _ in 1 2 3 4 5; do
-    port=$(free_port) || die "no free loopback port found"
-    PORT=$port BIND_ADDR=127.0.0.1 RUST_LOG=warn \
-      "$target_dir/release/product-update-service" >"$run/service.log" 2>&1 &
-    svc_pid=$!
-    for _ in $(seq 1 100); do
-      if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/products/ready-check")" = 404 ]; then
-        service_url=http://127.0.0.1:$port
-        return 0
-      fi
-      kill -0 "$svc_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    stop_service || true
-  done
-  die "the service did not start; its log: $(cat "$run/service.log")"
-}
 
 # 1. Tools and binary.
 missing=()
@@ -172,7 +130,9 @@ cargo build --release --quiet --bin product-update-service
 
 # 2. Anchors and service.
 RUN_DIR=$run bash "$bench/start_anchors.sh" >"$run/targets.txt"
-start_service
+start_service "$run/service.log" RUST_LOG=warn ||
+  die "the service did not start; its log: $(cat "$run/service.log")"
+service_url=$svc_url
 svc="service=$service_url=$svc_pid"
 tiny_parse=$(grep '^tiny_parse=' "$run/targets.txt") || die "tiny_parse did not start"
 mapfile -t context < <(grep -E '^(nginx|tiny_bare)=' "$run/targets.txt")

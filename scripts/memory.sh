@@ -20,61 +20,22 @@ threads=${FILL_THREADS:-8}
 limit=${LIMIT:-256}
 target=${CARGO_TARGET_DIR:-target}
 log=$(mktemp /tmp/memory-service.XXXXXX.log)
-svc_pid=
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 die() { echo "memory.sh: $*" >&2; exit 2; }
 
-# Stops the service if it is still running: SIGTERM, then SIGKILL after 20 s.
-stop_service() {
-  [ -n "$svc_pid" ] || return 0
-  local pid=$svc_pid rc=0 deadline=$((SECONDS + 20))
-  svc_pid=
-  kill -TERM "$pid" 2>/dev/null || true
-  # bash reaps a finished child at once, so kill -0 fails when it is gone.
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" || rc=$?
-  return "$rc"
-}
 trap 'stop_service || true' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port nothing listens on: curl's exit 7 is "connection refused".
-free_port() {
-  local p rc
-  for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 12000))
-    rc=0; curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/" || rc=$?
-    [ "$rc" -eq 7 ] && { echo "$p"; return 0; }
-  done
-  return 1
-}
 
-# Starts the service; retries on another port if it dies (port taken).
-start_service() {
-  local port
-  for _ in 1 2 3 4 5; do
-    port=$(free_port) || die "no free loopback port found"
-    PORT=$port BIND_ADDR=127.0.0.1 RUST_LOG=info "$target/release/product-update-service" >"$log" 2>&1 &
-    svc_pid=$!
-    for _ in $(seq 1 100); do
-      if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/products/ready-check")" = 404 ]; then
-        base=http://127.0.0.1:$port
-        return 0
-      fi
-      kill -0 "$svc_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    stop_service || true
-  done
-  die "the service did not start; its log: $(cat "$log")"
-}
 
 vm_rss_bytes() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$svc_pid/status"; }
 
 cargo build --release --quiet --bin product-update-service --example fill
-start_service
+start_service "$log" RUST_LOG=info || die "the service did not start; its log: $(cat "$log")"
+base=$svc_url
 rss_empty=$(vm_rss_bytes)
 echo "memory.sh: service pid $svc_pid on $base, VmRSS empty $((rss_empty / 1024)) KiB" >&2
 

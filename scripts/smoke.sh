@@ -6,33 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${BIN:-}" ]; then
+if [ -n "${BIN:-}" ]; then
+  export SERVICE_BIN=$BIN
+else
   cargo build --release --quiet
-  BIN=target/release/product-update-service
 fi
 log=$(mktemp)
-pid=
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  if [ -n "$svc_pid" ]; then kill -KILL "$svc_pid" 2>/dev/null || true; fi
   rm -f "$log"
 }
 trap cleanup EXIT
 
 fail() { echo "smoke: FAIL: $*" >&2; echo "--- service log:" >&2; cat "$log" >&2; exit 1; }
 
-PORT=0 BIND_ADDR=127.0.0.1 RUST_LOG=info "$BIN" 2>"$log" &
-pid=$!
-
-# Wait (bounded) for the startup line, which names the port the OS picked.
-addr=
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-  [ -n "$addr" ] && break
-  kill -0 "$pid" 2>/dev/null || fail "the service exited at startup"
-  sleep 0.1
-done
-[ -n "$addr" ] || fail "no startup line within 10 s"
-BASE="http://$addr"
+start_service "$log" RUST_LOG=info || fail "the service did not start"
+BASE=$svc_url
 echo "smoke: service at $BASE"
 
 # expect NAME EXPECTED ACTUAL
@@ -76,10 +67,8 @@ expect "wrong method" 405 "$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$
 expect "refused event was not applied" '{"product_id":"abc123","price":49.99,"stock":97}' \
   "$(curl -s "$BASE/products/abc123")"
 
-kill -TERM "$pid"
 code=0
-wait "$pid" || code=$?
-pid=
+stop_service || code=$?
 expect "exit code after SIGTERM" 0 "$code"
 summary=$(grep -o 'shutdown complete: .*' "$log" || true)
 case "$summary" in
