@@ -144,9 +144,17 @@ impl Api {
                     ReplyKind::Json => &self.headers.json,
                     ReplyKind::Prometheus => &self.headers.prometheus,
                 };
-                Response::from_data(reply.body)
+                let response = Response::from_data(reply.body)
                     .with_status_code(reply.status)
-                    .with_header(content_type.clone())
+                    .with_header(content_type.clone());
+                // An entity tag is `"<digits>"`: always a valid header value.
+                match reply
+                    .etag
+                    .and_then(|tag| Header::from_bytes(&b"ETag"[..], tag.as_bytes()).ok())
+                {
+                    Some(etag) => response.with_header(etag),
+                    None => response,
+                }
             }
             Err(error) => {
                 log::debug!(
@@ -239,6 +247,7 @@ impl Api {
                     status: 200,
                     body: OPENAPI.as_bytes().to_vec(),
                     kind: ReplyKind::Json,
+                    etag: None,
                 }),
                 other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
             };
@@ -267,7 +276,9 @@ impl Api {
                 });
             }
             return match request.method() {
-                Method::Get | Method::Head => self.get_product(raw_id),
+                Method::Get | Method::Head => {
+                    self.get_product(raw_id, header(request, "If-None-Match"))
+                }
                 other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
             };
         }
@@ -349,6 +360,7 @@ impl Api {
             status: 200,
             body: self.metrics.render(&snapshot).into_bytes(),
             kind: ReplyKind::Prometheus,
+            etag: None,
         }
     }
 
@@ -381,15 +393,35 @@ impl Api {
         })
     }
 
-    fn get_product(&self, raw_id: &str) -> Result<Reply, ApiError> {
+    /// `GET /products/{id}`, with an `ETag` made from the product's last
+    /// applied seq; `If-None-Match` with that tag (or `*`) answers 304
+    /// without a body, so pollers pay almost nothing while nothing changes.
+    fn get_product(&self, raw_id: &str, if_none_match: Option<&str>) -> Result<Reply, ApiError> {
         let id = percent_decode(raw_id)?;
         model::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
-        match self.store.get(&id) {
-            Some(product) => Ok(Reply::json(200, &product)),
-            None => Err(ApiError::ProductNotFound {
+        let Some((product, last_seq)) = self.store.get_with_seq(&id) else {
+            return Err(ApiError::ProductNotFound {
                 product_id: id.into_owned(),
-            }),
-        }
+            });
+        };
+        let etag = format!("\"{last_seq}\"");
+        let unchanged = if_none_match.is_some_and(|tags| {
+            tags.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == etag || t == "*")
+        });
+        let mut reply = if unchanged {
+            Reply {
+                status: 304,
+                body: Vec::new(),
+                kind: ReplyKind::Json,
+                etag: None,
+            }
+        } else {
+            Reply::json(200, &product)
+        };
+        reply.etag = Some(etag);
+        Ok(reply)
     }
 }
 
@@ -398,6 +430,8 @@ struct Reply {
     status: u16,
     body: Vec<u8>,
     kind: ReplyKind,
+    /// For `GET /products/{id}`: the product's entity tag.
+    etag: Option<String>,
 }
 
 enum ReplyKind {
@@ -412,6 +446,7 @@ impl Reply {
             // Our replies are structs of strings and numbers: cannot fail.
             body: serde_json::to_vec(value).unwrap_or_default(),
             kind: ReplyKind::Json,
+            etag: None,
         }
     }
 }

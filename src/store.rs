@@ -103,12 +103,20 @@ impl Store {
     /// The current state of `product_id`, or `None` if no event for it has
     /// been applied yet.
     pub fn get(&self, product_id: &str) -> Option<Product> {
+        self.get_with_seq(product_id).map(|(product, _)| product)
+    }
+
+    /// As [`Store::get`], with the seq of the newest event that changed the
+    /// product: it grows with every change, so it makes an `ETag`.
+    pub fn get_with_seq(&self, product_id: &str) -> Option<(Product, Seq)> {
         let record = self.read().get(product_id)?.clone();
-        Some(Product {
+        let last_seq = record.price_seq.max(record.stock_seq);
+        let product = Product {
             product_id: product_id.into(),
             price: record.price,
             stock: (record.stock_seq > 0).then_some(record.stock),
-        })
+        };
+        Some((product, last_seq))
     }
 
     /// Up to `limit` products whose ids sort after `after` (all, if `None`),
@@ -303,5 +311,16 @@ mod tests {
         assert_eq!(ids(store.list_after(Some("d"), 2)), ["e"]);
         assert!(store.list_after(Some("e"), 2).is_empty());
         assert_eq!(ids(store.list_after(None, 10)).len(), 5);
+    }
+
+    #[test]
+    fn the_last_seq_grows_with_every_change_and_not_with_stale_events() {
+        let store = Store::new();
+        store.apply(3, &update("a", Some(1.0), None));
+        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(3));
+        store.apply(2, &update("a", Some(2.0), None)); // stale: no change
+        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(3));
+        store.apply(5, &update("a", None, Some(1)));
+        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(5));
     }
 }

@@ -1537,3 +1537,39 @@ fn an_idle_connection_is_closed_after_the_socket_timeout() {
         .expect("the server closes the idle connection");
     assert_clean_shutdown(&server.shutdown(), 0);
 }
+
+/// `ETag` from the product's last applied seq; `If-None-Match` → 304.
+#[test]
+fn etag_and_if_none_match_make_polling_cheap() {
+    let server = TestServer::start(test_config());
+    server.post_event(r#"{"product_id":"e","price":1}"#);
+    server.wait_applied();
+    let first = server.get("/products/e");
+    assert_eq!(first.status, 200);
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    assert_eq!(etag, "\"1\"");
+
+    let conditional = |tags: &str| {
+        read_reply(
+            server
+                .agent
+                .get(server.url("/products/e"))
+                .header("If-None-Match", tags)
+                .call(),
+        )
+    };
+    for tags in [etag.as_str(), "*", "W/\"1\"", "\"0\", \"1\""] {
+        let r = conditional(tags);
+        assert_eq!(r.status, 304, "If-None-Match: {tags}");
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+    }
+    // A change makes a new tag, and the old one no longer matches.
+    server.post_event(r#"{"product_id":"e","stock":5}"#);
+    server.wait_applied();
+    let changed = conditional(&etag);
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.header("etag"), Some("\"2\""));
+    assert_eq!(changed.json()["stock"], 5);
+    assert_clean_shutdown(&server.shutdown(), 2);
+}

@@ -107,6 +107,7 @@ struct Case {
     path: String,
     content_type: Option<&'static str>,
     body: Option<String>,
+    if_none_match: Option<&'static str>,
 }
 
 fn case(doc_path: &'static str, method: &'static str, path: &str) -> Case {
@@ -116,6 +117,7 @@ fn case(doc_path: &'static str, method: &'static str, path: &str) -> Case {
         path: path.to_owned(),
         content_type: None,
         body: None,
+        if_none_match: None,
     }
 }
 
@@ -130,7 +132,10 @@ fn post(path: &str, content_type: &'static str, body: &str) -> Case {
 fn send(server: &TestServer, c: &Case) -> Reply {
     let url = server.url(&c.path);
     let request = match c.method {
-        "get" => server.agent.get(&url).call(),
+        "get" => match c.if_none_match {
+            Some(tags) => server.agent.get(&url).header("If-None-Match", tags).call(),
+            None => server.agent.get(&url).call(),
+        },
         "head" => server.agent.head(&url).call(),
         "post" => {
             let mut builder = server.agent.post(&url);
@@ -211,6 +216,11 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         post("/events", "text/plain", event),
         case("/products/{id}", "get", "/products/doc-1"),
         case("/products/{id}", "get", "/products/none"),
+        Case {
+            // doc-1 was changed by the first event only: its ETag is "1".
+            if_none_match: Some("\"1\""),
+            ..case("/products/{id}", "get", "/products/doc-1")
+        },
         case("/products/{id}", "get", "/products/%zz"),
         case("/products/{id}", "head", "/products/doc-1"),
         case("/products/{id}", "head", "/products/none"),
