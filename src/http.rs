@@ -21,9 +21,9 @@ use std::borrow::Cow;
 use std::io::{self, Read};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tiny_http::{HTTPVersion, Header, Method, Request, Response, Server};
@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, RejectReason, Route, Snapshot};
 use crate::model::{self, ProductUpdate};
 use crate::problem::{ApiError, NotReady};
+use crate::progress::Progress;
 use crate::queue::{Intake, SubmitError};
 use crate::request_id::RequestIds;
 use crate::store::{Seq, Store};
@@ -44,6 +45,12 @@ pub struct Api {
     /// For `/metrics`: the workers' counts and the configuration.
     counters: Arc<WorkerCounters>,
     metrics: Arc<Metrics>,
+    /// The applied watermark, for `min_seq` reads.
+    progress: Arc<Progress>,
+    /// Request threads waiting in a `min_seq` read, and the most allowed:
+    /// a waiting thread answers nobody else, so some are always kept free.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     workers: usize,
     max_body_bytes: usize,
     request_ids: RequestIds,
@@ -63,9 +70,19 @@ struct Headers {
     retry_after: Header,
     allow_events: Header,
     allow_products: Header,
+    caught_up_true: Header,
+    caught_up_false: Header,
 }
 
 impl Headers {
+    fn caught_up(&self, yes: bool) -> Header {
+        if yes {
+            self.caught_up_true.clone()
+        } else {
+            self.caught_up_false.clone()
+        }
+    }
+
     fn new() -> Headers {
         let h = |name: &str, value: &str| {
             Header::from_bytes(name.as_bytes(), value.as_bytes())
@@ -80,6 +97,8 @@ impl Headers {
             retry_after: h("Retry-After", "1"),
             allow_events: h("Allow", ALLOW_EVENTS),
             allow_products: h("Allow", ALLOW_PRODUCTS),
+            caught_up_true: h("X-Caught-Up", "true"),
+            caught_up_false: h("X-Caught-Up", "false"),
         }
     }
 }
@@ -93,6 +112,7 @@ impl Api {
         store: Store,
         counters: Arc<WorkerCounters>,
         metrics: Arc<Metrics>,
+        progress: Arc<Progress>,
         config: &Config,
     ) -> Api {
         Api {
@@ -100,6 +120,9 @@ impl Api {
             store,
             counters,
             metrics,
+            progress,
+            waiting: AtomicUsize::new(0),
+            max_waiting: config.http_threads.saturating_sub(1).max(1),
             workers: config.workers,
             max_body_bytes: config.max_body_bytes,
             request_ids: RequestIds::default(),
@@ -125,7 +148,8 @@ impl Api {
             .request_ids
             .for_request(header(&request, "X-Request-Id"));
         let mut body_read = false;
-        let result = self.route(&mut request, &mut body_read, &request_id);
+        let mut caught_up = None;
+        let result = self.route(&mut request, &mut body_read, &request_id, &mut caught_up);
         // A body left unread would be drained from the socket by tiny_http
         // on this thread, as slowly as the client likes: close instead.
         let unread_body = has_body(&request) && !body_read;
@@ -166,6 +190,12 @@ impl Api {
                 );
                 self.error_response(&error, &request_id)
             }
+        };
+        let response = match caught_up {
+            Some((caught_up, through)) => response
+                .with_header(self.headers.caught_up(caught_up))
+                .with_header(header_value("X-Applied-Through", &through.to_string())),
+            None => response,
         };
         let bytes = response.data_length().unwrap_or(0);
         // The id passed `RequestIds`' character check, so it is a valid
@@ -232,6 +262,7 @@ impl Api {
         request: &mut Request,
         body_read: &mut bool,
         request_id: &str,
+        caught_up: &mut Option<(bool, Seq)>,
     ) -> Result<Reply, ApiError> {
         let url = request.url();
         let path = url.split_once('?').map_or(url, |(path, _query)| path);
@@ -277,6 +308,8 @@ impl Api {
             }
             return match request.method() {
                 Method::Get | Method::Head => {
+                    let query = url.split_once('?').map_or("", |(_path, query)| query);
+                    self.wait_for_query(query, caught_up)?;
                     self.get_product(raw_id, header(request, "If-None-Match"))
                 }
                 other => Err(method_not_allowed(other, ALLOW_PRODUCTS)),
@@ -302,6 +335,58 @@ impl Api {
             }));
         }
         Ok(Reply::json(200, &Status { status: "ready" }))
+    }
+
+    /// Read-your-writes: with `min_seq=N` (and optionally `wait=S`, seconds,
+    /// at most [`MAX_WAIT`]), blocks until every event up to seq N is
+    /// applied or the wait runs out, and records whether it caught up. No
+    /// polling: the request thread sleeps on the watermark's condition
+    /// variable. Beyond `max_waiting` concurrent waiters it does not wait.
+    /// Other query parameters are ignored.
+    fn wait_for_query(
+        &self,
+        query: &str,
+        caught_up: &mut Option<(bool, Seq)>,
+    ) -> Result<(), ApiError> {
+        let mut min_seq = None;
+        let mut wait = MAX_WAIT;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let invalid = |detail: &str| ApiError::InvalidQuery {
+                parameter: name.to_owned(),
+                detail: detail.to_owned(),
+            };
+            match name {
+                "min_seq" => {
+                    min_seq = Some(value.parse::<Seq>().map_err(|_| {
+                        invalid("must be a seq from a 202 (a non-negative integer)")
+                    })?);
+                }
+                "wait" => {
+                    wait = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && (0.0..=MAX_WAIT.as_secs_f64()).contains(s))
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| invalid("must be a number of seconds from 0 to 5"))?;
+                }
+                // Other parameters (cache busters, say) are ignored, as they
+                // always were on this route.
+                _ => {}
+            }
+        }
+        let Some(min_seq) = min_seq else {
+            return Ok(());
+        };
+        let mut through = self.progress.through();
+        if through < min_seq && self.waiting.fetch_add(1, Ordering::AcqRel) < self.max_waiting {
+            through = self.progress.wait_through(min_seq, Instant::now() + wait);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        } else if through < min_seq {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        *caught_up = Some((through >= min_seq, through));
+        Ok(())
     }
 
     /// `GET /products?limit=N&cursor=C`: one page, ids in byte order.
@@ -355,6 +440,7 @@ impl Api {
             queue_capacity: self.intake.capacity(),
             workers: self.workers,
             products: self.store.len(),
+            waiting_readers: self.waiting.load(Ordering::Relaxed),
         };
         Reply {
             status: 200,
@@ -457,6 +543,15 @@ pub const HIGH_WATER_PERCENT: usize = 90;
 /// The OpenAPI 3.1 description of this API, written by hand and checked
 /// against the live service by `tests/openapi.rs`.
 const OPENAPI: &str = include_str!("openapi.json");
+
+/// Longest `wait` of a `min_seq` read (and its default).
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// A header from a name and a value built from digits or `true`/`false`.
+fn header_value(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names are static ASCII and values are digits")
+}
 
 /// Products per page of `GET /products` unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 100;

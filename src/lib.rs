@@ -41,6 +41,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod problem;
+pub mod progress;
 pub mod queue;
 pub mod request_id;
 pub mod shutdown;
@@ -77,6 +78,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let control = Arc::new(Control::default());
     let counters = Arc::new(WorkerCounters::default());
     let metrics = Arc::new(metrics::Metrics::default());
+    let progress = Arc::new(progress::Progress::default());
 
     // Workers first, so the queue is being drained before the first request.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -84,6 +86,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     for id in 0..config.workers {
         let store = store.clone();
         let metrics = Arc::clone(&metrics);
+        let progress = Arc::clone(&progress);
         let spawned = Worker::spawn(
             id,
             jobs.clone(),
@@ -91,6 +94,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             Arc::clone(&control),
             Arc::clone(&counters),
             move |job| {
+                // Reports the seq as done when dropped: after the apply, or
+                // while unwinding from a panic in it.
+                let _done = progress::DoneOnDrop(&progress, job.seq);
                 let outcome = store.apply(job.seq, &job.update);
                 metrics
                     .queue_wait_seconds
@@ -128,6 +134,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
         Arc::clone(&counters),
         Arc::clone(&metrics),
+        Arc::clone(&progress),
         &config,
     ));
     let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {

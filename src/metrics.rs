@@ -184,6 +184,7 @@ pub struct Snapshot {
     pub queue_capacity: usize,
     pub workers: usize,
     pub products: usize,
+    pub waiting_readers: usize,
 }
 
 impl Metrics {
@@ -253,6 +254,12 @@ impl Metrics {
         );
         gauge(&mut out, "workers", "Worker threads (WORKERS).", s.workers);
         gauge(&mut out, "products", "Products in the store.", s.products);
+        gauge(
+            &mut out,
+            "min_seq_readers_waiting",
+            "GET /products/{id}?min_seq=... requests waiting for the workers.",
+            s.waiting_readers,
+        );
         header(
             &mut out,
             "http_requests_total",
