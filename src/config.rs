@@ -37,6 +37,10 @@ pub struct Config {
     /// How log lines are written (the binary's logger; the library only
     /// uses the `log` facade).
     pub log_format: LogFormat,
+    /// Event ids remembered for idempotent retries (0: off).
+    pub idempotency_window: usize,
+    /// How long an event id is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
@@ -76,6 +80,8 @@ impl Default for Config {
             http_threads: DEFAULT_HTTP_THREADS,
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
             log_format: LogFormat::Text,
+            idempotency_window: crate::queue::DEFAULT_WINDOW,
+            idempotency_ttl: crate::queue::DEFAULT_WINDOW_TTL,
         }
     }
 }
@@ -136,6 +142,18 @@ const SETTINGS: &[Setting] = &[
         range: "0.1..=3600 seconds, decimals allowed",
         default: "10",
         help: "a client silent (or not reading) this long is disconnected",
+    },
+    Setting {
+        name: "IDEMPOTENCY_WINDOW",
+        range: "0..=10000000 (0 = off)",
+        default: "100000",
+        help: "event ids remembered to recognise retried events",
+    },
+    Setting {
+        name: "IDEMPOTENCY_TTL",
+        range: "1..=86400 seconds, decimals allowed",
+        default: "600",
+        help: "how long an event id is remembered",
     },
     Setting {
         name: "LOG_FORMAT",
@@ -222,6 +240,13 @@ impl Config {
         if let Some(v) = get("HTTP_THREADS")? {
             config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
         }
+        if let Some(v) = get("IDEMPOTENCY_WINDOW")? {
+            config.idempotency_window =
+                parse_int(&v, "IDEMPOTENCY_WINDOW", 0, 10_000_000)? as usize;
+        }
+        if let Some(v) = get("IDEMPOTENCY_TTL")? {
+            config.idempotency_ttl = parse_seconds(&v, "IDEMPOTENCY_TTL", 1.0, 86_400.0)?;
+        }
         if let Some(v) = get("LOG_FORMAT")? {
             config.log_format = match v.trim().to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
@@ -261,7 +286,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -269,7 +294,9 @@ impl fmt::Display for Config {
             self.max_body_bytes,
             self.http_threads,
             self.socket_timeout,
-            self.log_format
+            self.log_format,
+            self.idempotency_window,
+            self.idempotency_ttl
         )
     }
 }

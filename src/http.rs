@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, RejectReason, Route, Snapshot};
 use crate::model::{self, ProductUpdate};
 use crate::problem::{ApiError, NotReady};
 use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError};
+use crate::queue::{Intake, SubmitError, Submitted};
 use crate::request_id::RequestIds;
 use crate::store::{Seq, Store};
 use crate::worker::WorkerCounters;
@@ -441,6 +441,7 @@ impl Api {
             workers: self.workers,
             products: self.store.len(),
             waiting_readers: self.waiting.load(Ordering::Relaxed),
+            idempotency_window: self.intake.window_len(),
         };
         Reply {
             status: 200,
@@ -461,21 +462,35 @@ impl Api {
         *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
         let product_id = update.product_id.clone();
-        let seq = self.submit(update, request_id.into())?;
+        let has_event_id = update.event_id.is_some();
+        let submitted = self.submit(update, request_id.into())?;
+        let (status, word) = if submitted.duplicate {
+            self.metrics.duplicate();
+            (200, "duplicate")
+        } else {
+            (202, "accepted")
+        };
         Ok(Reply::json(
-            202,
+            status,
             &Accepted {
-                status: "accepted",
-                seq,
+                status: word,
+                seq: submitted.seq,
                 product_id: &product_id,
+                // Only meaningful (and only sent) when the client gave an id.
+                duplicate: has_event_id.then_some(submitted.duplicate),
             },
         ))
     }
 
-    fn submit(&self, update: ProductUpdate, request_id: Box<str>) -> Result<Seq, ApiError> {
+    fn submit(&self, update: ProductUpdate, request_id: Box<str>) -> Result<Submitted, ApiError> {
+        let event_id = update.event_id.clone();
         self.intake.submit(update, request_id).map_err(|e| match e {
             SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
+            SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
+                event_id: event_id.map(String::from).unwrap_or_default(),
+                seq,
+            },
         })
     }
 
@@ -624,6 +639,8 @@ struct Accepted<'a> {
     status: &'static str,
     seq: Seq,
     product_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
 }
 
 fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {

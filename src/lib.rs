@@ -73,7 +73,11 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     })?;
 
     let store = Store::new();
-    let (intake, jobs) = Intake::new(config.queue_size);
+    let (intake, jobs) = Intake::with_window(
+        config.queue_size,
+        config.idempotency_window,
+        config.idempotency_ttl,
+    );
     let intake = Arc::new(intake);
     let control = Arc::new(Control::default());
     let counters = Arc::new(WorkerCounters::default());

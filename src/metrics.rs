@@ -154,6 +154,7 @@ const QUEUE_WAIT_BOUNDS: &[f64] = &[
 /// The counters and histograms, shared by every thread.
 pub struct Metrics {
     started: SystemTime,
+    duplicates: AtomicU64,
     rejected: [AtomicU64; 5],
     /// `[route][method][status class]`.
     requests: [[[AtomicU64; 4]; 4]; 7],
@@ -165,6 +166,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: SystemTime::now(),
+            duplicates: AtomicU64::new(0),
             rejected: Default::default(),
             requests: Default::default(),
             request_seconds: Histogram::new(REQUEST_BOUNDS),
@@ -185,9 +187,15 @@ pub struct Snapshot {
     pub workers: usize,
     pub products: usize,
     pub waiting_readers: usize,
+    pub idempotency_window: usize,
 }
 
 impl Metrics {
+    /// A retried event (same `event_id`) was recognised and not queued again.
+    pub fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn reject(&self, reason: RejectReason) {
         self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -222,6 +230,18 @@ impl Metrics {
                 reason.label()
             );
         }
+        counter(
+            &mut out,
+            "events_duplicate_total",
+            "Retried events (same event_id) answered with their original seq and not queued again.",
+            self.duplicates.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "idempotency_window_entries",
+            "Event ids remembered for recognising retries.",
+            s.idempotency_window,
+        );
         counter(
             &mut out,
             "events_applied_total",

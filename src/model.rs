@@ -29,6 +29,22 @@ pub struct ProductUpdate {
     pub product_id: Box<str>,
     pub price: Option<Number>,
     pub stock: Option<u64>,
+    /// The client's id for this event, for idempotent retries (see
+    /// `queue.rs`). Same rules as a product id.
+    pub event_id: Option<Box<str>>,
+}
+
+impl ProductUpdate {
+    /// A fingerprint of what the event changes, to tell a retry (same
+    /// `event_id`, same content) from a conflicting reuse of an id.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        self.product_id.hash(&mut h);
+        self.price.as_ref().map(|p| p.to_string()).hash(&mut h);
+        self.stock.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// The current state of a product, as `GET /products/{id}` returns it.
@@ -62,6 +78,8 @@ pub enum EventError {
     InvalidPrice { reason: String },
     /// `stock` is present but breaks a rule.
     InvalidStock { reason: String },
+    /// `event_id` is present but breaks a rule (the product id rules).
+    InvalidEventId { reason: String },
     /// Neither `price` nor `stock`: the event would change nothing.
     NoUpdateFields,
 }
@@ -79,6 +97,7 @@ impl EventError {
             EventError::InvalidProductId { .. } => "invalid_product_id",
             EventError::InvalidPrice { .. } => "invalid_price",
             EventError::InvalidStock { .. } => "invalid_stock",
+            EventError::InvalidEventId { .. } => "invalid_event_id",
             EventError::NoUpdateFields => "no_update_fields",
         }
     }
@@ -93,6 +112,7 @@ impl EventError {
             }
             EventError::InvalidPrice { .. } => Some("price"),
             EventError::InvalidStock { .. } => Some("stock"),
+            EventError::InvalidEventId { .. } => Some("event_id"),
             _ => None,
         }
     }
@@ -114,7 +134,7 @@ impl fmt::Display for EventError {
             ),
             EventError::UnknownField { field } => write!(
                 f,
-                "unknown field {field:?}; an event has only \"product_id\", \"price\" and \"stock\""
+                "unknown field {field:?}; an event has only \"product_id\", \"price\", \"stock\" and \"event_id\""
             ),
             EventError::DuplicateField { field } => {
                 write!(f, "field {field:?} appears more than once; send it once")
@@ -125,6 +145,7 @@ impl fmt::Display for EventError {
             EventError::InvalidProductId { reason } => write!(f, "field \"product_id\" {reason}"),
             EventError::InvalidPrice { reason } => write!(f, "field \"price\" {reason}"),
             EventError::InvalidStock { reason } => write!(f, "field \"stock\" {reason}"),
+            EventError::InvalidEventId { reason } => write!(f, "field \"event_id\" {reason}"),
             EventError::NoUpdateFields => write!(
                 f,
                 "an event must set \"price\", \"stock\" or both; this one sets neither"
@@ -192,6 +213,7 @@ struct RawEvent {
     product_id: Option<Value>,
     price: Option<Value>,
     stock: Option<Value>,
+    event_id: Option<Value>,
     /// The first rule broken while reading the members (unknown or
     /// duplicate); reported before any value is checked.
     problem: Option<EventError>,
@@ -201,6 +223,7 @@ enum Member {
     ProductId,
     Price,
     Stock,
+    EventId,
     Unknown(String),
 }
 
@@ -217,6 +240,7 @@ impl<'de> Deserialize<'de> for Member {
                     "product_id" => Member::ProductId,
                     "price" => Member::Price,
                     "stock" => Member::Stock,
+                    "event_id" => Member::EventId,
                     other => Member::Unknown(other.to_owned()),
                 })
             }
@@ -240,6 +264,7 @@ impl<'de> Deserialize<'de> for RawEvent {
                         Member::ProductId => (&mut raw.product_id, "product_id"),
                         Member::Price => (&mut raw.price, "price"),
                         Member::Stock => (&mut raw.stock, "stock"),
+                        Member::EventId => (&mut raw.event_id, "event_id"),
                         Member::Unknown(field) => {
                             raw.problem
                                 .get_or_insert(EventError::UnknownField { field });
@@ -275,6 +300,18 @@ impl RawEvent {
             }
         };
         check_product_id(&product_id).map_err(|reason| EventError::InvalidProductId { reason })?;
+        let event_id = match self.event_id {
+            None => None,
+            Some(Value::String(id)) => {
+                check_product_id(&id).map_err(|reason| EventError::InvalidEventId { reason })?;
+                Some(id.into_boxed_str())
+            }
+            Some(other) => {
+                return Err(EventError::InvalidEventId {
+                    reason: format!("must be a string, not {}", kind(&other)),
+                });
+            }
+        };
         let price = self.price.map(check_price).transpose()?;
         let stock = self.stock.map(check_stock).transpose()?;
         if price.is_none() && stock.is_none() {
@@ -284,6 +321,7 @@ impl RawEvent {
             product_id: product_id.into_boxed_str(),
             price,
             stock,
+            event_id,
         })
     }
 }
@@ -388,7 +426,8 @@ mod tests {
             ProductUpdate {
                 product_id: "abc123".into(),
                 price: Number::from_f64(49.99),
-                stock: Some(100)
+                stock: Some(100),
+                event_id: None,
             }
         );
         let p = ok(r#" {"stock":0, "product_id":"x"} "#);

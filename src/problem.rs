@@ -53,6 +53,8 @@ pub enum ApiError {
     NotReady(NotReady),
     /// A query parameter of `GET /products` is unknown or invalid (400).
     InvalidQuery { parameter: String, detail: String },
+    /// The `event_id` was used within the window for a different event (409).
+    IdempotencyConflict { event_id: String, seq: u64 },
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
@@ -83,6 +85,7 @@ impl ApiError {
             | ApiError::InvalidQuery { .. } => 400,
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::IdempotencyConflict { .. } => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::QueueFull { .. } | ApiError::ShuttingDown | ApiError::NotReady(_) => 503,
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
             ApiError::InvalidQuery { .. } => "invalid_query",
+            ApiError::IdempotencyConflict { .. } => "idempotency_conflict",
         }
     }
 
@@ -130,6 +134,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::NotReady(_) => "Not ready",
             ApiError::InvalidQuery { .. } => "Invalid query parameter",
+            ApiError::IdempotencyConflict { .. } => "Idempotency conflict",
         }
     }
 
@@ -141,6 +146,7 @@ impl ApiError {
                 Some("product_id")
             }
             ApiError::InvalidQuery { parameter, .. } => Some(parameter),
+            ApiError::IdempotencyConflict { .. } => Some("event_id"),
             _ => None,
         }
     }
@@ -214,6 +220,10 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
             }
+            ApiError::IdempotencyConflict { event_id, seq } => write!(
+                f,
+                "event_id {event_id:?} was already used for a different event (seq {seq}); use a new id for a new event"
+            ),
             ApiError::InvalidQuery { parameter, detail } => {
                 write!(f, "query parameter {parameter:?} {detail}")
             }

@@ -43,6 +43,7 @@
 //! interrupts; the price is that an event may wait up to [`LINGER`] before
 //! it is applied.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -61,6 +62,11 @@ pub const LINGER: Duration = Duration::from_micros(200);
 /// lingering: a backlog is worth more hands.
 pub const WAKE_DEPTH: usize = 32;
 
+/// Default size of the idempotency window (event ids remembered).
+pub const DEFAULT_WINDOW: usize = 100_000;
+/// Default age limit of the idempotency window.
+pub const DEFAULT_WINDOW_TTL: Duration = Duration::from_secs(600);
+
 /// One accepted event on its way to a worker.
 #[derive(Debug)]
 pub struct Job {
@@ -72,9 +78,20 @@ pub struct Job {
     pub accepted_at: Instant,
 }
 
+/// What `submit` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// The event's seq: new, or the original one for a duplicate.
+    pub seq: Seq,
+    /// True if the `event_id` was seen within the window: nothing was queued.
+    pub duplicate: bool,
+}
+
 /// Why an event was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubmitError {
+    /// The `event_id` was used within the window for different content.
+    IdempotencyConflict { seq: Seq },
     /// The queue holds `capacity` events already. Retry shortly.
     Full { capacity: usize },
     /// Shutdown has begun; no new events are taken.
@@ -97,18 +114,65 @@ struct IntakeState {
     job_tx: Option<Sender<Job>>,
     /// Sequence number the next accepted event gets.
     next_seq: Seq,
+    /// Recently accepted `event_id`s, for idempotent retries.
+    seen: Dedupe,
+}
+
+/// The idempotency window: `event_id` → (seq, content fingerprint) for the
+/// last `capacity` ids accepted within `ttl`. Lives under the intake lock,
+/// so "is it a duplicate?" and "queue it" are one atomic step. Bounded in
+/// count and age, so a flood of unique ids cannot grow it.
+struct Dedupe {
+    by_id: HashMap<Box<str>, (Seq, u64)>,
+    /// Ids in the order they were accepted, with when; the oldest leave first.
+    order: VecDeque<(Box<str>, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl Dedupe {
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((id, at)) = self.order.front() {
+            if self.order.len() <= self.capacity && now.duration_since(*at) < self.ttl {
+                break;
+            }
+            self.by_id.remove(id);
+            self.order.pop_front();
+        }
+    }
+
+    fn remember(&mut self, id: Box<str>, seq: Seq, fingerprint: u64, now: Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.by_id.insert(id.clone(), (seq, fingerprint));
+        self.order.push_back((id, now));
+        self.forget_old(now);
+    }
 }
 
 impl Intake {
-    /// Creates the queue. The workers get the receiving end, [`Jobs`]
-    /// (clone it once per worker).
+    /// Creates the queue with the default idempotency window.
     pub fn new(capacity: usize) -> (Intake, Jobs) {
+        Intake::with_window(capacity, DEFAULT_WINDOW, DEFAULT_WINDOW_TTL)
+    }
+
+    /// Creates the queue. The workers get the receiving end, [`Jobs`]
+    /// (clone it once per worker). `window`/`ttl` bound the idempotency
+    /// window (0 turns it off).
+    pub fn with_window(capacity: usize, window: usize, ttl: Duration) -> (Intake, Jobs) {
         let (job_tx, job_rx) = crossbeam_channel::bounded(capacity);
         let doorbell = Arc::new(Doorbell::default());
         let intake = Intake {
             state: Mutex::new(IntakeState {
                 job_tx: Some(job_tx),
                 next_seq: 1,
+                seen: Dedupe {
+                    by_id: HashMap::new(),
+                    order: VecDeque::new(),
+                    capacity: window,
+                    ttl,
+                },
             }),
             capacity,
             saturated: AtomicBool::new(false),
@@ -124,8 +188,28 @@ impl Intake {
 
     /// Queues `update` and returns the sequence number it was given.
     /// Never blocks waiting for room.
-    pub fn submit(&self, update: ProductUpdate, request_id: Box<str>) -> Result<Seq, SubmitError> {
+    pub fn submit(
+        &self,
+        update: ProductUpdate,
+        request_id: Box<str>,
+    ) -> Result<Submitted, SubmitError> {
+        let now = Instant::now();
+        let fingerprint = update.fingerprint();
         let mut state = self.lock();
+        if let Some(event_id) = &update.event_id {
+            state.seen.forget_old(now);
+            if let Some(&(seq, seen_fingerprint)) = state.seen.by_id.get(event_id) {
+                return if seen_fingerprint == fingerprint {
+                    Ok(Submitted {
+                        seq,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(SubmitError::IdempotencyConflict { seq })
+                };
+            }
+        }
+        let event_id = update.event_id.clone();
         let seq = state.next_seq;
         let Some(job_tx) = &state.job_tx else {
             return Err(SubmitError::ShuttingDown);
@@ -140,6 +224,9 @@ impl Intake {
             Ok(()) => {
                 let depth = job_tx.len();
                 state.next_seq += 1;
+                if let Some(event_id) = event_id {
+                    state.seen.remember(event_id, seq, fingerprint, now);
+                }
                 drop(state);
                 self.doorbell.ring(depth);
                 if self.saturated.load(Ordering::Relaxed)
@@ -147,7 +234,10 @@ impl Intake {
                 {
                     log::info!("event queue has room again; accepting events");
                 }
-                Ok(seq)
+                Ok(Submitted {
+                    seq,
+                    duplicate: false,
+                })
             }
             Err(TrySendError::Full(_)) => {
                 drop(state);
@@ -190,6 +280,11 @@ impl Intake {
     /// Whether [`Intake::close`] has been called.
     pub fn is_closed(&self) -> bool {
         self.lock().job_tx.is_none()
+    }
+
+    /// Event ids in the idempotency window right now.
+    pub fn window_len(&self) -> usize {
+        self.lock().seen.by_id.len()
     }
 
     /// Events waiting in the queue right now.
@@ -344,14 +439,21 @@ mod tests {
             product_id: id.into(),
             price: serde_json::Number::from_f64(1.0),
             stock: None,
+            event_id: None,
         }
     }
 
     #[test]
     fn sequence_numbers_start_at_one_and_follow_queue_order() {
         let (intake, jobs) = Intake::new(4);
-        assert_eq!(intake.submit(event("a"), "test".into()), Ok(1));
-        assert_eq!(intake.submit(event("b"), "test".into()), Ok(2));
+        assert_eq!(
+            intake.submit(event("a"), "test".into()).map(|s| s.seq),
+            Ok(1)
+        );
+        assert_eq!(
+            intake.submit(event("b"), "test".into()).map(|s| s.seq),
+            Ok(2)
+        );
         let seqs: Vec<Seq> = jobs.job_rx.try_iter().map(|job| job.seq).collect();
         assert_eq!(seqs, [1, 2]);
         assert_eq!(intake.accepted(), 2);
@@ -361,14 +463,20 @@ mod tests {
     fn full_queue_is_refused_at_once_without_using_a_seq() {
         let (intake, mut jobs) = Intake::new(2);
         intake.submit(event("a"), "test".into()).unwrap();
-        intake.submit(event("b"), "test".into()).unwrap();
+        intake
+            .submit(event("b"), "test".into())
+            .map(|s| s.seq)
+            .unwrap();
         assert_eq!(intake.depth(), 2);
         assert_eq!(
-            intake.submit(event("c"), "test".into()),
+            intake.submit(event("c"), "test".into()).map(|s| s.seq),
             Err(SubmitError::Full { capacity: 2 })
         );
         jobs.next().unwrap();
-        assert_eq!(intake.submit(event("c"), "test".into()), Ok(3));
+        assert_eq!(
+            intake.submit(event("c"), "test".into()).map(|s| s.seq),
+            Ok(3)
+        );
     }
 
     #[test]
@@ -378,7 +486,7 @@ mod tests {
         assert_eq!(intake.close(), 1);
         assert!(intake.is_closed());
         assert_eq!(
-            intake.submit(event("b"), "test".into()),
+            intake.submit(event("b"), "test".into()).map(|s| s.seq),
             Err(SubmitError::ShuttingDown)
         );
         // The queued event is still delivered, then the queue reports the end.
@@ -409,7 +517,10 @@ mod tests {
                     std::thread::yield_now();
                 }
             }
-            assert_eq!(intake.submit(event("a"), "test".into()), Ok(seq));
+            assert_eq!(
+                intake.submit(event("a"), "test".into()).map(|s| s.seq),
+                Ok(seq)
+            );
             assert_eq!(
                 seen_rx.recv_timeout(wait),
                 Ok(seq),

@@ -191,6 +191,7 @@ mod tests {
             product_id: id.into(),
             price,
             stock,
+            event_id: None,
         }
     }
 

@@ -218,6 +218,7 @@ mod tests {
             product_id: id.into(),
             price: serde_json::Number::from_f64(1.0),
             stock: None,
+            event_id: None,
         }
     }
 

@@ -150,3 +150,133 @@ fn bad_min_seq_and_wait_are_refused() {
     }
     server.shutdown();
 }
+
+fn metric(server: &TestServer, name: &str) -> f64 {
+    let body = server.get("/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[test]
+fn a_retried_event_is_not_applied_twice_and_cannot_revert_a_newer_value() {
+    let server = TestServer::start(test_config());
+    let first = server.post_event(r#"{"product_id":"i","price":1,"event_id":"evt-1"}"#);
+    assert_eq!(first.status, 202);
+    let body = first.json();
+    assert_eq!(
+        (body["status"].as_str(), body["duplicate"].as_bool()),
+        (Some("accepted"), Some(false))
+    );
+    let seq = body["seq"].as_u64().expect("seq");
+    let newer = accepted_seq(&server.post_event(r#"{"product_id":"i","price":2}"#));
+    server.wait_applied();
+
+    // The producer retries evt-1 (say its first answer was lost).
+    let retry = server.post_event(r#"{"product_id":"i","price":1,"event_id":"evt-1"}"#);
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    let body = retry.json();
+    assert_eq!(body["status"], "duplicate");
+    assert_eq!(body["duplicate"], true);
+    assert_eq!(body["seq"].as_u64(), Some(seq), "the original seq");
+    server.wait_applied();
+    assert_eq!(
+        server.get("/products/i").json()["price"],
+        2,
+        "not reverted by the retry"
+    );
+    assert_eq!(metric(&server, "events_duplicate_total"), 1.0);
+    let stats = server.stats();
+    assert_eq!(
+        (stats.accepted, stats.applied),
+        (newer, newer),
+        "the retry was not queued"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn reusing_an_event_id_for_a_different_event_is_a_conflict() {
+    let server = TestServer::start(test_config());
+    let seq = accepted_seq(&server.post_event(r#"{"product_id":"k","stock":1,"event_id":"e"}"#));
+    let r = server.post_event(r#"{"product_id":"k","stock":2,"event_id":"e"}"#);
+    let body = r.assert_problem(409, "idempotency_conflict");
+    assert_eq!(body["field"], "event_id");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("seq {seq}")))
+    );
+    server.wait_applied();
+    assert_eq!(server.get("/products/k").json()["stock"], 1);
+    server.shutdown();
+}
+
+#[test]
+fn the_idempotency_window_stays_bounded_under_a_flood_of_unique_ids() {
+    let server = TestServer::start(Config {
+        idempotency_window: 50,
+        ..test_config()
+    });
+    for i in 0..500 {
+        let r = server.post_event(&format!(
+            r#"{{"product_id":"f","stock":{i},"event_id":"u-{i}"}}"#
+        ));
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    assert_eq!(metric(&server, "idempotency_window_entries"), 50.0);
+    // The newest ids are still recognised; the oldest are forgotten.
+    assert_eq!(
+        server
+            .post_event(r#"{"product_id":"f","stock":499,"event_id":"u-499"}"#)
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .post_event(r#"{"product_id":"f","stock":0,"event_id":"u-0"}"#)
+            .status,
+        202
+    );
+    server.wait_applied();
+    server.shutdown();
+}
+
+#[test]
+fn an_event_id_is_forgotten_after_the_ttl() {
+    let server = TestServer::start(Config {
+        idempotency_ttl: Duration::from_millis(200),
+        ..test_config()
+    });
+    assert_eq!(
+        server
+            .post_event(r#"{"product_id":"t","stock":1,"event_id":"old"}"#)
+            .status,
+        202
+    );
+    // Within the TTL a retry is a duplicate; after it, the same id is new.
+    let r = common::wait_until("the id to leave the window", || {
+        let r = server.post_event(r#"{"product_id":"t","stock":1,"event_id":"old"}"#);
+        (r.status == 202).then_some(r)
+    });
+    assert_eq!(r.json()["duplicate"], false);
+    server.wait_applied();
+    server.shutdown();
+}
+
+#[test]
+fn a_bad_event_id_is_refused() {
+    let server = TestServer::start(test_config());
+    for bad in [r#""""#, r#""  ""#, "7", r#""a/b""#, "null"] {
+        let r = server.post_event(&format!(
+            r#"{{"product_id":"b","stock":1,"event_id":{bad}}}"#
+        ));
+        assert_eq!(
+            r.assert_problem(400, "invalid_event_id")["field"],
+            "event_id",
+            "{bad}"
+        );
+    }
+    server.shutdown();
+}

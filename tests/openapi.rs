@@ -214,6 +214,21 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         ),
         post("/events", "application/json", &big),
         post("/events", "text/plain", event),
+        post(
+            "/events",
+            "application/json",
+            r#"{"product_id":"doc-2","stock":1,"event_id":"once"}"#,
+        ),
+        post(
+            "/events",
+            "application/json",
+            r#"{"product_id":"doc-2","stock":1,"event_id":"once"}"#,
+        ),
+        post(
+            "/events",
+            "application/json",
+            r#"{"product_id":"doc-2","stock":2,"event_id":"once"}"#,
+        ),
         case("/products/{id}", "get", "/products/doc-1"),
         case("/products/{id}", "get", "/products/none"),
         Case {
