@@ -500,12 +500,12 @@ impl Api {
     fn get_product(&self, raw_id: &str, if_none_match: Option<&str>) -> Result<Reply, ApiError> {
         let id = percent_decode(raw_id)?;
         model::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
-        let Some((product, last_seq)) = self.store.get_with_seq(&id) else {
+        let Some((product, tag)) = self.store.get_with_tag(&id) else {
             return Err(ApiError::ProductNotFound {
                 product_id: id.into_owned(),
             });
         };
-        let etag = format!("\"{last_seq}\"");
+        let etag = format!("\"{tag}\"");
         let unchanged = if_none_match.is_some_and(|tags| {
             tags.split(',')
                 .map(|t| t.trim().trim_start_matches("W/"))

@@ -32,6 +32,9 @@ pub struct ProductUpdate {
     /// The client's id for this event, for idempotent retries (see
     /// `queue.rs`). Same rules as a product id.
     pub event_id: Option<Box<str>>,
+    /// The client's version of the product's data: orders writes ahead of
+    /// `seq` (see `WriteKey` in `store.rs`).
+    pub version: Option<u64>,
 }
 
 impl ProductUpdate {
@@ -43,6 +46,7 @@ impl ProductUpdate {
         self.product_id.hash(&mut h);
         self.price.as_ref().map(|p| p.to_string()).hash(&mut h);
         self.stock.hash(&mut h);
+        self.version.hash(&mut h);
         h.finish()
     }
 }
@@ -80,6 +84,8 @@ pub enum EventError {
     InvalidStock { reason: String },
     /// `event_id` is present but breaks a rule (the product id rules).
     InvalidEventId { reason: String },
+    /// `version` is present but not a whole number in range.
+    InvalidVersion { reason: String },
     /// Neither `price` nor `stock`: the event would change nothing.
     NoUpdateFields,
 }
@@ -98,6 +104,7 @@ impl EventError {
             EventError::InvalidPrice { .. } => "invalid_price",
             EventError::InvalidStock { .. } => "invalid_stock",
             EventError::InvalidEventId { .. } => "invalid_event_id",
+            EventError::InvalidVersion { .. } => "invalid_version",
             EventError::NoUpdateFields => "no_update_fields",
         }
     }
@@ -113,6 +120,7 @@ impl EventError {
             EventError::InvalidPrice { .. } => Some("price"),
             EventError::InvalidStock { .. } => Some("stock"),
             EventError::InvalidEventId { .. } => Some("event_id"),
+            EventError::InvalidVersion { .. } => Some("version"),
             _ => None,
         }
     }
@@ -134,7 +142,7 @@ impl fmt::Display for EventError {
             ),
             EventError::UnknownField { field } => write!(
                 f,
-                "unknown field {field:?}; an event has only \"product_id\", \"price\", \"stock\" and \"event_id\""
+                "unknown field {field:?}; an event has only \"product_id\", \"price\", \"stock\", \"event_id\" and \"version\""
             ),
             EventError::DuplicateField { field } => {
                 write!(f, "field {field:?} appears more than once; send it once")
@@ -146,6 +154,7 @@ impl fmt::Display for EventError {
             EventError::InvalidPrice { reason } => write!(f, "field \"price\" {reason}"),
             EventError::InvalidStock { reason } => write!(f, "field \"stock\" {reason}"),
             EventError::InvalidEventId { reason } => write!(f, "field \"event_id\" {reason}"),
+            EventError::InvalidVersion { reason } => write!(f, "field \"version\" {reason}"),
             EventError::NoUpdateFields => write!(
                 f,
                 "an event must set \"price\", \"stock\" or both; this one sets neither"
@@ -214,6 +223,7 @@ struct RawEvent {
     price: Option<Value>,
     stock: Option<Value>,
     event_id: Option<Value>,
+    version: Option<Value>,
     /// The first rule broken while reading the members (unknown or
     /// duplicate); reported before any value is checked.
     problem: Option<EventError>,
@@ -224,6 +234,7 @@ enum Member {
     Price,
     Stock,
     EventId,
+    Version,
     Unknown(String),
 }
 
@@ -241,6 +252,7 @@ impl<'de> Deserialize<'de> for Member {
                     "price" => Member::Price,
                     "stock" => Member::Stock,
                     "event_id" => Member::EventId,
+                    "version" => Member::Version,
                     other => Member::Unknown(other.to_owned()),
                 })
             }
@@ -265,6 +277,7 @@ impl<'de> Deserialize<'de> for RawEvent {
                         Member::Price => (&mut raw.price, "price"),
                         Member::Stock => (&mut raw.stock, "stock"),
                         Member::EventId => (&mut raw.event_id, "event_id"),
+                        Member::Version => (&mut raw.version, "version"),
                         Member::Unknown(field) => {
                             raw.problem
                                 .get_or_insert(EventError::UnknownField { field });
@@ -312,6 +325,7 @@ impl RawEvent {
                 });
             }
         };
+        let version = self.version.map(check_version).transpose()?;
         let price = self.price.map(check_price).transpose()?;
         let stock = self.stock.map(check_stock).transpose()?;
         if price.is_none() && stock.is_none() {
@@ -322,6 +336,7 @@ impl RawEvent {
             price,
             stock,
             event_id,
+            version,
         })
     }
 }
@@ -356,6 +371,25 @@ fn check_price(value: Value) -> Result<Number, EventError> {
         return Ok(Number::from(0u8));
     }
     Ok(number)
+}
+
+/// Largest accepted `version` (one below `u64::MAX`, see `WriteKey`).
+pub const MAX_VERSION: u64 = u64::MAX - 1;
+
+fn check_version(value: Value) -> Result<u64, EventError> {
+    let invalid = |reason: String| EventError::InvalidVersion { reason };
+    match &value {
+        Value::Number(n) => match n.as_u64() {
+            Some(v) if v <= MAX_VERSION => Ok(v),
+            _ => Err(invalid(format!(
+                "must be a whole number from 0 to {MAX_VERSION}, got {n}"
+            ))),
+        },
+        other => Err(invalid(format!(
+            "must be a whole number, not {}",
+            kind(other)
+        ))),
+    }
 }
 
 fn check_stock(value: Value) -> Result<u64, EventError> {
@@ -428,6 +462,7 @@ mod tests {
                 price: Number::from_f64(49.99),
                 stock: Some(100),
                 event_id: None,
+                version: None,
             }
         );
         let p = ok(r#" {"stock":0, "product_id":"x"} "#);

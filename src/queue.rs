@@ -440,6 +440,7 @@ mod tests {
             price: serde_json::Number::from_f64(1.0),
             stock: None,
             event_id: None,
+            version: None,
         }
     }
 

@@ -40,15 +40,44 @@ use crate::model::{Product, ProductUpdate};
 /// so 0 can mean "never set".
 pub type Seq = u64;
 
-/// What a product holds (40 bytes). `price_seq`/`stock_seq` are the seq of
-/// the event that set the field, 0 if none has. The price is the JSON number
-/// as the client wrote it (see `model.rs`).
+/// The order in which writes to one field win: a write lands only if its
+/// key is greater than the key of the write that set the field. Keys form a
+/// total order, so each field is a max-register and the result does not
+/// depend on the order writes are applied in (see the module docs).
+///
+/// - unversioned event, seq `s`: `(0, s)`: a later seq wins;
+/// - event with client version `v`, seq `s`: `(v + 1, u64::MAX - s)`: a
+///   higher version wins whatever the seq; of two equal versions the first
+///   accepted wins (a later one is not *greater*); and any versioned write
+///   beats any unversioned one.
+///
+/// `(0, 0)` means "never set".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WriteKey(u64, u64);
+
+impl WriteKey {
+    pub fn new(seq: Seq, version: Option<u64>) -> WriteKey {
+        match version {
+            None => WriteKey(0, seq),
+            // `model.rs` keeps versions below u64::MAX, so `v + 1` fits.
+            Some(v) => WriteKey(v.saturating_add(1), u64::MAX - seq),
+        }
+    }
+
+    fn is_set(self) -> bool {
+        self != WriteKey::default()
+    }
+}
+
+/// What a product holds (56 bytes): each field and the key of the write
+/// that set it. The price is the JSON number as the client wrote it (see
+/// `model.rs`).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Record {
     price: Option<Number>,
-    price_seq: Seq,
+    price_key: WriteKey,
     stock: u64,
-    stock_seq: Seq,
+    stock_key: WriteKey,
 }
 
 /// What one [`Store::apply`] did, for the counters.
@@ -78,20 +107,21 @@ impl Store {
             Some(record) => record,
             None => products.entry(update.product_id.clone()).or_default(),
         };
+        let key = WriteKey::new(seq, update.version);
         let mut outcome = ApplyOutcome::default();
         if let Some(price) = &update.price {
-            if seq > record.price_seq {
+            if key > record.price_key {
                 record.price = Some(price.clone());
-                record.price_seq = seq;
+                record.price_key = key;
                 outcome.written += 1;
             } else {
                 outcome.stale += 1;
             }
         }
         if let Some(stock) = update.stock {
-            if seq > record.stock_seq {
+            if key > record.stock_key {
                 record.stock = stock;
-                record.stock_seq = seq;
+                record.stock_key = key;
                 outcome.written += 1;
             } else {
                 outcome.stale += 1;
@@ -103,20 +133,21 @@ impl Store {
     /// The current state of `product_id`, or `None` if no event for it has
     /// been applied yet.
     pub fn get(&self, product_id: &str) -> Option<Product> {
-        self.get_with_seq(product_id).map(|(product, _)| product)
+        self.get_with_tag(product_id).map(|(product, _)| product)
     }
 
-    /// As [`Store::get`], with the seq of the newest event that changed the
-    /// product: it grows with every change, so it makes an `ETag`.
-    pub fn get_with_seq(&self, product_id: &str) -> Option<(Product, Seq)> {
+    /// As [`Store::get`], with a tag that changes whenever the product
+    /// changes (the keys of its two fields only ever grow): an `ETag`.
+    pub fn get_with_tag(&self, product_id: &str) -> Option<(Product, String)> {
         let record = self.read().get(product_id)?.clone();
-        let last_seq = record.price_seq.max(record.stock_seq);
+        let (p, s) = (record.price_key, record.stock_key);
+        let tag = format!("{:x}.{:x}.{:x}.{:x}", p.0, p.1, s.0, s.1);
         let product = Product {
             product_id: product_id.into(),
             price: record.price,
-            stock: (record.stock_seq > 0).then_some(record.stock),
+            stock: s.is_set().then_some(record.stock),
         };
-        Some((product, last_seq))
+        Some((product, tag))
     }
 
     /// Up to `limit` products whose ids sort after `after` (all, if `None`),
@@ -148,7 +179,7 @@ impl Store {
                 Some(Product {
                     product_id: id.into(),
                     price: record.price.clone(),
-                    stock: (record.stock_seq > 0).then_some(record.stock),
+                    stock: record.stock_key.is_set().then_some(record.stock),
                 })
             })
             .collect();
@@ -192,6 +223,7 @@ mod tests {
             price,
             stock,
             event_id: None,
+            version: None,
         }
     }
 
@@ -315,13 +347,62 @@ mod tests {
     }
 
     #[test]
-    fn the_last_seq_grows_with_every_change_and_not_with_stale_events() {
+    fn the_tag_changes_with_every_change_and_not_with_stale_events() {
         let store = Store::new();
+        let tag = |s: &Store| s.get_with_tag("a").map(|(_, t)| t);
         store.apply(3, &update("a", Some(1.0), None));
-        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(3));
+        let first = tag(&store);
         store.apply(2, &update("a", Some(2.0), None)); // stale: no change
-        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(3));
+        assert_eq!(tag(&store), first);
         store.apply(5, &update("a", None, Some(1)));
-        assert_eq!(store.get_with_seq("a").map(|(_, seq)| seq), Some(5));
+        assert_ne!(tag(&store), first);
+    }
+
+    fn versioned(id: &str, price: f64, version: u64) -> ProductUpdate {
+        ProductUpdate {
+            version: Some(version),
+            ..update(id, Some(price), None)
+        }
+    }
+
+    #[test]
+    fn versions_order_writes_whatever_the_seq() {
+        let store = Store::new();
+        let price = |s: &Store| s.get("a").and_then(|p| p.price).and_then(|n| n.as_f64());
+        store.apply(1, &versioned("a", 1.0, 5));
+        // An older version arriving later is stale.
+        assert_eq!(store.apply(2, &versioned("a", 2.0, 4)).stale, 1);
+        assert_eq!(price(&store), Some(1.0));
+        // An equal version is not greater: stale.
+        assert_eq!(store.apply(3, &versioned("a", 3.0, 5)).stale, 1);
+        // An unversioned event never overrides a versioned value.
+        assert_eq!(store.apply(4, &update("a", Some(4.0), None)).stale, 1);
+        // A higher version wins even with a lower seq (applied late).
+        store.apply(0, &versioned("a", 6.0, 6));
+        assert_eq!(price(&store), Some(6.0));
+    }
+
+    #[test]
+    fn versioned_and_unversioned_in_any_order_give_the_replay_result() {
+        let events = [
+            (1, update("a", Some(1.0), Some(1))),
+            (2, versioned("a", 2.0, 7)),
+            (3, update("a", Some(3.0), Some(3))),
+            (4, versioned("a", 4.0, 7)),
+            (5, versioned("a", 5.0, 8)),
+        ];
+        // Sequential replay in seq order: price v8 = 5.0; stock unversioned seq 3.
+        let mut order = [0, 1, 2, 3, 4];
+        loop {
+            let store = Store::new();
+            for &i in &order {
+                store.apply(events[i].0, &events[i].1);
+            }
+            let p = store.get("a").unwrap();
+            assert_eq!((p.price, p.stock), (num(Some(5.0)), Some(3)), "{order:?}");
+            if !next_permutation(&mut order) {
+                break;
+            }
+        }
     }
 }

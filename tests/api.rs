@@ -1547,7 +1547,10 @@ fn etag_and_if_none_match_make_polling_cheap() {
     let first = server.get("/products/e");
     assert_eq!(first.status, 200);
     let etag = first.header("etag").expect("an ETag").to_owned();
-    assert_eq!(etag, "\"1\"");
+    assert!(
+        etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'),
+        "{etag}"
+    );
 
     let conditional = |tags: &str| {
         read_reply(
@@ -1558,7 +1561,9 @@ fn etag_and_if_none_match_make_polling_cheap() {
                 .call(),
         )
     };
-    for tags in [etag.as_str(), "*", "W/\"1\"", "\"0\", \"1\""] {
+    let weak = format!("W/{etag}");
+    let list = format!("\"other\", {etag}");
+    for tags in [etag.as_str(), "*", weak.as_str(), list.as_str()] {
         let r = conditional(tags);
         assert_eq!(r.status, 304, "If-None-Match: {tags}");
         assert!(r.body.is_empty());
@@ -1569,7 +1574,10 @@ fn etag_and_if_none_match_make_polling_cheap() {
     server.wait_applied();
     let changed = conditional(&etag);
     assert_eq!(changed.status, 200);
-    assert_eq!(changed.header("etag"), Some("\"2\""));
+    assert!(
+        changed.header("etag").is_some_and(|t| t != etag),
+        "a new tag"
+    );
     assert_eq!(changed.json()["stock"], 5);
     assert_clean_shutdown(&server.shutdown(), 2);
 }

@@ -280,3 +280,35 @@ fn a_bad_event_id_is_refused() {
     }
     server.shutdown();
 }
+
+#[test]
+fn versions_decide_which_write_wins_and_stale_ones_are_skipped_and_counted() {
+    let server = TestServer::start(test_config());
+    let post = |body: &str| {
+        let r = server.post_event(body);
+        assert_eq!(r.status, 202, "{}", r.body);
+    };
+    post(r#"{"product_id":"v","price":10,"version":5}"#);
+    // Older version, accepted later: acknowledged, but skipped.
+    post(r#"{"product_id":"v","price":9,"version":4}"#);
+    // Unversioned: never overrides a versioned value.
+    post(r#"{"product_id":"v","price":8}"#);
+    server.wait_applied();
+    assert_eq!(server.get("/products/v").json()["price"], 10);
+    assert_eq!(metric(&server, "stale_field_writes_skipped_total"), 2.0);
+    // A higher version wins.
+    post(r#"{"product_id":"v","price":11,"version":6}"#);
+    server.wait_applied();
+    assert_eq!(server.get("/products/v").json()["price"], 11);
+    for bad in ["-1", "1.5", r#""7""#, "18446744073709551615"] {
+        let r = server.post_event(&format!(
+            r#"{{"product_id":"v","price":1,"version":{bad}}}"#
+        ));
+        assert_eq!(
+            r.assert_problem(400, "invalid_version")["field"],
+            "version",
+            "{bad}"
+        );
+    }
+    server.shutdown();
+}
