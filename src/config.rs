@@ -57,7 +57,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_WORKERS: usize = 4;
 /// Default `QUEUE_SIZE`: absorbs about a sixth of a second of peak intake
 /// (about 60 000 events/s on the 2-core reference machine) in about 1 MiB,
-/// while four workers drain a full queue in under 3 ms; see the README's
+/// while four workers drain a full queue in under 4 ms; see the README's
 /// Performance section.
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
 /// Default `SHUTDOWN_TIMEOUT`.
