@@ -41,6 +41,9 @@ pub struct Config {
     pub idempotency_window: usize,
     /// How long an event id is remembered.
     pub idempotency_ttl: Duration,
+    /// Most products the store takes; events for new products beyond it get
+    /// 507 (events already queued may exceed it by at most `queue_size`).
+    pub max_products: usize,
 }
 
 /// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
@@ -66,6 +69,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `HTTP_THREADS`.
 pub const DEFAULT_HTTP_THREADS: usize = 4;
+/// Default `MAX_PRODUCTS`: about 190 MiB of products (see the README's
+/// Performance section).
+pub const DEFAULT_MAX_PRODUCTS: usize = 1_000_000;
 /// Default `SOCKET_TIMEOUT`.
 pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,6 +88,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             idempotency_window: crate::queue::DEFAULT_WINDOW,
             idempotency_ttl: crate::queue::DEFAULT_WINDOW_TTL,
+            max_products: DEFAULT_MAX_PRODUCTS,
         }
     }
 }
@@ -142,6 +149,12 @@ const SETTINGS: &[Setting] = &[
         range: "0.1..=3600 seconds, decimals allowed",
         default: "10",
         help: "a client silent (or not reading) this long is disconnected",
+    },
+    Setting {
+        name: "MAX_PRODUCTS",
+        range: "1..=100000000",
+        default: "1000000",
+        help: "most products stored; events for new ones beyond it get 507",
     },
     Setting {
         name: "IDEMPOTENCY_WINDOW",
@@ -240,6 +253,9 @@ impl Config {
         if let Some(v) = get("HTTP_THREADS")? {
             config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
         }
+        if let Some(v) = get("MAX_PRODUCTS")? {
+            config.max_products = parse_int(&v, "MAX_PRODUCTS", 1, 100_000_000)? as usize;
+        }
         if let Some(v) = get("IDEMPOTENCY_WINDOW")? {
             config.idempotency_window =
                 parse_int(&v, "IDEMPOTENCY_WINDOW", 0, 10_000_000)? as usize;
@@ -286,7 +302,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -296,7 +312,8 @@ impl fmt::Display for Config {
             self.socket_timeout,
             self.log_format,
             self.idempotency_window,
-            self.idempotency_ttl
+            self.idempotency_ttl,
+            self.max_products
         )
     }
 }

@@ -53,6 +53,7 @@ pub struct Api {
     max_waiting: usize,
     workers: usize,
     max_body_bytes: usize,
+    max_products: usize,
     request_ids: RequestIds,
     /// Set when shutdown begins: every answer from then on says
     /// `Connection: close`, so keep-alive clients move elsewhere.
@@ -125,6 +126,7 @@ impl Api {
             max_waiting: config.http_threads.saturating_sub(1).max(1),
             workers: config.workers,
             max_body_bytes: config.max_body_bytes,
+            max_products: config.max_products,
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
             headers: Headers::new(),
@@ -461,6 +463,12 @@ impl Api {
         let body = read_body(request, self.max_body_bytes)?;
         *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
+        // The count is a lock-free read; the map is only consulted at the limit.
+        if self.store.len() >= self.max_products && !self.store.contains(&update.product_id) {
+            return Err(ApiError::ProductLimit {
+                limit: self.max_products,
+            });
+        }
         let product_id = update.product_id.clone();
         let has_event_id = update.event_id.is_some();
         let submitted = self.submit(update, request_id.into())?;
@@ -629,6 +637,7 @@ fn reject_reason(error: &ApiError) -> RejectReason {
         ApiError::UnsupportedMediaType { .. } => RejectReason::UnsupportedType,
         ApiError::QueueFull { .. } => RejectReason::QueueFull,
         ApiError::ShuttingDown => RejectReason::ShuttingDown,
+        ApiError::ProductLimit { .. } => RejectReason::ProductLimit,
         _ => RejectReason::Validation,
     }
 }

@@ -24,15 +24,17 @@ pub enum RejectReason {
     UnsupportedType,
     QueueFull,
     ShuttingDown,
+    ProductLimit,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 5] = [
+    const ALL: [RejectReason; 6] = [
         RejectReason::Validation,
         RejectReason::TooLarge,
         RejectReason::UnsupportedType,
         RejectReason::QueueFull,
         RejectReason::ShuttingDown,
+        RejectReason::ProductLimit,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +44,7 @@ impl RejectReason {
             RejectReason::UnsupportedType => "unsupported_type",
             RejectReason::QueueFull => "queue_full",
             RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::ProductLimit => "product_limit",
         }
     }
 }
@@ -155,7 +158,7 @@ const QUEUE_WAIT_BOUNDS: &[f64] = &[
 pub struct Metrics {
     started: SystemTime,
     duplicates: AtomicU64,
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     /// `[route][method][status class]`.
     requests: [[[AtomicU64; 4]; 4]; 7],
     pub request_seconds: Histogram,

@@ -622,4 +622,69 @@ mod tests {
         }
         assert_eq!(serde_json::to_string(&49.99f64).unwrap(), "49.99");
     }
+
+    /// Property: any byte string decodes to an event that passes every rule,
+    /// or to an error, never a panic. Random bytes, and (more usefully)
+    /// valid events with random bytes flipped, inserted or cut, so most
+    /// inputs get past the JSON syntax into the rules.
+    #[test]
+    fn any_bytes_decode_to_a_valid_event_or_an_error() {
+        let mut seed: u64 = 0x5EED_1234_ABCD_0001;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let seeds: [&[u8]; 4] = [
+            br#"{"product_id":"abc123","price":49.99,"stock":100}"#,
+            br#"{"product_id":"a","stock":1,"event_id":"e-1","version":3}"#,
+            br#"{"price":-0.0,"product_id":"\u00e9","stock":0}"#,
+            br#"[{"product_id":1e999}]"#,
+        ];
+        let mut outcomes = [0usize; 2];
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = if round % 4 == 0 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[(next() % 4) as usize].to_vec()
+            };
+            for _ in 0..(next() % 4) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => {
+                        let alphabet = b"{}[]\":,-0e9.\\";
+                        input.insert(at, alphabet[(next() as usize) % alphabet.len()]);
+                    }
+                    _ => {
+                        input.truncate(at);
+                    }
+                }
+            }
+            match decode_event(&input) {
+                Ok(update) => {
+                    outcomes[0] += 1;
+                    assert!(check_product_id(&update.product_id).is_ok(), "{input:?}");
+                    assert!(
+                        update.price.is_some() || update.stock.is_some(),
+                        "{input:?}"
+                    );
+                    if let Some(price) = update.price.as_ref().and_then(Number::as_f64) {
+                        assert!((0.0..=MAX_PRICE).contains(&price), "{input:?}");
+                    }
+                    assert!(update.stock.is_none_or(|s| s <= MAX_STOCK), "{input:?}");
+                }
+                Err(e) => {
+                    outcomes[1] += 1;
+                    assert!(!e.code().is_empty() && !e.to_string().is_empty());
+                }
+            }
+        }
+        // Both branches were exercised in earnest.
+        assert!(outcomes[0] > 1_000 && outcomes[1] > 1_000, "{outcomes:?}");
+    }
 }

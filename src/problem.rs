@@ -55,6 +55,9 @@ pub enum ApiError {
     InvalidQuery { parameter: String, detail: String },
     /// The `event_id` was used within the window for a different event (409).
     IdempotencyConflict { event_id: String, seq: u64 },
+    /// The store holds `MAX_PRODUCTS` products and this event is for a new
+    /// one (507).
+    ProductLimit { limit: usize },
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::IdempotencyConflict { .. } => 409,
+            ApiError::ProductLimit { .. } => 507,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::QueueFull { .. } | ApiError::ShuttingDown | ApiError::NotReady(_) => 503,
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::InvalidQuery { .. } => "invalid_query",
             ApiError::IdempotencyConflict { .. } => "idempotency_conflict",
+            ApiError::ProductLimit { .. } => "product_limit_reached",
         }
     }
 
@@ -135,6 +140,7 @@ impl ApiError {
             ApiError::NotReady(_) => "Not ready",
             ApiError::InvalidQuery { .. } => "Invalid query parameter",
             ApiError::IdempotencyConflict { .. } => "Idempotency conflict",
+            ApiError::ProductLimit { .. } => "Product limit reached",
         }
     }
 
@@ -147,6 +153,7 @@ impl ApiError {
             }
             ApiError::InvalidQuery { parameter, .. } => Some(parameter),
             ApiError::IdempotencyConflict { .. } => Some("event_id"),
+            ApiError::ProductLimit { .. } => Some("product_id"),
             _ => None,
         }
     }
@@ -220,6 +227,10 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
             }
+            ApiError::ProductLimit { limit } => write!(
+                f,
+                "the store holds its limit of {limit} products (MAX_PRODUCTS); updates to existing products are still accepted, new products are not"
+            ),
             ApiError::IdempotencyConflict { event_id, seq } => write!(
                 f,
                 "event_id {event_id:?} was already used for a different event (seq {seq}); use a new id for a new event"

@@ -286,6 +286,31 @@ fn every_documented_operation_and_status_matches_the_live_service() {
     drop(paused);
     server.wait_applied();
 
+    // 507: a second service whose store is full.
+    let full = TestServer::start(Config {
+        max_products: 1,
+        ..test_config()
+    });
+    let first = post(
+        "/events",
+        "application/json",
+        r#"{"product_id":"one","stock":1}"#,
+    );
+    assert_eq!(send(&full, &first).status, 202);
+    full.wait_applied();
+    let second = post(
+        "/events",
+        "application/json",
+        r#"{"product_id":"two","stock":1}"#,
+    );
+    let reply = send(&full, &second);
+    seen.insert((
+        "/events".into(),
+        "post".into(),
+        conform(&doc, &second, &reply).to_string(),
+    ));
+    full.shutdown();
+
     // Every documented (path, method, status) was produced.
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
