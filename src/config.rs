@@ -44,6 +44,9 @@ pub struct Config {
     /// Most products the store takes; events for new products beyond it get
     /// 507 (events already queued may exceed it by at most `queue_size`).
     pub max_products: usize,
+    /// Most client connections served at once (tiny_http gives each a
+    /// thread); beyond it a connection gets 503 and is closed.
+    pub max_connections: usize,
 }
 
 /// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
@@ -72,6 +75,8 @@ pub const DEFAULT_HTTP_THREADS: usize = 4;
 /// Default `MAX_PRODUCTS`: about 190 MiB of products (see the README's
 /// Performance section).
 pub const DEFAULT_MAX_PRODUCTS: usize = 1_000_000;
+/// Default `MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Default `SOCKET_TIMEOUT`.
 pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,6 +94,7 @@ impl Default for Config {
             idempotency_window: crate::queue::DEFAULT_WINDOW,
             idempotency_ttl: crate::queue::DEFAULT_WINDOW_TTL,
             max_products: DEFAULT_MAX_PRODUCTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -149,6 +155,12 @@ const SETTINGS: &[Setting] = &[
         range: "0.1..=3600 seconds, decimals allowed",
         default: "10",
         help: "a client silent (or not reading) this long is disconnected",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        range: "1..=100000",
+        default: "1000",
+        help: "client connections served at once; more get 503 and are closed",
     },
     Setting {
         name: "MAX_PRODUCTS",
@@ -253,6 +265,9 @@ impl Config {
         if let Some(v) = get("HTTP_THREADS")? {
             config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
         }
+        if let Some(v) = get("MAX_CONNECTIONS")? {
+            config.max_connections = parse_int(&v, "MAX_CONNECTIONS", 1, 100_000)? as usize;
+        }
         if let Some(v) = get("MAX_PRODUCTS")? {
             config.max_products = parse_int(&v, "MAX_PRODUCTS", 1, 100_000_000)? as usize;
         }
@@ -302,7 +317,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -313,7 +328,8 @@ impl fmt::Display for Config {
             self.log_format,
             self.idempotency_window,
             self.idempotency_ttl,
-            self.max_products
+            self.max_products,
+            self.max_connections
         )
     }
 }

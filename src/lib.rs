@@ -126,12 +126,16 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     drop(done_tx);
     drop(jobs);
 
-    let server =
-        tiny_http::Server::from_listener_with_timeout(listener, None, Some(config.socket_timeout))
-            .map_err(|e| StartError::Bind {
-                addr: config.bind,
-                source: std::io::Error::other(e.to_string()),
-            })?;
+    let server = tiny_http::Server::from_listener_with_limits(
+        listener,
+        None,
+        Some(config.socket_timeout),
+        Some(config.max_connections),
+    )
+    .map_err(|e| StartError::Bind {
+        addr: config.bind,
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let server = Arc::new(server);
     let api = Arc::new(Api::new(
         Arc::clone(&intake),

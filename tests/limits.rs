@@ -40,3 +40,102 @@ fn past_max_products_new_products_are_refused_and_existing_ones_still_update() {
     );
     server.shutdown();
 }
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::DEADLINE;
+
+fn read_all(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn connections_past_max_connections_get_503_and_a_close() {
+    let server = TestServer::start(Config {
+        max_connections: 2,
+        // Long enough that the held connections stay open during the test.
+        socket_timeout: Duration::from_secs(60),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    // Two connections held open (each has sent a request and keeps alive).
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+            let mut head = [0u8; 12];
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            s.read_exact(&mut head).expect("answered");
+            assert_eq!(&head, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    // The third is refused at once, with problem details and a close.
+    let mut third = TcpStream::connect(addr).expect("connect");
+    let answer = read_all(&mut third);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Retry-After: 1"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"too_many_connections""#),
+        "{answer}"
+    );
+    // Closing one makes room again.
+    drop(held.pop());
+    let reply = common::wait_until("a connection slot to free up", || {
+        let r = server.get("/healthz");
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(reply.body, r#"{"status":"ok"}"#);
+    drop(held);
+    server.shutdown();
+}
+
+#[test]
+fn an_oversized_request_head_gets_431_and_a_close() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    // One endless header line (more than 8 KiB).
+    let mut long_line = TcpStream::connect(addr).expect("connect");
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = long_line.write_all(request.as_bytes());
+    let answer = read_all(&mut long_line);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.contains(r#""code":"header_too_large""#));
+    // Many short header lines adding up to more than 64 KiB.
+    let mut many = TcpStream::connect(addr).expect("connect");
+    let mut request = String::from("GET /healthz HTTP/1.1\r\n");
+    for i in 0..2000 {
+        request.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(40)));
+    }
+    request.push_str("\r\n");
+    let _ = many.write_all(request.as_bytes());
+    assert!(read_all(&mut many).starts_with("HTTP/1.1 431"));
+    // Normal requests are unaffected.
+    assert_eq!(server.get("/healthz").status, 200);
+    server.shutdown();
+}
+
+#[test]
+fn an_http2_request_line_is_answered_505_and_closed_not_left_hanging() {
+    let server = TestServer::start(test_config());
+    let mut stream = TcpStream::connect(server.running.local_addr()).expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let answer = read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 505"), "{answer:?}");
+    server.shutdown();
+}

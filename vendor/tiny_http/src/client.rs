@@ -2,19 +2,19 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
 use crate::connection::Connection;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Request, Response};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -41,6 +41,23 @@ pub struct ClientConnection {
 
     // PATCHED (product-update-service): lets a response end the connection
     close_handle: Arc<CloseHandle>,
+
+    // PATCHED (product-update-service): bytes of the current request head
+    head_bytes: usize,
+}
+
+/// PATCHED (product-update-service): bounds on a request head.
+const MAX_HEADER_LINE: usize = 8 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
+const HEAD_TOO_LARGE: &str = "request head too large";
+
+/// PATCHED (product-update-service): the 431 answer, problem details.
+fn head_too_large() -> Response<std::io::Cursor<Vec<u8>>> {
+    let body = br#"{"type":"urn:product-update-service:problem:header_too_large","title":"Request header too large","status":431,"detail":"a header line is over 8 KiB or the request head over 64 KiB","code":"header_too_large"}"#;
+    Response::from_data(body.to_vec())
+        .with_status_code(431)
+        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/problem+json"[..]).expect("static header"))
+        .with_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).expect("static header"))
 }
 
 /// PATCHED (product-update-service): shared by a connection and each of its
@@ -107,6 +124,7 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             close_handle: Arc::new(close_handle),
+            head_bytes: 0,
         }
     }
 
@@ -124,6 +142,12 @@ impl ClientConnection {
         let mut prev_byte_was_cr = false;
 
         loop {
+            // PATCHED (product-update-service): upstream grew `buf` without
+            // limit, so one endless header line could exhaust memory.
+            if buf.len() > MAX_HEADER_LINE || self.head_bytes > MAX_HEAD {
+                return Err(IoError::new(ErrorKind::InvalidData, HEAD_TOO_LARGE));
+            }
+            self.head_bytes += 1;
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
@@ -146,6 +170,7 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        self.head_bytes = 0;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
@@ -268,6 +293,17 @@ impl Iterator for ClientConnection {
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
+                // PATCHED (product-update-service): answer 431, then close.
+                Err(ReadError::ReadIoError(ref err))
+                    if err.kind() == ErrorKind::InvalidData && err.to_string() == HEAD_TOO_LARGE =>
+                {
+                    let writer = self.sink.next().unwrap();
+                    head_too_large()
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
+                }
+
                 Err(ReadError::ReadIoError(_)) => return None,
 
                 Ok(rq) => rq,
@@ -275,15 +311,25 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // PATCHED (product-update-service): upstream wrote the 505
+                // through a second writer, which waits for the request's own
+                // writer to finish while the request is still alive here: the
+                // connection thread deadlocked for good and the client hung.
+                // Answer through the request itself, then close.
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
-                .with_status_code(StatusCode(505));
+                .with_status_code(StatusCode(505))
+                .with_header(
+                    crate::Header::from_bytes(&b"Connection"[..], &b"close"[..])
+                        .expect("static header"),
+                );
+                let mut writer = rq.into_writer();
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
                     .ok();
-                continue;
+                let _ = writer.flush();
+                return None;
             }
 
             // updating the status of the connection

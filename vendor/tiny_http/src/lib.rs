@@ -245,7 +245,7 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_with_timeout(listener, ssl_config, None)
+        Self::from_listener_with_limits(listener, ssl_config, None, None)
     }
 
     /// PATCHED (product-update-service): like `from_listener`, and every
@@ -253,10 +253,15 @@ impl Server {
     /// a client that stops sending (or reading) cannot hold a thread forever:
     /// a request head that times out is answered 408, and a body read that
     /// times out returns an error to the application.
-    pub fn from_listener_with_timeout<L: Into<Listener>>(
+    ///
+    /// With `max_connections`, at most that many connections are served at
+    /// once (each has a thread); a connection beyond it is answered 503 with
+    /// `Retry-After: 1` and closed by the accept thread, with no thread.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
         timeout: Option<Duration>,
+        max_connections: Option<usize>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -299,6 +304,8 @@ impl Server {
         let messages = MessagesQueue::with_capacity(8);
 
         let inside_close_trigger = close_trigger.clone();
+        // PATCHED (product-update-service): connections being served.
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let inside_messages = messages.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
@@ -309,6 +316,10 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        if max_connections.is_some_and(|max| active.load(Relaxed) >= max) {
+                            refuse(sock);
+                            continue;
+                        }
                         if timeout.is_some() {
                             let _ = sock.set_timeouts(timeout);
                         }
@@ -340,8 +351,10 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let connection = ActiveConnection::new(&active);
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
+                            let _connection = &connection;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -443,6 +456,40 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// PATCHED (product-update-service): counts a connection as active for as
+/// long as its task (and so this value) lives.
+struct ActiveConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveConnection {
+    fn new(active: &Arc<std::sync::atomic::AtomicUsize>) -> ActiveConnection {
+        active.fetch_add(1, Relaxed);
+        ActiveConnection(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// PATCHED (product-update-service): answers a connection over
+/// `max_connections` from the accept thread (a short write timeout so a
+/// client cannot stall it) and closes it.
+fn refuse(sock: Connection) {
+    use std::io::Write;
+    let body = br#"{"type":"urn:product-update-service:problem:too_many_connections","title":"Too many connections","status":503,"detail":"the server is serving its limit of connections (MAX_CONNECTIONS); retry after 1 second","code":"too_many_connections"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut sock = sock;
+    let _ = sock.set_timeouts(Some(Duration::from_millis(100)));
+    let _ = sock.write_all(head.as_bytes());
+    let _ = sock.write_all(body);
+    let _ = sock.shutdown(Shutdown::Write);
 }
 
 /// PATCHED (product-update-service): the answer to a request that arrives on
