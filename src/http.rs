@@ -51,6 +51,9 @@ pub struct Api {
     /// a waiting thread answers nobody else, so some are always kept free.
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// Request threads reading a body from the network (a slow client can
+    /// hold one for long), and the most allowed; see `read_body_slot`.
+    body_readers: AtomicUsize,
     workers: usize,
     max_body_bytes: usize,
     max_products: usize,
@@ -123,6 +126,7 @@ impl Api {
             metrics,
             progress,
             waiting: AtomicUsize::new(0),
+            body_readers: AtomicUsize::new(0),
             max_waiting: config.http_threads.saturating_sub(1).max(1),
             workers: config.workers,
             max_body_bytes: config.max_body_bytes,
@@ -237,7 +241,9 @@ impl Api {
             .with_status_code(error.status())
             .with_header(self.headers.problem_json.clone());
         match error {
-            ApiError::QueueFull { .. } => response.with_header(self.headers.retry_after.clone()),
+            ApiError::QueueFull { .. } | ApiError::Busy { .. } => {
+                response.with_header(self.headers.retry_after.clone())
+            }
             ApiError::MethodNotAllowed { allow, .. } => {
                 let header = if *allow == ALLOW_EVENTS {
                     &self.headers.allow_events
@@ -337,6 +343,31 @@ impl Api {
             }));
         }
         Ok(Reply::json(200, &Status { status: "ready" }))
+    }
+
+    /// Bodies of up to 1024 bytes (without `Expect: 100-continue`) are read
+    /// by tiny_http's connection thread before the request reaches us; any
+    /// other body is read here, from the network, as slowly as the client
+    /// sends it. At most `max_waiting` request threads may do that at once,
+    /// so a few trickling clients cannot take every thread: past the limit
+    /// the answer is 503 `busy` at once (and the connection is closed).
+    fn read_body_slot(&self, request: &Request) -> Result<Option<SlotGuard<'_>>, ApiError> {
+        let declared = request.body_length();
+        let chunked = header(request, "Transfer-Encoding").is_some();
+        let expects_continue = header(request, "Expect").is_some();
+        let from_network = chunked
+            || (expects_continue && declared.is_some_and(|n| n > 0))
+            || declared.is_some_and(|n| n > 1024);
+        if !from_network {
+            return Ok(None);
+        }
+        if self.body_readers.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.body_readers.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Busy {
+                readers: self.max_waiting,
+            });
+        }
+        Ok(Some(SlotGuard(&self.body_readers)))
     }
 
     /// Read-your-writes: with `min_seq=N` (and optionally `wait=S`, seconds,
@@ -460,6 +491,7 @@ impl Api {
         request_id: &str,
     ) -> Result<Reply, ApiError> {
         check_content_type(request)?;
+        let _slot = self.read_body_slot(request)?;
         let body = read_body(request, self.max_body_bytes)?;
         *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
@@ -567,6 +599,15 @@ pub const HIGH_WATER_PERCENT: usize = 90;
 /// against the live service by `tests/openapi.rs`.
 const OPENAPI: &str = include_str!("openapi.json");
 
+/// Holds one of the body-reader slots until dropped.
+struct SlotGuard<'a>(&'a AtomicUsize);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Longest `wait` of a `min_seq` read (and its default).
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
@@ -635,7 +676,7 @@ fn reject_reason(error: &ApiError) -> RejectReason {
     match error {
         ApiError::PayloadTooLarge { .. } => RejectReason::TooLarge,
         ApiError::UnsupportedMediaType { .. } => RejectReason::UnsupportedType,
-        ApiError::QueueFull { .. } => RejectReason::QueueFull,
+        ApiError::QueueFull { .. } | ApiError::Busy { .. } => RejectReason::QueueFull,
         ApiError::ShuttingDown => RejectReason::ShuttingDown,
         ApiError::ProductLimit { .. } => RejectReason::ProductLimit,
         _ => RejectReason::Validation,

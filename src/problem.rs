@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The store holds `MAX_PRODUCTS` products and this event is for a new
     /// one (507).
     ProductLimit { limit: usize },
+    /// Every request thread that may read a body from the network is busy
+    /// doing so (503 with `Retry-After: 1`).
+    Busy { readers: usize },
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
@@ -92,7 +95,10 @@ impl ApiError {
             ApiError::ProductLimit { .. } => 507,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
-            ApiError::QueueFull { .. } | ApiError::ShuttingDown | ApiError::NotReady(_) => 503,
+            ApiError::QueueFull { .. }
+            | ApiError::ShuttingDown
+            | ApiError::NotReady(_)
+            | ApiError::Busy { .. } => 503,
         }
     }
 
@@ -114,6 +120,7 @@ impl ApiError {
             ApiError::InvalidQuery { .. } => "invalid_query",
             ApiError::IdempotencyConflict { .. } => "idempotency_conflict",
             ApiError::ProductLimit { .. } => "product_limit_reached",
+            ApiError::Busy { .. } => "busy",
         }
     }
 
@@ -141,6 +148,7 @@ impl ApiError {
             ApiError::InvalidQuery { .. } => "Invalid query parameter",
             ApiError::IdempotencyConflict { .. } => "Idempotency conflict",
             ApiError::ProductLimit { .. } => "Product limit reached",
+            ApiError::Busy { .. } => "Busy",
         }
     }
 
@@ -227,6 +235,10 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
             }
+            ApiError::Busy { readers } => write!(
+                f,
+                "all {readers} request threads that may read large or chunked bodies are busy with slow clients (HTTP_THREADS - 1); retry after 1 second"
+            ),
             ApiError::ProductLimit { limit } => write!(
                 f,
                 "the store holds its limit of {limit} products (MAX_PRODUCTS); updates to existing products are still accepted, new products are not"

@@ -139,3 +139,54 @@ fn an_http2_request_line_is_answered_505_and_closed_not_left_hanging() {
     assert!(answer.starts_with("HTTP/1.1 505"), "{answer:?}");
     server.shutdown();
 }
+
+/// A client trickling a large body holds a request thread; the others stay
+/// free for everyone else, and more large bodies get 503 `busy` at once.
+#[test]
+fn a_slow_body_cannot_take_every_request_thread() {
+    let server = TestServer::start(Config {
+        http_threads: 2,
+        socket_timeout: Duration::from_secs(60),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let large_head = "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                      Content-Length: 2000\r\nExpect: 100-continue\r\n\r\n";
+    // The slow client: the service asks for its body ("100 Continue") and
+    // then waits for bytes that do not come.
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    slow.write_all(large_head.as_bytes()).expect("send head");
+    let mut interim = [0u8; 25];
+    slow.read_exact(&mut interim).expect("100 Continue");
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"));
+
+    // Everyone else is still served by the other request thread.
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(
+        server
+            .post_event(r#"{"product_id":"small","stock":1}"#)
+            .status,
+        202
+    );
+    // Another large body would need a second body-reading thread: refused.
+    let mut second = TcpStream::connect(addr).expect("connect");
+    second.write_all(large_head.as_bytes()).expect("send head");
+    let answer = read_all(&mut second);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"busy""#) && answer.contains("Retry-After: 1"),
+        "{answer}"
+    );
+
+    // Once the slow client goes, large bodies are read again.
+    drop(slow);
+    let body = format!(r#"{{"product_id":"large","stock":1{}}}"#, " ".repeat(1500));
+    let accepted = common::wait_until("a large body to be accepted again", || {
+        let r = server.post_event(&body);
+        (r.status == 202).then_some(r)
+    });
+    assert_eq!(accepted.json()["product_id"], "large");
+    server.wait_applied();
+    server.shutdown();
+}
