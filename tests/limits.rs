@@ -190,3 +190,105 @@ fn a_slow_body_cannot_take_every_request_thread() {
     server.wait_applied();
     server.shutdown();
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = TestServer::start(test_config());
+    let mut stream = TcpStream::connect(server.running.local_addr()).expect("connect");
+    let body = r#"{"product_id":"pipe","stock":3}"#;
+    let requests = format!(
+        "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /products/none HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(requests.as_bytes())
+        .expect("send all three at once");
+    let answer = read_all(&mut stream);
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answer[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["202", "200", "404"], "{answer}");
+    server.wait_applied();
+    server.shutdown();
+}
+
+#[test]
+fn a_chunked_body_that_never_ends_is_cut_off() {
+    let server = TestServer::start(Config {
+        max_body_bytes: 4096,
+        socket_timeout: Duration::from_millis(500),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    // Endless: chunks beyond the limit get 413 without reading on.
+    let mut endless = TcpStream::connect(addr).expect("connect");
+    endless
+        .write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("head");
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
+    for _ in 0..8 {
+        let _ = endless.write_all(chunk.as_bytes());
+    }
+    let answer = read_all(&mut endless);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Stalled: a chunked body that stops coming gets 400 after the timeout.
+    let mut stalled = TcpStream::connect(addr).expect("connect");
+    stalled
+        .write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"pro")
+        .expect("head");
+    let answer = read_all(&mut stalled);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("unreadable_body"), "{answer}");
+    assert_eq!(server.get("/healthz").status, 200);
+    server.shutdown();
+}
+
+#[test]
+fn invalid_utf8_in_a_path_is_a_clean_error() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    // Percent-encoded bytes that are not UTF-8: a problem-details 400.
+    let r = server.get("/products/%FF%FE");
+    r.assert_problem(400, "invalid_path");
+    // Raw non-ASCII bytes in the request line: tiny_http refuses the line
+    // (400) and closes; nothing hangs or panics, and the service goes on.
+    let mut raw = TcpStream::connect(addr).expect("connect");
+    raw.write_all(b"GET /products/\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let answer = read_all(&mut raw);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    server.shutdown();
+}
+
+#[test]
+fn expect_100_continue_uploads_work() {
+    let server = TestServer::start(test_config());
+    let body = format!(r#"{{"product_id":"cont","stock":4{}}}"#, " ".repeat(1200));
+    let mut stream = TcpStream::connect(server.running.local_addr()).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+        .write_all(
+            format!(
+                "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("head");
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).expect("100 Continue");
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"));
+    stream.write_all(body.as_bytes()).expect("body");
+    let answer = read_all(&mut stream);
+    assert!(answer.contains("HTTP/1.1 202"), "{answer}");
+    server.wait_applied();
+    assert_eq!(server.get("/products/cont").json()["stock"], 4);
+    server.shutdown();
+}
