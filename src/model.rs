@@ -165,6 +165,18 @@ impl fmt::Display for EventError {
 
 impl std::error::Error for EventError {}
 
+/// A price-only update of `product_id` (price 1), for tests.
+#[cfg(test)]
+pub(crate) fn price_update(product_id: &str) -> ProductUpdate {
+    ProductUpdate {
+        product_id: product_id.into(),
+        price: Number::from_f64(1.0),
+        stock: None,
+        event_id: None,
+        version: None,
+    }
+}
+
 /// Decodes and validates one `POST /events` body.
 pub fn decode_event(body: &[u8]) -> Result<ProductUpdate, EventError> {
     if body.iter().all(u8::is_ascii_whitespace) {

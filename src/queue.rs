@@ -434,15 +434,7 @@ impl Doorbell {
 mod tests {
     use super::*;
 
-    fn event(id: &str) -> ProductUpdate {
-        ProductUpdate {
-            product_id: id.into(),
-            price: serde_json::Number::from_f64(1.0),
-            stock: None,
-            event_id: None,
-            version: None,
-        }
-    }
+    use crate::model::price_update as event;
 
     #[test]
     fn sequence_numbers_start_at_one_and_follow_queue_order() {

@@ -208,20 +208,11 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProductUpdate;
     use crate::queue::Intake;
     use crossbeam_channel::Receiver;
     use std::time::{Duration, Instant};
 
-    fn event(id: &str) -> ProductUpdate {
-        ProductUpdate {
-            product_id: id.into(),
-            price: serde_json::Number::from_f64(1.0),
-            stock: None,
-            event_id: None,
-            version: None,
-        }
-    }
+    use crate::model::price_update as event;
 
     struct Harness {
         intake: Intake,
