@@ -30,10 +30,20 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Threads taking parsed requests from tiny_http and answering them.
     pub http_threads: usize,
-    /// Read and write timeout of every client connection: a client that
-    /// sends nothing (or reads nothing) for this long is disconnected, so it
-    /// cannot hold a thread, or delay shutdown, for longer.
+    /// The longest one read or write on a client connection may wait: a
+    /// client that sends nothing (or reads nothing) for this long in the
+    /// middle of a request or response is disconnected.
     pub socket_timeout: Duration,
+    /// How long a connection may wait for a request to begin (a new
+    /// connection, or a keep-alive one between requests) before it is
+    /// closed.
+    pub keepalive_timeout: Duration,
+    /// A whole request head must arrive within this of its first byte.
+    pub header_timeout: Duration,
+    /// A whole request body must arrive within this of the first read of it.
+    pub body_timeout: Duration,
+    /// Largest request head (request line plus headers), in bytes.
+    pub max_header_bytes: usize,
     /// How log lines are written (the binary's logger; the library only
     /// uses the `log` facade).
     pub log_format: LogFormat,
@@ -79,6 +89,14 @@ pub const DEFAULT_MAX_PRODUCTS: usize = 1_000_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Default `SOCKET_TIMEOUT`.
 pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `KEEPALIVE_TIMEOUT`.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `HEADER_TIMEOUT`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `BODY_TIMEOUT`: a 64 KiB body then needs 6.5 KB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `MAX_HEADER_BYTES` (32 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -90,6 +108,10 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             http_threads: DEFAULT_HTTP_THREADS,
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             log_format: LogFormat::Text,
             idempotency_window: crate::queue::DEFAULT_WINDOW,
             idempotency_ttl: crate::queue::DEFAULT_WINDOW_TTL,
@@ -154,7 +176,31 @@ const SETTINGS: &[Setting] = &[
         name: "SOCKET_TIMEOUT",
         range: "0.1..=3600 seconds, decimals allowed",
         default: "10",
-        help: "a client silent (or not reading) this long is disconnected",
+        help: "a client silent (or not reading) this long mid-request is disconnected",
+    },
+    Setting {
+        name: "KEEPALIVE_TIMEOUT",
+        range: "0.1..=3600 seconds, decimals allowed",
+        default: "10",
+        help: "a connection with no request begun this long is closed",
+    },
+    Setting {
+        name: "HEADER_TIMEOUT",
+        range: "0.1..=3600 seconds, decimals allowed",
+        default: "10",
+        help: "a request head not complete this long after its first byte gets 408",
+    },
+    Setting {
+        name: "BODY_TIMEOUT",
+        range: "0.1..=3600 seconds, decimals allowed",
+        default: "10",
+        help: "a request body not complete this long after reading began gets 408",
+    },
+    Setting {
+        name: "MAX_HEADER_BYTES",
+        range: "1024..=1048576",
+        default: "32768",
+        help: "largest request head (request line and headers); larger get 431",
     },
     Setting {
         name: "MAX_CONNECTIONS",
@@ -288,6 +334,19 @@ impl Config {
         if let Some(v) = get("SOCKET_TIMEOUT")? {
             config.socket_timeout = parse_seconds(&v, "SOCKET_TIMEOUT", 0.1, 3600.0)?;
         }
+        if let Some(v) = get("KEEPALIVE_TIMEOUT")? {
+            config.keepalive_timeout = parse_seconds(&v, "KEEPALIVE_TIMEOUT", 0.1, 3600.0)?;
+        }
+        if let Some(v) = get("HEADER_TIMEOUT")? {
+            config.header_timeout = parse_seconds(&v, "HEADER_TIMEOUT", 0.1, 3600.0)?;
+        }
+        if let Some(v) = get("BODY_TIMEOUT")? {
+            config.body_timeout = parse_seconds(&v, "BODY_TIMEOUT", 0.1, 3600.0)?;
+        }
+        if let Some(v) = get("MAX_HEADER_BYTES")? {
+            config.max_header_bytes =
+                parse_int(&v, "MAX_HEADER_BYTES", 1024, 1024 * 1024)? as usize;
+        }
         Ok(config)
     }
 
@@ -301,7 +360,7 @@ impl Config {
         );
         for s in SETTINGS {
             out.push_str(&format!(
-                "  {:<17} {} (default {}; allowed {})\n",
+                "  {:<18} {} (default {}; allowed {})\n",
                 s.name, s.help, s.default, s.range
             ));
         }
@@ -317,7 +376,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -325,6 +384,10 @@ impl fmt::Display for Config {
             self.max_body_bytes,
             self.http_threads,
             self.socket_timeout,
+            self.keepalive_timeout,
+            self.header_timeout,
+            self.body_timeout,
+            self.max_header_bytes,
             self.log_format,
             self.idempotency_window,
             self.idempotency_ttl,
@@ -401,6 +464,10 @@ mod tests {
             ("MAX_BODY_BYTES", "2048"),
             ("HTTP_THREADS", "2"),
             ("SOCKET_TIMEOUT", "0.5"),
+            ("KEEPALIVE_TIMEOUT", "1.5"),
+            ("HEADER_TIMEOUT", "2"),
+            ("BODY_TIMEOUT", "3"),
+            ("MAX_HEADER_BYTES", "4096"),
             ("LOG_FORMAT", "JSON"),
         ])
         .unwrap();
@@ -411,6 +478,10 @@ mod tests {
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.http_threads, 2);
         assert_eq!(c.socket_timeout, Duration::from_millis(500));
+        assert_eq!(c.keepalive_timeout, Duration::from_millis(1500));
+        assert_eq!(c.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.body_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_header_bytes, 4096);
         assert_eq!(c.log_format, LogFormat::Json);
     }
 
@@ -441,6 +512,11 @@ mod tests {
             ("HTTP_THREADS", "0"),
             ("SOCKET_TIMEOUT", "0"),
             ("SOCKET_TIMEOUT", "0.05"),
+            ("KEEPALIVE_TIMEOUT", "0"),
+            ("HEADER_TIMEOUT", "3601"),
+            ("BODY_TIMEOUT", "soon"),
+            ("MAX_HEADER_BYTES", "1023"),
+            ("MAX_HEADER_BYTES", "1048577"),
             ("LOG_FORMAT", "yaml"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));

@@ -26,7 +26,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tiny_http::{HTTPVersion, Header, Method, Request, Response, Server};
+use tiny_http::{HTTPVersion, Header, Method, Rejection, Request, Response, Server};
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RejectReason, Route, Snapshot};
@@ -62,6 +62,15 @@ pub struct Api {
     /// `Connection: close`, so keep-alive clients move elsewhere.
     draining: AtomicBool,
     headers: Headers,
+    /// The connection limits, for the details of their problems.
+    socket_timeout: Duration,
+    keepalive_timeout: Duration,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    max_header_bytes: usize,
+    max_connections: usize,
+    /// Connections tiny_http is serving (it counts them).
+    open_connections: Arc<AtomicUsize>,
 }
 
 /// Headers built once; tiny_http clones them into each response.
@@ -134,6 +143,77 @@ impl Api {
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
             headers: Headers::new(),
+            socket_timeout: config.socket_timeout,
+            keepalive_timeout: config.keepalive_timeout,
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+            open_connections: Arc::default(),
+        }
+    }
+
+    /// The bounds tiny_http enforces on every connection, with this API's
+    /// problem details as the answer to each refusal.
+    pub fn server_limits(api: &Arc<Api>) -> tiny_http::Limits {
+        let responder = Arc::clone(api);
+        tiny_http::Limits {
+            max_connections: Some(api.max_connections),
+            open_connections: Arc::clone(&api.open_connections),
+            socket_timeout: Some(api.socket_timeout),
+            keep_alive_timeout: Some(api.keepalive_timeout),
+            head_timeout: Some(api.header_timeout),
+            body_timeout: Some(api.body_timeout),
+            max_head_bytes: api.max_header_bytes,
+            respond: Arc::new(move |rejection| responder.rejection(rejection)),
+        }
+    }
+
+    /// The answer to a request tiny_http refused before routing it (it adds
+    /// `Connection: close`): the same problem details as every other error,
+    /// counted in `http_rejections_total` and logged as an access line.
+    fn rejection(&self, rejection: Rejection) -> Response<io::Cursor<Vec<u8>>> {
+        let error = match rejection {
+            Rejection::MalformedRequestLine => ApiError::MalformedRequest {
+                detail: "the request line is not 'METHOD /path HTTP/1.1' in ASCII",
+            },
+            Rejection::MalformedHeader => ApiError::MalformedRequest {
+                detail: "a header line is not 'Name: value' in ASCII",
+            },
+            Rejection::InvalidContentLength => ApiError::InvalidContentLength,
+            Rejection::HeadTimeout => ApiError::HeaderTimeout {
+                limit: self.header_timeout,
+            },
+            Rejection::BodyTimeout => self.body_timeout(),
+            Rejection::ExpectationFailed => ApiError::ExpectationFailed,
+            Rejection::HeadTooLarge => ApiError::HeaderTooLarge {
+                limit: self.max_header_bytes,
+            },
+            Rejection::VersionNotSupported => ApiError::HttpVersionNotSupported,
+            Rejection::TooManyConnections => ApiError::TooManyConnections {
+                limit: self.max_connections,
+            },
+            Rejection::ShuttingDown => ApiError::ShuttingDown,
+        };
+        let request_id = self.request_ids.for_request(None);
+        self.metrics.http_rejected(error.code());
+        log::info!(
+            target: "access",
+            "- - {} {} request_id={request_id}",
+            error.status(),
+            error.code()
+        );
+        let response = self.error_response(&error, &request_id);
+        match Header::from_bytes(&b"X-Request-Id"[..], request_id.as_bytes()) {
+            Ok(id_header) => response.with_header(id_header),
+            Err(()) => response,
+        }
+    }
+
+    fn body_timeout(&self) -> ApiError {
+        ApiError::BodyTimeout {
+            limit: self.body_timeout,
+            stall: self.socket_timeout,
         }
     }
 
@@ -241,7 +321,9 @@ impl Api {
             .with_status_code(error.status())
             .with_header(self.headers.problem_json.clone());
         match error {
-            ApiError::QueueFull { .. } | ApiError::Busy { .. } => {
+            ApiError::QueueFull { .. }
+            | ApiError::Busy { .. }
+            | ApiError::TooManyConnections { .. } => {
                 response.with_header(self.headers.retry_after.clone())
             }
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -475,6 +557,9 @@ impl Api {
             products: self.store.len(),
             waiting_readers: self.waiting.load(Ordering::Relaxed),
             idempotency_window: self.intake.window_len(),
+            open_connections: self.open_connections.load(Ordering::Relaxed),
+            body_readers: self.body_readers.load(Ordering::Relaxed),
+            max_connections: self.max_connections,
         };
         Reply {
             status: 200,
@@ -492,7 +577,7 @@ impl Api {
     ) -> Result<Reply, ApiError> {
         check_content_type(request)?;
         let _slot = self.read_body_slot(request)?;
-        let body = read_body(request, self.max_body_bytes)?;
+        let body = read_body(request, self.max_body_bytes, || self.body_timeout())?;
         *body_read = true;
         let update = model::decode_event(&body).map_err(ApiError::Event)?;
         // The count is a lock-free read; the map is only consulted at the limit.
@@ -749,7 +834,13 @@ fn has_body(request: &Request) -> bool {
 /// the declared length: for a `Connection: Upgrade` request tiny_http hands
 /// over the raw socket, where reading "to the end" would wait for the client
 /// to close.
-fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// A read that times out (`BODY_TIMEOUT` for the whole body, or
+/// `SOCKET_TIMEOUT` without a byte) is answered with `timed_out()`.
+fn read_body(
+    request: &mut Request,
+    limit: usize,
+    timed_out: impl FnOnce() -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
     let declared = request.body_length();
     if let Some(len) = declared.filter(|&len| len > limit) {
         return Err(ApiError::PayloadTooLarge {
@@ -769,12 +860,10 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
         .as_reader()
         .take(to_read)
         .read_to_end(&mut body)
-        .map_err(|e| ApiError::UnreadableBody {
-            detail: match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    "the client sent nothing for SOCKET_TIMEOUT".to_owned()
-                }
-                _ => e.to_string(),
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+            _ => ApiError::UnreadableBody {
+                detail: e.to_string(),
             },
         })?;
     if body.len() > limit {

@@ -126,17 +126,6 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     drop(done_tx);
     drop(jobs);
 
-    let server = tiny_http::Server::from_listener_with_limits(
-        listener,
-        None,
-        Some(config.socket_timeout),
-        Some(config.max_connections),
-    )
-    .map_err(|e| StartError::Bind {
-        addr: config.bind,
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let server = Arc::new(server);
     let api = Arc::new(Api::new(
         Arc::clone(&intake),
         store.clone(),
@@ -145,6 +134,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&progress),
         &config,
     ));
+    let server =
+        tiny_http::Server::from_listener_with_limits(listener, None, Api::server_limits(&api))
+            .map_err(|e| StartError::Bind {
+                addr: config.bind,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    let server = Arc::new(server);
     let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {
         intake.close();
         StartError::Spawn {

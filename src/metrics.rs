@@ -86,6 +86,20 @@ impl Route {
     }
 }
 
+/// Problem codes of requests and connections tiny_http refuses before they
+/// are routed (the `code` label of `http_rejections_total`).
+const HTTP_REJECTION_CODES: [&str; 9] = [
+    "malformed_request",
+    "invalid_content_length",
+    "header_timeout",
+    "body_timeout",
+    "expectation_failed",
+    "header_too_large",
+    "http_version_not_supported",
+    "too_many_connections",
+    "shutting_down",
+];
+
 const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -159,6 +173,8 @@ pub struct Metrics {
     started: SystemTime,
     duplicates: AtomicU64,
     rejected: [AtomicU64; 6],
+    /// One per `HTTP_REJECTION_CODES`.
+    http_rejected: [AtomicU64; 9],
     /// `[route][method][status class]`.
     requests: [[[AtomicU64; 4]; 4]; 7],
     pub request_seconds: Histogram,
@@ -171,6 +187,7 @@ impl Default for Metrics {
             started: SystemTime::now(),
             duplicates: AtomicU64::new(0),
             rejected: Default::default(),
+            http_rejected: Default::default(),
             requests: Default::default(),
             request_seconds: Histogram::new(REQUEST_BOUNDS),
             queue_wait_seconds: Histogram::new(QUEUE_WAIT_BOUNDS),
@@ -191,6 +208,9 @@ pub struct Snapshot {
     pub products: usize,
     pub waiting_readers: usize,
     pub idempotency_window: usize,
+    pub open_connections: usize,
+    pub max_connections: usize,
+    pub body_readers: usize,
 }
 
 impl Metrics {
@@ -201,6 +221,14 @@ impl Metrics {
 
     pub fn reject(&self, reason: RejectReason) {
         self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request or connection refused before routing, by its
+    /// problem code (codes outside the fixed set are not counted).
+    pub fn http_rejected(&self, code: &str) {
+        if let Some(i) = HTTP_REJECTION_CODES.iter().position(|c| *c == code) {
+            self.http_rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one answered request and its handling time.
@@ -231,6 +259,19 @@ impl Metrics {
                 out,
                 "events_rejected_total{{reason=\"{}\"}} {n}",
                 reason.label()
+            );
+        }
+        header(
+            &mut out,
+            "http_rejections_total",
+            "counter",
+            "Requests and connections refused by the HTTP layer before routing (answered, then closed), by problem code.",
+        );
+        for (code, n) in HTTP_REJECTION_CODES.iter().zip(&self.http_rejected) {
+            let _ = writeln!(
+                out,
+                "http_rejections_total{{code=\"{code}\"}} {}",
+                n.load(Ordering::Relaxed)
             );
         }
         counter(
@@ -282,6 +323,24 @@ impl Metrics {
             "min_seq_readers_waiting",
             "GET /products/{id}?min_seq=... requests waiting for the workers.",
             s.waiting_readers,
+        );
+        gauge(
+            &mut out,
+            "http_connections_open",
+            "Client connections being served (each holds a thread), idle keep-alive ones included.",
+            s.open_connections,
+        );
+        gauge(
+            &mut out,
+            "http_connections_max",
+            "Connections served at once before new ones get 503 (MAX_CONNECTIONS).",
+            s.max_connections,
+        );
+        gauge(
+            &mut out,
+            "http_body_readers",
+            "Request threads reading a body from the network (at most HTTP_THREADS - 1; past it, 503 busy).",
+            s.body_readers,
         );
         header(
             &mut out,

@@ -14,6 +14,7 @@
 //! change meaning. The README lists them all.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -61,6 +62,25 @@ pub enum ApiError {
     /// Every request thread that may read a body from the network is busy
     /// doing so (503 with `Retry-After: 1`).
     Busy { readers: usize },
+    /// The request line or a header line is not HTTP (400; tiny_http
+    /// answers it and closes the connection, as the ones below).
+    MalformedRequest { detail: &'static str },
+    /// `Content-Length` is not one decimal number (400).
+    InvalidContentLength,
+    /// The request head did not arrive within `HEADER_TIMEOUT` (408).
+    HeaderTimeout { limit: Duration },
+    /// The body did not arrive within `BODY_TIMEOUT`, or stalled for
+    /// `SOCKET_TIMEOUT` (408).
+    BodyTimeout { limit: Duration, stall: Duration },
+    /// An `Expect` header other than `100-continue` (417).
+    ExpectationFailed,
+    /// The request head is over `MAX_HEADER_BYTES` (431).
+    HeaderTooLarge { limit: usize },
+    /// An HTTP version above 1.1 (505).
+    HttpVersionNotSupported,
+    /// `MAX_CONNECTIONS` connections are open already (503 with
+    /// `Retry-After: 1`; answered by tiny_http's accept thread).
+    TooManyConnections { limit: usize },
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
@@ -88,7 +108,13 @@ impl ApiError {
             | ApiError::UnreadableBody { .. }
             | ApiError::InvalidPath { .. }
             | ApiError::InvalidPathProductId { .. }
-            | ApiError::InvalidQuery { .. } => 400,
+            | ApiError::InvalidQuery { .. }
+            | ApiError::MalformedRequest { .. }
+            | ApiError::InvalidContentLength => 400,
+            ApiError::HeaderTimeout { .. } | ApiError::BodyTimeout { .. } => 408,
+            ApiError::ExpectationFailed => 417,
+            ApiError::HeaderTooLarge { .. } => 431,
+            ApiError::HttpVersionNotSupported => 505,
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::IdempotencyConflict { .. } => 409,
@@ -98,7 +124,8 @@ impl ApiError {
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::NotReady(_)
-            | ApiError::Busy { .. } => 503,
+            | ApiError::Busy { .. }
+            | ApiError::TooManyConnections { .. } => 503,
         }
     }
 
@@ -121,6 +148,14 @@ impl ApiError {
             ApiError::IdempotencyConflict { .. } => "idempotency_conflict",
             ApiError::ProductLimit { .. } => "product_limit_reached",
             ApiError::Busy { .. } => "busy",
+            ApiError::MalformedRequest { .. } => "malformed_request",
+            ApiError::InvalidContentLength => "invalid_content_length",
+            ApiError::HeaderTimeout { .. } => "header_timeout",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::ExpectationFailed => "expectation_failed",
+            ApiError::HeaderTooLarge { .. } => "header_too_large",
+            ApiError::HttpVersionNotSupported => "http_version_not_supported",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
         }
     }
 
@@ -149,6 +184,14 @@ impl ApiError {
             ApiError::IdempotencyConflict { .. } => "Idempotency conflict",
             ApiError::ProductLimit { .. } => "Product limit reached",
             ApiError::Busy { .. } => "Busy",
+            ApiError::MalformedRequest { .. } => "Malformed request",
+            ApiError::InvalidContentLength => "Invalid Content-Length",
+            ApiError::HeaderTimeout { .. } => "Request head timed out",
+            ApiError::BodyTimeout { .. } => "Request body timed out",
+            ApiError::ExpectationFailed => "Expectation failed",
+            ApiError::HeaderTooLarge { .. } => "Request header too large",
+            ApiError::HttpVersionNotSupported => "HTTP version not supported",
+            ApiError::TooManyConnections { .. } => "Too many connections",
         }
     }
 
@@ -250,6 +293,40 @@ impl fmt::Display for ApiError {
             ApiError::InvalidQuery { parameter, detail } => {
                 write!(f, "query parameter {parameter:?} {detail}")
             }
+            ApiError::MalformedRequest { detail } => {
+                write!(f, "{detail}; the connection is closed")
+            }
+            ApiError::InvalidContentLength => write!(
+                f,
+                "the Content-Length header must be one decimal number (digits only, the same in every copy); the body cannot be delimited, so the connection is closed"
+            ),
+            ApiError::HeaderTimeout { limit } => write!(
+                f,
+                "the request head was not complete {} after its first byte (HEADER_TIMEOUT); the connection is closed",
+                Seconds(*limit)
+            ),
+            ApiError::BodyTimeout { limit, stall } => write!(
+                f,
+                "the request body did not arrive in time: it must be complete within {} (BODY_TIMEOUT) and never stall for {} (SOCKET_TIMEOUT); the connection is closed",
+                Seconds(*limit),
+                Seconds(*stall)
+            ),
+            ApiError::ExpectationFailed => write!(
+                f,
+                "the only Expect value supported is 100-continue; the connection is closed"
+            ),
+            ApiError::HeaderTooLarge { limit } => write!(
+                f,
+                "the request head (request line and headers) is over {limit} bytes (MAX_HEADER_BYTES); the connection is closed"
+            ),
+            ApiError::HttpVersionNotSupported => write!(
+                f,
+                "only HTTP/1.0 and HTTP/1.1 are supported; the connection is closed"
+            ),
+            ApiError::TooManyConnections { limit } => write!(
+                f,
+                "the service is serving its limit of {limit} connections (MAX_CONNECTIONS); retry after 1 second"
+            ),
             ApiError::NotReady(NotReady::Draining) => write!(
                 f,
                 "the service is shutting down and takes no new events; send traffic elsewhere"
@@ -259,6 +336,15 @@ impl fmt::Display for ApiError {
                 "the event queue holds {depth} of {capacity} events (QUEUE_SIZE), at or above the 90% high-water mark; the workers are behind"
             ),
         }
+    }
+}
+
+/// A duration as a person writes it in a setting: `10 s`, `0.5 s`.
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} s", self.0.as_secs_f64())
     }
 }
 

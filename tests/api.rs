@@ -6,10 +6,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Reply, TestServer, raw_exchange, read_reply, test_config};
+use common::{
+    DEADLINE, Reply, TestServer, exchange_expecting_close, parse_raw, raw_exchange, read_reply,
+    test_config,
+};
 use product_update_service::{Config, ShutdownReport};
 use serde_json::Value;
 
@@ -24,52 +27,6 @@ fn post_bytes(server: &TestServer, content_type: &str, body: &[u8]) -> Reply {
             .header("Content-Type", content_type)
             .send(body),
     )
-}
-
-/// Parses a raw HTTP/1.x response (identity body) into a [`Reply`].
-fn parse_raw(text: &str) -> Reply {
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of headers in response: {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("a status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line
-                .split_once(':')
-                .unwrap_or_else(|| panic!("bad header line {line:?}"));
-            (name.trim().to_owned(), value.trim().to_owned())
-        })
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-/// Sends `request` on a new connection and reads until the server closes
-/// it, failing the test if the server does not close it before [`DEADLINE`].
-/// Returns the one response it sent.
-fn exchange_expecting_close(addr: SocketAddr, request: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(DEADLINE))
-        .expect("set timeout");
-    stream.write_all(request).expect("write request");
-    let mut out = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut out) {
-        panic!(
-            "the server did not close the connection ({e}); read so far: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-    }
-    parse_raw(&String::from_utf8_lossy(&out))
 }
 
 /// Reads exactly one response (headers plus a Content-Length body) from a
@@ -1457,13 +1414,15 @@ fn a_post_asking_to_upgrade_is_answered_without_waiting_for_the_client_to_close(
 }
 
 /// A client that declares a body and stops sending holds a request thread
-/// for at most SOCKET_TIMEOUT; it gets 400 `unreadable_body`, and the only
+/// for at most SOCKET_TIMEOUT; it gets 408 `body_timeout`, and the only
 /// request thread is then free for others.
 #[test]
 fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
     let server = TestServer::start(Config {
         http_threads: 1,
         socket_timeout: Duration::from_millis(300),
+        // Far longer than DEADLINE: only the stall timeout can end it in time.
+        body_timeout: Duration::from_secs(600),
         ..test_config()
     });
     let addr = server.running.local_addr();
@@ -1481,7 +1440,13 @@ fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
         .read_to_string(&mut answer)
         .expect("an answer, then a close");
     let reply = parse_raw(&answer);
-    reply.assert_problem(400, "unreadable_body");
+    let body = reply.assert_problem(408, "body_timeout");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("SOCKET_TIMEOUT") && d.contains("BODY_TIMEOUT")),
+        "{body}"
+    );
     assert_eq!(reply.header("connection"), Some("close"));
     // The request thread is free again.
     assert_eq!(server.get("/products/none").status, 404);
@@ -1522,11 +1487,14 @@ fn an_unread_body_is_not_drained_on_the_request_thread() {
     assert_clean_shutdown(&server.shutdown(), 0);
 }
 
-/// A connection that sends nothing is closed after SOCKET_TIMEOUT.
+/// A connection that sends nothing is closed after KEEPALIVE_TIMEOUT, quietly:
+/// there is no request to answer.
 #[test]
-fn an_idle_connection_is_closed_after_the_socket_timeout() {
+fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
     let server = TestServer::start(Config {
-        socket_timeout: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(200),
+        // Far longer than DEADLINE: only the keep-alive timeout can close it.
+        socket_timeout: Duration::from_secs(600),
         ..test_config()
     });
     let mut idle = TcpStream::connect(server.running.local_addr()).expect("connect");
@@ -1535,6 +1503,19 @@ fn an_idle_connection_is_closed_after_the_socket_timeout() {
     // Ends (EOF) instead of timing out on our side: the server closed it.
     idle.read_to_end(&mut rest)
         .expect("the server closes the idle connection");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    // The same between two requests of a keep-alive connection.
+    let mut kept = TcpStream::connect(server.running.local_addr()).expect("connect");
+    kept.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest)
+        .expect("the server closes the connection once it is idle");
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
     assert_clean_shutdown(&server.shutdown(), 0);
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, test_config};
+use common::{TestServer, exchange_expecting_close, raw_exchange, test_config};
 use product_update_service::Config;
 
 #[test]
@@ -97,46 +97,122 @@ fn connections_past_max_connections_get_503_and_a_close() {
 }
 
 #[test]
-fn an_oversized_request_head_gets_431_and_a_close() {
-    let server = TestServer::start(test_config());
+fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
+    let server = TestServer::start(Config {
+        max_header_bytes: 4096,
+        ..test_config()
+    });
     let addr = server.running.local_addr();
-    // One endless header line (more than 8 KiB).
-    let mut long_line = TcpStream::connect(addr).expect("connect");
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(20_000)
-    );
-    let _ = long_line.write_all(request.as_bytes());
-    let answer = read_all(&mut long_line);
+    // A request of exactly `len` bytes, asking for a close.
+    let head_of = |len: usize| {
+        let start = "GET /healthz HTTP/1.1\r\nConnection: close\r\nX-Pad: ";
+        let end = "\r\n\r\n";
+        format!("{start}{}{end}", "a".repeat(len - start.len() - end.len()))
+    };
+    // One long header line.
+    let reply = exchange_expecting_close(addr, head_of(5000).as_bytes());
+    let body = reply.assert_problem(431, "header_too_large");
     assert!(
-        answer.starts_with("HTTP/1.1 431"),
-        "{}",
-        &answer[..answer.len().min(200)]
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("4096") && d.contains("MAX_HEADER_BYTES")),
+        "{body}"
     );
-    assert!(answer.contains(r#""code":"header_too_large""#));
-    // Many short header lines adding up to more than 64 KiB.
-    let mut many = TcpStream::connect(addr).expect("connect");
-    let mut request = String::from("GET /healthz HTTP/1.1\r\n");
-    for i in 0..2000 {
-        request.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(40)));
+    assert_eq!(reply.header("connection"), Some("close"));
+    // Many short header lines adding up to more than the limit.
+    let mut many = String::from("GET /healthz HTTP/1.1\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(20)));
     }
-    request.push_str("\r\n");
-    let _ = many.write_all(request.as_bytes());
-    assert!(read_all(&mut many).starts_with("HTTP/1.1 431"));
-    // Normal requests are unaffected.
-    assert_eq!(server.get("/healthz").status, 200);
+    many.push_str("\r\n");
+    exchange_expecting_close(addr, many.as_bytes()).assert_problem(431, "header_too_large");
+    // Exactly the limit is fine; a byte more is not.
+    let at_limit = raw_exchange(addr, head_of(4096).as_bytes());
+    assert!(at_limit.starts_with("HTTP/1.1 200"), "{at_limit}");
+    exchange_expecting_close(addr, head_of(4097).as_bytes())
+        .assert_problem(431, "header_too_large");
     server.shutdown();
 }
 
 #[test]
-fn an_http2_request_line_is_answered_505_and_closed_not_left_hanging() {
+fn the_default_head_limit_is_32_kib() {
     let server = TestServer::start(test_config());
-    let mut stream = TcpStream::connect(server.running.local_addr()).expect("connect");
-    stream
-        .write_all(b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n")
-        .expect("send");
-    let answer = read_all(&mut stream);
-    assert!(answer.starts_with("HTTP/1.1 505"), "{answer:?}");
+    let addr = server.running.local_addr();
+    let request = |pad: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    exchange_expecting_close(addr, request(33 * 1024).as_bytes())
+        .assert_problem(431, "header_too_large");
+    assert!(raw_exchange(addr, request(31 * 1024).as_bytes()).starts_with("HTTP/1.1 200"));
+    server.shutdown();
+}
+
+/// Everything tiny_http refuses before routing gets problem details (with a
+/// request id), `Connection: close`, and then the close; and is counted.
+#[test]
+fn malformed_requests_get_problem_details_and_a_close() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    let cases: [(&[u8], u16, &str); 8] = [
+        (b"NONSENSE\r\n\r\n", 400, "malformed_request"),
+        (
+            b"GET /products/\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nX-Bin: \xc3\xa9\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{}",
+            400,
+            "invalid_content_length",
+        ),
+        (
+            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+            "invalid_content_length",
+        ),
+        (
+            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: the-moon\r\n\r\n{}",
+            417,
+            "expectation_failed",
+        ),
+        (
+            b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let reply = exchange_expecting_close(addr, request);
+        let body = reply.assert_problem(status, code);
+        assert_eq!(reply.header("connection"), Some("close"), "{body}");
+        let id = reply.header("x-request-id").expect("a request id");
+        assert_eq!(body["request_id"], id);
+    }
+    let metrics = server.get("/metrics").body;
+    for line in [
+        "http_rejections_total{code=\"malformed_request\"} 4\n",
+        "http_rejections_total{code=\"invalid_content_length\"} 2\n",
+        "http_rejections_total{code=\"expectation_failed\"} 1\n",
+        "http_rejections_total{code=\"http_version_not_supported\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // Nothing of that reached the queue, and the service goes on.
+    assert_eq!(server.stats().accepted, 0);
+    assert_eq!(server.get("/healthz").status, 200);
     server.shutdown();
 }
 
@@ -234,14 +310,14 @@ fn a_chunked_body_that_never_ends_is_cut_off() {
     }
     let answer = read_all(&mut endless);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    // Stalled: a chunked body that stops coming gets 400 after the timeout.
+    // Stalled: a chunked body that stops coming gets 408 after the timeout.
     let mut stalled = TcpStream::connect(addr).expect("connect");
     stalled
         .write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"pro")
         .expect("head");
     let answer = read_all(&mut stalled);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("unreadable_body"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
     assert_eq!(server.get("/healthz").status, 200);
     server.shutdown();
 }
@@ -253,16 +329,10 @@ fn invalid_utf8_in_a_path_is_a_clean_error() {
     // Percent-encoded bytes that are not UTF-8: a problem-details 400.
     let r = server.get("/products/%FF%FE");
     r.assert_problem(400, "invalid_path");
-    // Raw non-ASCII bytes in the request line: tiny_http refuses the line
-    // (400) and closes; nothing hangs or panics, and the service goes on.
-    let mut raw = TcpStream::connect(addr).expect("connect");
-    raw.write_all(b"GET /products/\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n")
-        .expect("send");
-    let answer = read_all(&mut raw);
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-        "{answer:?}"
-    );
+    // Raw non-ASCII bytes in the request line: refused before routing with
+    // problem details, then closed; nothing hangs or panics.
+    exchange_expecting_close(addr, b"GET /products/\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n")
+        .assert_problem(400, "malformed_request");
     assert_eq!(server.get("/healthz").status, 200);
     server.shutdown();
 }
@@ -290,5 +360,201 @@ fn expect_100_continue_uploads_work() {
     assert!(answer.contains("HTTP/1.1 202"), "{answer}");
     server.wait_applied();
     assert_eq!(server.get("/products/cont").json()["stock"], 4);
+    server.shutdown();
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// A slow client: sends `head` at once, then one byte of `filler` every
+/// `gap` from another thread, until the server answers or closes. The
+/// pacing is the behaviour under test (a client this slow), not a wait for
+/// the service: the test waits on the answer itself.
+struct Trickler {
+    stream: TcpStream,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    sender: Option<JoinHandle<()>>,
+}
+
+impl Trickler {
+    fn start(addr: std::net::SocketAddr, head: &[u8], gap: Duration) -> Trickler {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.write_all(head).expect("send head");
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writer = stream.try_clone().expect("clone");
+        let stopping = Arc::clone(&stop);
+        let sender = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) && writer.write_all(b" ").is_ok() {
+                std::thread::sleep(gap);
+            }
+        });
+        Trickler {
+            stream,
+            started,
+            stop,
+            sender: Some(sender),
+        }
+    }
+
+    /// Reads until the server closes (failing past DEADLINE); returns the
+    /// answer and how long after the head it came.
+    fn answer(mut self) -> (String, Duration) {
+        let answer = read_all(&mut self.stream);
+        (answer, self.started.elapsed())
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+    }
+}
+
+fn problem_code(answer: &str) -> String {
+    let reply = common::parse_raw(answer);
+    reply.json()["code"].as_str().unwrap_or("").to_owned()
+}
+
+/// Each read is well inside SOCKET_TIMEOUT, so only the whole-body
+/// deadline can stop these; at one byte per 20 ms each would take longer
+/// than DEADLINE to finish.
+#[test]
+fn a_body_trickled_inside_the_socket_timeout_is_cut_off_at_the_body_timeout() {
+    let body_timeout = Duration::from_millis(400);
+    let server = TestServer::start(Config {
+        http_threads: 2,
+        socket_timeout: Duration::from_secs(600),
+        body_timeout,
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let gap = Duration::from_millis(20);
+    let heads: [&[u8]; 3] = [
+        // Read by the service (over 1024 bytes).
+        b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{",
+        // Read by tiny_http before routing (1024 bytes or fewer).
+        b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        // Chunked: one chunk of 2000 bytes.
+        b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{",
+    ];
+    for head in heads {
+        let (answer, took) = Trickler::start(addr, head, gap).answer();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(problem_code(&answer), "body_timeout", "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+        assert!(took >= body_timeout, "cut off early, after {took:?}");
+    }
+    // The body-reading slot is free again.
+    let body = format!(r#"{{"product_id":"after","stock":1{}}}"#, " ".repeat(1500));
+    assert_eq!(server.post_event(&body).status, 202);
+    server.wait_applied();
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("http_rejections_total{code=\"body_timeout\"} 1\n"),
+        "{metrics}"
+    );
+    server.shutdown();
+}
+
+/// A head sent one byte at a time, each inside SOCKET_TIMEOUT, is cut off at
+/// HEADER_TIMEOUT (it would otherwise take minutes to reach the size limit).
+#[test]
+fn a_head_trickled_inside_the_socket_timeout_is_cut_off_at_the_header_timeout() {
+    let header_timeout = Duration::from_millis(400);
+    let server = TestServer::start(Config {
+        socket_timeout: Duration::from_secs(600),
+        keepalive_timeout: Duration::from_secs(600),
+        header_timeout,
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let trickler = Trickler::start(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nX-Slow: ",
+        Duration::from_millis(20),
+    );
+    let (answer, took) = trickler.answer();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(problem_code(&answer), "header_timeout", "{answer}");
+    assert!(took >= header_timeout, "cut off early, after {took:?}");
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("http_rejections_total{code=\"header_timeout\"} 1\n"),
+        "{metrics}"
+    );
+    server.shutdown();
+}
+
+fn gauge(server: &TestServer, name: &str) -> u64 {
+    let metrics = server.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// With silent connections, head tricklers and body tricklers (every body
+/// slot) held open, another client's ordinary requests are all served, and
+/// the slow ones are still held afterwards.
+#[test]
+fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
+    let server = TestServer::start(Config {
+        // Long enough that no slow client is cut off during the test.
+        header_timeout: Duration::from_secs(120),
+        body_timeout: Duration::from_secs(120),
+        keepalive_timeout: Duration::from_secs(120),
+        socket_timeout: Duration::from_secs(120),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let gap = Duration::from_millis(50);
+    let silent: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let head_tricklers: Vec<Trickler> = (0..5)
+        .map(|_| Trickler::start(addr, b"GET /healthz HTTP/1.1\r\nX-Slow: ", gap))
+        .collect();
+    let readers = Config::default().http_threads - 1;
+    let body_tricklers: Vec<Trickler> = (0..readers)
+        .map(|_| {
+            Trickler::start(
+                addr,
+                b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
+                gap,
+            )
+        })
+        .collect();
+    let held = (silent.len() + head_tricklers.len() + body_tricklers.len()) as u64;
+    common::wait_until("every slow client to be connected and reading", || {
+        (gauge(&server, "http_connections_open") >= held
+            && gauge(&server, "http_body_readers") == readers as u64)
+            .then_some(())
+    });
+
+    for i in 0..100 {
+        let id = format!("p{}", i % 10);
+        let r = server.post_event(&format!(r#"{{"product_id":"{id}","stock":{i}}}"#));
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(server.get("/healthz").status, 200);
+    }
+    server.wait_applied();
+    assert_eq!(server.get("/products/p9").json()["stock"], 99);
+    // The slow clients were held all along, and still are.
+    assert!(gauge(&server, "http_connections_open") >= held);
+    assert_eq!(gauge(&server, "http_body_readers"), readers as u64);
+
+    drop(silent);
+    drop(head_tricklers);
+    drop(body_tricklers);
+    common::wait_until("the slow clients' connections to close", || {
+        (gauge(&server, "http_connections_open") <= 1).then_some(())
+    });
     server.shutdown();
 }

@@ -184,3 +184,49 @@ pub fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let _ = stream.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Parses a raw HTTP/1.x response (identity body) into a [`Reply`].
+pub fn parse_raw(text: &str) -> Reply {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in response: {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("a status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {line:?}"));
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Sends `request` on a new connection and reads until the server closes
+/// it, failing the test if the server does not close it before [`DEADLINE`].
+/// Returns the one response it sent.
+pub fn exchange_expecting_close(addr: std::net::SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("set timeout");
+    stream.write_all(request).expect("write request");
+    let mut out = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut out) {
+        panic!(
+            "the server did not close the connection ({e}); read so far: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    parse_raw(&String::from_utf8_lossy(&out))
+}

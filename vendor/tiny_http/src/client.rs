@@ -12,6 +12,8 @@ use crate::connection::Connection;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use crate::limits::{Limits, Rejection};
+use crate::util::refined_tcp_stream::ReadPhase;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Request, Response};
@@ -43,22 +45,16 @@ pub struct ClientConnection {
     close_handle: Arc<CloseHandle>,
 
     // PATCHED (product-update-service): bytes of the current request head
+    // received so far
     head_bytes: usize,
+
+    // PATCHED (product-update-service): the server's bounds
+    limits: Arc<Limits>,
 }
 
-/// PATCHED (product-update-service): bounds on a request head.
-const MAX_HEADER_LINE: usize = 8 * 1024;
-const MAX_HEAD: usize = 64 * 1024;
+/// PATCHED (product-update-service): the message of the error that stops
+/// reading a head over `max_head_bytes`.
 const HEAD_TOO_LARGE: &str = "request head too large";
-
-/// PATCHED (product-update-service): the 431 answer, problem details.
-fn head_too_large() -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = br#"{"type":"urn:product-update-service:problem:header_too_large","title":"Request header too large","status":431,"detail":"a header line is over 8 KiB or the request head over 64 KiB","code":"header_too_large"}"#;
-    Response::from_data(body.to_vec())
-        .with_status_code(431)
-        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/problem+json"[..]).expect("static header"))
-        .with_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).expect("static header"))
-}
 
 /// PATCHED (product-update-service): shared by a connection and each of its
 /// requests. A response carrying `Connection: close` calls `close()`: the
@@ -101,6 +97,11 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// PATCHED (product-update-service): a bad `Content-Length`.
+    InvalidContentLength,
+    /// PATCHED (product-update-service): a body tiny_http reads itself
+    /// timed out.
+    BodyTimeout,
 }
 
 impl ClientConnection {
@@ -109,9 +110,11 @@ impl ClientConnection {
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         close_handle: CloseHandle,
+        limits: Arc<Limits>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        read_socket.set_read_limits(limits.socket_timeout, limits.keep_alive_timeout);
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -125,6 +128,7 @@ impl ClientConnection {
             secure,
             close_handle: Arc::new(close_handle),
             head_bytes: 0,
+            limits,
         }
     }
 
@@ -144,16 +148,23 @@ impl ClientConnection {
         loop {
             // PATCHED (product-update-service): upstream grew `buf` without
             // limit, so one endless header line could exhaust memory.
-            if buf.len() > MAX_HEADER_LINE || self.head_bytes > MAX_HEAD {
+            if self.head_bytes >= self.limits.max_head_bytes {
                 return Err(IoError::new(ErrorKind::InvalidData, HEAD_TOO_LARGE));
             }
-            self.head_bytes += 1;
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+
+            // PATCHED (product-update-service): the head's clock starts at
+            // its first byte.
+            if self.head_bytes == 0 {
+                let deadline = self.limits.head_timeout.map(|limit| std::time::Instant::now() + limit);
+                self.set_read_phase(ReadPhase::Until(deadline));
+            }
+            self.head_bytes += 1;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -167,14 +178,38 @@ impl ClientConnection {
         }
     }
 
+    /// PATCHED (product-update-service): sets what bounds the next reads
+    /// from the socket (see `ReadClock`), once it is the head reader's turn.
+    fn set_read_phase(&mut self, phase: ReadPhase) -> bool {
+        match self.next_header_source.inner_mut() {
+            Some(reader) => {
+                reader.get_mut().set_read_phase(phase);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         self.head_bytes = 0;
+        // PATCHED (product-update-service): the previous request's body is
+        // done (this waits for that); until a new request begins, the
+        // connection is idle.
+        if !self.set_read_phase(ReadPhase::Idle) {
+            let err = IoError::new(ErrorKind::ConnectionAborted, "previous request vanished");
+            return Err(ReadError::ReadIoError(err));
+        }
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                // PATCHED (product-update-service): a request line that is
+                // not ASCII is a malformed request line, not a lost connection.
+                let line = self.read_next_line().map_err(|e| match e.kind() {
+                    ErrorKind::InvalidInput => ReadError::WrongRequestLine,
+                    _ => ReadError::ReadIoError(e),
+                })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -185,7 +220,10 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line().map_err(|e| match e.kind() {
+                        ErrorKind::InvalidInput => ReadError::WrongHeader(version.clone()),
+                        _ => ReadError::ReadIoError(e),
+                    })?;
 
                     if line.is_empty() {
                         break;
@@ -203,12 +241,28 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // PATCHED (product-update-service): upstream unwrapped this, so a
+        // client gone before `peer_addr` (ENOTCONN) panicked the thread.
+        let remote_addr = match self.remote_addr {
+            Ok(addr) => addr,
+            Err(ref e) => {
+                return Err(ReadError::ReadIoError(IoError::new(e.kind(), e.to_string())))
+            }
+        };
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
+
+        // PATCHED (product-update-service): the body's clock starts when it
+        // is first read, here for a small body or later by the application.
+        // `data_source` holds the socket now (it was the head's reader).
+        if let Some(reader) = data_source.inner_mut() {
+            reader.get_mut().set_read_phase(ReadPhase::FromNextRead(self.limits.body_timeout));
+        }
 
         // building the next reader
         let request = crate::request::new_request(
@@ -217,16 +271,24 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            remote_addr,
             data_source,
             writer,
         )
         .map_err(|e| {
             use crate::request;
             match e {
+                request::RequestCreationError::CreationIoError(e)
+                    if e.kind() == ErrorKind::TimedOut =>
+                {
+                    ReadError::BodyTimeout
+                }
                 request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
+                }
+                request::RequestCreationError::InvalidContentLength => {
+                    ReadError::InvalidContentLength
                 }
             }
         })?;
@@ -257,56 +319,40 @@ impl Iterator for ClientConnection {
             if self.close_handle.requested() {
                 return None;
             }
-            let rq = match read {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
+            // PATCHED (product-update-service): every refusal is answered
+            // through `Limits::respond` (upstream sent empty bodies), then
+            // the connection closes: after a broken request nobody knows
+            // where the next one would start.
+            let rejection = match read {
+                Ok(rq) => Ok(rq),
+                Err(ReadError::WrongRequestLine) => Err(Rejection::MalformedRequestLine),
+                Err(ReadError::WrongHeader(_)) => Err(Rejection::MalformedHeader),
+                Err(ReadError::InvalidContentLength) => Err(Rejection::InvalidContentLength),
+                Err(ReadError::ExpectationFailed(_)) => Err(Rejection::ExpectationFailed),
+                Err(ReadError::BodyTimeout) => Err(Rejection::BodyTimeout),
+                // Nothing of a request arrived: an idle connection timed out.
+                // There is nothing to answer; close quietly.
+                Err(ReadError::ReadIoError(_)) if self.head_bytes == 0 => return None,
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
+                    Err(Rejection::HeadTimeout)
                 }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                // PATCHED (product-update-service): answer 431, then close.
                 Err(ReadError::ReadIoError(ref err))
                     if err.kind() == ErrorKind::InvalidData && err.to_string() == HEAD_TOO_LARGE =>
                 {
+                    Err(Rejection::HeadTooLarge)
+                }
+                Err(ReadError::ReadIoError(_)) => return None,
+            };
+            let rq = match rejection {
+                Ok(rq) => rq,
+                Err(rejection) => {
                     let writer = self.sink.next().unwrap();
-                    head_too_large()
+                    self.limits
+                        .answer(rejection)
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
                     return None;
                 }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
             };
 
             // checking HTTP version
@@ -316,14 +362,7 @@ impl Iterator for ClientConnection {
                 // writer to finish while the request is still alive here: the
                 // connection thread deadlocked for good and the client hung.
                 // Answer through the request itself, then close.
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505))
-                .with_header(
-                    crate::Header::from_bytes(&b"Connection"[..], &b"close"[..])
-                        .expect("static header"),
-                );
+                let response = self.limits.answer(Rejection::VersionNotSupported);
                 let mut writer = rq.into_writer();
                 response
                     .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)

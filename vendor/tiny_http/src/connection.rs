@@ -95,12 +95,21 @@ impl Connection {
         }
     }
 
-    /// PATCHED (product-update-service): read and write timeouts.
-    pub(crate) fn set_timeouts(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+    /// PATCHED (product-update-service): the read timeout.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
         match self {
-            Self::Tcp(s) => s.set_read_timeout(timeout).and(s.set_write_timeout(timeout)),
+            Self::Tcp(s) => s.set_read_timeout(timeout),
             #[cfg(unix)]
-            Self::Unix(s) => s.set_read_timeout(timeout).and(s.set_write_timeout(timeout)),
+            Self::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// PATCHED (product-update-service): the write timeout.
+    pub(crate) fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(timeout),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_write_timeout(timeout),
         }
     }
 

@@ -113,6 +113,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use limits::{Limits, Rejection, Responder};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -121,6 +122,8 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+// PATCHED (product-update-service)
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -142,6 +145,10 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // PATCHED (product-update-service): the bounds, and the answers to
+    // refusals (used on drop)
+    limits: Arc<Limits>,
 }
 
 enum Message {
@@ -245,23 +252,19 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_with_limits(listener, ssl_config, None, None)
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
     }
 
-    /// PATCHED (product-update-service): like `from_listener`, and every
-    /// accepted connection gets `timeout` as its read and write timeout, so
-    /// a client that stops sending (or reading) cannot hold a thread forever:
-    /// a request head that times out is answered 408, and a body read that
-    /// times out returns an error to the application.
-    ///
-    /// With `max_connections`, at most that many connections are served at
-    /// once (each has a thread); a connection beyond it is answered 503 with
-    /// `Retry-After: 1` and closed by the accept thread, with no thread.
+    /// PATCHED (product-update-service): like `from_listener`, with bounds
+    /// on what a client can make the server hold (see `Limits`): at most
+    /// `max_connections` connections, each read and write bounded by
+    /// `socket_timeout`, idle connections closed after `keep_alive_timeout`,
+    /// deadlines for a whole request head and a whole body, and a head size
+    /// limit. Every refusal is answered through `limits.respond`.
     pub fn from_listener_with_limits<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
-        timeout: Option<Duration>,
-        max_connections: Option<usize>,
+        limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -305,7 +308,9 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         // PATCHED (product-update-service): connections being served.
-        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let active = Arc::clone(&limits.open_connections);
+        let limits = Arc::new(limits);
+        let inside_limits = Arc::clone(&limits);
         let inside_messages = messages.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
@@ -316,13 +321,13 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        if max_connections.is_some_and(|max| active.load(Relaxed) >= max) {
-                            refuse(sock);
+                        let limits = &inside_limits;
+                        if limits.max_connections.is_some_and(|max| active.load(Relaxed) >= max) {
+                            refuse(sock, limits);
                             continue;
                         }
-                        if timeout.is_some() {
-                            let _ = sock.set_timeouts(timeout);
-                        }
+                        // Reads are bounded per phase (see `ReadClock`).
+                        let _ = sock.set_write_timeout(limits.socket_timeout);
                         // PATCHED (product-update-service): a second handle
                         // on the socket, to shut it down after `Connection: close`.
                         let close_handle = client::CloseHandle::new(sock.try_clone().ok());
@@ -343,7 +348,12 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable, close_handle))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            close_handle,
+                            Arc::clone(limits),
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -351,6 +361,7 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let limits = Arc::clone(&inside_limits);
                         let connection = ActiveConnection::new(&active);
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
@@ -372,7 +383,7 @@ impl Server {
                                         if let Err(Message::NewRequest(rq)) =
                                             messages.push_open(rq.into())
                                         {
-                                            let _ = rq.respond(farewell());
+                                            let _ = rq.respond(limits.answer(Rejection::ShuttingDown));
                                             break;
                                         }
                                     }
@@ -400,6 +411,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            limits,
         })
     }
 
@@ -478,35 +490,13 @@ impl Drop for ActiveConnection {
 /// PATCHED (product-update-service): answers a connection over
 /// `max_connections` from the accept thread (a short write timeout so a
 /// client cannot stall it) and closes it.
-fn refuse(sock: Connection) {
-    use std::io::Write;
-    let body = br#"{"type":"urn:product-update-service:problem:too_many_connections","title":"Too many connections","status":503,"detail":"the server is serving its limit of connections (MAX_CONNECTIONS); retry after 1 second","code":"too_many_connections"}"#;
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+fn refuse(sock: Connection, limits: &Limits) {
     let mut sock = sock;
-    let _ = sock.set_timeouts(Some(Duration::from_millis(100)));
-    let _ = sock.write_all(head.as_bytes());
-    let _ = sock.write_all(body);
+    let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = limits
+        .answer(Rejection::TooManyConnections)
+        .raw_print(&mut sock, HTTPVersion(1, 1), &[], false, None);
     let _ = sock.shutdown(Shutdown::Write);
-}
-
-/// PATCHED (product-update-service): the answer to a request that arrives on
-/// a connection after the `Server` was dropped: 503, problem details,
-/// `Connection: close` (which also ends the connection).
-fn farewell() -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = br#"{"type":"urn:product-update-service:problem:shutting_down","title":"Shutting down","status":503,"detail":"the service has stopped serving requests; retry against another instance or after restart","code":"shutting_down"}"#;
-    Response::from_data(body.to_vec())
-        .with_status_code(503)
-        .with_header(Header {
-            field: "Content-Type".parse().expect("static header name"),
-            value: "application/problem+json".parse().expect("static header value"),
-        })
-        .with_header(Header {
-            field: "Connection".parse().expect("static header name"),
-            value: "close".parse().expect("static header value"),
-        })
 }
 
 impl Iterator for IncomingRequests<'_> {
@@ -520,10 +510,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.close.store(true, Relaxed);
         // PATCHED (product-update-service): answer what is still queued and
-        // refuse further pushes (see `farewell`).
+        // refuse further pushes (see `Rejection::ShuttingDown`).
         for message in self.messages.close() {
             if let Message::NewRequest(rq) = message {
-                let _ = rq.respond(farewell());
+                let _ = rq.respond(self.limits.answer(Rejection::ShuttingDown));
             }
         }
         // Connect briefly to ourselves to unblock the accept thread

@@ -104,6 +104,33 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
+/// PATCHED (product-update-service): the chunked decoder reports every
+/// failure of its source while reading chunk framing as "Error while
+/// decoding chunks" (InvalidInput), so a client that stalls in the middle of
+/// a chunked body looked like one that sent a broken encoding. The source's
+/// own error, when there was one, is kept and passed on instead.
+struct SourceErrors<R> {
+    source: R,
+    last: Option<ErrorKind>,
+}
+
+impl<R: Read> Read for SourceErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.source.read(buf).inspect_err(|e| self.last = Some(e.kind()))
+    }
+}
+
+struct ChunkedBody<R>(Decoder<SourceErrors<R>>);
+
+impl<R: Read> Read for ChunkedBody<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| match self.0.get_ref().last {
+            Some(kind) => IoError::new(kind, e),
+            None => e,
+        })
+    }
+}
+
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
@@ -112,6 +139,11 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// PATCHED (product-update-service): `Content-Length` is not one decimal
+    /// number. Upstream read such a request as having no body, and then read
+    /// the body as the next request.
+    InvalidContentLength,
 }
 
 impl From<IoError> for RequestCreationError {
@@ -156,10 +188,23 @@ where
         // header must be ignored (RFC2616 #4.4)
         None
     } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+        // PATCHED (product-update-service): every Content-Length must be
+        // digits only, and all of them the same number (RFC 9112 §6.3).
+        let mut length = None;
+        for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+            let value = h.value.as_str().trim();
+            let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                value.parse::<usize>().ok()
+            } else {
+                None
+            };
+            match (parsed, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(seen)) if n == seen => {}
+                _ => return Err(RequestCreationError::InvalidContentLength),
+            }
+        }
+        length
     };
 
     // true if the client sent a `Expect: 100-continue` header
@@ -222,7 +267,12 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // PATCHED (product-update-service): through `ChunkedBody`, so a
+        // timeout stays a timeout.
+        Box::new(FusedReader::new(ChunkedBody(Decoder::new(SourceErrors {
+            source: source_data,
+            last: None,
+        })))) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
