@@ -60,10 +60,28 @@ use queue::Intake;
 use store::Store;
 use worker::{Control, Worker, WorkerCounters};
 
+/// How many connections the kernel may hold for the accept thread. The
+/// kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// `TcpListener::bind` with a deep accept queue. std's backlog of 128 is
+/// less than a burst of new connections (clients reconnecting after a
+/// restart) that the accept thread, which starts a thread per connection,
+/// can take at once; the kernel then drops the rest of the handshakes and
+/// the clients retry after 1 s, 3 s, ... Like std, sets `SO_REUSEADDR`.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Binds the socket, starts the workers and the request threads, and
 /// returns once the service is accepting requests.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+    let listener = bind(config.bind).map_err(|source| StartError::Bind {
         addr: config.bind,
         source,
     })?;
@@ -166,4 +184,32 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         counters,
         store,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Connections the kernel completes for a listener that never accepts:
+    /// all of them up to the backlog, where std's `TcpListener::bind` (128)
+    /// let every further handshake stall on SYN retransmits (1 s, then 3 s).
+    #[test]
+    fn the_accept_queue_holds_a_burst_of_connections() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel caps the backlog at somaxconn (128 on kernels before 5.4).
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = somaxconn.min(600);
+        let held: Vec<TcpStream> = (0..burst)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("connection {i} of {burst} not completed: {e}"))
+            })
+            .collect();
+        assert_eq!(held.len(), burst);
+    }
 }
