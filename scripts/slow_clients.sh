@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Slow-client tolerance of the default configuration (issue 6), measured
+# with examples/slow_clients.rs against the release binary, in three runs:
+#   1. held:     SILENT (990) silent connections, 5 trickling a head and
+#                3 trickling a body (every body slot), a byte per 100 ms:
+#                2000 ordinary requests from another connection, their
+#                latency, one more connection, and when and how the service
+#                cuts each slow client off;
+#   2. over:     MAX_CONNECTIONS silent connections: what a new one gets,
+#                and that the service answers again once they are closed;
+#   3. bodies:   5 body tricklers against the 3 body slots.
+# Prints each run's report. Exit 0 when every run went as documented in
+# the README ("Security and limits"), 1 otherwise, 2 if it could not run.
+# Env: SILENT (990). Needs `ulimit -n` of at least 4 * 1000 + 100.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+silent=${SILENT:-990}
+target=${CARGO_TARGET_DIR:-target}
+log=$(mktemp /tmp/slow-clients-service.XXXXXX.log)
+out=$(mktemp /tmp/slow-clients.XXXXXX.txt)
+die() { echo "slow_clients: $*" >&2; exit 2; }
+trap 'stop_service >/dev/null 2>&1 || true' EXIT
+
+ulimit -n 8192 2>/dev/null || [ "$(ulimit -n)" -ge 4100 ] || die "ulimit -n is $(ulimit -n); 4100 needed"
+cargo build --release --quiet --bin product-update-service --example slow_clients
+failed=0
+
+run() { # NAME EXPECTED-LINE-REGEX... : one service, one measurement
+  local name=$1 slow=$2
+  shift 2
+  start_service "$log" RUST_LOG=info,access=off || die "the service did not start: $(cat "$log")"
+  # shellcheck disable=SC2086 # $slow is the argument list
+  "$target/release/examples/slow_clients" "${svc_url#http://}" $slow | tee "$out"
+  local status=0
+  stop_service || status=$?
+  [ "$status" -eq 0 ] || { echo "slow_clients: $name: the service exited $status" >&2; failed=1; }
+  for expected in "$@"; do
+    grep -Eq "$expected" "$out" || { echo "slow_clients: $name: no line matching /$expected/" >&2; failed=1; }
+  done
+  echo
+}
+
+echo "== 1. $silent silent + 5 head tricklers + 3 body tricklers, held while others are served"
+run held "$silent 5 3 2000 100 30" \
+  '^ordinary requests: 2000 on one keep-alive connection' \
+  '^one more connection: 200 ' \
+  "^Silent: $silent of $silent closed" \
+  '^Head: 5 of 5 closed .*\[\("408 header_timeout", 5\)\]' \
+  '^Body: 3 of 3 closed .*\[\("408 body_timeout", 3\)\]'
+# 202 and 200, or 404 for a GET that came before its POST was applied.
+grep -E '^ordinary requests' "$out" | grep -Eq '\((40[0-35-9]|4[1-9][0-9]|5[0-9][0-9]),' &&
+  { echo "slow_clients: held: an ordinary request failed" >&2; failed=1; }
+
+echo "== 2. 1000 silent connections (MAX_CONNECTIONS): a new connection, then recovery"
+run over "1000 0 0 1 100 30" \
+  '^one more connection: 503 too_many_connections' \
+  '^Silent: 1000 of 1000 closed' \
+  '^a new connection once they are gone: 200 '
+
+echo "== 3. 5 body tricklers for 3 body slots"
+run bodies "0 0 5 100 100 30" \
+  '^Body: 5 of 5 closed .*\("408 body_timeout", 3\).*\("503 busy", 2\)|^Body: 5 of 5 closed .*\("503 busy", 2\).*\("408 body_timeout", 3\)'
+
+rm -f "$log" "$out"
+if [ "$failed" -eq 0 ]; then echo "slow_clients: PASS"; else echo "slow_clients: FAIL"; fi
+exit "$failed"
