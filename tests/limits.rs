@@ -558,3 +558,65 @@ fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
     });
     server.shutdown();
 }
+
+/// A client that pipelines requests and never reads the answers: the
+/// service stops reading from it once an answer is stuck, instead of
+/// queueing everything it sends (memory, and everyone else's requests
+/// behind its own), and it holds one request thread, not all of them.
+#[test]
+fn pipelined_requests_are_not_read_without_limit() {
+    let server = TestServer::start(Config {
+        http_threads: 2,
+        // Far longer than the test: the write timeout plays no part here.
+        socket_timeout: Duration::from_secs(600),
+        ..test_config()
+    });
+    let mut hostile = TcpStream::connect(server.running.local_addr()).expect("connect");
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    // Each answer is several KiB, so unread answers soon fill the buffers.
+    let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let total = 60 * 1024 * 1024;
+    let batch: Vec<u8> = request.repeat(64 * 1024 / request.len());
+    let mut sent = 0;
+    while sent < total {
+        match hostile.write(&batch) {
+            Ok(n) => sent += n,
+            Err(_) => break, // blocked for 1 s: the service stopped reading
+        }
+    }
+    assert!(
+        sent < total,
+        "the service read all {sent} bytes of requests nobody reads the answers to"
+    );
+    // Everyone else is still served.
+    assert_eq!(server.get("/healthz").status, 200);
+    drop(hostile);
+    server.shutdown();
+}
+
+/// A client that does not read its answers holds the thread answering it
+/// for at most SOCKET_TIMEOUT (the write timeout); then its connection is
+/// closed, rather than each further request waiting out the timeout again.
+#[test]
+fn a_client_that_does_not_read_is_disconnected_after_the_socket_timeout() {
+    let server = TestServer::start(Config {
+        http_threads: 1,
+        socket_timeout: Duration::from_millis(300),
+        ..test_config()
+    });
+    let mut hostile = TcpStream::connect(server.running.local_addr()).expect("connect");
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    // Each answer is several KiB: a few thousand fill every socket buffer.
+    let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let _ = hostile.write_all(&request.repeat(20_000));
+    common::wait_until("the non-reading client to be disconnected", || {
+        (gauge(&server, "http_connections_open") <= 1).then_some(())
+    });
+    assert_eq!(server.get("/healthz").status, 200);
+    drop(hostile);
+    server.shutdown();
+}

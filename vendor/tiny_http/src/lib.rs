@@ -375,7 +375,29 @@ impl Server {
                                         receiver.recv().unwrap();
                                     }
                                 } else {
+                                    // PATCHED (product-update-service): at most
+                                    // MAX_IN_FLIGHT requests of one connection are
+                                    // queued or being answered at once. Upstream read
+                                    // and queued pipelined requests without limit, so a
+                                    // client that sends requests without reading the
+                                    // answers filled the queue (memory), pushed
+                                    // everyone else's requests behind its own, and
+                                    // held every request thread: each waits for the
+                                    // previous answer on the connection to be written.
+                                    let (answered, answers) = mpsc::channel();
+                                    let mut in_flight = 0usize;
                                     for rq in client {
+                                        while answers.try_recv().is_ok() {
+                                            in_flight = in_flight.saturating_sub(1);
+                                        }
+                                        if in_flight >= MAX_IN_FLIGHT {
+                                            if answers.recv().is_err() {
+                                                break;
+                                            }
+                                            in_flight = in_flight.saturating_sub(1);
+                                        }
+                                        in_flight += 1;
+                                        let rq = rq.with_notify_sender(answered.clone());
                                         // PATCHED (product-update-service): once the
                                         // Server is dropped nobody reads `messages`;
                                         // answer instead of queueing into the void
@@ -469,6 +491,14 @@ impl Server {
         self.messages.unblock();
     }
 }
+
+/// PATCHED (product-update-service): requests of one connection queued or
+/// being answered at once. One: pipelined requests are still all answered,
+/// in order, but one after the other, so a connection never holds more than
+/// one request thread (one that stops reading its answers holds that one
+/// for at most the write timeout). The next request is read meanwhile, so a
+/// keep-alive client waits for nothing.
+const MAX_IN_FLIGHT: usize = 1;
 
 /// PATCHED (product-update-service): counts a connection as active for as
 /// long as its task (and so this value) lives.

@@ -100,7 +100,9 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // PATCHED (product-update-service): the connection may be gone
+        // (upstream unwrapped, panicking the thread that answered).
+        let _ = self.sender.send(());
     }
 }
 
@@ -490,7 +492,8 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            // PATCHED (product-update-service): see `NotifyOnDrop`.
+            let _ = sender.send(());
         }
         res
     }
@@ -504,21 +507,26 @@ impl Request {
         let do_not_send_body = self.method == Method::Head;
         let close = response.says_close();
 
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            do_not_send_body,
-            None,
-        ))?;
-
-        let flushed = Self::ignore_client_closing_errors(writer.flush());
-        if close {
+        let written = response
+            .raw_print(
+                writer.by_ref(),
+                self.http_version.clone(),
+                &self.headers,
+                do_not_send_body,
+                None,
+            )
+            .and_then(|()| writer.flush());
+        // PATCHED (product-update-service): a response that could not be
+        // written (the client stopped reading for the write timeout, or is
+        // gone) also ends the connection. Otherwise every further pipelined
+        // request of that client would hold the thread answering it for
+        // another write timeout.
+        if close || written.is_err() {
             if let Some(handle) = &self.close_handle {
                 handle.close();
             }
         }
-        flushed
+        Self::ignore_client_closing_errors(written)
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
@@ -561,7 +569,8 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                // PATCHED (product-update-service): see `NotifyOnDrop`.
+                let _ = sender.send(());
             }
         }
     }
