@@ -4,7 +4,8 @@
 #
 #   1. builds the release binary; installs wrk and nginx-light if missing;
 #   2. starts the anchors (nginx, tiny_bare, tiny_parse) and the service on a
-#      free loopback port (BIND_ADDR=127.0.0.1, RUST_LOG=warn);
+#      free loopback port (BIND_ADDR=127.0.0.1, RUST_LOG=warn but the
+#      startup and shutdown lines);
 #   3. runs matrix.sh: tiny_parse and the service interleaved for ROUNDS
 #      rounds (what the targets compare), and nginx and tiny_bare for
 #      CONTEXT_ROUNDS rounds (context only: one round keeps a default run
@@ -130,7 +131,8 @@ cargo build --release --quiet --bin product-update-service
 
 # 2. Anchors and service.
 RUN_DIR=$run bash "$bench/start_anchors.sh" >"$run/targets.txt"
-start_service "$run/service.log" RUST_LOG=warn ||
+# warn, but for the startup line start_service waits for (no access lines).
+start_service "$run/service.log" RUST_LOG=warn,product_update_service=info ||
   die "the service did not start; its log: $(cat "$run/service.log")"
 service_url=$svc_url
 svc="service=$service_url=$svc_pid"
