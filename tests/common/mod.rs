@@ -172,14 +172,20 @@ pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Sends raw bytes on a new connection and reads until the server closes it
-/// (or the deadline passes). For what an HTTP client library won't send.
-pub fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+/// A new connection with `request` sent on it, reads bounded by [`DEADLINE`].
+fn send_raw(addr: std::net::SocketAddr, request: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(DEADLINE))
         .expect("set timeout");
     stream.write_all(request).expect("write request");
+    stream
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it
+/// (or the deadline passes). For what an HTTP client library won't send.
+pub fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = send_raw(addr, request);
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -216,11 +222,7 @@ pub fn parse_raw(text: &str) -> Reply {
 /// it, failing the test if the server does not close it before [`DEADLINE`].
 /// Returns the one response it sent.
 pub fn exchange_expecting_close(addr: std::net::SocketAddr, request: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(DEADLINE))
-        .expect("set timeout");
-    stream.write_all(request).expect("write request");
+    let mut stream = send_raw(addr, request);
     let mut out = Vec::new();
     if let Err(e) = stream.read_to_end(&mut out) {
         panic!(
