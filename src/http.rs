@@ -203,11 +203,7 @@ impl Api {
             error.status(),
             error.code()
         );
-        let response = self.error_response(&error, &request_id);
-        match Header::from_bytes(&b"X-Request-Id"[..], request_id.as_bytes()) {
-            Ok(id_header) => response.with_header(id_header),
-            Err(()) => response,
-        }
+        with_request_id(self.error_response(&error, &request_id), &request_id)
     }
 
     fn body_timeout(&self) -> ApiError {
@@ -284,12 +280,7 @@ impl Api {
             None => response,
         };
         let bytes = response.data_length().unwrap_or(0);
-        // The id passed `RequestIds`' character check, so it is a valid
-        // header value; if it somehow were not, the header is left out.
-        let response = match Header::from_bytes(&b"X-Request-Id"[..], request_id.as_bytes()) {
-            Ok(id_header) => response.with_header(id_header),
-            Err(()) => response,
-        };
+        let response = with_request_id(response, &request_id);
         let response = if close {
             response.with_header(self.headers.close.clone())
         } else if *request.http_version() == HTTPVersion(1, 0) {
@@ -697,6 +688,18 @@ impl Drop for SlotGuard<'_> {
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// A header from a name and a value built from digits or `true`/`false`.
+/// Adds `X-Request-Id`. The id passed `RequestIds`' character check, so it
+/// is a valid header value; if it somehow were not, the header is left out.
+fn with_request_id(
+    response: Response<io::Cursor<Vec<u8>>>,
+    request_id: &str,
+) -> Response<io::Cursor<Vec<u8>>> {
+    match Header::from_bytes(&b"X-Request-Id"[..], request_id.as_bytes()) {
+        Ok(id_header) => response.with_header(id_header),
+        Err(()) => response,
+    }
+}
+
 fn header_value(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes())
         .expect("header names are static ASCII and values are digits")
