@@ -517,7 +517,10 @@ impl Api {
                 }
                 "cursor" => {
                     after = Some(cursor_decode(value).ok_or_else(|| {
-                        invalid("must be a next_cursor value from a previous page".to_owned())
+                        invalid(
+                            "must be a next_cursor value from a previous page (an even number of hex digits)"
+                                .to_owned(),
+                        )
                     })?);
                 }
                 _ => return Err(invalid("is unknown; use limit and cursor".to_owned())),
@@ -724,19 +727,25 @@ fn cursor_encode(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn cursor_decode(cursor: &str) -> Option<String> {
+/// Any even number of hex digits (either case) is a cursor: the bytes mark
+/// a place in the id order, whether or not they are an id (see
+/// `Store::list_after`). So the OpenAPI pattern `^([0-9A-Fa-f]{2})*$` is
+/// the whole rule.
+fn cursor_decode(cursor: &str) -> Option<Vec<u8>> {
     if cursor.len() % 2 != 0 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..cursor.len())
+    (0..cursor.len())
         .step_by(2)
         .map(|i| {
-            cursor
-                .get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            let pair = cursor.get(i..i + 2)?;
+            // `from_str_radix` alone would take a sign: "+f" is not hex.
+            pair.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| u8::from_str_radix(pair, 16).ok())
+                .flatten()
         })
-        .collect();
-    String::from_utf8(bytes?).ok()
+        .collect()
 }
 
 /// `{"status":"ok"}` and `{"status":"ready"}`.

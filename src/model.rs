@@ -13,8 +13,10 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
-/// Longest accepted `product_id`, in bytes of UTF-8.
-pub const MAX_PRODUCT_ID_BYTES: usize = 128;
+/// Longest accepted `product_id` (and `event_id`), in characters (Unicode
+/// code points), as JSON Schema's `maxLength` counts them: the OpenAPI
+/// document can then state the rule exactly.
+pub const MAX_PRODUCT_ID_CHARS: usize = 128;
 /// Largest accepted `price`.
 pub const MAX_PRICE: f64 = 1_000_000_000.0;
 /// Largest accepted `stock`.
@@ -197,11 +199,15 @@ pub fn check_product_id(id: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err("must not be empty or only whitespace".to_owned());
     }
-    if id.len() > MAX_PRODUCT_ID_BYTES {
-        return Err(format!(
-            "is {} bytes long; the limit is {MAX_PRODUCT_ID_BYTES} bytes",
-            id.len()
-        ));
+    // Bytes first: a string of at most 128 bytes has at most 128
+    // characters, so the count is only needed for longer ones.
+    if id.len() > MAX_PRODUCT_ID_CHARS {
+        let chars = id.chars().count();
+        if chars > MAX_PRODUCT_ID_CHARS {
+            return Err(format!(
+                "is {chars} characters long; the limit is {MAX_PRODUCT_ID_CHARS} characters"
+            ));
+        }
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Err(format!("must not contain control characters (found {c:?})"));
@@ -391,8 +397,11 @@ pub const MAX_VERSION: u64 = u64::MAX - 1;
 fn check_version(value: Value) -> Result<u64, EventError> {
     let invalid = |reason: String| EventError::InvalidVersion { reason };
     match &value {
-        Value::Number(n) => match n.as_u64() {
-            Some(v) if v <= MAX_VERSION => Ok(v),
+        Value::Number(n) => match whole_number(n) {
+            Ok(v) if v <= MAX_VERSION => Ok(v),
+            Err(Inexact) => Err(invalid(format!(
+                "is {n}, too large to be exact as a JSON number with a fraction or exponent; write versions above 2^53 as plain digits"
+            ))),
             _ => Err(invalid(format!(
                 "must be a whole number from 0 to {MAX_VERSION}, got {n}"
             ))),
@@ -401,6 +410,28 @@ fn check_version(value: Value) -> Result<u64, EventError> {
             "must be a whole number, not {}",
             kind(other)
         ))),
+    }
+}
+
+/// Why a JSON number is not a whole number we can use exactly.
+struct Inexact;
+
+/// The value of a JSON number that is a non-negative whole number: `7`,
+/// and also `7.0` or `7e0`, which JSON Schema's `integer` accepts too (it
+/// counts values, not spellings). A number written with a fraction or an
+/// exponent is parsed as an `f64`, which is exact up to 2^53; beyond that
+/// it is refused as `Inexact` rather than rounded. `Ok(u64::MAX)` stands
+/// for "not a non-negative whole number" (negative, fractional, or above
+/// `u64`), which every caller refuses as out of range.
+fn whole_number(n: &Number) -> Result<u64, Inexact> {
+    const EXACT: f64 = (1u64 << 53) as f64;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=EXACT).contains(&f) => Ok(f as u64),
+        Some(f) if f.fract() == 0.0 && f > EXACT && f < u64::MAX as f64 => Err(Inexact),
+        _ => Ok(u64::MAX),
     }
 }
 
@@ -415,24 +446,15 @@ fn check_stock(value: Value) -> Result<u64, EventError> {
             )));
         }
     };
-    if let Some(stock) = n.as_u64() {
-        if stock > MAX_STOCK {
-            return Err(invalid(format!("is {stock}; the maximum is {MAX_STOCK}")));
-        }
-        return Ok(stock);
-    }
-    if n.as_i64().is_some() {
+    if n.as_f64().is_some_and(|f| f < 0.0) {
         return Err(invalid(format!("must not be negative, got {n}")));
     }
-    // A float: 1.5, 100.0, 1e3, or an integer too large for 64 bits.
-    match n.as_f64() {
-        Some(f) if f < 0.0 => Err(invalid(format!("must not be negative, got {n}"))),
-        Some(f) if f.fract() == 0.0 && f > MAX_STOCK as f64 => {
+    match whole_number(n) {
+        Ok(stock) if stock <= MAX_STOCK => Ok(stock),
+        _ if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
             Err(invalid(format!("is {n}; the maximum is {MAX_STOCK}")))
         }
-        _ => Err(invalid(format!(
-            "must be a whole number written without a decimal point or exponent, got {n}"
-        ))),
+        _ => Err(invalid(format!("must be a whole number, got {n}"))),
     }
 }
 
@@ -545,15 +567,24 @@ mod tests {
             let body = format!(r#"{{"product_id":{bad},"price":1}}"#);
             assert_eq!(code(body.as_bytes()), "invalid_product_id", "{body}");
         }
-        let long = "x".repeat(MAX_PRODUCT_ID_BYTES + 1);
+        let long = "x".repeat(MAX_PRODUCT_ID_CHARS + 1);
         let body = format!(r#"{{"product_id":"{long}","price":1}}"#);
         assert_eq!(code(body.as_bytes()), "invalid_product_id");
-        let longest = "x".repeat(MAX_PRODUCT_ID_BYTES);
+        let longest = "x".repeat(MAX_PRODUCT_ID_CHARS);
         ok(&format!(r#"{{"product_id":"{longest}","price":1}}"#));
-        // 43 three-byte characters = 129 bytes: the limit is in bytes.
-        let wide = "€".repeat(43);
-        let body = format!(r#"{{"product_id":"{wide}","price":1}}"#);
-        assert_eq!(code(body.as_bytes()), "invalid_product_id");
+        // The limit counts characters, as JSON Schema's maxLength does:
+        // 128 four-byte characters (512 bytes) pass, 129 do not.
+        let wide = "😀".repeat(MAX_PRODUCT_ID_CHARS);
+        ok(&format!(r#"{{"product_id":"{wide}","price":1}}"#));
+        let wider = format!(r#"{{"product_id":"{wide}€","price":1}}"#);
+        assert_eq!(code(wider.as_bytes()), "invalid_product_id");
+        // Whitespace as Rust's `char::is_whitespace` knows it (the OpenAPI
+        // pattern lists the same characters); U+FEFF is not whitespace.
+        for only_space in ["\\u00a0", "\\u3000 ", "\\u2028"] {
+            let body = format!(r#"{{"product_id":"{only_space}","price":1}}"#);
+            assert_eq!(code(body.as_bytes()), "invalid_product_id", "{body}");
+        }
+        ok(r#"{"product_id":"\ufeff","price":1}"#);
         assert_eq!(
             &*ok(r#"{"product_id":"ünï cödé ☃","price":1}"#).product_id,
             "ünï cödé ☃"
@@ -587,12 +618,13 @@ mod tests {
     fn stock_rules() {
         for bad in [
             "-1",
+            "-1.0",
             "1.5",
-            "100.0",
-            "1e3",
+            "1e-3",
             "\"7\"",
             "null",
             "1000000001",
+            "1e10",
             "18446744073709551616",
             "-99999999999999999999",
         ] {
@@ -603,6 +635,36 @@ mod tests {
             ok(r#"{"product_id":"a","stock":1000000000}"#).stock,
             Some(MAX_STOCK)
         );
+        // A whole number is a whole number however it is written, as for
+        // JSON Schema's `integer` (and for clients that hold counts as
+        // floats): 100.0 and 1e3 are 100 and 1000; -0.0 is 0.
+        for (text, stock) in [
+            ("100.0", 100),
+            ("1e3", 1000),
+            ("1E9", MAX_STOCK),
+            ("-0.0", 0),
+        ] {
+            let body = format!(r#"{{"product_id":"a","stock":{text}}}"#);
+            assert_eq!(ok(&body).stock, Some(stock), "{text}");
+        }
+    }
+
+    #[test]
+    fn version_rules() {
+        let version = |text: &str| {
+            decode_event(format!(r#"{{"product_id":"a","stock":1,"version":{text}}}"#).as_bytes())
+                .map(|u| u.version)
+                .map_err(|e| e.code())
+        };
+        assert_eq!(version("0"), Ok(Some(0)));
+        assert_eq!(version("18446744073709551614"), Ok(Some(MAX_VERSION)));
+        assert_eq!(version("7.0"), Ok(Some(7)));
+        assert_eq!(version("9007199254740992.0"), Ok(Some(1 << 53)));
+        for bad in ["-1", "1.5", "\"7\"", "18446744073709551615", "1e17", "1e30"] {
+            assert_eq!(version(bad), Err("invalid_version"), "{bad}");
+        }
+        let err = decode_event(br#"{"product_id":"a","stock":1,"version":1e17}"#).unwrap_err();
+        assert!(err.to_string().contains("plain digits"), "{err}");
     }
 
     #[test]

@@ -157,19 +157,21 @@ impl Store {
         Some((product, tag))
     }
 
-    /// Up to `limit` products whose ids sort after `after` (all, if `None`),
-    /// in byte order of their ids: one page of `GET /products`.
+    /// Up to `limit` products whose ids sort after the bytes `after` (all,
+    /// if `None`), in byte order of their ids: one page of `GET /products`.
+    /// `after` is usually the last id of the previous page, but any bytes
+    /// work: the page starts at the first id above them.
     ///
     /// Cost: a `HashMap` has no order, so every page scans the whole map
     /// under the read lock, keeping the `limit` smallest ids in a heap:
     /// O(products × log limit) per page, during which writers wait. Meant for
     /// debugging and teaching, not for bulk export.
-    pub fn list_after(&self, after: Option<&str>, limit: usize) -> Vec<Product> {
+    pub fn list_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<Product> {
         let products = self.read();
         let mut smallest: BinaryHeap<&str> = BinaryHeap::with_capacity(limit + 1);
         for id in products.keys() {
             let id: &str = id;
-            if after.is_some_and(|after| id <= after) {
+            if after.is_some_and(|after| id.as_bytes() <= after) {
                 continue;
             }
             if smallest.len() < limit {
@@ -352,9 +354,12 @@ mod tests {
             page.into_iter().map(|p| p.product_id.to_string()).collect()
         };
         assert_eq!(ids(store.list_after(None, 2)), ["a", "b"]);
-        assert_eq!(ids(store.list_after(Some("b"), 2)), ["c", "d"]);
-        assert_eq!(ids(store.list_after(Some("d"), 2)), ["e"]);
-        assert!(store.list_after(Some("e"), 2).is_empty());
+        assert_eq!(ids(store.list_after(Some(b"b"), 2)), ["c", "d"]);
+        assert_eq!(ids(store.list_after(Some(b"d"), 2)), ["e"]);
+        assert!(store.list_after(Some(b"e"), 2).is_empty());
+        // Bytes that are no id (nor UTF-8) still mark a place in the order.
+        assert_eq!(ids(store.list_after(Some(b"b\xff"), 1)), ["c"]);
+        assert_eq!(ids(store.list_after(Some(b""), 1)), ["a"]);
         assert_eq!(ids(store.list_after(None, 10)).len(), 5);
     }
 

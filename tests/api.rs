@@ -426,7 +426,7 @@ fn invalid_product_id_is_rejected() {
     let server = TestServer::start(test_config());
 
     let too_long = "x".repeat(129);
-    let too_wide = "€".repeat(43); // 129 bytes in 43 characters
+    let too_wide = "€".repeat(129); // the limit counts characters, not bytes
     let bad_ids = [
         r#""""#.to_owned(),
         r#""   ""#.to_owned(),
@@ -458,16 +458,21 @@ fn invalid_product_id_is_rejected() {
     );
     assert_eq!(server.stats().accepted, 0);
 
-    // The boundary: exactly 128 bytes is fine.
+    // The boundary: exactly 128 characters is fine, however many bytes.
     let longest = "x".repeat(128);
     accepted_seq(
         &server.post_event(&format!(r#"{{"product_id":"{longest}","price":1}}"#)),
         &longest,
     );
+    let widest = "€".repeat(128); // 384 bytes
+    accepted_seq(
+        &server.post_event(&format!(r#"{{"product_id":"{widest}","price":1}}"#)),
+        &widest,
+    );
 
     server.wait_applied();
     let report = server.shutdown();
-    assert_clean_shutdown(&report, 1);
+    assert_clean_shutdown(&report, 2);
 }
 
 #[test]
@@ -520,8 +525,7 @@ fn invalid_stock_is_rejected() {
     for stock in [
         "-1",
         "1.5",
-        "100.0",
-        "1e3",
+        "1e-3",
         r#""7""#,
         "null",
         "false",
@@ -541,11 +545,17 @@ fn invalid_stock_is_rejected() {
         &server.post_event(r#"{"product_id":"zero","stock":0}"#),
         "zero",
     );
+    // A whole number written with a fraction or exponent is that number.
+    accepted_seq(
+        &server.post_event(r#"{"product_id":"float","stock":1e2}"#),
+        "float",
+    );
 
     server.wait_applied();
     assert_eq!(server.get("/products/a").status, 404);
+    assert_eq!(server.get("/products/float").json()["stock"], 100);
     let report = server.shutdown();
-    assert_clean_shutdown(&report, 2);
+    assert_clean_shutdown(&report, 3);
 }
 
 #[test]

@@ -1,7 +1,13 @@
 //! Keeps `GET /openapi.json` true: a set of requests must produce every
 //! documented (path, method, status), every answer's status must be
-//! documented for its operation, and every answer's body must match the
+//! documented for its operation, every answer must carry the headers
+//! documented as required, and every answer's body must match the
 //! documented schema for its status and content type.
+//!
+//! This is the fast check inside `cargo test`. CI also runs schemathesis
+//! against the release binary (`scripts/schemathesis.sh`), which generates
+//! requests from the document itself, valid and invalid, and checks the
+//! rules this file cannot (the `pattern`s, for one).
 
 mod common;
 
@@ -26,10 +32,29 @@ fn resolve<'a>(doc: &'a Value, node: &'a Value) -> &'a Value {
     }
 }
 
+/// `assert!` for `validate`: returns the message instead of panicking.
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {{
+        let holds: bool = $cond;
+        if !holds {
+            return Err(format!($($message)+));
+        }
+    }};
+}
+
 /// Checks `value` against the JSON Schema subset the document uses: type
 /// (one or several), enum, properties, required, additionalProperties:
-/// false, items, minimum, maximum, minLength, maxLength.
+/// false, items, minimum, maximum, minLength, maxLength, anyOf, oneOf.
+/// `pattern` is not checked here (no regex engine among the test
+/// dependencies); schemathesis checks it in CI.
 fn check(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Err(problem) = validate(doc, schema, value, at) {
+        panic!("{problem}");
+    }
+}
+
+/// `check`, as a result: the first rule `value` breaks.
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(doc, schema);
     if let Some(types) = schema.get("type") {
         let types: Vec<&str> = match types {
@@ -47,29 +72,29 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) {
             "null" => value.is_null(),
             other => panic!("unknown type {other}"),
         });
-        assert!(ok, "{at}: {value} is not {types:?}");
+        ensure!(ok, "{at}: {value} is not {types:?}");
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        assert!(allowed.contains(value), "{at}: {value} not in {allowed:?}");
+        ensure!(allowed.contains(value), "{at}: {value} not in {allowed:?}");
     }
     if let (Some(n), Some(min)) = (
         value.as_f64(),
         schema.get("minimum").and_then(Value::as_f64),
     ) {
-        assert!(n >= min, "{at}: {n} < {min}");
+        ensure!(n >= min, "{at}: {n} < {min}");
     }
     if let (Some(n), Some(max)) = (
         value.as_f64(),
         schema.get("maximum").and_then(Value::as_f64),
     ) {
-        assert!(n <= max, "{at}: {n} > {max}");
+        ensure!(n <= max, "{at}: {n} > {max}");
     }
     if let Some(s) = value.as_str() {
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-            assert!(s.chars().count() as u64 >= min, "{at}: too short");
+            ensure!(s.chars().count() as u64 >= min, "{at}: too short");
         }
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-            assert!(s.chars().count() as u64 <= max, "{at}: too long");
+            ensure!(s.chars().count() as u64 <= max, "{at}: too long");
         }
     }
     if let Some(object) = value.as_object() {
@@ -81,23 +106,39 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) {
             .flatten()
         {
             let name = required.as_str().expect("required name");
-            assert!(object.contains_key(name), "{at}: missing {name} in {value}");
+            ensure!(object.contains_key(name), "{at}: missing {name} in {value}");
         }
         for (name, member) in object {
             match properties.and_then(|p| p.get(name)) {
-                Some(member_schema) => check(doc, member_schema, member, &format!("{at}.{name}")),
-                None => assert!(
+                Some(member_schema) => {
+                    validate(doc, member_schema, member, &format!("{at}.{name}"))?
+                }
+                None => ensure!(
                     schema.get("additionalProperties") != Some(&Value::Bool(false)),
                     "{at}: undocumented member {name} in {value}"
                 ),
             }
         }
     }
+    if let Some(any_of) = schema.get("anyOf").and_then(Value::as_array) {
+        ensure!(
+            any_of.iter().any(|s| validate(doc, s, value, at).is_ok()),
+            "{at}: {value} matches none of anyOf"
+        );
+    }
+    if let Some(one_of) = schema.get("oneOf").and_then(Value::as_array) {
+        let matching = one_of
+            .iter()
+            .filter(|s| validate(doc, s, value, at).is_ok())
+            .count();
+        ensure!(matching == 1, "{at}: {value} matches {matching} of oneOf");
+    }
     if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
         for (i, item) in array.iter().enumerate() {
-            check(doc, items, item, &format!("{at}[{i}]"));
+            validate(doc, items, item, &format!("{at}[{i}]"))?;
         }
     }
+    Ok(())
 }
 
 /// One request of the set, and the documented operation it exercises.
@@ -136,7 +177,10 @@ fn send(server: &TestServer, c: &Case) -> Reply {
             Some(tags) => server.agent.get(&url).header("If-None-Match", tags).call(),
             None => server.agent.get(&url).call(),
         },
-        "head" => server.agent.head(&url).call(),
+        "head" => match c.if_none_match {
+            Some(tags) => server.agent.head(&url).header("If-None-Match", tags).call(),
+            None => server.agent.head(&url).call(),
+        },
         "post" => {
             let mut builder = server.agent.post(&url);
             if let Some(ct) = c.content_type {
@@ -167,11 +211,35 @@ fn conform(doc: &Value, c: &Case, reply: &Reply) -> u16 {
         c.path,
         reply.body
     );
+    for (name, header) in documented
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let header = resolve(doc, header);
+        if header.get("required") == Some(&Value::Bool(true)) {
+            assert!(
+                reply.header(name).is_some(),
+                "{} {} {status}: no {name} header, documented as required",
+                c.method,
+                c.path
+            );
+        }
+    }
     assert!(
         reply.header("x-request-id").is_some(),
         "no X-Request-Id on {}",
         c.path
     );
+    if c.method == "head" {
+        assert!(reply.body.is_empty(), "HEAD {} has a body", c.path);
+        assert!(
+            documented.get("content").is_none(),
+            "HEAD {} {status} documents a body",
+            c.path
+        );
+    }
     if let Some(content) = documented.get("content").and_then(Value::as_object) {
         let content_type = reply.header("content-type").expect("a content type");
         let media = content.get(content_type).unwrap_or_else(|| {
@@ -237,14 +305,27 @@ fn every_documented_operation_and_status_matches_the_live_service() {
             ..case("/products/{id}", "get", "/products/doc-1")
         },
         case("/products/{id}", "get", "/products/%zz"),
+        case("/products/{id}", "get", "/products/doc-1?min_seq=x"),
         case("/products/{id}", "head", "/products/doc-1"),
         case("/products/{id}", "head", "/products/none"),
+        case("/products/{id}", "head", "/products/%ff"),
+        Case {
+            if_none_match: Some("*"),
+            ..case("/products/{id}", "head", "/products/doc-1")
+        },
         case("/products", "get", "/products?limit=1"),
         case("/products", "get", "/products?limit=0"),
+        case("/products", "get", "/products?cursor=ff00"),
+        case("/products", "head", "/products?limit=1"),
+        case("/products", "head", "/products?cursor=odd"),
         case("/healthz", "get", "/healthz"),
+        case("/healthz", "head", "/healthz"),
         case("/readyz", "get", "/readyz"),
+        case("/readyz", "head", "/readyz"),
         case("/metrics", "get", "/metrics"),
+        case("/metrics", "head", "/metrics"),
         case("/openapi.json", "get", "/openapi.json"),
+        case("/openapi.json", "head", "/openapi.json"),
     ];
     let mut seen = BTreeSet::new();
     for (i, c) in cases.iter().enumerate() {
@@ -276,13 +357,15 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         "post".into(),
         conform(&doc, &full.0, &full.1).to_string(),
     ));
-    let readyz = case("/readyz", "get", "/readyz");
-    let reply = send(&server, &readyz);
-    seen.insert((
-        "/readyz".into(),
-        "get".into(),
-        conform(&doc, &readyz, &reply).to_string(),
-    ));
+    for method in ["get", "head"] {
+        let readyz = case("/readyz", method, "/readyz");
+        let reply = send(&server, &readyz);
+        seen.insert((
+            "/readyz".into(),
+            method.into(),
+            conform(&doc, &readyz, &reply).to_string(),
+        ));
+    }
     drop(paused);
     server.wait_applied();
 
@@ -311,6 +394,13 @@ fn every_documented_operation_and_status_matches_the_live_service() {
     ));
     full.shutdown();
 
+    // The answers the HTTP layer gives before routing, on any path.
+    for status in before_routing(&doc) {
+        for (path, method) in operations(&doc) {
+            seen.insert((path, method, status.to_string()));
+        }
+    }
+
     // Every documented (path, method, status) was produced.
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -333,4 +423,93 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         "documented but never produced: {missing:?}"
     );
     server.shutdown();
+}
+
+/// Every (path, method) the document has.
+fn operations(doc: &Value) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if method != "parameters" {
+                all.push((path.clone(), method.clone()));
+            }
+        }
+    }
+    all
+}
+
+/// Produces each answer the HTTP layer gives before a request is routed
+/// (so whatever its path): checks that every operation documents its
+/// status, and that its body is the documented problem. Returns the
+/// statuses. 400 and 503 are produced by routed requests as well; here
+/// their pre-routing codes are checked against every operation.
+fn before_routing(doc: &Value) -> Vec<u16> {
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let server = TestServer::start(Config {
+        header_timeout: Duration::from_millis(200),
+        max_connections: 2,
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let long = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n",
+        "x".repeat(40_000)
+    );
+    let refusals: Vec<(u16, &str, Vec<u8>)> = vec![
+        (400, "malformed_request", b"NOT HTTP\r\n\r\n".to_vec()),
+        (
+            400,
+            "invalid_content_length",
+            b"GET /healthz HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(),
+        ),
+        (408, "header_timeout", b"GET /healthz HTTP/1.1\r\n".to_vec()),
+        (
+            417,
+            "expectation_failed",
+            b"GET /healthz HTTP/1.1\r\nExpect: the-moon\r\n\r\n".to_vec(),
+        ),
+        (431, "header_too_large", long.into_bytes()),
+        (
+            505,
+            "http_version_not_supported",
+            b"GET /healthz HTTP/2.0\r\n\r\n".to_vec(),
+        ),
+    ];
+    let mut statuses = Vec::new();
+    let mut check_everywhere = |reply: &Reply, status: u16, code: &str| {
+        let body = reply.assert_problem(status, code);
+        for (path, method) in operations(doc) {
+            let documented = resolve(
+                doc,
+                &doc["paths"][&path][&method]["responses"][status.to_string()],
+            );
+            assert!(
+                documented.is_object(),
+                "{method} {path} does not document {status} ({code}), answered before routing"
+            );
+            if method != "head" {
+                let schema = &documented["content"]["application/problem+json"]["schema"];
+                check(doc, schema, &body, &format!("{code} for {method} {path}"));
+            }
+        }
+        statuses.push(status);
+    };
+    for (status, code, request) in &refusals {
+        let reply = common::exchange_expecting_close(addr, request);
+        check_everywhere(&reply, *status, code);
+    }
+    // 503 too_many_connections: hold every connection the limit allows.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    wait_until("both held connections to be counted", || {
+        let reply = common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        (reply.status == 503).then_some(reply)
+    });
+    let reply = common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+    check_everywhere(&reply, 503, "too_many_connections");
+    drop(held);
+    server.shutdown();
+    statuses
 }
