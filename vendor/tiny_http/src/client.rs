@@ -9,14 +9,14 @@ use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Header, Method};
 use crate::connection::Connection;
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use crate::limits::{Limits, Rejection};
 use crate::util::refined_tcp_stream::ReadPhase;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Request, Response};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -151,17 +151,19 @@ impl ClientConnection {
             if self.head_bytes >= self.limits.max_head_bytes {
                 return Err(IoError::new(ErrorKind::InvalidData, HEAD_TOO_LARGE));
             }
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+            let mut one = [0u8; 1];
+            let byte = match self.next_header_source.read(&mut one)? {
+                0 => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                _ => one[0],
             };
 
             // PATCHED (product-update-service): the head's clock starts at
             // its first byte.
             if self.head_bytes == 0 {
-                let deadline = self.limits.head_timeout.map(|limit| std::time::Instant::now() + limit);
+                let deadline = self
+                    .limits
+                    .head_timeout
+                    .map(|limit| std::time::Instant::now() + limit);
                 self.set_read_phase(ReadPhase::Until(deadline));
             }
             self.head_bytes += 1;
@@ -246,7 +248,10 @@ impl ClientConnection {
         let remote_addr = match self.remote_addr {
             Ok(addr) => addr,
             Err(ref e) => {
-                return Err(ReadError::ReadIoError(IoError::new(e.kind(), e.to_string())))
+                return Err(ReadError::ReadIoError(IoError::new(
+                    e.kind(),
+                    e.to_string(),
+                )))
             }
         };
 
@@ -261,7 +266,9 @@ impl ClientConnection {
         // is first read, here for a small body or later by the application.
         // `data_source` holds the socket now (it was the head's reader).
         if let Some(reader) = data_source.inner_mut() {
-            reader.get_mut().set_read_phase(ReadPhase::FromNextRead(self.limits.body_timeout));
+            reader
+                .get_mut()
+                .set_read_phase(ReadPhase::FromNextRead(self.limits.body_timeout));
         }
 
         // building the next reader
@@ -312,7 +319,7 @@ impl Iterator for ClientConnection {
             return None;
         }
 
-        loop {
+        {
             let read = self.read();
             // PATCHED (product-update-service): the previous response said
             // `Connection: close`; whatever was read after it is discarded.
@@ -337,7 +344,8 @@ impl Iterator for ClientConnection {
                     Err(Rejection::HeadTimeout)
                 }
                 Err(ReadError::ReadIoError(ref err))
-                    if err.kind() == ErrorKind::InvalidData && err.to_string() == HEAD_TOO_LARGE =>
+                    if err.kind() == ErrorKind::InvalidData
+                        && err.to_string() == HEAD_TOO_LARGE =>
                 {
                     Err(Rejection::HeadTooLarge)
                 }
@@ -393,7 +401,7 @@ impl Iterator for ClientConnection {
             };
 
             // returning the request
-            return Some(rq);
+            Some(rq)
         }
     }
 }

@@ -96,7 +96,10 @@ impl Connection {
     }
 
     /// PATCHED (product-update-service): the read timeout.
-    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+    pub(crate) fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(timeout),
             #[cfg(unix)]
@@ -105,7 +108,10 @@ impl Connection {
     }
 
     /// PATCHED (product-update-service): the write timeout.
-    pub(crate) fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+    pub(crate) fn set_write_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_write_timeout(timeout),
             #[cfg(unix)]

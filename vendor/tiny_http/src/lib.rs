@@ -93,9 +93,6 @@
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
 use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
@@ -113,8 +110,8 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use limits::{Limits, Rejection, Responder};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::{Limits, Rejection, Responder};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -126,7 +123,6 @@ mod connection;
 mod limits;
 mod request;
 mod response;
-mod ssl;
 mod test;
 mod util;
 
@@ -185,10 +181,14 @@ pub struct ServerConfig {
     pub addr: ConfigListenAddr,
 
     /// If `Some`, then the server will use SSL to encode the communications.
+    /// PATCHED (product-update-service): this fork has no TLS; `Some` is an
+    /// error (terminate TLS in a reverse proxy).
     pub ssl: Option<SslConfig>,
 }
 
 /// Configuration of the server for SSL.
+/// PATCHED (product-update-service): kept so that `from_listener(l, None)`
+/// still compiles; this fork refuses `Some` (it has no TLS).
 #[derive(Debug, Clone)]
 pub struct SslConfig {
     /// Contains the public certificate to send to clients.
@@ -207,22 +207,6 @@ impl Server {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
-        })
-    }
-
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
         })
     }
 
@@ -277,30 +261,12 @@ impl Server {
             (listener, local_addr)
         };
 
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
+        // PATCHED (product-update-service): no TLS in this fork.
+        if ssl_config.is_some() {
+            return Err(
+                "this fork of tiny_http has no TLS; terminate TLS in a reverse proxy".into(),
+            );
+        }
 
         // creating a task where server.accept() is continuously called
         // and ClientConnection objects are pushed in the messages queue
@@ -322,7 +288,10 @@ impl Server {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         let limits = &inside_limits;
-                        if limits.max_connections.is_some_and(|max| active.load(Relaxed) >= max) {
+                        if limits
+                            .max_connections
+                            .is_some_and(|max| active.load(Relaxed) >= max)
+                        {
                             refuse(sock, limits);
                             continue;
                         }
@@ -331,22 +300,7 @@ impl Server {
                         // PATCHED (product-update-service): a second handle
                         // on the socket, to shut it down after `Connection: close`.
                         let close_handle = client::CloseHandle::new(sock.try_clone().ok());
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
+                        let (read_closable, write_closable) = RefinedTcpStream::new(sock);
 
                         Ok(ClientConnection::new(
                             write_closable,
@@ -405,7 +359,8 @@ impl Server {
                                         if let Err(Message::NewRequest(rq)) =
                                             messages.push_open(rq.into())
                                         {
-                                            let _ = rq.respond(limits.answer(Rejection::ShuttingDown));
+                                            let _ =
+                                                rq.respond(limits.answer(Rejection::ShuttingDown));
                                             break;
                                         }
                                     }
@@ -462,7 +417,7 @@ impl Server {
         match self.messages.pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+            None => Err(IoError::other("thread unblocked")),
         }
     }
 
@@ -523,9 +478,13 @@ impl Drop for ActiveConnection {
 fn refuse(sock: Connection, limits: &Limits) {
     let mut sock = sock;
     let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = limits
-        .answer(Rejection::TooManyConnections)
-        .raw_print(&mut sock, HTTPVersion(1, 1), &[], false, None);
+    let _ = limits.answer(Rejection::TooManyConnections).raw_print(
+        &mut sock,
+        HTTPVersion(1, 1),
+        &[],
+        false,
+        None,
+    );
     let _ = sock.shutdown(Shutdown::Write);
 }
 

@@ -101,7 +101,9 @@ impl Default for Limits {
             head_timeout: None,
             body_timeout: None,
             max_head_bytes: usize::MAX,
-            respond: Arc::new(|rejection| Response::from_data(Vec::new()).with_status_code(rejection.status())),
+            respond: Arc::new(|rejection| {
+                Response::from_data(Vec::new()).with_status_code(rejection.status())
+            }),
         }
     }
 }

@@ -51,7 +51,8 @@ where
     /// it still held; later pushes are refused.
     pub fn close(&self) -> Vec<T> {
         let mut queue = self.queue.lock().unwrap();
-        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         queue
             .drain(..)
             .filter_map(|c| match c {
