@@ -7,7 +7,7 @@
 //! 2. The worker pool, built as `start` builds it (4 workers sharing the
 //!    queue's receiver and one store), draining a queue that was filled
 //!    before the workers started: once at the default `QUEUE_SIZE`
-//!    (`config::DEFAULT_QUEUE_SIZE`, "how long does a full queue take to
+//!    (the default `QUEUE_SIZE`, "how long does a full queue take to
 //!    drain") and once with 1M events (the sustained rate).
 //!
 //! Targets (issue 3): workers apply >= 1M events/s, and a full default
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use product_update_service::config::{DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS};
+use product_update_service::Config;
 use product_update_service::model::{self, ProductUpdate};
 use product_update_service::queue::{Intake, Job};
 use product_update_service::store::Store;
@@ -108,22 +108,25 @@ fn drain(workers: usize, events: usize) -> Duration {
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "store_bench: {cores} cores, {DEFAULT_WORKERS} workers, DEFAULT_QUEUE_SIZE={DEFAULT_QUEUE_SIZE}"
-    );
+    let Config {
+        workers,
+        queue_size,
+        ..
+    } = Config::default();
+    println!("store_bench: {cores} cores, {workers} workers, QUEUE_SIZE={queue_size}");
 
     single_thread_apply();
 
-    let took = drain(DEFAULT_WORKERS, DEFAULT_QUEUE_SIZE);
+    let took = drain(workers, queue_size);
     println!(
-        "worker pool, {DEFAULT_WORKERS} workers: full default queue ({DEFAULT_QUEUE_SIZE} events) drained in {:.2} ms = {:.2} M events/s",
+        "worker pool, {workers} workers: full default queue ({queue_size} events) drained in {:.2} ms = {:.2} M events/s",
         took.as_secs_f64() * 1e3,
-        rate(DEFAULT_QUEUE_SIZE, took) / 1e6
+        rate(queue_size, took) / 1e6
     );
 
-    let took = drain(DEFAULT_WORKERS, EVENTS);
+    let took = drain(workers, EVENTS);
     println!(
-        "worker pool, {DEFAULT_WORKERS} workers: {EVENTS} queued events drained in {:.1} ms = {:.2} M events/s",
+        "worker pool, {workers} workers: {EVENTS} queued events drained in {:.1} ms = {:.2} M events/s",
         took.as_secs_f64() * 1e3,
         rate(EVENTS, took) / 1e6
     );

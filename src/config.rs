@@ -1,6 +1,11 @@
 //! Service settings: their defaults, their allowed ranges, and how they are
 //! read from the environment.
 //!
+//! Each setting is written once, in [`SETTINGS`]: its name, its meaning,
+//! its range and default, and the field it sets. `Config::default`,
+//! `Config::from_lookup`, `--help` and every error message come from that
+//! table, so they cannot disagree.
+//!
 //! Only `main` reads the environment. Library users and tests build a
 //! [`Config`] directly (usually from [`Config::default`]), so two servers in
 //! one test process never share settings by accident.
@@ -21,15 +26,13 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Worker threads applying events to the store.
     pub workers: usize,
-    /// Capacity of the event queue between the HTTP threads and the workers.
+    /// Capacity of the event queue between the HTTP side and the workers.
     /// When it is full, `POST /events` answers 503 at once.
     pub queue_size: usize,
     /// How long a graceful shutdown waits for the workers to drain the queue.
     pub shutdown_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Threads taking parsed requests from tiny_http and answering them.
-    pub http_threads: usize,
     /// The longest one read or write on a client connection may wait: a
     /// client that sends nothing (or reads nothing) for this long in the
     /// middle of a request or response is disconnected.
@@ -54,8 +57,8 @@ pub struct Config {
     /// Most products the store takes; events for new products beyond it get
     /// 507 (events already queued may exceed it by at most `queue_size`).
     pub max_products: usize,
-    /// Most client connections served at once (tiny_http gives each a
-    /// thread); beyond it a connection gets 503 and is closed.
+    /// Most client connections served at once (each has its thread);
+    /// beyond it a connection gets 503 and is closed.
     pub max_connections: usize,
 }
 
@@ -67,178 +70,316 @@ pub enum LogFormat {
     Json,
 }
 
-/// Default `PORT`.
-pub const DEFAULT_PORT: u16 = 8080;
-/// Default `WORKERS`.
-pub const DEFAULT_WORKERS: usize = 4;
-/// Default `QUEUE_SIZE`: absorbs about a sixth of a second of peak intake
-/// (about 60 000 events/s on the 2-core reference machine) in about 1 MiB,
-/// while four workers drain a full queue in under 4 ms; see the README's
-/// Performance section.
-pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
-/// Default `SHUTDOWN_TIMEOUT`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `MAX_BODY_BYTES` (64 KiB).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Default `HTTP_THREADS`.
-pub const DEFAULT_HTTP_THREADS: usize = 4;
-/// Default `MAX_PRODUCTS`: about 190 MiB of products (see the README's
-/// Performance section).
-pub const DEFAULT_MAX_PRODUCTS: usize = 1_000_000;
-/// Default `MAX_CONNECTIONS`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-/// Default `SOCKET_TIMEOUT`.
-pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `KEEPALIVE_TIMEOUT`.
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `HEADER_TIMEOUT`.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `BODY_TIMEOUT`: a 64 KiB body then needs 6.5 KB/s.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `MAX_HEADER_BYTES` (32 KiB).
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
-            workers: DEFAULT_WORKERS,
-            queue_size: DEFAULT_QUEUE_SIZE,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            http_threads: DEFAULT_HTTP_THREADS,
-            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            log_format: LogFormat::Text,
-            idempotency_window: crate::queue::DEFAULT_WINDOW,
-            idempotency_ttl: crate::queue::DEFAULT_WINDOW_TTL,
-            max_products: DEFAULT_MAX_PRODUCTS,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
-
-/// One environment setting: its name, what it means, its range.
+/// One environment setting. Its range and default are written here and
+/// nowhere else.
 struct Setting {
     name: &'static str,
-    range: &'static str,
-    default: &'static str,
     help: &'static str,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A whole number in `min..=max`; `note` follows the range in `--help`.
+    Number {
+        min: u64,
+        max: u64,
+        default: u64,
+        note: &'static str,
+        set: fn(&mut Config, u64),
+    },
+    /// Seconds in `min..=max`, decimals allowed.
+    Seconds {
+        min: f64,
+        max: f64,
+        default: f64,
+        set: fn(&mut Config, Duration),
+    },
+    /// Text, parsed by `set`, which returns false for a value outside
+    /// `allowed`.
+    Text {
+        allowed: &'static str,
+        default: &'static str,
+        set: fn(&mut Config, &str) -> bool,
+    },
+    /// Read by someone else (the logger), listed for `--help`.
+    Elsewhere {
+        allowed: &'static str,
+        default: &'static str,
+    },
 }
 
 const SETTINGS: &[Setting] = &[
     Setting {
         name: "PORT",
-        range: "0..=65535 (0 = any free port)",
-        default: "8080",
         help: "TCP port to listen on",
+        kind: Kind::Number {
+            min: 0,
+            max: 65535,
+            default: 8080,
+            note: " (0 = any free port)",
+            set: |c, v| c.bind.set_port(v as u16),
+        },
     },
     Setting {
         name: "BIND_ADDR",
-        range: "an IPv4 or IPv6 address",
-        default: "0.0.0.0",
         help: "address to listen on (127.0.0.1 for local only)",
+        kind: Kind::Text {
+            allowed: "an IPv4 or IPv6 address",
+            default: "0.0.0.0",
+            set: |c, v| v.parse::<IpAddr>().map(|ip| c.bind.set_ip(ip)).is_ok(),
+        },
     },
     Setting {
         name: "WORKERS",
-        range: "1..=256",
-        default: "4",
-        help: "worker threads applying events to the store",
+        help: "worker threads applying events to the store (3-5 suggested)",
+        kind: Kind::Number {
+            min: 1,
+            max: 256,
+            default: 4,
+            note: "",
+            set: |c, v| c.workers = v as usize,
+        },
     },
     Setting {
         name: "QUEUE_SIZE",
-        range: "1..=1000000",
-        default: "10000",
         help: "events the queue holds before POST /events answers 503",
+        // About a sixth of a second of peak intake on the 2-core reference
+        // machine in about 1 MiB, while four workers drain a full queue in
+        // milliseconds (README, Performance).
+        kind: Kind::Number {
+            min: 1,
+            max: 1_000_000,
+            default: 10_000,
+            note: "",
+            set: |c, v| c.queue_size = v as usize,
+        },
     },
     Setting {
         name: "SHUTDOWN_TIMEOUT",
-        range: "0..=3600 seconds, decimals allowed",
-        default: "10",
         help: "how long shutdown waits for queued events to be applied",
+        kind: Kind::Seconds {
+            min: 0.0,
+            max: 3600.0,
+            default: 10.0,
+            set: |c, v| c.shutdown_timeout = v,
+        },
     },
     Setting {
         name: "MAX_BODY_BYTES",
-        range: "1024..=16777216",
-        default: "65536",
         help: "largest accepted request body; larger ones get 413",
-    },
-    Setting {
-        name: "HTTP_THREADS",
-        range: "1..=256",
-        default: "4",
-        help: "threads answering HTTP requests",
+        // The largest valid event is about 1.1 KB (a 128-character id and
+        // event_id of 4-byte characters): a smaller limit would refuse
+        // valid events.
+        kind: Kind::Number {
+            min: 1024,
+            max: 16 * 1024 * 1024,
+            default: 64 * 1024,
+            note: "",
+            set: |c, v| c.max_body_bytes = v as usize,
+        },
     },
     Setting {
         name: "SOCKET_TIMEOUT",
-        range: "0.1..=3600 seconds, decimals allowed",
-        default: "10",
         help: "a client silent (or not reading) this long mid-request is disconnected",
+        kind: Kind::Seconds {
+            min: 0.1,
+            max: 3600.0,
+            default: 10.0,
+            set: |c, v| c.socket_timeout = v,
+        },
     },
     Setting {
         name: "KEEPALIVE_TIMEOUT",
-        range: "0.1..=3600 seconds, decimals allowed",
-        default: "10",
         help: "a connection with no request begun this long is closed",
+        kind: Kind::Seconds {
+            min: 0.1,
+            max: 3600.0,
+            default: 10.0,
+            set: |c, v| c.keepalive_timeout = v,
+        },
     },
     Setting {
         name: "HEADER_TIMEOUT",
-        range: "0.1..=3600 seconds, decimals allowed",
-        default: "10",
         help: "a request head not complete this long after its first byte gets 408",
+        kind: Kind::Seconds {
+            min: 0.1,
+            max: 3600.0,
+            default: 10.0,
+            set: |c, v| c.header_timeout = v,
+        },
     },
     Setting {
         name: "BODY_TIMEOUT",
-        range: "0.1..=3600 seconds, decimals allowed",
-        default: "10",
         help: "a request body not complete this long after reading began gets 408",
+        // A 64 KiB body then needs 6.5 KB/s.
+        kind: Kind::Seconds {
+            min: 0.1,
+            max: 3600.0,
+            default: 10.0,
+            set: |c, v| c.body_timeout = v,
+        },
     },
     Setting {
         name: "MAX_HEADER_BYTES",
-        range: "1024..=1048576",
-        default: "32768",
         help: "largest request head (request line and headers); larger get 431",
+        kind: Kind::Number {
+            min: 1024,
+            max: 1024 * 1024,
+            default: 32 * 1024,
+            note: "",
+            set: |c, v| c.max_header_bytes = v as usize,
+        },
     },
     Setting {
         name: "MAX_CONNECTIONS",
-        range: "1..=100000",
-        default: "1000",
-        help: "client connections served at once; more get 503 and are closed",
+        help: "client connections served at once (a thread each); more get 503 and are closed",
+        kind: Kind::Number {
+            min: 1,
+            max: 100_000,
+            default: 1000,
+            note: "",
+            set: |c, v| c.max_connections = v as usize,
+        },
     },
     Setting {
         name: "MAX_PRODUCTS",
-        range: "1..=100000000",
-        default: "1000000",
         help: "most products stored; events for new ones beyond it get 507",
+        // About 190 MiB of products (README, Performance).
+        kind: Kind::Number {
+            min: 1,
+            max: 100_000_000,
+            default: 1_000_000,
+            note: "",
+            set: |c, v| c.max_products = v as usize,
+        },
     },
     Setting {
         name: "IDEMPOTENCY_WINDOW",
-        range: "0..=10000000 (0 = off)",
-        default: "100000",
         help: "event ids remembered to recognise retried events",
+        kind: Kind::Number {
+            min: 0,
+            max: 10_000_000,
+            default: 100_000,
+            note: " (0 = off)",
+            set: |c, v| c.idempotency_window = v as usize,
+        },
     },
     Setting {
         name: "IDEMPOTENCY_TTL",
-        range: "1..=86400 seconds, decimals allowed",
-        default: "600",
         help: "how long an event id is remembered",
+        kind: Kind::Seconds {
+            min: 1.0,
+            max: 86_400.0,
+            default: 600.0,
+            set: |c, v| c.idempotency_ttl = v,
+        },
     },
     Setting {
         name: "LOG_FORMAT",
-        range: "text or json",
-        default: "text",
         help: "log lines as text, or one JSON object per line",
+        kind: Kind::Text {
+            allowed: "text or json",
+            default: "text",
+            set: |c, v| {
+                c.log_format = match v.to_ascii_lowercase().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return false,
+                };
+                true
+            },
+        },
     },
     Setting {
         name: "RUST_LOG",
-        range: "error, warn, info, debug, trace, or env_logger directives",
-        default: "info",
         help: "log level",
+        kind: Kind::Elsewhere {
+            allowed: "error, warn, info, debug, trace, or env_logger directives",
+            default: "info",
+        },
     },
 ];
+
+/// Settings that earlier versions had and this one does not, with what to
+/// do instead. Setting one is not an error (the service runs as intended
+/// without it), but `main` says so at startup.
+pub const RETIRED: &[(&str, &str)] = &[(
+    "HTTP_THREADS",
+    "is no longer used: each request is answered on the thread of its connection, so there are no request threads to size; MAX_CONNECTIONS bounds the connections (and their threads)",
+)];
+
+impl Kind {
+    /// What `--help` and errors say is allowed.
+    fn allowed(&self) -> String {
+        match self {
+            Kind::Number { min, max, note, .. } => format!("{min}..={max}{note}"),
+            Kind::Seconds { min, max, .. } => format!("{min}..={max} seconds, decimals allowed"),
+            Kind::Text { allowed, .. } | Kind::Elsewhere { allowed, .. } => (*allowed).to_owned(),
+        }
+    }
+
+    fn default_text(&self) -> String {
+        match self {
+            Kind::Number { default, .. } => default.to_string(),
+            Kind::Seconds { default, .. } => default.to_string(),
+            Kind::Text { default, .. } | Kind::Elsewhere { default, .. } => (*default).to_owned(),
+        }
+    }
+
+    /// Parses `value` into `config`; false if it is not allowed.
+    fn apply(&self, config: &mut Config, value: &str) -> bool {
+        let value = value.trim();
+        match self {
+            Kind::Number { min, max, set, .. } => match value.parse::<u64>() {
+                Ok(n) if (*min..=*max).contains(&n) => {
+                    set(config, n);
+                    true
+                }
+                _ => false,
+            },
+            Kind::Seconds { min, max, set, .. } => match value.parse::<f64>() {
+                Ok(secs) if secs.is_finite() && (*min..=*max).contains(&secs) => {
+                    set(config, Duration::from_secs_f64(secs));
+                    true
+                }
+                _ => false,
+            },
+            Kind::Text { set, .. } => set(config, value),
+            Kind::Elsewhere { .. } => true,
+        }
+    }
+}
+
+impl Default for Config {
+    /// Every setting at its default (from [`SETTINGS`]).
+    fn default() -> Self {
+        // Placeholders, each overwritten by its setting's default below.
+        let mut config = Config {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            workers: 0,
+            queue_size: 0,
+            shutdown_timeout: Duration::ZERO,
+            max_body_bytes: 0,
+            socket_timeout: Duration::ZERO,
+            keepalive_timeout: Duration::ZERO,
+            header_timeout: Duration::ZERO,
+            body_timeout: Duration::ZERO,
+            max_header_bytes: 0,
+            log_format: LogFormat::Text,
+            idempotency_window: 0,
+            idempotency_ttl: Duration::ZERO,
+            max_products: 0,
+            max_connections: 0,
+        };
+        for setting in SETTINGS {
+            let applied = setting
+                .kind
+                .apply(&mut config, &setting.kind.default_text());
+            debug_assert!(applied, "the default of {} is not allowed", setting.name);
+        }
+        config
+    }
+}
 
 /// A setting that is present but unusable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +389,7 @@ pub struct ConfigError {
     /// The value as found (lossily decoded if it was not UTF-8).
     pub value: String,
     /// What is allowed, e.g. `1..=256`.
-    pub allowed: &'static str,
+    pub allowed: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -270,84 +411,36 @@ impl Config {
     where
         F: Fn(&str) -> Option<std::ffi::OsString>,
     {
-        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
-            match lookup(name) {
-                None => Ok(None),
-                Some(raw) => match raw.into_string() {
-                    Ok(s) => Ok(Some(s)),
-                    Err(raw) => Err(error(name, &raw.to_string_lossy())),
-                },
-            }
-        };
-
         let mut config = Config::default();
-        let port = match get("PORT")? {
-            Some(v) => parse_int(&v, "PORT", 0, u64::from(u16::MAX))? as u16,
-            None => DEFAULT_PORT,
-        };
-        let ip = match get("BIND_ADDR")? {
-            Some(v) => v
-                .trim()
-                .parse::<IpAddr>()
-                .map_err(|_| error("BIND_ADDR", &v))?,
-            None => config.bind.ip(),
-        };
-        config.bind = SocketAddr::new(ip, port);
-        if let Some(v) = get("WORKERS")? {
-            config.workers = parse_int(&v, "WORKERS", 1, 256)? as usize;
-        }
-        if let Some(v) = get("QUEUE_SIZE")? {
-            config.queue_size = parse_int(&v, "QUEUE_SIZE", 1, 1_000_000)? as usize;
-        }
-        if let Some(v) = get("SHUTDOWN_TIMEOUT")? {
-            config.shutdown_timeout = parse_seconds(&v, "SHUTDOWN_TIMEOUT", 0.0, 3600.0)?;
-        }
-        if let Some(v) = get("MAX_BODY_BYTES")? {
-            // tiny_http reads bodies of up to 1024 bytes before the service
-            // sees the request, so a smaller limit could not be honoured.
-            config.max_body_bytes =
-                parse_int(&v, "MAX_BODY_BYTES", 1024, 16 * 1024 * 1024)? as usize;
-        }
-        if let Some(v) = get("HTTP_THREADS")? {
-            config.http_threads = parse_int(&v, "HTTP_THREADS", 1, 256)? as usize;
-        }
-        if let Some(v) = get("MAX_CONNECTIONS")? {
-            config.max_connections = parse_int(&v, "MAX_CONNECTIONS", 1, 100_000)? as usize;
-        }
-        if let Some(v) = get("MAX_PRODUCTS")? {
-            config.max_products = parse_int(&v, "MAX_PRODUCTS", 1, 100_000_000)? as usize;
-        }
-        if let Some(v) = get("IDEMPOTENCY_WINDOW")? {
-            config.idempotency_window =
-                parse_int(&v, "IDEMPOTENCY_WINDOW", 0, 10_000_000)? as usize;
-        }
-        if let Some(v) = get("IDEMPOTENCY_TTL")? {
-            config.idempotency_ttl = parse_seconds(&v, "IDEMPOTENCY_TTL", 1.0, 86_400.0)?;
-        }
-        if let Some(v) = get("LOG_FORMAT")? {
-            config.log_format = match v.trim().to_ascii_lowercase().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => return Err(error("LOG_FORMAT", &v)),
+        for setting in SETTINGS {
+            let Some(raw) = lookup(setting.name) else {
+                continue;
             };
-        }
-        if let Some(v) = get("SOCKET_TIMEOUT")? {
-            config.socket_timeout = parse_seconds(&v, "SOCKET_TIMEOUT", 0.1, 3600.0)?;
-        }
-        if let Some(v) = get("KEEPALIVE_TIMEOUT")? {
-            config.keepalive_timeout = parse_seconds(&v, "KEEPALIVE_TIMEOUT", 0.1, 3600.0)?;
-        }
-        if let Some(v) = get("HEADER_TIMEOUT")? {
-            config.header_timeout = parse_seconds(&v, "HEADER_TIMEOUT", 0.1, 3600.0)?;
-        }
-        if let Some(v) = get("BODY_TIMEOUT")? {
-            config.body_timeout = parse_seconds(&v, "BODY_TIMEOUT", 0.1, 3600.0)?;
-        }
-        if let Some(v) = get("MAX_HEADER_BYTES")? {
-            config.max_header_bytes =
-                parse_int(&v, "MAX_HEADER_BYTES", 1024, 1024 * 1024)? as usize;
+            let error = |value: String| ConfigError {
+                variable: setting.name,
+                value,
+                allowed: setting.kind.allowed(),
+            };
+            let value = raw
+                .into_string()
+                .map_err(|raw| error(raw.to_string_lossy().into_owned()))?;
+            if !setting.kind.apply(&mut config, &value) {
+                return Err(error(value));
+            }
         }
         Ok(config)
+    }
+
+    /// The retired settings that `lookup` has, each with what to do instead.
+    pub fn retired_in<F>(lookup: F) -> Vec<String>
+    where
+        F: Fn(&str) -> Option<std::ffi::OsString>,
+    {
+        RETIRED
+            .iter()
+            .filter(|(name, _)| lookup(name).is_some())
+            .map(|(name, instead)| format!("{name} {instead}"))
+            .collect()
     }
 
     /// The `--help` text: every setting with its default and range.
@@ -361,8 +454,15 @@ impl Config {
         for s in SETTINGS {
             out.push_str(&format!(
                 "  {:<18} {} (default {}; allowed {})\n",
-                s.name, s.help, s.default, s.range
+                s.name,
+                s.help,
+                s.kind.default_text(),
+                s.kind.allowed()
             ));
+        }
+        out.push_str("\nNo longer used:\n");
+        for (name, instead) in RETIRED {
+            out.push_str(&format!("  {name:<18} {instead}\n"));
         }
         out.push_str(
             "\nSIGINT or SIGTERM starts a graceful shutdown; a second signal exits at once.\n",
@@ -376,13 +476,12 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} http_threads={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
             self.bind,
             self.workers,
             self.queue_size,
             self.shutdown_timeout,
             self.max_body_bytes,
-            self.http_threads,
             self.socket_timeout,
             self.keepalive_timeout,
             self.header_timeout,
@@ -394,42 +493,6 @@ impl fmt::Display for Config {
             self.max_products,
             self.max_connections
         )
-    }
-}
-
-fn allowed(name: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|s| s.name == name)
-        .map_or("a valid value", |s| s.range)
-}
-
-fn error(variable: &'static str, value: &str) -> ConfigError {
-    ConfigError {
-        variable,
-        value: value.to_owned(),
-        allowed: allowed(variable),
-    }
-}
-
-fn parse_int(value: &str, variable: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    match value.trim().parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(error(variable, value)),
-    }
-}
-
-fn parse_seconds(
-    value: &str,
-    variable: &'static str,
-    min: f64,
-    max: f64,
-) -> Result<Duration, ConfigError> {
-    match value.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && (min..=max).contains(&secs) => {
-            Ok(Duration::from_secs_f64(secs))
-        }
-        _ => Err(error(variable, value)),
     }
 }
 
@@ -449,8 +512,24 @@ mod tests {
 
     #[test]
     fn defaults_when_nothing_is_set() {
-        assert_eq!(from(&[]).unwrap(), Config::default());
-        assert_eq!(Config::default().bind.to_string(), "0.0.0.0:8080");
+        let c = Config::default();
+        assert_eq!(from(&[]).unwrap(), c);
+        assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            (c.workers, c.queue_size, c.max_connections),
+            (4, 10_000, 1000)
+        );
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(600));
+        assert_eq!((c.max_body_bytes, c.max_header_bytes), (65_536, 32_768));
+    }
+
+    #[test]
+    fn every_default_is_allowed() {
+        for s in SETTINGS {
+            let mut c = Config::default();
+            assert!(s.kind.apply(&mut c, &s.kind.default_text()), "{}", s.name);
+        }
     }
 
     #[test]
@@ -462,12 +541,15 @@ mod tests {
             ("QUEUE_SIZE", "123"),
             ("SHUTDOWN_TIMEOUT", "2.5"),
             ("MAX_BODY_BYTES", "2048"),
-            ("HTTP_THREADS", "2"),
             ("SOCKET_TIMEOUT", "0.5"),
             ("KEEPALIVE_TIMEOUT", "1.5"),
             ("HEADER_TIMEOUT", "2"),
             ("BODY_TIMEOUT", "3"),
             ("MAX_HEADER_BYTES", "4096"),
+            ("MAX_CONNECTIONS", "7"),
+            ("MAX_PRODUCTS", "8"),
+            ("IDEMPOTENCY_WINDOW", "0"),
+            ("IDEMPOTENCY_TTL", "1.5"),
             ("LOG_FORMAT", "JSON"),
         ])
         .unwrap();
@@ -476,12 +558,14 @@ mod tests {
         assert_eq!(c.queue_size, 123);
         assert_eq!(c.shutdown_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_body_bytes, 2048);
-        assert_eq!(c.http_threads, 2);
         assert_eq!(c.socket_timeout, Duration::from_millis(500));
         assert_eq!(c.keepalive_timeout, Duration::from_millis(1500));
         assert_eq!(c.header_timeout, Duration::from_secs(2));
         assert_eq!(c.body_timeout, Duration::from_secs(3));
         assert_eq!(c.max_header_bytes, 4096);
+        assert_eq!((c.max_connections, c.max_products), (7, 8));
+        assert_eq!(c.idempotency_window, 0);
+        assert_eq!(c.idempotency_ttl, Duration::from_millis(1500));
         assert_eq!(c.log_format, LogFormat::Json);
     }
 
@@ -509,7 +593,6 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "NaN"),
             ("SHUTDOWN_TIMEOUT", "3601"),
             ("MAX_BODY_BYTES", "1023"),
-            ("HTTP_THREADS", "0"),
             ("SOCKET_TIMEOUT", "0"),
             ("SOCKET_TIMEOUT", "0.05"),
             ("KEEPALIVE_TIMEOUT", "0"),
@@ -517,13 +600,15 @@ mod tests {
             ("BODY_TIMEOUT", "soon"),
             ("MAX_HEADER_BYTES", "1023"),
             ("MAX_HEADER_BYTES", "1048577"),
+            ("MAX_CONNECTIONS", "0"),
+            ("IDEMPOTENCY_TTL", "0.5"),
             ("LOG_FORMAT", "yaml"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
             assert_eq!(err.variable, var);
             assert_eq!(err.value, value);
             let line = err.to_string();
-            assert!(line.contains(var) && line.contains(err.allowed), "{line}");
+            assert!(line.contains(var) && line.contains(&err.allowed), "{line}");
         }
     }
 
@@ -542,14 +627,30 @@ mod tests {
     }
 
     #[test]
-    fn help_lists_every_setting_with_its_default() {
+    fn help_lists_every_setting_with_its_default_and_range() {
         let help = Config::help();
         for s in SETTINGS {
             assert!(
-                help.contains(s.name) && help.contains(s.default),
+                help.contains(s.name)
+                    && help.contains(&s.kind.default_text())
+                    && help.contains(&s.kind.allowed()),
                 "{}",
                 s.name
             );
         }
+        for (name, _) in RETIRED {
+            assert!(help.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_retired_setting_is_named_with_what_to_do_instead() {
+        let found = Config::retired_in(|k| (k == "HTTP_THREADS").then(|| "4".into()));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("HTTP_THREADS is no longer used"),
+            "{found:?}"
+        );
+        assert!(Config::retired_in(|_| None).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::shutdown::ShutdownReport;
+use crate::stats::ShutdownReport;
 
 /// The service could not start.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ impl fmt::Display for StartError {
             }
             StartError::Spawn { thread, source } => write!(
                 f,
-                "cannot start thread {thread}: {source}; lower WORKERS or HTTP_THREADS, or raise the process's thread limit"
+                "cannot start thread {thread}: {source}; lower WORKERS (or MAX_CONNECTIONS), or raise the process's thread limit"
             ),
         }
     }

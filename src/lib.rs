@@ -5,15 +5,20 @@
 //! # The pipeline
 //!
 //! ```text
-//!             tiny_http                    HTTP_THREADS            bounded queue          WORKERS
-//! client ──▶ accept + one thread ──recv()──▶ http-0..N ──submit()──▶ [QUEUE_SIZE] ──next()──▶ worker-0..N ──apply()──▶ Store
-//!            per connection                   │                                                           (RwLock<HashMap>)
-//!                                             └──────────────────────── get() ◀───────────────────────────────┘
+//!             vendored tiny_http (inline)                    bounded queue           WORKERS
+//! client ──▶ one thread per connection: ──submit()──▶ [QUEUE_SIZE] ──next()──▶ worker-0..N ──apply()──▶ Store
+//!            read, route, handle, answer                                                        (RwLock<HashMap>)
+//!                   └──────────────────────────────── get() ◀──────────────────────────────────────────┘
 //! ```
 //!
-//! - [`http`]: request threads; routing; validation runs here, so bad input
-//!   never reaches the queue. `POST /events` answers 202 as soon as the
-//!   event is queued, 503 at once when the queue is full.
+//! A request is read, answered and written on its connection's thread:
+//! there is no hand-off between threads on the way from the socket to the
+//! queue, and a slow client holds only its own connection.
+//!
+//! - [`http`]: the connection threads' entry point, routing, the handlers
+//!   and their wire helpers. Validation runs there, so bad input never
+//!   reaches the queue. `POST /events` answers 202 as soon as the event is
+//!   queued, 503 at once when the queue is full.
 //! - [`queue`]: the intake: one lock that gives each accepted event its
 //!   sequence number and puts it in the bounded channel.
 //! - [`worker`]: threads that drain the channel into the store.
@@ -34,6 +39,9 @@
 //! let report = running.shutdown().unwrap();
 //! assert_eq!(report.not_applied, 0);
 //! ```
+//!
+//! README.md ("Using it from your tests") has a complete example with
+//! HTTP requests; it is compiled and run as a doc test below.
 
 pub mod config;
 pub mod error;
@@ -45,30 +53,33 @@ pub mod progress;
 pub mod queue;
 pub mod request_id;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod worker;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 pub use config::{Config, ConfigError};
 pub use error::{ShutdownError, StartError};
-pub use shutdown::{PausedWorkers, Running, ShutdownReport, Stats};
+pub use shutdown::{PausedWorkers, Running};
+pub use stats::{ShutdownReport, Stats};
 
-use http::{Api, HttpThreads};
+use http::{Api, HttpServer};
 use queue::Intake;
 use store::Store;
 use worker::{Control, Worker, WorkerCounters};
 
-/// How many connections the kernel may hold for the accept thread. The
-/// kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+/// How many connections the kernel may hold until a thread accepts them.
+/// The kernel caps it at `net.core.somaxconn` (4096 on current Linux).
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// `TcpListener::bind` with a deep accept queue. std's backlog of 128 is
 /// less than a burst of new connections (clients reconnecting after a
-/// restart) that the accept thread, which starts a thread per connection,
-/// can take at once; the kernel then drops the rest of the handshakes and
-/// the clients retry after 1 s, 3 s, ... Like std, sets `SO_REUSEADDR`.
+/// restart) can fill before the connection threads take them; the kernel
+/// then drops the rest of the handshakes and the clients retry after 1 s,
+/// 3 s, ... Like std, sets `SO_REUSEADDR`.
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -78,17 +89,15 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds the socket, starts the workers and the request threads, and
+/// Binds the socket, starts the workers and the connection threads, and
 /// returns once the service is accepting requests.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    let listener = bind(config.bind).map_err(|source| StartError::Bind {
+    let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
-    })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.bind,
-        source,
-    })?;
+    };
+    let listener = bind(config.bind).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
 
     let store = Store::new();
     let (intake, jobs) = Intake::with_window(
@@ -104,27 +113,16 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     // Workers first, so the queue is being drained before the first request.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let apply = worker::apply_to(store.clone(), Arc::clone(&progress), Arc::clone(&metrics));
     let mut workers = Vec::with_capacity(config.workers);
     for id in 0..config.workers {
-        let store = store.clone();
-        let metrics = Arc::clone(&metrics);
-        let progress = Arc::clone(&progress);
         let spawned = Worker::spawn(
             id,
             jobs.clone(),
             done_tx.clone(),
             Arc::clone(&control),
             Arc::clone(&counters),
-            move |job| {
-                // Reports the seq as done when dropped: after the apply, or
-                // while unwinding from a panic in it.
-                let _done = progress::DoneOnDrop(&progress, job.seq);
-                let outcome = store.apply(job.seq, &job.update);
-                metrics
-                    .queue_wait_seconds
-                    .observe(job.accepted_at.elapsed());
-                outcome
-            },
+            apply.clone(),
         );
         match spawned {
             Ok(worker) => workers.push(worker),
@@ -144,22 +142,17 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     drop(done_tx);
     drop(jobs);
 
-    let api = Arc::new(Api::new(
-        Arc::clone(&intake),
-        store.clone(),
-        Arc::clone(&counters),
-        Arc::clone(&metrics),
-        Arc::clone(&progress),
-        &config,
-    ));
-    let server =
-        tiny_http::Server::from_listener_with_limits(listener, None, Api::server_limits(&api))
-            .map_err(|e| StartError::Bind {
-                addr: config.bind,
-                source: std::io::Error::other(e.to_string()),
-            })?;
-    let server = Arc::new(server);
-    let http = HttpThreads::spawn(&server, &api, config.http_threads).map_err(|source| {
+    let api = Arc::new(Api {
+        intake: Arc::clone(&intake),
+        store,
+        progress,
+        counters,
+        metrics,
+        config,
+        open_connections: Arc::new(AtomicUsize::new(0)),
+        draining: AtomicBool::new(false),
+    });
+    let http = HttpServer::start(listener, &api).map_err(|source| {
         intake.close();
         StartError::Spawn {
             thread: "http".to_owned(),
@@ -168,23 +161,25 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     })?;
 
     log::info!(
-        "product-update-service {} listening on {local_addr} ({config})",
-        env!("CARGO_PKG_VERSION")
+        "product-update-service {} listening on {local_addr} ({})",
+        env!("CARGO_PKG_VERSION"),
+        api.config
     );
     Ok(Running {
-        config,
         local_addr,
-        server,
-        api,
         http,
-        intake,
+        api,
         workers,
         done_rx,
         control,
-        counters,
-        store,
     })
 }
+
+/// The README's examples written in Rust (the "Using it from your tests"
+/// section), compiled and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         }
     };
     init_logger(config.log_format);
+    for retired in Config::retired_in(|name| std::env::var_os(name)) {
+        log::warn!("{retired}");
+    }
 
     // The handler runs on ctrlc's own thread: it only forwards the signal.
     // The first one goes to main, which does the shutdown; a second one means

@@ -2,9 +2,10 @@
 //! path, written out in the text exposition format (version 0.0.4) by
 //! `GET /metrics`.
 //!
-//! Every request thread and worker updates these with relaxed atomic adds:
-//! no lock, no allocation. Gauges (queue depth, products, ...) are not kept
-//! here at all; they are read from their owners when `/metrics` is scraped.
+//! Every connection thread and worker updates these with relaxed atomic
+//! adds: no lock, no allocation. Gauges (queue depth, products, ...) are not
+//! kept here at all; they are read from their owners when `/metrics` is
+//! scraped, as one [`Stats`].
 //!
 //! Hand-written rather than the `prometheus-client` crate: the service
 //! exports a dozen fixed series whose labels are all known at compile time,
@@ -15,6 +16,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::stats::Stats;
 
 /// Why `POST /events` refused an event (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +55,7 @@ impl RejectReason {
 /// The route a request was for (the `route` label); a fixed set, so a
 /// client cannot create new series by requesting new paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum RouteLabel {
     Events,
     ProductList,
     Product,
@@ -62,26 +65,26 @@ pub enum Route {
     Other,
 }
 
-impl Route {
-    const ALL: [Route; 7] = [
-        Route::Events,
-        Route::ProductList,
-        Route::Product,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Metrics,
-        Route::Other,
+impl RouteLabel {
+    const ALL: [RouteLabel; 7] = [
+        RouteLabel::Events,
+        RouteLabel::ProductList,
+        RouteLabel::Product,
+        RouteLabel::Healthz,
+        RouteLabel::Readyz,
+        RouteLabel::Metrics,
+        RouteLabel::Other,
     ];
 
     fn label(self) -> &'static str {
         match self {
-            Route::Events => "/events",
-            Route::ProductList => "/products",
-            Route::Product => "/products/{id}",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::Other => "other",
+            RouteLabel::Events => "/events",
+            RouteLabel::ProductList => "/products",
+            RouteLabel::Product => "/products/{id}",
+            RouteLabel::Healthz => "/healthz",
+            RouteLabel::Readyz => "/readyz",
+            RouteLabel::Metrics => "/metrics",
+            RouteLabel::Other => "other",
         }
     }
 }
@@ -195,24 +198,6 @@ impl Default for Metrics {
     }
 }
 
-/// Values read from their owners at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Snapshot {
-    pub accepted: u64,
-    pub applied: u64,
-    pub stale_fields: u64,
-    pub panics: u64,
-    pub queue_depth: usize,
-    pub queue_capacity: usize,
-    pub workers: usize,
-    pub products: usize,
-    pub waiting_readers: usize,
-    pub idempotency_window: usize,
-    pub open_connections: usize,
-    pub max_connections: usize,
-    pub body_readers: usize,
-}
-
 impl Metrics {
     /// A retried event (same `event_id`) was recognised and not queued again.
     pub fn duplicate(&self) {
@@ -232,14 +217,14 @@ impl Metrics {
     }
 
     /// Counts one answered request and its handling time.
-    pub fn request(&self, route: Route, method: &str, status: u16, took: Duration) {
+    pub fn request(&self, route: RouteLabel, method: &str, status: u16, took: Duration) {
         self.requests[route as usize][method_index(method)][class_index(status)]
             .fetch_add(1, Ordering::Relaxed);
         self.request_seconds.observe(took);
     }
 
     /// The whole exposition, in text format 0.0.4.
-    pub fn render(&self, s: &Snapshot) -> String {
+    pub fn render(&self, s: &Stats) -> String {
         let mut out = String::with_capacity(8 * 1024);
         counter(
             &mut out,
@@ -327,7 +312,7 @@ impl Metrics {
         gauge(
             &mut out,
             "http_connections_open",
-            "Client connections being served (each holds a thread), idle keep-alive ones included.",
+            "Client connections being served (each has its thread), idle keep-alive ones included.",
             s.open_connections,
         );
         gauge(
@@ -336,19 +321,13 @@ impl Metrics {
             "Connections served at once before new ones get 503 (MAX_CONNECTIONS).",
             s.max_connections,
         );
-        gauge(
-            &mut out,
-            "http_body_readers",
-            "Request threads reading a body from the network (at most HTTP_THREADS - 1; past it, 503 busy).",
-            s.body_readers,
-        );
         header(
             &mut out,
             "http_requests_total",
             "counter",
             "HTTP requests answered, by route, method and status class.",
         );
-        for route in Route::ALL {
+        for route in RouteLabel::ALL {
             for (m, method) in METHODS.iter().enumerate() {
                 for (c, class) in CLASSES.iter().enumerate() {
                     let n = self.requests[route as usize][m][c].load(Ordering::Relaxed);

@@ -53,11 +53,12 @@ impl ProductUpdate {
     }
 }
 
-/// The current state of a product, as `GET /products/{id}` returns it.
-/// A field no event has set yet is `None` (JSON `null`).
+/// A product as `GET /products/{id}` answers it, serialized straight from
+/// the id in the request and a copy of the store's values. A field no
+/// event has set yet is `None` (JSON `null`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Product {
-    pub product_id: Box<str>,
+pub struct Product<'a> {
+    pub product_id: &'a str,
     pub price: Option<Number>,
     pub stock: Option<u64>,
 }

@@ -59,9 +59,6 @@ pub enum ApiError {
     /// The store holds `MAX_PRODUCTS` products and this event is for a new
     /// one (507).
     ProductLimit { limit: usize },
-    /// Every request thread that may read a body from the network is busy
-    /// doing so (503 with `Retry-After: 1`).
-    Busy { readers: usize },
     /// The request line or a header line is not HTTP (400; tiny_http
     /// answers it and closes the connection, as the ones below).
     MalformedRequest { detail: &'static str },
@@ -124,7 +121,6 @@ impl ApiError {
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::NotReady(_)
-            | ApiError::Busy { .. }
             | ApiError::TooManyConnections { .. } => 503,
         }
     }
@@ -147,7 +143,6 @@ impl ApiError {
             ApiError::InvalidQuery { .. } => "invalid_query",
             ApiError::IdempotencyConflict { .. } => "idempotency_conflict",
             ApiError::ProductLimit { .. } => "product_limit_reached",
-            ApiError::Busy { .. } => "busy",
             ApiError::MalformedRequest { .. } => "malformed_request",
             ApiError::InvalidContentLength => "invalid_content_length",
             ApiError::HeaderTimeout { .. } => "header_timeout",
@@ -183,7 +178,6 @@ impl ApiError {
             ApiError::InvalidQuery { .. } => "Invalid query parameter",
             ApiError::IdempotencyConflict { .. } => "Idempotency conflict",
             ApiError::ProductLimit { .. } => "Product limit reached",
-            ApiError::Busy { .. } => "Busy",
             ApiError::MalformedRequest { .. } => "Malformed request",
             ApiError::InvalidContentLength => "Invalid Content-Length",
             ApiError::HeaderTimeout { .. } => "Request head timed out",
@@ -209,23 +203,30 @@ impl ApiError {
         }
     }
 
-    /// The JSON body, naming the request it answers.
-    pub fn to_json(&self, request_id: &str) -> Vec<u8> {
+    /// The JSON body, naming the request it answers, appended to `out`.
+    pub fn write_json(&self, request_id: &dyn fmt::Display, out: &mut Vec<u8>) {
         let problem = Problem {
-            kind: format!("urn:product-update-service:problem:{}", self.code()),
+            kind: Urn(self.code()),
             title: self.title(),
             status: self.status(),
-            detail: self.to_string(),
+            detail: Text(self),
             code: self.code(),
             field: self.field(),
             reason: match self {
                 ApiError::NotReady(not_ready) => Some(not_ready.reason()),
                 _ => None,
             },
-            request_id,
+            request_id: Text(request_id),
         };
-        // Serializing a struct of strings and integers cannot fail.
-        serde_json::to_vec(&problem).unwrap_or_default()
+        // Serializing strings and integers into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, &problem);
+    }
+
+    /// [`ApiError::write_json`] into a new buffer.
+    pub fn to_json(&self, request_id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_json(&request_id, &mut out);
+        out
     }
 }
 
@@ -278,10 +279,6 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} is not allowed here; allowed: {allow}")
             }
-            ApiError::Busy { readers } => write!(
-                f,
-                "all {readers} request threads that may read large or chunked bodies are busy with slow clients (HTTP_THREADS - 1); retry after 1 second"
-            ),
             ApiError::ProductLimit { limit } => write!(
                 f,
                 "the store holds its limit of {limit} products (MAX_PRODUCTS); updates to existing products are still accepted, new products are not"
@@ -351,16 +348,38 @@ impl fmt::Display for Seconds {
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
-    kind: String,
+    kind: Urn,
     title: &'static str,
     status: u16,
-    detail: String,
+    detail: Text<'a, ApiError>,
     code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
-    request_id: &'a str,
+    request_id: Text<'a, dyn fmt::Display + 'a>,
+}
+
+/// `urn:product-update-service:problem:<code>`, written without building
+/// the string first.
+struct Urn(&'static str);
+
+impl Serialize for Urn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!(
+            "urn:product-update-service:problem:{}",
+            self.0
+        ))
+    }
+}
+
+/// A `Display` value as a JSON string, formatted straight into the output.
+struct Text<'a, T: ?Sized>(&'a T);
+
+impl<T: fmt::Display + ?Sized> Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
 }
 
 #[cfg(test)]

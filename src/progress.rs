@@ -5,14 +5,34 @@
 //! order, so "applied through N" means every seq up to N is done. Each
 //! worker reports each finished seq; seqs that finish ahead of a gap wait in
 //! a set until the gap closes. A reader who wants to see its own write
-//! (`GET /products/{id}?min_seq=N`) blocks on a condition variable until the
-//! watermark reaches N or its deadline passes: no polling.
+//! (`GET /products/{id}?min_seq=N`) waits, on its connection's thread,
+//! until the watermark reaches N or its deadline passes: no polling.
+//!
+//! # Waking exactly the readers whose seq is reached
+//!
+//! A condition variable woken with `notify_all` on every advance would wake
+//! every waiting reader for every applied event: with a thousand readers
+//! waiting for a seq far ahead, each event would cost a thousand thread
+//! wake-ups. So each waiter files itself under the seq it waits for (a
+//! sorted map, under the same lock as the watermark), and `done` takes out
+//! exactly the waiters whose seq the watermark has now reached and unparks
+//! them, after releasing the lock. A waiter parks with a timeout (its
+//! deadline) and, whenever it wakes, looks at the watermark under the lock:
+//! a wake-up that is spurious or late costs a look, never a wrong answer.
+//!
+//! The wake-up cannot be lost: a waiter files itself *under the lock*, after
+//! seeing the watermark below its seq under that same lock; the worker that
+//! moves the watermark past it does so under the lock too, so it finds the
+//! waiter filed. `unpark` before `park` is kept by the thread (its token),
+//! so a waiter unparked between releasing the lock and parking returns at
+//! once.
 //!
 //! An event whose apply panicked counts as done (it will never be applied),
 //! so one bad event cannot stall every reader behind it.
 
-use std::collections::BTreeSet;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::{self, Thread};
 use std::time::Instant;
 
 use crate::store::Seq;
@@ -20,7 +40,6 @@ use crate::store::Seq;
 #[derive(Default)]
 pub struct Progress {
     state: Mutex<State>,
-    advanced: Condvar,
 }
 
 #[derive(Default)]
@@ -29,8 +48,10 @@ struct State {
     through: Seq,
     /// Done seqs above `through + 1`, waiting for the gap to close.
     ahead: BTreeSet<Seq>,
-    /// Readers blocked in `wait_through`; no notify when there are none.
-    waiters: usize,
+    /// Readers waiting, by (the seq they wait for, a ticket to tell two
+    /// waiters for one seq apart).
+    waiters: BTreeMap<(Seq, u64), Thread>,
+    next_ticket: u64,
 }
 
 impl Progress {
@@ -46,10 +67,15 @@ impl Progress {
             through += 1;
         }
         state.through = through;
-        let wake = state.waiters > 0;
+        if state.waiters.is_empty() {
+            return;
+        }
+        // Everyone filed at or below the new watermark: split off the rest.
+        let still_waiting = state.waiters.split_off(&(through + 1, 0));
+        let reached = std::mem::replace(&mut state.waiters, still_waiting);
         drop(state);
-        if wake {
-            self.advanced.notify_all();
+        for waiter in reached.into_values() {
+            waiter.unpark();
         }
     }
 
@@ -58,26 +84,37 @@ impl Progress {
         self.lock().through
     }
 
+    /// Readers waiting in [`Progress::wait_through`] now.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
     /// Blocks until every seq up to `seq` is done or `deadline` passes.
     /// Returns the watermark then (`>= seq` means caught up).
     pub fn wait_through(&self, seq: Seq, deadline: Instant) -> Seq {
         let mut state = self.lock();
-        state.waiters += 1;
-        while state.through < seq {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            state = self
-                .advanced
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        if state.through >= seq {
+            return state.through;
         }
-        state.waiters -= 1;
-        state.through
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiters.insert((seq, ticket), thread::current());
+        loop {
+            drop(state);
+            match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => thread::park_timeout(left),
+                _ => {}
+            }
+            state = self.lock();
+            if state.through >= seq || Instant::now() >= deadline {
+                // `done` took us out if it woke us; a timeout did not.
+                state.waiters.remove(&(seq, ticket));
+                return state.through;
+            }
+        }
     }
 
-    // Poisoning: plain counters and a set; nothing inside can panic midway.
+    // Poisoning: plain counters and sets; nothing inside can panic midway.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -129,5 +166,45 @@ mod tests {
         let short = started + Duration::from_millis(50);
         assert_eq!(p.wait_through(3, short), 2);
         assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(p.waiting(), 0, "a waiter that timed out is not left filed");
+    }
+
+    /// Only the readers whose seq was reached are taken out (and woken);
+    /// the others stay filed.
+    #[test]
+    fn an_advance_wakes_only_the_waiters_it_satisfies() {
+        let p = Arc::new(Progress::default());
+        let later = Instant::now() + Duration::from_secs(20);
+        let waiters: Vec<_> = [1, 2, 50, 60]
+            .into_iter()
+            .map(|seq| {
+                let p = Arc::clone(&p);
+                std::thread::spawn(move || p.wait_through(seq, later))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.waiting() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the waiters never filed themselves"
+            );
+            std::thread::yield_now();
+        }
+        p.done(1);
+        p.done(2);
+        assert_eq!(
+            p.waiting(),
+            2,
+            "exactly the waiters for 1 and 2 are taken out"
+        );
+        for seq in 3..=60 {
+            p.done(seq);
+        }
+        let woke: Vec<Seq> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        assert!(
+            woke[0] >= 1 && woke[1] >= 2 && woke[2] >= 50 && woke[3] == 60,
+            "{woke:?}"
+        );
+        assert_eq!(p.waiting(), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! bounded queue that the workers drain.
 //!
 //! ```text
-//!  HTTP threads ──submit()──▶ [Intake: Mutex{ job_tx, next_seq }] ──job_tx──▶ bounded channel ──job_rx──▶ workers
+//!  connection threads ──submit()──▶ [Intake: Mutex{ job_tx, next_seq }] ──job_tx──▶ bounded channel ──job_rx──▶ workers
 //! ```
 //!
 //! # Why one mutex
@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::model::ProductUpdate;
+use crate::request_id::OwnedRequestId;
 use crate::store::Seq;
 
 /// How long a worker that has just applied an event waits for the next one
@@ -62,18 +63,13 @@ pub const LINGER: Duration = Duration::from_micros(200);
 /// lingering: a backlog is worth more hands.
 pub const WAKE_DEPTH: usize = 32;
 
-/// Default size of the idempotency window (event ids remembered).
-pub const DEFAULT_WINDOW: usize = 100_000;
-/// Default age limit of the idempotency window.
-pub const DEFAULT_WINDOW_TTL: Duration = Duration::from_secs(600);
-
 /// One accepted event on its way to a worker.
 #[derive(Debug)]
 pub struct Job {
     pub seq: Seq,
     pub update: ProductUpdate,
     /// The id of the request that carried it, for the worker's log line.
-    pub request_id: Box<str>,
+    pub request_id: OwnedRequestId,
     /// When the intake accepted it (for the time spent queued).
     pub accepted_at: Instant,
 }
@@ -98,7 +94,7 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
-/// The sending side of the queue, shared by every HTTP thread.
+/// The sending side of the queue, shared by every connection thread.
 pub struct Intake {
     state: Mutex<IntakeState>,
     capacity: usize,
@@ -154,7 +150,12 @@ impl Dedupe {
 impl Intake {
     /// Creates the queue with the default idempotency window.
     pub fn new(capacity: usize) -> (Intake, Jobs) {
-        Intake::with_window(capacity, DEFAULT_WINDOW, DEFAULT_WINDOW_TTL)
+        let defaults = crate::config::Config::default();
+        Intake::with_window(
+            capacity,
+            defaults.idempotency_window,
+            defaults.idempotency_ttl,
+        )
     }
 
     /// Creates the queue. The workers get the receiving end, [`Jobs`]
@@ -191,7 +192,7 @@ impl Intake {
     pub fn submit(
         &self,
         update: ProductUpdate,
-        request_id: Box<str>,
+        request_id: OwnedRequestId,
     ) -> Result<Submitted, SubmitError> {
         let now = Instant::now();
         let fingerprint = update.fingerprint();

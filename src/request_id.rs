@@ -6,17 +6,21 @@
 //! [`MAX_LEN`] characters of `A-Z a-z 0-9 - _ . :` (safe in logs, headers
 //! and JSON); otherwise, or without the header, the service makes one:
 //! a random per-process prefix and a counter, e.g. `3f9a1c07-1b`.
+//!
+//! A made id is two numbers, formatted only where it is written (a header,
+//! a log line), so the common case costs no allocation per request.
 
 use std::collections::hash_map::RandomState;
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest accepted client-supplied id.
 pub const MAX_LEN: usize = 64;
 
-/// Makes request ids; one per service, shared by the request threads.
+/// Makes request ids; one per service, shared by the connection threads.
 pub struct RequestIds {
-    prefix: String,
+    prefix: u32,
     next: AtomicU64,
 }
 
@@ -26,22 +30,73 @@ impl Default for RequestIds {
         // ids from two runs (or two instances) do not collide.
         let random = RandomState::new().build_hasher().finish();
         RequestIds {
-            prefix: format!("{:08x}", random as u32),
+            prefix: random as u32,
             next: AtomicU64::new(1),
         }
     }
 }
 
+/// One request's id: the client's (borrowed from its request), or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestId<'a> {
+    Client(&'a str),
+    Made { prefix: u32, n: u64 },
+}
+
+/// A request id kept beyond its request (an event's, in the queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedRequestId {
+    Client(Box<str>),
+    Made { prefix: u32, n: u64 },
+}
+
 impl RequestIds {
     /// The client's id if it is acceptable, otherwise a new one.
-    pub fn for_request(&self, from_client: Option<&str>) -> Box<str> {
+    pub fn for_request<'a>(&self, from_client: Option<&'a str>) -> RequestId<'a> {
         match from_client {
-            Some(id) if is_acceptable(id) => id.into(),
-            _ => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                format!("{}-{n:x}", self.prefix).into_boxed_str()
-            }
+            Some(id) if is_acceptable(id) => RequestId::Client(id),
+            _ => RequestId::Made {
+                prefix: self.prefix,
+                n: self.next.fetch_add(1, Ordering::Relaxed),
+            },
         }
+    }
+}
+
+impl RequestId<'_> {
+    pub fn to_owned(self) -> OwnedRequestId {
+        match self {
+            RequestId::Client(id) => OwnedRequestId::Client(id.into()),
+            RequestId::Made { prefix, n } => OwnedRequestId::Made { prefix, n },
+        }
+    }
+}
+
+impl fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Client(id) => f.write_str(id),
+            RequestId::Made { prefix, n } => write!(f, "{prefix:08x}-{n:x}"),
+        }
+    }
+}
+
+impl fmt::Display for OwnedRequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OwnedRequestId::Client(id) => f.write_str(id),
+            OwnedRequestId::Made { prefix, n } => RequestId::Made {
+                prefix: *prefix,
+                n: *n,
+            }
+            .fmt(f),
+        }
+    }
+}
+
+impl From<&str> for OwnedRequestId {
+    fn from(id: &str) -> Self {
+        OwnedRequestId::Client(id.into())
     }
 }
 
@@ -59,7 +114,10 @@ mod tests {
     #[test]
     fn keeps_acceptable_client_ids() {
         let ids = RequestIds::default();
-        assert_eq!(&*ids.for_request(Some("abc-123_x.y:z")), "abc-123_x.y:z");
+        let id = ids.for_request(Some("abc-123_x.y:z"));
+        assert_eq!(id, RequestId::Client("abc-123_x.y:z"));
+        assert_eq!(id.to_string(), "abc-123_x.y:z");
+        assert_eq!(id.to_owned().to_string(), "abc-123_x.y:z");
     }
 
     #[test]
@@ -74,13 +132,14 @@ mod tests {
             "ünï",
             long.as_str(),
         ] {
-            let id = ids.for_request(Some(bad));
-            assert_ne!(&*id, bad);
+            let id = ids.for_request(Some(bad)).to_string();
+            assert_ne!(id, bad);
             assert!(is_acceptable(&id), "{id}");
         }
         let (a, b) = (ids.for_request(None), ids.for_request(None));
-        assert_ne!(a, b);
-        assert!(is_acceptable(&a) && is_acceptable(&b));
+        assert_ne!(a.to_string(), b.to_string());
+        assert!(is_acceptable(&a.to_string()) && is_acceptable(&b.to_string()));
+        assert_eq!(a.to_owned().to_string(), a.to_string());
         assert!(is_acceptable(&"a".repeat(MAX_LEN)));
     }
 }

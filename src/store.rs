@@ -33,9 +33,11 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use std::fmt;
+
 use serde_json::Number;
 
-use crate::model::{Product, ProductUpdate};
+use crate::model::ProductUpdate;
 
 /// Sequence number given by the intake; the first accepted event has seq 1,
 /// so 0 can mean "never set".
@@ -79,6 +81,39 @@ struct Record {
     price_key: WriteKey,
     stock: u64,
     stock_key: WriteKey,
+}
+
+impl Record {
+    fn state(&self) -> ProductState {
+        let (p, s) = (self.price_key, self.stock_key);
+        ProductState {
+            price: self.price.clone(),
+            stock: s.is_set().then_some(self.stock),
+            tag: Tag([p.0, p.1, s.0, s.1]),
+        }
+    }
+}
+
+/// A product's values at one moment, copied out of the store. A field no
+/// event has set yet is `None` (JSON `null`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductState {
+    pub price: Option<Number>,
+    pub stock: Option<u64>,
+    /// Changes whenever the product changes: its `ETag`.
+    pub tag: Tag,
+}
+
+/// The write keys of a product's two fields. Keys only ever grow, so the
+/// tag changes with every change and never comes back: an entity tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag([u64; 4]);
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a:x}.{b:x}.{c:x}.{d:x}")
+    }
 }
 
 /// What one [`Store::apply`] did, for the counters.
@@ -138,23 +173,9 @@ impl Store {
     }
 
     /// The current state of `product_id`, or `None` if no event for it has
-    /// been applied yet.
-    pub fn get(&self, product_id: &str) -> Option<Product> {
-        self.get_with_tag(product_id).map(|(product, _)| product)
-    }
-
-    /// As [`Store::get`], with a tag that changes whenever the product
-    /// changes (the keys of its two fields only ever grow): an `ETag`.
-    pub fn get_with_tag(&self, product_id: &str) -> Option<(Product, String)> {
-        let record = self.read().get(product_id)?.clone();
-        let (p, s) = (record.price_key, record.stock_key);
-        let tag = format!("{:x}.{:x}.{:x}.{:x}", p.0, p.1, s.0, s.1);
-        let product = Product {
-            product_id: product_id.into(),
-            price: record.price,
-            stock: s.is_set().then_some(record.stock),
-        };
-        Some((product, tag))
+    /// been applied yet. A copy: the lock is held only to copy it.
+    pub fn get(&self, product_id: &str) -> Option<ProductState> {
+        self.read().get(product_id).map(Record::state)
     }
 
     /// Up to `limit` products whose ids sort after the bytes `after` (all,
@@ -166,7 +187,7 @@ impl Store {
     /// under the read lock, keeping the `limit` smallest ids in a heap:
     /// O(products × log limit) per page, during which writers wait. Meant for
     /// debugging and teaching, not for bulk export.
-    pub fn list_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<Product> {
+    pub fn list_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<(Box<str>, ProductState)> {
         let products = self.read();
         let mut smallest: BinaryHeap<&str> = BinaryHeap::with_capacity(limit + 1);
         for id in products.keys() {
@@ -181,19 +202,12 @@ impl Store {
                 smallest.push(id);
             }
         }
-        let mut page: Vec<Product> = smallest
+        let mut page: Vec<(Box<str>, ProductState)> = smallest
             .into_iter()
-            .filter_map(|id| {
-                let record = products.get(id)?;
-                Some(Product {
-                    product_id: id.into(),
-                    price: record.price.clone(),
-                    stock: record.stock_key.is_set().then_some(record.stock),
-                })
-            })
+            .filter_map(|id| Some((id.into(), products.get(id)?.state())))
             .collect();
         drop(products);
-        page.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id));
+        page.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         page
     }
 
@@ -250,14 +264,8 @@ mod tests {
     fn unset_fields_read_as_none() {
         let store = Store::new();
         store.apply(1, &update("a", None, Some(5)));
-        assert_eq!(
-            store.get("a"),
-            Some(Product {
-                product_id: "a".into(),
-                price: None,
-                stock: Some(5)
-            })
-        );
+        let a = store.get("a").unwrap();
+        assert_eq!((a.price, a.stock), (None, Some(5)));
     }
 
     #[test]
@@ -350,8 +358,8 @@ mod tests {
         for id in ["b", "a", "d", "c", "e"] {
             store.apply(1, &update(id, None, Some(1)));
         }
-        let ids = |page: Vec<Product>| -> Vec<String> {
-            page.into_iter().map(|p| p.product_id.to_string()).collect()
+        let ids = |page: Vec<(Box<str>, ProductState)>| -> Vec<String> {
+            page.into_iter().map(|(id, _)| id.into()).collect()
         };
         assert_eq!(ids(store.list_after(None, 2)), ["a", "b"]);
         assert_eq!(ids(store.list_after(Some(b"b"), 2)), ["c", "d"]);
@@ -366,7 +374,7 @@ mod tests {
     #[test]
     fn the_tag_changes_with_every_change_and_not_with_stale_events() {
         let store = Store::new();
-        let tag = |s: &Store| s.get_with_tag("a").map(|(_, t)| t);
+        let tag = |s: &Store| s.get("a").map(|p| p.tag);
         store.apply(3, &update("a", Some(1.0), None));
         let first = tag(&store);
         store.apply(2, &update("a", Some(2.0), None)); // stale: no change

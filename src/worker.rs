@@ -30,8 +30,10 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Sender;
 
+use crate::metrics::Metrics;
+use crate::progress::{DoneOnDrop, Progress};
 use crate::queue::{Job, Jobs};
-use crate::store::ApplyOutcome;
+use crate::store::{ApplyOutcome, Store};
 
 /// Counts kept by the workers, read by shutdown (and, later, metrics).
 #[derive(Debug, Default)]
@@ -83,6 +85,27 @@ impl Worker {
     /// (a bug in the loop itself).
     pub fn join(self) -> thread::Result<()> {
         self.handle.join()
+    }
+}
+
+/// What the service's workers do with each event: apply it to the store,
+/// record how long it waited in the queue, and report its seq to the
+/// watermark, also when the apply panics (so `min_seq` readers behind it
+/// are not stalled).
+pub fn apply_to(
+    store: Store,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+) -> impl Fn(&Job) -> ApplyOutcome + Send + Clone + 'static {
+    move |job| {
+        // Reports the seq as done when dropped: after the apply, or while
+        // unwinding from a panic in it.
+        let _done = DoneOnDrop(&progress, job.seq);
+        let outcome = store.apply(job.seq, &job.update);
+        metrics
+            .queue_wait_seconds
+            .observe(job.accepted_at.elapsed());
+        outcome
     }
 }
 

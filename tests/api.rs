@@ -852,10 +852,7 @@ fn huge_declared_content_length_gets_413_promptly_and_server_keeps_serving() {
 /// client that keeps the connection open.
 #[test]
 fn huge_declared_content_length_closes_the_connection_and_frees_the_request_thread() {
-    let server = TestServer::start(Config {
-        http_threads: 1,
-        ..test_config()
-    });
+    let server = TestServer::start(test_config());
     let addr = server.running.local_addr();
 
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -1423,13 +1420,11 @@ fn a_post_asking_to_upgrade_is_answered_without_waiting_for_the_client_to_close(
     assert_clean_shutdown(&server.shutdown(), 1);
 }
 
-/// A client that declares a body and stops sending holds a request thread
-/// for at most SOCKET_TIMEOUT; it gets 408 `body_timeout`, and the only
-/// request thread is then free for others.
+/// A client that declares a body and stops sending is cut off after
+/// SOCKET_TIMEOUT with 408 `body_timeout`; others are served meanwhile.
 #[test]
 fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
     let server = TestServer::start(Config {
-        http_threads: 1,
         socket_timeout: Duration::from_millis(300),
         // Far longer than DEADLINE: only the stall timeout can end it in time.
         body_timeout: Duration::from_secs(600),
@@ -1438,7 +1433,6 @@ fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
     let addr = server.running.local_addr();
     let mut stalled = TcpStream::connect(addr).expect("connect");
     stalled.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    // Over 1024 bytes declared, so the service (not tiny_http) reads it.
     stalled
         .write_all(
             b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
@@ -1458,17 +1452,15 @@ fn a_stalled_body_is_cut_off_after_the_socket_timeout() {
         "{body}"
     );
     assert_eq!(reply.header("connection"), Some("close"));
-    // The request thread is free again.
     assert_eq!(server.get("/products/none").status, 404);
     assert_clean_shutdown(&server.shutdown(), 0);
 }
 
 /// An error answered without reading a large declared body closes the
-/// connection instead of draining the body on the request thread.
+/// connection instead of draining the body on the connection's thread.
 #[test]
 fn an_unread_body_is_not_drained_on_the_request_thread() {
     let server = TestServer::start(Config {
-        http_threads: 1,
         // Far longer than DEADLINE: only closing can free the thread in time.
         socket_timeout: Duration::from_secs(600),
         ..test_config()
@@ -1489,8 +1481,8 @@ fn an_unread_body_is_not_drained_on_the_request_thread() {
         let reply = parse_raw(&answer);
         assert!(reply.status >= 400, "{answer}");
         assert_eq!(reply.header("connection"), Some("close"), "{request}");
-        // Keep `stream` open (the client never sends the body): the only
-        // request thread must still be free.
+        // Keep `stream` open (the client never sends the body): others are
+        // still served.
         assert_eq!(server.get("/products/none").status, 404, "after {request}");
         drop(stream);
     }

@@ -216,28 +216,32 @@ fn malformed_requests_get_problem_details_and_a_close() {
     server.shutdown();
 }
 
-/// A client trickling a large body holds a request thread; the others stay
-/// free for everyone else, and more large bodies get 503 `busy` at once.
+/// Clients that ask for a body to be read and then never send it hold
+/// their own connections and nothing else: every one of them is asked for
+/// its body ("100 Continue"), however many there are, and everyone else is
+/// served meanwhile.
 #[test]
-fn a_slow_body_cannot_take_every_request_thread() {
+fn slow_bodies_hold_only_their_own_connections() {
     let server = TestServer::start(Config {
-        http_threads: 2,
         socket_timeout: Duration::from_secs(60),
         ..test_config()
     });
     let addr = server.running.local_addr();
     let large_head = "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
                       Content-Length: 2000\r\nExpect: 100-continue\r\n\r\n";
-    // The slow client: the service asks for its body ("100 Continue") and
-    // then waits for bytes that do not come.
-    let mut slow = TcpStream::connect(addr).expect("connect");
-    slow.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    slow.write_all(large_head.as_bytes()).expect("send head");
-    let mut interim = [0u8; 25];
-    slow.read_exact(&mut interim).expect("100 Continue");
-    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"));
+    let slow: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut slow = TcpStream::connect(addr).expect("connect");
+            slow.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            slow.write_all(large_head.as_bytes()).expect("send head");
+            let mut interim = [0u8; 25];
+            slow.read_exact(&mut interim).expect("100 Continue");
+            assert!(interim.starts_with(b"HTTP/1.1 100 Continue"));
+            slow
+        })
+        .collect();
 
-    // Everyone else is still served by the other request thread.
+    // Everyone else is still served, large bodies included.
     assert_eq!(server.get("/healthz").status, 200);
     assert_eq!(
         server
@@ -245,24 +249,9 @@ fn a_slow_body_cannot_take_every_request_thread() {
             .status,
         202
     );
-    // Another large body would need a second body-reading thread: refused.
-    let mut second = TcpStream::connect(addr).expect("connect");
-    second.write_all(large_head.as_bytes()).expect("send head");
-    let answer = read_all(&mut second);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer.contains(r#""code":"busy""#) && answer.contains("Retry-After: 1"),
-        "{answer}"
-    );
-
-    // Once the slow client goes, large bodies are read again.
-    drop(slow);
     let body = format!(r#"{{"product_id":"large","stock":1{}}}"#, " ".repeat(1500));
-    let accepted = common::wait_until("a large body to be accepted again", || {
-        let r = server.post_event(&body);
-        (r.status == 202).then_some(r)
-    });
-    assert_eq!(accepted.json()["product_id"], "large");
+    assert_eq!(server.post_event(&body).json()["product_id"], "large");
+    drop(slow);
     server.wait_applied();
     server.shutdown();
 }
@@ -429,7 +418,6 @@ fn problem_code(answer: &str) -> String {
 fn a_body_trickled_inside_the_socket_timeout_is_cut_off_at_the_body_timeout() {
     let body_timeout = Duration::from_millis(400);
     let server = TestServer::start(Config {
-        http_threads: 2,
         socket_timeout: Duration::from_secs(600),
         body_timeout,
         ..test_config()
@@ -437,9 +425,7 @@ fn a_body_trickled_inside_the_socket_timeout_is_cut_off_at_the_body_timeout() {
     let addr = server.running.local_addr();
     let gap = Duration::from_millis(20);
     let heads: [&[u8]; 3] = [
-        // Read by the service (over 1024 bytes).
         b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{",
-        // Read by tiny_http before routing (1024 bytes or fewer).
         b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
         // Chunked: one chunk of 2000 bytes.
         b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{",
@@ -451,13 +437,12 @@ fn a_body_trickled_inside_the_socket_timeout_is_cut_off_at_the_body_timeout() {
         assert!(answer.contains("Connection: close"), "{answer}");
         assert!(took >= body_timeout, "cut off early, after {took:?}");
     }
-    // The body-reading slot is free again.
     let body = format!(r#"{{"product_id":"after","stock":1{}}}"#, " ".repeat(1500));
     assert_eq!(server.post_event(&body).status, 202);
     server.wait_applied();
     let metrics = server.get("/metrics").body;
     assert!(
-        metrics.contains("http_rejections_total{code=\"body_timeout\"} 1\n"),
+        metrics.contains("http_rejections_total{code=\"body_timeout\"} 3\n"),
         "{metrics}"
     );
     server.shutdown();
@@ -500,12 +485,64 @@ fn gauge(server: &TestServer, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
-/// With silent connections, head tricklers and body tricklers (every body
-/// slot) held open, another client's ordinary requests are all served, and
-/// the slow ones are still held afterwards.
+/// A `GET /products/x?min_seq=<far ahead>&wait=5` held open on its own
+/// connection: it is answered (not caught up) after 5 s.
+fn far_ahead_reader(server: &TestServer) -> JoinHandle<common::Reply> {
+    let url = server.url("/products/x?min_seq=1000000000&wait=5");
+    let agent = common::agent();
+    std::thread::spawn(move || common::read_reply(agent.get(&url).call()))
+}
+
+/// Issue 10's case, with the defaults: three POSTs trickling a 2000-byte
+/// body and a `min_seq` reader waiting 5 s used to take every request
+/// thread, and a health check then waited seconds. Each slow client now
+/// holds only its own connection: the health check is answered while all
+/// four are still held.
 #[test]
-fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
+fn a_health_check_is_answered_while_slow_bodies_and_a_waiting_reader_are_held() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    let slow_body = b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{";
+    let tricklers: Vec<Trickler> = (0..3)
+        .map(|_| Trickler::start(addr, slow_body, Duration::from_millis(100)))
+        .collect();
+    let reader = far_ahead_reader(&server);
+    common::wait_until("the four slow clients to be held", || {
+        (gauge(&server, "http_connections_open") >= 5
+            && gauge(&server, "min_seq_readers_waiting") == 1)
+            .then_some(())
+    });
+    let health = common::read_reply(common::agent().get(server.url("/healthz")).call());
+    assert_eq!(health.status, 200);
+    assert!(
+        !reader.is_finished(),
+        "the health check waited for the reader's 5 s"
+    );
+    assert_eq!(
+        gauge(&server, "http_connections_open"),
+        5,
+        "a slow client was let go early"
+    );
+    assert_eq!(
+        reader.join().expect("reader").header("x-caught-up"),
+        Some("false")
+    );
+    drop(tricklers);
+    server.shutdown();
+}
+
+/// Every kind of slow client at once, up to MAX_CONNECTIONS: silent
+/// connections, heads and bodies trickled a byte at a time, and `min_seq`
+/// readers waiting for a seq that will not come. Another client's ordinary
+/// requests are all answered before any slow one is done with, and a
+/// connection past the limit is refused at once.
+#[test]
+fn any_mix_of_slow_clients_up_to_max_connections_leaves_others_served() {
+    const EACH: usize = 12;
+    // The slow ones, and the ordinary client's one keep-alive connection.
+    let max_connections = 4 * EACH + 1;
     let server = TestServer::start(Config {
+        max_connections,
         // Long enough that no slow client is cut off during the test.
         header_timeout: Duration::from_secs(120),
         body_timeout: Duration::from_secs(120),
@@ -515,14 +552,13 @@ fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
     });
     let addr = server.running.local_addr();
     let gap = Duration::from_millis(50);
-    let silent: Vec<TcpStream> = (0..50)
+    let silent: Vec<TcpStream> = (0..EACH)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    let head_tricklers: Vec<Trickler> = (0..5)
+    let head_tricklers: Vec<Trickler> = (0..EACH)
         .map(|_| Trickler::start(addr, b"GET /healthz HTTP/1.1\r\nX-Slow: ", gap))
         .collect();
-    let readers = Config::default().http_threads - 1;
-    let body_tricklers: Vec<Trickler> = (0..readers)
+    let body_tricklers: Vec<Trickler> = (0..EACH)
         .map(|_| {
             Trickler::start(
                 addr,
@@ -531,28 +567,48 @@ fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
             )
         })
         .collect();
-    let held = (silent.len() + head_tricklers.len() + body_tricklers.len()) as u64;
-    common::wait_until("every slow client to be connected and reading", || {
-        (gauge(&server, "http_connections_open") >= held
-            && gauge(&server, "http_body_readers") == readers as u64)
+    let readers: Vec<_> = (0..EACH).map(|_| far_ahead_reader(&server)).collect();
+    common::wait_until("every slow client to be connected and held", || {
+        (gauge(&server, "http_connections_open") == max_connections as u64
+            && gauge(&server, "min_seq_readers_waiting") == EACH as u64)
             .then_some(())
     });
+    // Past the limit: refused at once, by the thread that accepted it.
+    common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n")
+        .assert_problem(503, "too_many_connections");
 
     for i in 0..100 {
         let id = format!("p{}", i % 10);
         let r = server.post_event(&format!(r#"{{"product_id":"{id}","stock":{i}}}"#));
         assert_eq!(r.status, 202, "{}", r.body);
         assert_eq!(server.get("/healthz").status, 200);
+        assert_eq!(
+            server
+                .get(&format!("/products/{id}?min_seq={}", r.json()["seq"]))
+                .status,
+            200
+        );
     }
-    server.wait_applied();
     assert_eq!(server.get("/products/p9").json()["stock"], 99);
-    // The slow clients were held all along, and still are.
-    assert!(gauge(&server, "http_connections_open") >= held);
-    assert_eq!(gauge(&server, "http_body_readers"), readers as u64);
+    // No slow client was done with meanwhile.
+    assert!(
+        readers.iter().all(|r| !r.is_finished()),
+        "a reader's 5 s ran out first"
+    );
+    assert_eq!(
+        gauge(&server, "http_connections_open"),
+        max_connections as u64
+    );
 
     drop(silent);
     drop(head_tricklers);
     drop(body_tricklers);
+    for reader in readers {
+        assert_eq!(
+            reader.join().expect("reader").header("x-caught-up"),
+            Some("false")
+        );
+    }
     common::wait_until("the slow clients' connections to close", || {
         (gauge(&server, "http_connections_open") <= 1).then_some(())
     });
@@ -561,12 +617,11 @@ fn slow_and_silent_clients_do_not_stop_others_from_being_served() {
 
 /// A client that pipelines requests and never reads the answers: the
 /// service stops reading from it once an answer is stuck, instead of
-/// queueing everything it sends (memory, and everyone else's requests
-/// behind its own), and it holds one request thread, not all of them.
+/// queueing everything it sends (memory), and it holds its own connection's
+/// thread, nothing else.
 #[test]
 fn pipelined_requests_are_not_read_without_limit() {
     let server = TestServer::start(Config {
-        http_threads: 2,
         // Far longer than the test: the write timeout plays no part here.
         socket_timeout: Duration::from_secs(600),
         ..test_config()
@@ -596,13 +651,12 @@ fn pipelined_requests_are_not_read_without_limit() {
     server.shutdown();
 }
 
-/// A client that does not read its answers holds the thread answering it
+/// A client that does not read its answers holds its connection's thread
 /// for at most SOCKET_TIMEOUT (the write timeout); then its connection is
 /// closed, rather than each further request waiting out the timeout again.
 #[test]
 fn a_client_that_does_not_read_is_disconnected_after_the_socket_timeout() {
     let server = TestServer::start(Config {
-        http_threads: 1,
         socket_timeout: Duration::from_millis(300),
         ..test_config()
     });

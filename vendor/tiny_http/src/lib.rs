@@ -119,6 +119,8 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+// PATCHED (product-update-service): requests answered on their connection's thread.
+pub mod inline;
 // PATCHED (product-update-service)
 mod limits;
 mod request;

@@ -26,6 +26,9 @@ pub enum Rejection {
     /// 400: `Content-Length` is not one decimal number (RFC 9112 §6.3 says
     /// such a message cannot be framed, so the connection must close).
     InvalidContentLength,
+    /// 400: a `Transfer-Encoding` other than `chunked` alone (the inline
+    /// server, `crate::inline`, decodes chunked and nothing else).
+    UnsupportedTransferEncoding,
     /// 408: the request head did not arrive within `head_timeout`.
     HeadTimeout,
     /// 408: a body tiny_http reads itself (up to 1024 bytes, read before the
@@ -50,7 +53,8 @@ impl Rejection {
         match self {
             Rejection::MalformedRequestLine
             | Rejection::MalformedHeader
-            | Rejection::InvalidContentLength => 400,
+            | Rejection::InvalidContentLength
+            | Rejection::UnsupportedTransferEncoding => 400,
             Rejection::HeadTimeout | Rejection::BodyTimeout => 408,
             Rejection::ExpectationFailed => 417,
             Rejection::HeadTooLarge => 431,

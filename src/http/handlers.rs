@@ -1,0 +1,391 @@
+//! The handlers: what each route answers. [`Api`] holds what they share
+//! (the intake to queue events, the store to read products, the watermark
+//! for `min_seq` reads, the counts for `/metrics`); each handler fills in
+//! the [`Response`] and returns `Ok`, or returns the [`ApiError`] that
+//! `server.rs` renders as problem details.
+//!
+//! Handlers run on the connection's thread. `POST /events` answers as
+//! soon as the event is in the queue (202) or the queue refuses it (503):
+//! it never waits for a worker. `GET /products/{id}?min_seq=N` may wait,
+//! up to `wait` seconds, for the workers; that holds only its own
+//! connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tiny_http::inline::{Request, Response};
+
+use super::wire;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{self, Product};
+use crate::problem::{ApiError, NotReady};
+use crate::progress::Progress;
+use crate::queue::{Intake, SubmitError};
+use crate::request_id::RequestId;
+use crate::stats::Stats;
+use crate::store::{Seq, Store};
+use crate::worker::WorkerCounters;
+
+/// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
+pub const HIGH_WATER_PERCENT: usize = 90;
+/// Longest `wait` of a `min_seq` read (and its default).
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+/// Products per page of `GET /products` unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest `limit`.
+pub const MAX_PAGE: usize = 1000;
+
+/// The OpenAPI 3.1 description of this API, written by hand and checked
+/// against the live service by `tests/openapi.rs` and schemathesis.
+const OPENAPI: &str = include_str!("../openapi.json");
+
+const JSON: &str = "application/json";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the handlers share; one per service, behind an `Arc`.
+pub struct Api {
+    pub(crate) intake: Arc<Intake>,
+    pub(crate) store: Store,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) counters: Arc<WorkerCounters>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Config,
+    /// Connections being served (the HTTP server keeps the count).
+    pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Set when shutdown begins: `/readyz` says so, every answer asks the
+    /// client to close.
+    pub(crate) draining: AtomicBool,
+}
+
+impl Api {
+    /// Shutdown step 1: close the intake. From here on `POST /events` answers
+    /// 503 `shutting_down`, `/readyz` 503 `draining`, and every answer says
+    /// `Connection: close`. Returns how many events were accepted in all.
+    pub fn begin_drain(&self) -> u64 {
+        self.draining.store(true, Ordering::Relaxed);
+        self.intake.close()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every count, read now from its owner.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            accepted: self.intake.accepted(),
+            applied: self.counters.applied.load(Ordering::Relaxed),
+            panics: self.counters.panics.load(Ordering::Relaxed),
+            stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),
+            queue_depth: self.intake.depth(),
+            queue_capacity: self.intake.capacity(),
+            products: self.store.len(),
+            workers: self.config.workers,
+            waiting_readers: self.progress.waiting(),
+            idempotency_window: self.intake.window_len(),
+            open_connections: self.open_connections.load(Ordering::Relaxed),
+            max_connections: self.config.max_connections,
+        }
+    }
+
+    /// `POST /events`: check, read and decode the body, queue the event.
+    pub fn post_event(
+        &self,
+        request: &mut Request<'_>,
+        request_id: RequestId<'_>,
+        response: &mut Response,
+    ) -> Result<(), ApiError> {
+        wire::check_content_type(request)?;
+        let body = wire::read_body(request, &self.config)?;
+        let update = model::decode_event(body).map_err(ApiError::Event)?;
+        // The count is a lock-free read; the map is only consulted at the limit.
+        let max_products = self.config.max_products;
+        if self.store.len() >= max_products && !self.store.contains(&update.product_id) {
+            return Err(ApiError::ProductLimit {
+                limit: max_products,
+            });
+        }
+        let product_id = update.product_id.clone();
+        let event_id = update.event_id.clone();
+        let submitted = self
+            .intake
+            .submit(update, request_id.to_owned())
+            .map_err(|e| match e {
+                SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
+                SubmitError::ShuttingDown => ApiError::ShuttingDown,
+                SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
+                    event_id: event_id.as_deref().unwrap_or_default().to_owned(),
+                    seq,
+                },
+            })?;
+        let (status, word) = if submitted.duplicate {
+            self.metrics.duplicate();
+            (200, "duplicate")
+        } else {
+            (202, "accepted")
+        };
+        reply_json(
+            response,
+            status,
+            &Accepted {
+                status: word,
+                seq: submitted.seq,
+                product_id: &product_id,
+                // Only meaningful (and only sent) when the client gave an id.
+                duplicate: event_id.is_some().then_some(submitted.duplicate),
+            },
+        );
+        Ok(())
+    }
+
+    /// `GET /products/{id}`: the product, with an `ETag`; `If-None-Match`
+    /// with that tag (or `*`) answers 304 without a body, so pollers pay
+    /// almost nothing while nothing changes. With `min_seq`, first waits
+    /// for the watermark (see [`Api::wait_for_min_seq`]); its headers stay
+    /// on a 404 too.
+    pub fn get_product(
+        &self,
+        raw_id: &str,
+        query: &str,
+        request: &Request<'_>,
+        response: &mut Response,
+    ) -> Result<(), ApiError> {
+        let id = wire::percent_decode(raw_id)?;
+        model::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
+        self.wait_for_min_seq(query, response)?;
+        let Some(product) = self.store.get(&id) else {
+            return Err(ApiError::ProductNotFound {
+                product_id: id.into_owned(),
+            });
+        };
+        let tag = product.tag;
+        let unchanged = request.header("If-None-Match").is_some_and(|tags| {
+            tags.split(',').any(|t| {
+                let t = t.trim();
+                let t = t.strip_prefix("W/").unwrap_or(t);
+                t == "*"
+                    || t.strip_prefix('"')
+                        .and_then(|t| t.strip_suffix('"'))
+                        .is_some_and(|t| tag_is(t, &tag))
+            })
+        });
+        response.add_header_fmt("ETag", format_args!("\"{tag}\""));
+        if unchanged {
+            response.set_status(304);
+        } else {
+            reply_json(
+                response,
+                200,
+                &Product {
+                    product_id: &id,
+                    price: product.price,
+                    stock: product.stock,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Read-your-writes: with `min_seq=N` (and optionally `wait=S`, seconds,
+    /// at most [`MAX_WAIT`]), blocks until every event up to seq N is
+    /// applied or the wait runs out, and says which in `X-Caught-Up` and
+    /// `X-Applied-Through`. No polling: the thread parks until the
+    /// watermark reaches N (see `progress.rs`). Other query parameters are
+    /// ignored.
+    fn wait_for_min_seq(&self, query: &str, response: &mut Response) -> Result<(), ApiError> {
+        let mut min_seq = None;
+        let mut wait = MAX_WAIT;
+        for (name, value) in wire::query_pairs(query) {
+            match name {
+                "min_seq" => {
+                    min_seq = Some(value.parse::<Seq>().map_err(|_| {
+                        wire::invalid_query(
+                            name,
+                            "must be a seq from a 202 (a non-negative integer)",
+                        )
+                    })?);
+                }
+                "wait" => {
+                    wait = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && (0.0..=MAX_WAIT.as_secs_f64()).contains(s))
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| {
+                            wire::invalid_query(name, "must be a number of seconds from 0 to 5")
+                        })?;
+                }
+                // Other parameters (cache busters, say) are ignored, as they
+                // always were on this route.
+                _ => {}
+            }
+        }
+        let Some(min_seq) = min_seq else {
+            return Ok(());
+        };
+        let mut through = self.progress.through();
+        if through < min_seq {
+            through = self.progress.wait_through(min_seq, Instant::now() + wait);
+        }
+        let caught_up = if through >= min_seq { "true" } else { "false" };
+        response.add_header("X-Caught-Up", caught_up);
+        response.add_header_fmt("X-Applied-Through", format_args!("{through}"));
+        Ok(())
+    }
+
+    /// `GET /products?limit=N&cursor=C`: one page, ids in byte order.
+    pub fn list_products(&self, query: &str, response: &mut Response) -> Result<(), ApiError> {
+        let mut limit = DEFAULT_PAGE;
+        let mut after = None;
+        for (name, value) in wire::query_pairs(query) {
+            match name {
+                "limit" => {
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            wire::invalid_query(
+                                name,
+                                format!("must be an integer from 1 to {MAX_PAGE}"),
+                            )
+                        })?;
+                }
+                "cursor" => {
+                    after = Some(wire::cursor_decode(value).ok_or_else(|| {
+                        wire::invalid_query(
+                            name,
+                            "must be a next_cursor value from a previous page (an even number of hex digits)",
+                        )
+                    })?);
+                }
+                _ => {
+                    return Err(wire::invalid_query(
+                        name,
+                        "is unknown; use limit and cursor",
+                    ));
+                }
+            }
+        }
+        let page = self.store.list_after(after.as_deref(), limit);
+        let next_cursor = (page.len() == limit)
+            .then(|| page.last().map(|(id, _)| wire::cursor_encode(id)))
+            .flatten();
+        let products: Vec<Product<'_>> = page
+            .iter()
+            .map(|(id, state)| Product {
+                product_id: id,
+                price: state.price.clone(),
+                stock: state.stock,
+            })
+            .collect();
+        reply_json(
+            response,
+            200,
+            &Page {
+                products,
+                next_cursor,
+            },
+        );
+        Ok(())
+    }
+
+    /// `/healthz`: the process can answer.
+    pub fn healthz(&self, response: &mut Response) -> Result<(), ApiError> {
+        reply_json(response, 200, &Status { status: "ok" });
+        Ok(())
+    }
+
+    /// `/readyz`: ready unless draining or the queue is above its high-water
+    /// mark ([`HIGH_WATER_PERCENT`] of `QUEUE_SIZE`).
+    pub fn readyz(&self, response: &mut Response) -> Result<(), ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::NotReady(NotReady::Draining));
+        }
+        let (depth, capacity) = (self.intake.depth(), self.intake.capacity());
+        if depth * 100 >= capacity * HIGH_WATER_PERCENT {
+            return Err(ApiError::NotReady(NotReady::QueueAboveHighWater {
+                depth,
+                capacity,
+            }));
+        }
+        reply_json(response, 200, &Status { status: "ready" });
+        Ok(())
+    }
+
+    /// `/metrics`: the Prometheus exposition.
+    pub fn metrics(&self, response: &mut Response) -> Result<(), ApiError> {
+        response.set_status(200);
+        response.add_header("Content-Type", PROMETHEUS);
+        response.set_body(self.metrics.render(&self.stats()).as_bytes());
+        Ok(())
+    }
+
+    /// `/openapi.json`: the document.
+    pub fn openapi(&self, response: &mut Response) -> Result<(), ApiError> {
+        response.set_status(200);
+        response.add_header("Content-Type", JSON);
+        response.set_body(OPENAPI.as_bytes());
+        Ok(())
+    }
+}
+
+/// Whether the text of an entity tag (without its quotes) is `tag`,
+/// compared without formatting `tag` into a string.
+fn tag_is(text: &str, tag: &crate::store::Tag) -> bool {
+    use std::fmt::Write;
+    struct Compare<'a> {
+        rest: &'a str,
+        same: bool,
+    }
+    impl Write for Compare<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match self.rest.strip_prefix(s) {
+                Some(rest) if self.same => self.rest = rest,
+                _ => self.same = false,
+            }
+            Ok(())
+        }
+    }
+    let mut compare = Compare {
+        rest: text,
+        same: true,
+    };
+    let _ = write!(compare, "{tag}");
+    compare.same && compare.rest.is_empty()
+}
+
+/// A JSON answer: status, content type, body serialized in place.
+fn reply_json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
+    response.set_status(status);
+    response.add_header("Content-Type", JSON);
+    // Our answers are structs of strings and numbers: cannot fail.
+    let _ = serde_json::to_writer(response.body_mut(), value);
+}
+
+/// The 202 acknowledgement.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    status: &'static str,
+    seq: Seq,
+    product_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+/// One page of `GET /products`.
+#[derive(Serialize)]
+struct Page<'a> {
+    products: Vec<Product<'a>>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `{"status":"ok"}` and `{"status":"ready"}`.
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}

@@ -1,0 +1,31 @@
+//! The HTTP side, in the order a request meets it:
+//!
+//! 1. [`server`]: the connection threads' entry point. The vendored
+//!    tiny_http reads a request on its connection's thread and calls
+//!    `Dispatch::handle` on that same thread, which gives the request its
+//!    id, routes it, answers it, and counts and logs the answer.
+//! 2. [`route`]: the method and path, parsed once into a `Route` that picks
+//!    the handler and is the metrics label.
+//! 3. [`handlers`]: what each route answers, from the intake, the store and
+//!    the watermark the handlers share (`Api`).
+//! 4. [`wire`]: the small parsing jobs under the handlers (body with its
+//!    limit, `Content-Type`, percent-decoding, query, cursor).
+//!
+//! Routes:
+//!
+//! | method    | path             | answer                                  |
+//! |-----------|------------------|-----------------------------------------|
+//! | POST      | `/events`        | 202 + `{"status":"accepted","seq":..}`  |
+//! | GET, HEAD | `/products/{id}` | 200 + the product, or 404               |
+//! | GET, HEAD | `/products`      | 200 + one page of products              |
+//! | GET, HEAD | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` | operability |
+//!
+//! Every error is an `ApiError` rendered as problem details.
+
+pub mod handlers;
+pub mod route;
+pub mod server;
+pub mod wire;
+
+pub use handlers::Api;
+pub use server::HttpServer;

@@ -1,0 +1,66 @@
+//! Counts: [`Stats`] at any moment (for `Running::stats` and for the
+//! gauges of `GET /metrics`, from one reading), and the [`ShutdownReport`]
+//! at the end.
+//!
+//! Nothing here is kept: every number is read from the part that owns it
+//! (the intake, the workers' counters, the store, the watermark, the
+//! connection count) when someone asks.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Counts at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events answered 202.
+    pub accepted: u64,
+    /// Events applied to the store.
+    pub applied: u64,
+    /// Events whose apply panicked (caught; the worker went on).
+    pub panics: u64,
+    /// Fields skipped because a newer event had already set them.
+    pub stale_fields: u64,
+    /// Events waiting in the queue.
+    pub queue_depth: usize,
+    /// Events the queue holds at most (`QUEUE_SIZE`).
+    pub queue_capacity: usize,
+    /// Products in the store.
+    pub products: usize,
+    /// Worker threads (`WORKERS`).
+    pub workers: usize,
+    /// `GET /products/{id}?min_seq=…` requests waiting for the workers.
+    pub waiting_readers: usize,
+    /// `event_id`s remembered for recognising retries.
+    pub idempotency_window: usize,
+    /// Client connections being served.
+    pub open_connections: usize,
+    /// `MAX_CONNECTIONS`.
+    pub max_connections: usize,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Events answered 202 over the service's life.
+    pub accepted: u64,
+    /// Events applied to the store.
+    pub applied: u64,
+    /// Events whose apply panicked.
+    pub panics: u64,
+    /// Accepted events never applied because the drain deadline passed.
+    pub not_applied: u64,
+    /// True if the queue was empty before the deadline.
+    pub drained: bool,
+    /// Time from the start of shutdown to the end.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} applied={} panicked={} not_applied={} drained={} elapsed={:?}",
+            self.accepted, self.applied, self.panics, self.not_applied, self.drained, self.elapsed
+        )
+    }
+}

@@ -1,0 +1,224 @@
+//! PATCHED (product-update-service): one connection, on its thread: read a
+//! head, hand the request to the handler, write the answer, and again,
+//! until the client or the server ends it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::head::{self, Head};
+use super::io::{Io, Wait};
+use super::request::{BodyState, Request};
+use super::response::Response;
+use super::server::{Entry, Shared, BUSY, IDLE};
+use super::Rejection;
+use crate::common::Method;
+
+/// Buffers a thread reuses for every connection it serves.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    head: Head,
+    response: Response,
+    scratch: Vec<u8>,
+}
+
+/// Pipelined answers are written together up to this size.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
+/// How reading a head ended, when it did not produce one.
+enum NoHead {
+    /// The client closed, went silent while idle, or the read failed:
+    /// nothing to answer.
+    Quiet,
+    /// Answer this, then close.
+    Refuse(Rejection),
+}
+
+pub(crate) fn serve(
+    shared: &Shared,
+    entry: &Entry,
+    stream: Arc<TcpStream>,
+    remote_addr: Option<SocketAddr>,
+    buffers: &mut Buffers,
+) {
+    let config = &shared.config;
+    // Reads are bounded per phase (see `io.rs`); writes by the socket timeout.
+    let _ = stream.set_write_timeout(Some(config.socket_timeout));
+    // One write per answer: nothing for Nagle's algorithm to coalesce.
+    let _ = stream.set_nodelay(true);
+    let mut io = Io::new(
+        stream,
+        std::mem::take(&mut buffers.input),
+        std::mem::take(&mut buffers.output),
+        config.socket_timeout,
+        config.keep_alive_timeout,
+    );
+    let linger = loop {
+        let head_len = match read_head(&mut io, config.max_head_bytes, config.head_timeout) {
+            Ok(len) => len,
+            Err(NoHead::Quiet) => break false,
+            Err(NoHead::Refuse(rejection)) => {
+                answer_refusal(shared, &mut io, rejection, &mut buffers.response);
+                break true;
+            }
+        };
+        // IDLE -> BUSY: from here the request is answered even if the
+        // server stops meanwhile; `stop` may have closed it already.
+        if entry
+            .state
+            .compare_exchange(IDLE, BUSY, SeqCst, SeqCst)
+            .is_err()
+        {
+            answer_refusal(
+                shared,
+                &mut io,
+                Rejection::ShuttingDown,
+                &mut buffers.response,
+            );
+            break true;
+        }
+        let parsed = buffers.head.parse(&io.buffered()[..head_len]);
+        io.consume(head_len);
+        if let Err(rejection) = parsed {
+            answer_refusal(shared, &mut io, rejection, &mut buffers.response);
+            break true;
+        }
+        let head = &buffers.head;
+        let framing = head.framing;
+        let response = &mut buffers.response;
+        response.reset();
+        let mut request = Request {
+            head,
+            io: &mut io,
+            body: match (framing.chunked, framing.content_length) {
+                (true, _) => BodyState::Chunked(Default::default()),
+                (false, Some(len)) if len > 0 => BodyState::Length(len),
+                _ => BodyState::Done,
+            },
+            body_deadline: None,
+            body_timeout: config.body_timeout,
+            continue_pending: framing.expect_continue,
+            scratch: &mut buffers.scratch,
+            remote_addr,
+        };
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+            shared.handler.handle(&mut request, response)
+        }));
+        let body_done = request.body_done();
+        let with_body = *head.method() != Method::Head;
+        let close = framing.last_request
+            || !body_done
+            || handled.is_err()
+            || response.wants_close()
+            || shared.stopping.load(SeqCst);
+        if handled.is_err() {
+            log::error!(
+                "inline server: the handler panicked; answering 500 and closing the connection"
+            );
+            response.reset();
+            response.set_status(500);
+        }
+        let connection = if close {
+            Some("close")
+        } else if framing.keep_alive_1_0 {
+            Some("keep-alive")
+        } else {
+            None
+        };
+        response.write_to(io.output(), with_body, connection);
+        if close {
+            break !body_done;
+        }
+        // Write now unless a pipelined request is already waiting, whose
+        // answer can go out with this one.
+        if io.buffered().is_empty() || io.pending_output() >= MAX_PENDING_OUTPUT {
+            let _ = io.flush();
+        }
+        if io.broken {
+            break false;
+        }
+        // BUSY -> IDLE: announce, then look (see `server.rs`).
+        entry.state.store(IDLE, SeqCst);
+        if shared.stopping.load(SeqCst) {
+            break false;
+        }
+    };
+    io.close(linger);
+    let (input, output) = io.into_buffers();
+    buffers.input = input;
+    buffers.output = output;
+}
+
+/// Reads until `io` holds a whole head; returns its length.
+fn read_head(
+    io: &mut Io,
+    max_head_bytes: usize,
+    head_timeout: std::time::Duration,
+) -> Result<usize, NoHead> {
+    let mut scanned = 0;
+    let mut deadline = None;
+    loop {
+        let buffered = io.buffered();
+        if !buffered.is_empty() {
+            // The head's clock starts at its first byte.
+            deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+            if let Some(end) = head::find_end(buffered, scanned) {
+                return if end <= max_head_bytes {
+                    Ok(end)
+                } else {
+                    Err(NoHead::Refuse(Rejection::HeadTooLarge))
+                };
+            }
+            if buffered.len() >= max_head_bytes {
+                return Err(NoHead::Refuse(Rejection::HeadTooLarge));
+            }
+            scanned = buffered.len();
+        }
+        let wait = deadline.map_or(Wait::Idle, Wait::Until);
+        match io.fill(wait, max_head_bytes) {
+            Ok(0) => return Err(NoHead::Quiet),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && deadline.is_some() => {
+                return Err(NoHead::Refuse(Rejection::HeadTimeout))
+            }
+            // Idle too long, or the connection failed: nothing to answer.
+            Err(_) => return Err(NoHead::Quiet),
+        }
+    }
+}
+
+fn answer_refusal(shared: &Shared, io: &mut Io, rejection: Rejection, response: &mut Response) {
+    response.reset();
+    response.set_status(rejection.status());
+    let rendered = panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.handler.refuse(rejection, response)
+    }));
+    if rendered.is_err() {
+        response.reset();
+        response.set_status(rejection.status());
+    }
+    response.write_to(io.output(), true, Some("close"));
+}
+
+/// Answers `rejection` on a connection that is not served, and closes it.
+pub(crate) fn refuse(
+    shared: &Shared,
+    stream: &Arc<TcpStream>,
+    rejection: Rejection,
+    buffers: &mut Buffers,
+) {
+    let mut io = Io::new(
+        Arc::clone(stream),
+        Vec::new(),
+        std::mem::take(&mut buffers.output),
+        shared.config.socket_timeout,
+        shared.config.keep_alive_timeout,
+    );
+    answer_refusal(shared, &mut io, rejection, &mut buffers.response);
+    io.close(false);
+    buffers.output = io.into_buffers().1;
+}

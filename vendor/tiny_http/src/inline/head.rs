@@ -1,0 +1,384 @@
+//! PATCHED (product-update-service): finding and parsing a request head
+//! (RFC 9112 §2-3, §5-6) for the inline server, without an allocation per
+//! request: the head is copied into a `String` the connection reuses, and
+//! the request line and fields are kept as ranges into it.
+//!
+//! What the parser decides here, so that nothing downstream guesses:
+//! - the head is ASCII (as upstream requires; a non-ASCII byte is a
+//!   malformed request), lines end in CRLF or a bare LF;
+//! - the request line is exactly `method SP target SP HTTP/x.y`, the
+//!   method a token, the target without spaces or control characters;
+//!   HTTP/1.0 and 1.1 are served, 2 and above get 505;
+//! - a field is `name: value` with a token name and no space before the
+//!   colon; an obsolete line folding (a line starting with a space) is
+//!   malformed;
+//! - the body's framing: `Transfer-Encoding: chunked` wins over
+//!   `Content-Length` (and then the connection closes after the answer, as
+//!   RFC 9112 §6.3 asks); any other transfer coding is refused (the body
+//!   would reach the application still encoded); every `Content-Length`
+//!   must be the same run of digits;
+//! - `Connection` (`close`, `keep-alive`, `upgrade`) and
+//!   `Expect: 100-continue` (anything else gets 417).
+
+use std::ops::Range;
+use std::str::FromStr;
+
+use crate::common::{HTTPVersion, Method};
+use crate::limits::Rejection;
+
+/// Where a head ends in `bytes`, searching from `from`: the index just past
+/// the empty line that ends it. `from` lets a caller resume the search as
+/// more bytes arrive; a head is the bytes before the first empty line.
+pub(crate) fn find_end(bytes: &[u8], from: usize) -> Option<usize> {
+    // An empty line is a `\n` followed by `\n` or by `\r\n`. Start one
+    // byte early so that an end split across two reads is found.
+    let mut i = from.saturating_sub(2);
+    while let Some(offset) = bytes[i..].iter().position(|&b| b == b'\n') {
+        let at = i + offset;
+        match bytes.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if bytes.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => {}
+        }
+        i = at + 1;
+    }
+    None
+}
+
+/// A parsed request head.
+#[derive(Default)]
+pub(crate) struct Head {
+    /// The head as received (ASCII), reused from request to request.
+    text: String,
+    method: Option<Method>,
+    target: Range<usize>,
+    version: (u8, u8),
+    /// Each field's name and value (value without surrounding whitespace).
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    pub(crate) framing: Framing,
+}
+
+/// What the head says about the body and the connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Framing {
+    pub(crate) content_length: Option<u64>,
+    pub(crate) chunked: bool,
+    pub(crate) expect_continue: bool,
+    /// The client will send nothing more after this request: it said
+    /// `Connection: close`, or is HTTP/1.0 without `keep-alive`, or asked
+    /// for an upgrade (which this server does not do).
+    pub(crate) last_request: bool,
+    /// HTTP/1.0 with `Connection: keep-alive`: the answer must say so.
+    pub(crate) keep_alive_1_0: bool,
+    /// Both `Transfer-Encoding` and `Content-Length`: close after the
+    /// answer (a request-smuggling shape).
+    pub(crate) ambiguous: bool,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_tchar)
+}
+
+/// Splits `text` into lines (without their line ends), with their ranges.
+fn lines(text: &str) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= text.len() {
+            return None;
+        }
+        let rest = &text.as_bytes()[start..];
+        let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let mut end = start + len;
+        if end > start && text.as_bytes()[end - 1] == b'\r' {
+            end -= 1;
+        }
+        let line = start..end;
+        start += len + 1;
+        Some(line)
+    })
+}
+
+fn trim(text: &str, range: Range<usize>) -> Range<usize> {
+    let bytes = text.as_bytes();
+    let (mut start, mut end) = (range.start, range.end);
+    while start < end && matches!(bytes[start], b' ' | b'\t') {
+        start += 1;
+    }
+    while end > start && matches!(bytes[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    start..end
+}
+
+impl Head {
+    /// Parses `raw`, the bytes of one head up to and including its empty
+    /// line. On error, the rejection to answer with.
+    pub(crate) fn parse(&mut self, raw: &[u8]) -> Result<(), Rejection> {
+        self.text.clear();
+        self.fields.clear();
+        self.framing = Framing::default();
+        self.method = None;
+        // ASCII, and no control characters but HT, CR and LF: anything
+        // else cannot be a request line or a field.
+        let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+        if let Some(bad) = raw.iter().position(|&b| {
+            !(b.is_ascii() && (b >= 0x20 || matches!(b, b'\t' | b'\r' | b'\n')) && b != 0x7f)
+        }) {
+            return Err(if bad < request_line_end {
+                Rejection::MalformedRequestLine
+            } else {
+                Rejection::MalformedHeader
+            });
+        }
+        match std::str::from_utf8(raw) {
+            Ok(text) => self.text.push_str(text),
+            Err(_) => return Err(Rejection::MalformedRequestLine),
+        }
+        let text = self.text.as_str();
+        let mut lines = lines(text);
+        let line = lines.next().ok_or(Rejection::MalformedRequestLine)?;
+        let (method, target, version) = parse_request_line(text, line)?;
+        self.target = target;
+        self.version = version;
+        let mut framing = Framing::default();
+        let mut content_length: Option<u64> = None;
+        let mut transfer_encoding = false;
+        let (mut close, mut keep_alive) = (false, false);
+        let mut fields = std::mem::take(&mut self.fields);
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let bytes = &text.as_bytes()[line.clone()];
+            // Obsolete line folding, or a CR that does not end the line.
+            if matches!(bytes[0], b' ' | b'\t') || bytes.contains(&b'\r') {
+                return Err(Rejection::MalformedHeader);
+            }
+            let colon = bytes
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(Rejection::MalformedHeader)?;
+            let name = line.start..line.start + colon;
+            if !is_token(&text[name.clone()]) {
+                return Err(Rejection::MalformedHeader);
+            }
+            let value = trim(text, line.start + colon + 1..line.end);
+            let (name_str, value_str) = (&text[name.clone()], &text[value.clone()]);
+            if name_str.eq_ignore_ascii_case("content-length") {
+                let n = if !value_str.is_empty() && value_str.bytes().all(|b| b.is_ascii_digit()) {
+                    value_str.parse::<u64>().ok()
+                } else {
+                    None
+                };
+                match (n, content_length) {
+                    (Some(n), None) => content_length = Some(n),
+                    (Some(n), Some(seen)) if n == seen => {}
+                    _ => return Err(Rejection::InvalidContentLength),
+                }
+            } else if name_str.eq_ignore_ascii_case("transfer-encoding") {
+                // Only `chunked`, alone: another coding (gzip, ...) would
+                // be handed to the application still encoded.
+                if transfer_encoding || !value_str.eq_ignore_ascii_case("chunked") {
+                    return Err(Rejection::UnsupportedTransferEncoding);
+                }
+                transfer_encoding = true;
+                framing.chunked = true;
+            } else if name_str.eq_ignore_ascii_case("connection") {
+                for token in value_str.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade")
+                    {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+            } else if name_str.eq_ignore_ascii_case("expect") {
+                if value_str.eq_ignore_ascii_case("100-continue") {
+                    framing.expect_continue = true;
+                } else {
+                    return Err(Rejection::ExpectationFailed);
+                }
+            }
+            fields.push((name, value));
+        }
+        self.fields = fields;
+        if transfer_encoding {
+            framing.ambiguous = content_length.is_some();
+        } else {
+            framing.content_length = content_length;
+        }
+        let http_1_0 = version == (1, 0);
+        framing.last_request = close || (http_1_0 && !keep_alive) || framing.ambiguous;
+        framing.keep_alive_1_0 = http_1_0 && keep_alive && !framing.last_request;
+        self.framing = framing;
+        // Parsed last: `Method::from_str` allocates for a method it does not know.
+        self.method = Some(Method::from_str(method).map_err(|()| Rejection::MalformedRequestLine)?);
+        Ok(())
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        // `parse` succeeded before anyone asks.
+        self.method.as_ref().unwrap_or(&Method::Get)
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.text[self.target.clone()]
+    }
+
+    pub(crate) fn version(&self) -> HTTPVersion {
+        HTTPVersion(self.version.0, self.version.1)
+    }
+
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.fields
+            .iter()
+            .map(move |(name, value)| (&self.text[name.clone()], &self.text[value.clone()]))
+    }
+
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+        self.fields()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+}
+
+/// A request line's parts: the method's text, where the target is, the
+/// version.
+type RequestLine<'a> = (&'a str, Range<usize>, (u8, u8));
+
+/// `method SP request-target SP HTTP-version`.
+fn parse_request_line(text: &str, line: Range<usize>) -> Result<RequestLine<'_>, Rejection> {
+    let line_text = &text[line.clone()];
+    let mut parts = line_text.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Rejection::MalformedRequestLine);
+    };
+    if !is_token(method) || target.is_empty() || target.contains(['\t', '\r']) {
+        return Err(Rejection::MalformedRequestLine);
+    }
+    let version = match version.as_bytes() {
+        b"HTTP/1.1" => (1, 1),
+        b"HTTP/1.0" => (1, 0),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() && *major >= b'2' =>
+        {
+            return Err(Rejection::VersionNotSupported)
+        }
+        _ => return Err(Rejection::MalformedRequestLine),
+    };
+    let start = line.start + method.len() + 1;
+    Ok((method, start..start + target.len(), version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Head, Rejection> {
+        let mut head = Head::default();
+        head.parse(raw.as_bytes()).map(|()| head)
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head_however_it_is_split() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody";
+        assert_eq!(find_end(raw, 0), Some(raw.len() - 4));
+        for split in 0..raw.len() {
+            let found = find_end(&raw[..split], 0).or_else(|| find_end(raw, split));
+            assert_eq!(found, Some(raw.len() - 4), "split at {split}");
+        }
+        assert_eq!(find_end(b"GET / HTTP/1.1\nHost: x\n\n", 0), Some(24));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+
+    #[test]
+    fn parses_the_request_line_and_fields() {
+        let head = parse(
+            "POST /events?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length:  12 \r\nX-Empty:\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(*head.method(), Method::Post);
+        assert_eq!(head.target(), "/events?a=1");
+        assert_eq!(head.version(), HTTPVersion(1, 1));
+        assert_eq!(head.field("content-length"), Some("12"));
+        assert_eq!(head.field("x-empty"), Some(""));
+        assert_eq!(head.field("nope"), None);
+        assert_eq!(head.framing.content_length, Some(12));
+        assert!(!head.framing.last_request);
+    }
+
+    #[test]
+    fn refuses_what_is_not_http() {
+        use Rejection::*;
+        for (raw, expected) in [
+            ("GET /\r\n\r\n", MalformedRequestLine),
+            ("GET  / HTTP/1.1\r\n\r\n", MalformedRequestLine),
+            ("G(T / HTTP/1.1\r\n\r\n", MalformedRequestLine),
+            ("GET / HTTP/1.1 extra\r\n\r\n", MalformedRequestLine),
+            ("GET / HTTP/0.9\r\n\r\n", MalformedRequestLine),
+            ("GET /\u{e9} HTTP/1.1\r\n\r\n", MalformedRequestLine),
+            ("GET / HTTP/2.0\r\n\r\n", VersionNotSupported),
+            ("GET / HTTP/1.1\r\nNo colon\r\n\r\n", MalformedHeader),
+            ("GET / HTTP/1.1\r\nName : v\r\n\r\n", MalformedHeader),
+            ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", MalformedHeader),
+            ("GET / HTTP/1.1\r\nA: caf\u{e9}\r\n\r\n", MalformedHeader),
+            ("GET / HTTP/1.1\r\nA: b\x01\r\n\r\n", MalformedHeader),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                "GET / HTTP/1.1\r\nExpect: the-moon\r\n\r\n",
+                ExpectationFailed,
+            ),
+            (
+                "GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            ("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", MalformedHeader),
+        ] {
+            assert_eq!(parse(raw).err(), Some(expected), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn decides_framing_and_the_connection() {
+        let f = |raw: &str| parse(raw).unwrap().framing;
+        let chunked = f("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(chunked.chunked && !chunked.ambiguous && chunked.content_length.is_none());
+        let both = f("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(both.chunked && both.ambiguous && both.last_request);
+        assert_eq!(both.content_length, None);
+        assert!(f("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").last_request);
+        assert!(f("GET / HTTP/1.1\r\nConnection: Upgrade\r\n\r\n").last_request);
+        assert!(f("GET / HTTP/1.0\r\n\r\n").last_request);
+        let kept = f("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!kept.last_request && kept.keep_alive_1_0);
+        assert!(f("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
+        assert_eq!(f("GET / HTTP/1.1\n\n"), Framing::default());
+    }
+
+    #[test]
+    fn unknown_methods_are_kept() {
+        let head = parse("PURGE /x HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(head.method().as_str(), "PURGE");
+    }
+}

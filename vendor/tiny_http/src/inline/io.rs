@@ -1,0 +1,227 @@
+//! PATCHED (product-update-service): one connection's socket as the inline
+//! server uses it: a read buffer whose reads are bounded by deadlines, and
+//! the answers written but not yet sent.
+//!
+//! A blocking socket only offers a timeout per read (`SO_RCVTIMEO`), which
+//! a client defeats by sending a byte just inside it. So every read here
+//! says what it waits for ([`Wait`]): before each read that reaches the
+//! socket, the timeout is set to what is left of the deadline, never more
+//! than the stall timeout; once a deadline has passed the read fails with
+//! `TimedOut` without touching the socket. The system call that sets the
+//! timeout is skipped when the value is unchanged, so a keep-alive client
+//! that sends each request in one packet costs none: the idle timeout stays
+//! set between requests, and the rest of a request is already buffered.
+//!
+//! Answers are appended to `output` and written when the connection would
+//! otherwise wait for the client (before any read that reaches the
+//! socket), or at once when no pipelined request is waiting: one write
+//! system call per answer, fewer for pipelined ones.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a read may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The first byte of a request: the idle (keep-alive) timeout.
+    Idle,
+    /// A part of a request that must be complete by this instant.
+    Until(Instant),
+}
+
+/// Smallest read timeout set: `SO_RCVTIMEO` of zero would mean "forever".
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+pub(crate) struct Io {
+    pub(crate) stream: Arc<TcpStream>,
+    /// Bytes read and not yet used are `input[start..end]`.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Answers not yet written.
+    output: Vec<u8>,
+    /// The longest one read may block.
+    stall: Duration,
+    /// How long to wait for a request to begin.
+    idle: Duration,
+    /// The read timeout the socket has now, if this set it.
+    applied: Option<Duration>,
+    /// A write failed: the connection is unusable.
+    pub(crate) broken: bool,
+}
+
+impl Io {
+    pub(crate) fn new(
+        stream: Arc<TcpStream>,
+        input: Vec<u8>,
+        output: Vec<u8>,
+        stall: Duration,
+        idle: Duration,
+    ) -> Io {
+        Io {
+            stream,
+            input,
+            start: 0,
+            end: 0,
+            output,
+            stall,
+            idle,
+            applied: None,
+            broken: false,
+        }
+    }
+
+    /// Gives back the buffers, emptied, for the thread's next connection.
+    pub(crate) fn into_buffers(mut self) -> (Vec<u8>, Vec<u8>) {
+        self.output.clear();
+        (
+            std::mem::take(&mut self.input),
+            std::mem::take(&mut self.output),
+        )
+    }
+
+    /// The bytes read and not yet consumed.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.input[self.start..self.end]
+    }
+
+    /// Consumes the next `n` buffered bytes (`n` at most what is buffered)
+    /// and returns where they are: they stay in place until the next read.
+    pub(crate) fn take(&mut self, n: usize) -> std::ops::Range<usize> {
+        let range = self.start..self.start + n.min(self.end - self.start);
+        self.consume(n);
+        range
+    }
+
+    /// Bytes returned by [`Io::take`].
+    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.input[range]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes from the socket into the buffer, which grows to at
+    /// most `max` bytes of unconsumed data. Writes pending answers first:
+    /// the client may be waiting for them before it sends more. Ok(0) means
+    /// the client closed its side (or the buffer holds `max` already).
+    pub(crate) fn fill(&mut self, wait: Wait, max: usize) -> io::Result<usize> {
+        self.flush()?;
+        if self.end == self.input.len() {
+            if self.start > 0 {
+                self.input.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let grown = (self.input.len() * 2).max(4096).min(max);
+                if grown <= self.input.len() {
+                    return Ok(0);
+                }
+                self.input.resize(grown, 0);
+            }
+        }
+        self.set_timeout(wait)?;
+        loop {
+            match (&*self.stream).read(&mut self.input[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A socket timeout reads as WouldBlock on Unix.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(ErrorKind::TimedOut, e))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Copies buffered bytes into `buf`, reading from the socket first if
+    /// none are buffered. Ok(0): the client closed its side.
+    pub(crate) fn read_into(&mut self, buf: &mut [u8], wait: Wait) -> io::Result<usize> {
+        if self.start == self.end && self.fill(wait, self.input.len().max(4096))? == 0 {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.input[self.start..self.start + n]);
+        self.consume(n);
+        Ok(n)
+    }
+
+    fn set_timeout(&mut self, wait: Wait) -> io::Result<()> {
+        let timeout = match wait {
+            Wait::Idle => self.idle,
+            Wait::Until(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(ErrorKind::TimedOut, "read deadline passed"));
+                }
+                left.min(self.stall)
+            }
+        }
+        .max(MIN_TIMEOUT);
+        if self.applied != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.applied = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// Queues bytes to write (an answer).
+    pub(crate) fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.output
+    }
+
+    pub(crate) fn pending_output(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Writes the pending answers. A failure (the write timeout passed, or
+    /// the client is gone) marks the connection broken.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let written = (&*self.stream).write_all(&self.output);
+        self.output.clear();
+        if written.is_err() {
+            self.broken = true;
+        }
+        written
+    }
+
+    /// Ends the connection: writes what is pending, then closes the write
+    /// side so the client sees the end of the last answer at once. With
+    /// `linger`, request bytes may still be on their way (a body nobody
+    /// read): they are read and dropped for a moment first, because closing
+    /// a socket with unread input resets the connection, and the reset can
+    /// destroy the answer before the client has read it.
+    pub(crate) fn close(&mut self, linger: bool) {
+        let _ = self.flush();
+        let _ = self.stream.shutdown(Shutdown::Write);
+        if linger && !self.broken {
+            const LINGER: Duration = Duration::from_secs(1);
+            const MOST: usize = 256 * 1024;
+            let until = Instant::now() + LINGER;
+            let mut dropped = self.end - self.start;
+            self.consume(dropped);
+            while dropped < MOST {
+                match self.fill(Wait::Until(until), self.input.len().max(4096)) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        dropped += n;
+                        self.consume(n);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! PATCHED (product-update-service): the answer a [`Handler`] fills in, and
+//! how the inline server writes it.
+//!
+//! The handler sets a status, adds header lines and writes the body into
+//! buffers the connection reuses, so answering allocates nothing. The
+//! server owns the framing: it writes the status line, `Date` (formatted
+//! once a second per thread), `Content-Length` and `Connection`, then the
+//! handler's headers and the body (none for `HEAD`, 1xx, 204 and 304).
+//!
+//! [`Handler`]: super::Handler
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::StatusCode;
+
+/// An answer being built. See the module docs.
+#[derive(Debug)]
+pub struct Response {
+    status: u16,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+    close: bool,
+}
+
+impl Default for Response {
+    fn default() -> Response {
+        Response {
+            status: 200,
+            headers: Vec::with_capacity(256),
+            body: Vec::with_capacity(512),
+            close: false,
+        }
+    }
+}
+
+/// Header names the server writes itself; a handler's copy is dropped.
+const OWN_HEADERS: [&str; 4] = ["content-length", "connection", "date", "transfer-encoding"];
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field value may hold visible ASCII, spaces and tabs: no CR or LF
+/// (which would end the header, a response-splitting hole) and no other
+/// control character.
+fn valid_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+impl Response {
+    pub(crate) fn reset(&mut self) {
+        self.status = 200;
+        self.headers.clear();
+        self.body.clear();
+        self.close = false;
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Sets the status code (200 until set).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Adds a header line. Returns false, and adds nothing, for a name that
+    /// is not a token, a value with a control character (CR and LF
+    /// included), or a header the server writes itself (`Content-Length`,
+    /// `Connection`, `Date`, `Transfer-Encoding`).
+    pub fn add_header(&mut self, name: &str, value: &str) -> bool {
+        self.add_header_fmt(name, format_args!("{value}"))
+    }
+
+    /// As [`Response::add_header`], with the value formatted in place (no
+    /// allocation): `response.add_header_fmt("ETag", format_args!("\"{tag}\""))`.
+    pub fn add_header_fmt(&mut self, name: &str, value: fmt::Arguments<'_>) -> bool {
+        if name.is_empty()
+            || !name.bytes().all(is_tchar)
+            || OWN_HEADERS.iter().any(|own| name.eq_ignore_ascii_case(own))
+        {
+            return false;
+        }
+        let mark = self.headers.len();
+        self.headers.extend_from_slice(name.as_bytes());
+        self.headers.extend_from_slice(b": ");
+        let value_start = self.headers.len();
+        if write!(ByteWriter(&mut self.headers), "{value}").is_err()
+            || !valid_value(&self.headers[value_start..])
+        {
+            self.headers.truncate(mark);
+            return false;
+        }
+        self.headers.extend_from_slice(b"\r\n");
+        true
+    }
+
+    /// The body, to write into (`serde_json::to_writer(response.body_mut(), …)`).
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Replaces the body.
+    pub fn set_body(&mut self, body: &[u8]) {
+        self.body.clear();
+        self.body.extend_from_slice(body);
+    }
+
+    /// Asks for the connection to be closed after this answer (the server
+    /// says `Connection: close`).
+    pub fn close_after(&mut self) {
+        self.close = true;
+    }
+
+    pub(crate) fn wants_close(&self) -> bool {
+        self.close
+    }
+
+    /// Appends the whole answer to `out`. `with_body` is false for an
+    /// answer to HEAD; `connection` is the `Connection` header's value, if
+    /// one is needed.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>, with_body: bool, connection: Option<&str>) {
+        let status = StatusCode(self.status);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(status.default_reason_phrase().as_bytes());
+        out.extend_from_slice(b"\r\nDate: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+        // RFC 9110 §8.6, §15: no body (and no length) for 1xx, 204 and 304.
+        let bodiless = self.status < 200 || self.status == 204 || self.status == 304;
+        if !bodiless {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, self.body.len() as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(value) = connection {
+            out.extend_from_slice(b"Connection: ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&self.headers);
+        out.extend_from_slice(b"\r\n");
+        if with_body && !bodiless {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// `fmt::Write` into a byte vector.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+thread_local! {
+    /// The `Date` value for the current second, per thread: formatting a
+    /// date costs far more than comparing a second.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            cached.1 = httpdate::fmt_http_date(now);
+            cached.0 = second;
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(response: &Response, with_body: bool, connection: Option<&str>) -> String {
+        let mut out = Vec::new();
+        response.write_to(&mut out, with_body, connection);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn writes_the_framing_then_the_handlers_headers_and_body() {
+        let mut r = Response::default();
+        r.set_status(202);
+        assert!(r.add_header("Content-Type", "application/json"));
+        assert!(r.add_header_fmt("ETag", format_args!("\"{}\"", 17)));
+        r.body_mut().extend_from_slice(b"{}");
+        let text = written(&r, true, Some("close"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 202 Accepted");
+        assert!(
+            lines[1].starts_with("Date: ") && lines[1].ends_with(" GMT"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            &lines[2..],
+            [
+                "Content-Length: 2",
+                "Connection: close",
+                "Content-Type: application/json",
+                "ETag: \"17\""
+            ]
+        );
+        assert_eq!(body, "{}");
+        // HEAD: the same length, no body.
+        assert!(written(&r, false, None).ends_with("ETag: \"17\"\r\n\r\n"));
+    }
+
+    #[test]
+    fn bodiless_statuses_have_no_length_and_no_body() {
+        let mut r = Response::default();
+        r.set_status(304);
+        r.set_body(b"ignored");
+        let text = written(&r, true, None);
+        assert!(
+            !text.contains("Content-Length") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refuses_headers_that_could_split_the_answer() {
+        let mut r = Response::default();
+        assert!(!r.add_header("X-Evil", "a\r\nSet-Cookie: x"));
+        assert!(!r.add_header("X-Evil", "a\nb"));
+        assert!(!r.add_header("Bad Name", "v"));
+        assert!(!r.add_header("Content-Length", "5"));
+        assert!(!r.add_header("connection", "keep-alive"));
+        assert!(r.add_header("X-Ok", "tab\tok"));
+        assert_eq!(
+            String::from_utf8(r.headers.clone()).unwrap(),
+            "X-Ok: tab\tok\r\n"
+        );
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! PATCHED (product-update-service): the inline server's threads: each
+//! waits in `accept`, serves the connection it gets, and waits again (see
+//! the module docs of `inline` for the policy), and the stop sequence.
+//!
+//! # Why stopping cannot miss a thread
+//!
+//! Two places could let a thread sleep through [`Server::stop`]: blocked
+//! in `accept`, or blocked reading an idle connection. Both use the same
+//! handshake with `stopping`: the thread first announces itself (counts
+//! itself in `in_accept`, or marks its connection `IDLE`) and only then
+//! looks at `stopping`; `stop` first sets `stopping` and only then looks
+//! at the announcements. All four steps are `SeqCst`, so in the one order
+//! they happen in, either the thread sees `stopping` (and leaves) or
+//! `stop` sees the announcement (and wakes it: a connection to the
+//! listening socket for each thread counted in `accept`; closing the read
+//! side of each idle connection).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::connection::{self, Buffers};
+use super::{Config, Handler, Rejection};
+
+/// A running inline server. Dropping it without [`Server::stop`] leaves its
+/// threads serving.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// What [`Server::stop`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Connections closed between requests (or in the middle of a head).
+    pub idle_closed: usize,
+    /// Time from the call to the last thread's exit.
+    pub elapsed: Duration,
+}
+
+/// A connection's state, for `stop`.
+pub(crate) const IDLE: u8 = 0;
+pub(crate) const BUSY: u8 = 1;
+pub(crate) const CLOSED: u8 = 2;
+
+/// One open connection, as `stop` sees it.
+pub(crate) struct Entry {
+    /// `IDLE` while waiting for (or reading) a head, `BUSY` from a complete
+    /// head to the end of its answer, `CLOSED` once `stop` closed it.
+    pub(crate) state: AtomicU8,
+    pub(crate) stream: Arc<TcpStream>,
+}
+
+pub(crate) struct Shared {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) config: Config,
+    pub(crate) stopping: AtomicBool,
+    /// Threads in `accept`, or about to be.
+    in_accept: AtomicUsize,
+    /// Threads alive; `stop` waits for none.
+    live: Mutex<usize>,
+    exited: Condvar,
+    connections: Mutex<HashMap<u64, Arc<Entry>>>,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// Starts serving `listener` with `handler`; returns once
+    /// `config.spare_threads` threads wait in `accept`.
+    pub fn start(
+        listener: TcpListener,
+        config: Config,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let spare = config.spare_threads.max(1);
+        let shared = Arc::new(Shared {
+            listener,
+            local_addr,
+            handler,
+            config,
+            stopping: AtomicBool::new(false),
+            in_accept: AtomicUsize::new(0),
+            live: Mutex::new(0),
+            exited: Condvar::new(),
+            connections: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        for i in 0..spare {
+            if let Err(e) = spawn(&shared) {
+                if i == 0 {
+                    return Err(e);
+                }
+                log::warn!("inline server: started {i} of {spare} spare threads: {e}");
+                break;
+            }
+        }
+        Ok(Server { shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Connections being served now.
+    pub fn connections(&self) -> usize {
+        self.shared.config.open_connections.load(Relaxed)
+    }
+
+    /// Stops: no new connection is taken (the listening socket closes once
+    /// the last thread has left it), connections between requests are
+    /// closed, and requests being handled are finished, their answers
+    /// saying `Connection: close`. Returns once every thread has exited,
+    /// which the deadlines in [`Config`] bound.
+    pub fn stop(self) -> Stopped {
+        let started = Instant::now();
+        let shared = &self.shared;
+        shared.stopping.store(true, SeqCst);
+        // Threads in accept: one connection wakes one of them.
+        let wake = wake_address(shared.local_addr);
+        for _ in 0..shared.in_accept.load(SeqCst) {
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        }
+        // Connections waiting for a request: close their read side, so
+        // the read their thread is blocked in returns at once.
+        let mut idle_closed = 0;
+        for entry in lock(&shared.connections).values() {
+            if entry
+                .state
+                .compare_exchange(IDLE, CLOSED, SeqCst, SeqCst)
+                .is_ok()
+            {
+                let _ = entry.stream.shutdown(Shutdown::Read);
+                idle_closed += 1;
+            }
+        }
+        let mut live = lock(&shared.live);
+        while *live > 0 {
+            live = shared
+                .exited
+                .wait(live)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(live);
+        log::debug!(
+            "inline server on {} stopped ({idle_closed} idle connections closed)",
+            shared.local_addr
+        );
+        Stopped {
+            idle_closed,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Where to connect to wake a thread in `accept`: the listening address,
+/// or loopback when it listens on every address.
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+// Poisoning: plain counters and a map of handles; a panic cannot leave
+// them half-changed.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+static THREAD_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
+    *lock(&shared.live) += 1;
+    let thread_shared = Arc::clone(shared);
+    let n = THREAD_NUMBER.fetch_add(1, Relaxed);
+    let spawned = thread::Builder::new()
+        .name(format!("http-{n}"))
+        .spawn(move || {
+            // A panic outside the handler (which is caught) is a bug here;
+            // the thread must still be counted out, or `stop` would wait.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&thread_shared)));
+            let mut live = lock(&thread_shared.live);
+            *live -= 1;
+            drop(live);
+            thread_shared.exited.notify_all();
+        });
+    if let Err(e) = spawned {
+        *lock(&shared.live) -= 1;
+        shared.exited.notify_all();
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// One thread: accept, serve, repeat.
+fn run(shared: &Arc<Shared>) {
+    let mut buffers = Buffers::default();
+    loop {
+        // Announce, then look (see the module docs).
+        shared.in_accept.fetch_add(1, SeqCst);
+        if shared.stopping.load(SeqCst) {
+            shared.in_accept.fetch_sub(1, SeqCst);
+            return;
+        }
+        let accepted = shared.listener.accept();
+        let others_waiting = shared.in_accept.fetch_sub(1, SeqCst) - 1;
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                if shared.stopping.load(SeqCst) {
+                    return;
+                }
+                accept_failed(&e);
+                continue;
+            }
+        };
+        if shared.stopping.load(SeqCst) {
+            refuse(shared, stream, Rejection::ShuttingDown);
+            return;
+        }
+        if others_waiting < shared.config.spare_threads.max(1) {
+            if let Err(e) = spawn(shared) {
+                log::warn!("inline server: cannot start another thread ({e}); new connections wait for a free one");
+            }
+        }
+        let open = &shared.config.open_connections;
+        if open.fetch_add(1, SeqCst) >= shared.config.max_connections {
+            open.fetch_sub(1, SeqCst);
+            refuse(shared, stream, Rejection::TooManyConnections);
+            continue;
+        }
+        serve(shared, stream, peer, &mut buffers);
+        open.fetch_sub(1, SeqCst);
+        if shared.in_accept.load(SeqCst) >= shared.config.max_idle_threads {
+            return;
+        }
+    }
+}
+
+/// Upstream stopped accepting for good on the first error. Errors that
+/// pass once connections close (out of file descriptors, memory) get a
+/// short pause so they do not become a hot loop; a connection reset
+/// before it was accepted is nobody's problem.
+fn accept_failed(error: &io::Error) {
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock => {}
+        _ => {
+            log::error!("inline server: accept failed: {error}; retrying in 10 ms");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mut Buffers) {
+    let stream = Arc::new(stream);
+    let id = shared.next_id.fetch_add(1, Relaxed);
+    let entry = Arc::new(Entry {
+        state: AtomicU8::new(IDLE),
+        stream: Arc::clone(&stream),
+    });
+    lock(&shared.connections).insert(id, Arc::clone(&entry));
+    // Announced as IDLE; now look (see the module docs).
+    if !shared.stopping.load(SeqCst) {
+        connection::serve(shared, &entry, stream, Some(peer), buffers);
+    } else {
+        connection::refuse(shared, &stream, Rejection::ShuttingDown, buffers);
+    }
+    lock(&shared.connections).remove(&id);
+}
+
+/// Answers a connection the server will not serve, from the accepting
+/// thread, with a short write timeout so a client cannot stall it.
+fn refuse(shared: &Shared, stream: TcpStream, rejection: Rejection) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    connection::refuse(
+        shared,
+        &Arc::new(stream),
+        rejection,
+        &mut Buffers::default(),
+    );
+}
