@@ -9,9 +9,11 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value};
+use serde_json::Number;
 
 /// Longest accepted `product_id` (and `event_id`), in characters (Unicode
 /// code points), as JSON Schema's `maxLength` counts them: the OpenAPI
@@ -46,7 +48,9 @@ impl ProductUpdate {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut h = DefaultHasher::new();
         self.product_id.hash(&mut h);
-        self.price.as_ref().map(|p| p.to_string()).hash(&mut h);
+        // `Number` hashes its kind and value: 5 and 5.0 are different
+        // events here, as they read back differently.
+        self.price.hash(&mut h);
         self.stock.hash(&mut h);
         self.version.hash(&mut h);
         h.finish()
@@ -221,7 +225,7 @@ pub fn check_product_id(id: &str) -> Result<(), String> {
 
 /// Maps a serde_json failure to the rule it broke. Unknown and duplicate
 /// members never get here (the visitor records them on the [`RawEvent`]), and
-/// every member value is read as a plain JSON [`Value`], so a `Data` error
+/// every member value is read as any JSON value ([`Raw`]), so a `Data` error
 /// can only mean the top level was not an object.
 fn classify(e: &serde_json::Error) -> EventError {
     match e.classify() {
@@ -237,12 +241,12 @@ fn classify(e: &serde_json::Error) -> EventError {
 /// The members of an event object, each kept as the raw JSON value so the
 /// rules can name the member and say what was wrong with it.
 #[derive(Default)]
-struct RawEvent {
-    product_id: Option<Value>,
-    price: Option<Value>,
-    stock: Option<Value>,
-    event_id: Option<Value>,
-    version: Option<Value>,
+struct RawEvent<'de> {
+    product_id: Option<Raw<'de>>,
+    price: Option<Raw<'de>>,
+    stock: Option<Raw<'de>>,
+    event_id: Option<Raw<'de>>,
+    version: Option<Raw<'de>>,
     /// The first rule broken while reading the members (unknown or
     /// duplicate); reported before any value is checked.
     problem: Option<EventError>,
@@ -280,15 +284,77 @@ impl<'de> Deserialize<'de> for Member {
     }
 }
 
-impl<'de> Deserialize<'de> for RawEvent {
+/// One member's value, as much of it as the rules need: strings borrowed
+/// from the body when they have no escapes, numbers as serde_json reads
+/// them (`float_roundtrip`), and only the kind of anything else (which is
+/// skipped, never built). serde_json's `Value` would allocate for every
+/// string and every nested value of every event.
+enum Raw<'de> {
+    Null,
+    Bool,
+    Number(Number),
+    String(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawVisitor;
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = Raw<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Raw<'de>, E> {
+                Ok(Raw::Null)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Raw<'de>, E> {
+                Ok(Raw::Bool)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Raw<'de>, E> {
+                Ok(Raw::Number(n.into()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Raw<'de>, E> {
+                Ok(Raw::Number(n.into()))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Raw<'de>, E> {
+                // serde_json refuses non-finite numbers before they get here.
+                Number::from_f64(n)
+                    .map(Raw::Number)
+                    .ok_or_else(|| E::custom("a number JSON cannot hold"))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Raw<'de>, E> {
+                Ok(Raw::String(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Raw<'de>, E> {
+                Ok(Raw::String(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Raw<'de>, E> {
+                Ok(Raw::String(Cow::Owned(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Raw::Array)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Raw::Object)
+            }
+        }
+        deserializer.deserialize_any(RawVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEvent<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct EventVisitor;
         impl<'de> Visitor<'de> for EventVisitor {
-            type Value = RawEvent;
+            type Value = RawEvent<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
                 let mut raw = RawEvent::default();
                 while let Some(member) = map.next_key::<Member>()? {
                     let (slot, name) = match member {
@@ -308,7 +374,7 @@ impl<'de> Deserialize<'de> for RawEvent {
                         raw.problem
                             .get_or_insert(EventError::DuplicateField { field: name });
                     }
-                    *slot = Some(map.next_value::<Value>()?);
+                    *slot = Some(map.next_value::<Raw<'de>>()?);
                 }
                 Ok(raw)
             }
@@ -317,14 +383,14 @@ impl<'de> Deserialize<'de> for RawEvent {
     }
 }
 
-impl RawEvent {
+impl RawEvent<'_> {
     fn validate(self) -> Result<ProductUpdate, EventError> {
         if let Some(problem) = self.problem {
             return Err(problem);
         }
         let product_id = match self.product_id {
             None => return Err(EventError::MissingProductId),
-            Some(Value::String(id)) => id,
+            Some(Raw::String(id)) => id,
             Some(other) => {
                 return Err(EventError::InvalidProductId {
                     reason: format!("must be a string, not {}", kind(&other)),
@@ -334,9 +400,9 @@ impl RawEvent {
         check_product_id(&product_id).map_err(|reason| EventError::InvalidProductId { reason })?;
         let event_id = match self.event_id {
             None => None,
-            Some(Value::String(id)) => {
+            Some(Raw::String(id)) => {
                 check_product_id(&id).map_err(|reason| EventError::InvalidEventId { reason })?;
-                Some(id.into_boxed_str())
+                Some(Box::from(&*id))
             }
             Some(other) => {
                 return Err(EventError::InvalidEventId {
@@ -351,7 +417,7 @@ impl RawEvent {
             return Err(EventError::NoUpdateFields);
         }
         Ok(ProductUpdate {
-            product_id: product_id.into_boxed_str(),
+            product_id: Box::from(&*product_id),
             price,
             stock,
             event_id,
@@ -360,10 +426,10 @@ impl RawEvent {
     }
 }
 
-fn check_price(value: Value) -> Result<Number, EventError> {
+fn check_price(value: Raw<'_>) -> Result<Number, EventError> {
     let invalid = |reason: String| EventError::InvalidPrice { reason };
     let (number, price) = match value {
-        Value::Number(n) => match n.as_f64() {
+        Raw::Number(n) => match n.as_f64() {
             Some(price) => (n, price),
             None => return Err(invalid(format!("must be a finite number, got {n}"))),
         },
@@ -395,10 +461,10 @@ fn check_price(value: Value) -> Result<Number, EventError> {
 /// Largest accepted `version` (one below `u64::MAX`, see `WriteKey`).
 pub const MAX_VERSION: u64 = u64::MAX - 1;
 
-fn check_version(value: Value) -> Result<u64, EventError> {
+fn check_version(value: Raw<'_>) -> Result<u64, EventError> {
     let invalid = |reason: String| EventError::InvalidVersion { reason };
     match &value {
-        Value::Number(n) => match whole_number(n) {
+        Raw::Number(n) => match whole_number(n) {
             Ok(v) if v <= MAX_VERSION => Ok(v),
             Err(Inexact) => Err(invalid(format!(
                 "is {n}, too large to be exact as a JSON number with a fraction or exponent; write versions above 2^53 as plain digits"
@@ -436,10 +502,10 @@ fn whole_number(n: &Number) -> Result<u64, Inexact> {
     }
 }
 
-fn check_stock(value: Value) -> Result<u64, EventError> {
+fn check_stock(value: Raw<'_>) -> Result<u64, EventError> {
     let invalid = |reason: String| EventError::InvalidStock { reason };
     let n = match &value {
-        Value::Number(n) => n,
+        Raw::Number(n) => n,
         other => {
             return Err(invalid(format!(
                 "must be a whole number, not {}; omit the field to leave the stock unchanged",
@@ -459,14 +525,14 @@ fn check_stock(value: Value) -> Result<u64, EventError> {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &Raw<'_>) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Raw::Null => "null",
+        Raw::Bool => "a boolean",
+        Raw::Number(_) => "a number",
+        Raw::String(_) => "a string",
+        Raw::Array => "an array",
+        Raw::Object => "an object",
     }
 }
 

@@ -38,10 +38,11 @@
 //! Waking a sleeping thread still costs a few microseconds, so a worker
 //! that has just worked *lingers*: it waits at most [`LINGER`] for more work
 //! before it sleeps for good, and while one lingers `submit` does not ring
-//! (unless [`WAKE_DEPTH`] events are already waiting). Under load one
-//! wake-up then serves a batch of events, the way network cards coalesce
-//! interrupts; the price is that an event may wait up to [`LINGER`] before
-//! it is applied.
+//! (unless [`WAKE_DEPTH`] events are already waiting). One lingerer at a
+//! time is enough: the others sleep until rung. Under load one wake-up then
+//! serves a batch of events, the way network cards coalesce interrupts; the
+//! price is that an event may wait up to [`LINGER`] before it is applied
+//! (an idle service wakes its worker at once: there is no lingerer then).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
@@ -56,12 +57,17 @@ use crate::store::Seq;
 
 /// How long a worker that has just applied an event waits for the next one
 /// before it sleeps until woken. Bounds how long an event can sit in the
-/// queue while a worker lingers.
-pub const LINGER: Duration = Duration::from_micros(200);
+/// queue while a worker lingers. Each window costs the lingerer one timed
+/// wake-up (two context switches): at 60 000 events/s, 1 ms makes that one
+/// per 60 events (200 µs made it one per 12, and cost 1.4 µs of CPU per
+/// POST more; see ARCHITECTURE.md, "Waking workers").
+pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Queue depth at which `submit` wakes another worker even though one is
-/// lingering: a backlog is worth more hands.
-pub const WAKE_DEPTH: usize = 32;
+/// lingering: a backlog is worth more hands. Above what one [`LINGER`]
+/// window collects at full speed (about 60 events here), so that the
+/// lingerer is not joined by a woken worker in every window.
+pub const WAKE_DEPTH: usize = 256;
 
 /// One accepted event on its way to a worker.
 #[derive(Debug)]
@@ -195,7 +201,8 @@ impl Intake {
         request_id: OwnedRequestId,
     ) -> Result<Submitted, SubmitError> {
         let now = Instant::now();
-        let fingerprint = update.fingerprint();
+        // Only an event with an id can be a retry.
+        let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
         let mut state = self.lock();
         if let Some(event_id) = &update.event_id {
             state.seen.forget_old(now);
@@ -219,7 +226,7 @@ impl Intake {
             seq,
             update,
             request_id,
-            accepted_at: Instant::now(),
+            accepted_at: now,
         };
         match job_tx.try_send(job) {
             Ok(()) => {
@@ -380,6 +387,9 @@ impl Doorbell {
         if *closed {
             return;
         }
+        // One lingerer is enough to catch the next events; the others sleep
+        // until rung. (`lingerers` only changes under this lock.)
+        let linger = linger.filter(|_| self.lingerers.load(Ordering::SeqCst) == 0);
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         if linger.is_some() {
             self.lingerers.fetch_add(1, Ordering::SeqCst);

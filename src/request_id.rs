@@ -72,12 +72,38 @@ impl RequestId<'_> {
     }
 }
 
+/// Room for a made id: 8 hex digits, `-`, up to 16 hex digits.
+pub type IdBuffer = [u8; 25];
+
+impl<'a> RequestId<'a> {
+    /// The id as text; a made one is written into `buf` (no allocation, no
+    /// formatting machinery: this runs for every request).
+    pub fn as_str<'b>(&self, buf: &'b mut IdBuffer) -> &'b str
+    where
+        'a: 'b,
+    {
+        match *self {
+            RequestId::Client(id) => id,
+            RequestId::Made { prefix, n } => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for (i, slot) in buf[..8].iter_mut().enumerate() {
+                    *slot = HEX[(prefix >> (28 - 4 * i)) as usize & 0xf];
+                }
+                buf[8] = b'-';
+                let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+                for (i, slot) in buf[9..9 + digits].iter_mut().enumerate() {
+                    *slot = HEX[(n >> (4 * (digits - 1 - i))) as usize & 0xf];
+                }
+                // Only hex digits and '-' were written.
+                std::str::from_utf8(&buf[..9 + digits]).unwrap_or("")
+            }
+        }
+    }
+}
+
 impl fmt::Display for RequestId<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestId::Client(id) => f.write_str(id),
-            RequestId::Made { prefix, n } => write!(f, "{prefix:08x}-{n:x}"),
-        }
+        f.write_str(self.as_str(&mut [0; 25]))
     }
 }
 
@@ -137,6 +163,13 @@ mod tests {
             assert!(is_acceptable(&id), "{id}");
         }
         let (a, b) = (ids.for_request(None), ids.for_request(None));
+        for (prefix, n, text) in [
+            (0x3f9a1c07, 0x1b, "3f9a1c07-1b"),
+            (0, 0, "00000000-0"),
+            (u32::MAX, u64::MAX, "ffffffff-ffffffffffffffff"),
+        ] {
+            assert_eq!(RequestId::Made { prefix, n }.to_string(), text);
+        }
         assert_ne!(a.to_string(), b.to_string());
         assert!(is_acceptable(&a.to_string()) && is_acceptable(&b.to_string()));
         assert_eq!(a.to_owned().to_string(), a.to_string());

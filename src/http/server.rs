@@ -94,7 +94,7 @@ impl Handler for Dispatch {
             }
             problem(error, request_id, response);
         }
-        response.add_header_fmt("X-Request-Id", format_args!("{request_id}"));
+        response.add_header("X-Request-Id", request_id.as_str(&mut [0; 25]));
         if self.api.is_draining() {
             // Keep-alive clients should move to another instance.
             response.close_after();
@@ -159,7 +159,7 @@ impl Handler for Dispatch {
             );
         }
         problem(&error, request_id, response);
-        response.add_header_fmt("X-Request-Id", format_args!("{request_id}"));
+        response.add_header("X-Request-Id", request_id.as_str(&mut [0; 25]));
     }
 }
 

@@ -4,8 +4,9 @@
 //! the request line and fields are kept as ranges into it.
 //!
 //! What the parser decides here, so that nothing downstream guesses:
-//! - the head is ASCII (as upstream requires; a non-ASCII byte is a
-//!   malformed request), lines end in CRLF or a bare LF;
+//! - the head is ASCII without control characters but tabs (as upstream
+//!   requires; anything else is a malformed request), lines end in CRLF or
+//!   a bare LF;
 //! - the request line is exactly `method SP target SP HTTP/x.y`, the
 //!   method a token, the target without spaces or control characters;
 //!   HTTP/1.0 and 1.1 are served, 2 and above get 505;
@@ -76,7 +77,8 @@ pub(crate) struct Framing {
 }
 
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
+        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 fn is_token(s: &str) -> bool {
@@ -122,16 +124,13 @@ impl Head {
         self.fields.clear();
         self.framing = Framing::default();
         self.method = None;
-        // ASCII, and no control characters but HT, CR and LF: anything
-        // else cannot be a request line or a field.
-        let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
-        if let Some(bad) = raw.iter().position(|&b| {
-            !(b.is_ascii() && (b >= 0x20 || matches!(b, b'\t' | b'\r' | b'\n')) && b != 0x7f)
-        }) {
-            return Err(if bad < request_line_end {
-                Rejection::MalformedRequestLine
-            } else {
+        // ASCII (checked a word at a time), so UTF-8: a `&str` to slice.
+        if !raw.is_ascii() {
+            let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+            return Err(if raw[..request_line_end].is_ascii() {
                 Rejection::MalformedHeader
+            } else {
+                Rejection::MalformedRequestLine
             });
         }
         match std::str::from_utf8(raw) {
@@ -154,21 +153,32 @@ impl Head {
                 break;
             }
             let bytes = &text.as_bytes()[line.clone()];
-            // Obsolete line folding, or a CR that does not end the line.
-            if matches!(bytes[0], b' ' | b'\t') || bytes.contains(&b'\r') {
+            // Obsolete line folding (a line starting with whitespace) is
+            // refused, as are control characters (a CR that does not end
+            // the line among them); the name ends at the first colon.
+            if matches!(bytes[0], b' ' | b'\t') {
                 return Err(Rejection::MalformedHeader);
             }
-            let colon = bytes
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or(Rejection::MalformedHeader)?;
+            let mut colon = None;
+            for (i, &b) in bytes.iter().enumerate() {
+                if (b < 0x20 && b != b'\t') || b == 0x7f {
+                    return Err(Rejection::MalformedHeader);
+                }
+                if b == b':' && colon.is_none() {
+                    colon = Some(i);
+                }
+            }
+            let colon = colon.ok_or(Rejection::MalformedHeader)?;
             let name = line.start..line.start + colon;
             if !is_token(&text[name.clone()]) {
                 return Err(Rejection::MalformedHeader);
             }
             let value = trim(text, line.start + colon + 1..line.end);
             let (name_str, value_str) = (&text[name.clone()], &text[value.clone()]);
-            if name_str.eq_ignore_ascii_case("content-length") {
+            // The lengths first: most fields are none of these four.
+            let is =
+                |known: &str| name_str.len() == known.len() && name_str.eq_ignore_ascii_case(known);
+            if is("content-length") {
                 let n = if !value_str.is_empty() && value_str.bytes().all(|b| b.is_ascii_digit()) {
                     value_str.parse::<u64>().ok()
                 } else {
@@ -179,7 +189,7 @@ impl Head {
                     (Some(n), Some(seen)) if n == seen => {}
                     _ => return Err(Rejection::InvalidContentLength),
                 }
-            } else if name_str.eq_ignore_ascii_case("transfer-encoding") {
+            } else if is("transfer-encoding") {
                 // Only `chunked`, alone: another coding (gzip, ...) would
                 // be handed to the application still encoded.
                 if transfer_encoding || !value_str.eq_ignore_ascii_case("chunked") {
@@ -187,7 +197,7 @@ impl Head {
                 }
                 transfer_encoding = true;
                 framing.chunked = true;
-            } else if name_str.eq_ignore_ascii_case("connection") {
+            } else if is("connection") {
                 for token in value_str.split(',').map(str::trim) {
                     if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade")
                     {
@@ -196,7 +206,7 @@ impl Head {
                         keep_alive = true;
                     }
                 }
-            } else if name_str.eq_ignore_ascii_case("expect") {
+            } else if is("expect") {
                 if value_str.eq_ignore_ascii_case("100-continue") {
                     framing.expect_continue = true;
                 } else {
@@ -240,9 +250,12 @@ impl Head {
     }
 
     pub(crate) fn field(&self, name: &str) -> Option<&str> {
-        self.fields()
-            .find(|(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        self.fields
+            .iter()
+            .find(|(field, _)| {
+                field.len() == name.len() && self.text[field.clone()].eq_ignore_ascii_case(name)
+            })
+            .map(|(_, value)| &self.text[value.clone()])
     }
 }
 
@@ -259,7 +272,7 @@ fn parse_request_line(text: &str, line: Range<usize>) -> Result<RequestLine<'_>,
     else {
         return Err(Rejection::MalformedRequestLine);
     };
-    if !is_token(method) || target.is_empty() || target.contains(['\t', '\r']) {
+    if !is_token(method) || target.is_empty() || target.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(Rejection::MalformedRequestLine);
     }
     let version = match version.as_bytes() {

@@ -39,7 +39,17 @@ impl Default for Response {
 const OWN_HEADERS: [&str; 4] = ["content-length", "connection", "date", "transfer-encoding"];
 
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
+        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+}
+
+/// A token, and not one of the headers the server writes itself.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(is_tchar)
+        && !OWN_HEADERS
+            .iter()
+            .any(|own| own.len() == name.len() && name.eq_ignore_ascii_case(own))
 }
 
 /// A field value may hold visible ASCII, spaces and tabs: no CR or LF
@@ -73,16 +83,20 @@ impl Response {
     /// included), or a header the server writes itself (`Content-Length`,
     /// `Connection`, `Date`, `Transfer-Encoding`).
     pub fn add_header(&mut self, name: &str, value: &str) -> bool {
-        self.add_header_fmt(name, format_args!("{value}"))
+        if !valid_name(name) || !valid_value(value.as_bytes()) {
+            return false;
+        }
+        self.headers.extend_from_slice(name.as_bytes());
+        self.headers.extend_from_slice(b": ");
+        self.headers.extend_from_slice(value.as_bytes());
+        self.headers.extend_from_slice(b"\r\n");
+        true
     }
 
     /// As [`Response::add_header`], with the value formatted in place (no
     /// allocation): `response.add_header_fmt("ETag", format_args!("\"{tag}\""))`.
     pub fn add_header_fmt(&mut self, name: &str, value: fmt::Arguments<'_>) -> bool {
-        if name.is_empty()
-            || !name.bytes().all(is_tchar)
-            || OWN_HEADERS.iter().any(|own| name.eq_ignore_ascii_case(own))
-        {
+        if !valid_name(name) {
             return false;
         }
         let mark = self.headers.len();
