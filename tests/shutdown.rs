@@ -305,10 +305,10 @@ fn idle_binary_exits_fast_on_sigterm() {
 
 #[test]
 fn a_second_signal_exits_at_once_with_a_nonzero_code() {
-    let mut binary = Binary::start(&[("HTTP_THREADS", "1")]);
-    // Hold the only request thread inside a body read: it asks for the body
-    // with "100 Continue" and then waits for bytes that never come. The first
-    // SIGTERM's shutdown then waits for that thread.
+    let mut binary = Binary::start(&[]);
+    // Hold a connection's thread inside a body read: it asks for the body
+    // with "100 Continue" and then waits for bytes that never come. The
+    // first SIGTERM's shutdown then waits for that request to end.
     let mut stuck = TcpStream::connect(binary.addr).expect("connect");
     stuck.set_read_timeout(Some(DEADLINE)).expect("timeout");
     stuck
@@ -376,7 +376,7 @@ fn help_prints_every_setting() {
         "QUEUE_SIZE",
         "SHUTDOWN_TIMEOUT",
         "MAX_BODY_BYTES",
-        "HTTP_THREADS",
+        "MAX_CONNECTIONS",
         "RUST_LOG",
     ] {
         assert!(
@@ -384,6 +384,21 @@ fn help_prints_every_setting() {
             "--help does not mention {name}:\n{help}"
         );
     }
+    let retired = help
+        .split_once("No longer used:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert!(retired.contains("HTTP_THREADS"), "{help}");
+}
+
+/// A setting earlier versions had: the service starts anyway, as if it
+/// were unset, and says once that it is not used and why.
+#[test]
+fn a_retired_setting_is_a_warning_not_an_error() {
+    let mut binary = Binary::start(&[("HTTP_THREADS", "8")]);
+    binary.wait_for_log("HTTP_THREADS is no longer used");
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0, "log:\n{}", binary.lines.join("\n"));
 }
 
 #[test]

@@ -16,7 +16,10 @@ pub fn check_content_type(request: &Request<'_>) -> Result<(), ApiError> {
     let Some(value) = request.header("Content-Type") else {
         return Ok(());
     };
-    let media_type = value.split(';').next().unwrap_or("").trim();
+    let media_type = value
+        .split_once(';')
+        .map_or(value, |(media_type, _)| media_type)
+        .trim();
     if media_type.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {

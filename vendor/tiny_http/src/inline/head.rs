@@ -76,13 +76,52 @@ pub(crate) struct Framing {
     pub(crate) ambiguous: bool,
 }
 
-fn is_tchar(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
-        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+/// What each byte may be in a head: a bit for "token character" (RFC 9110
+/// `tchar`) and one for "control character" (not allowed, but for HT).
+/// A table, so that a whole line is checked with a fold and no branches.
+const TCHAR: u8 = 1;
+const CONTROL: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            table[b] |= TCHAR;
+        }
+        if (c < 0x20 && c != b'\t') || c == 0x7f {
+            table[b] |= CONTROL;
+        }
+        b += 1;
+    }
+    table
+};
+
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().fold(TCHAR, |all, b| all & CLASSES[b as usize]) == TCHAR
 }
 
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_tchar)
+/// Whether `bytes` holds a control character other than HT (CR included).
+pub(crate) fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0, |any, &b| any | CLASSES[b as usize]) & CONTROL != 0
 }
 
 /// Splits `text` into lines (without their line ends), with their ranges.
@@ -124,19 +163,17 @@ impl Head {
         self.fields.clear();
         self.framing = Framing::default();
         self.method = None;
-        // ASCII (checked a word at a time), so UTF-8: a `&str` to slice.
-        if !raw.is_ascii() {
+        // ASCII only (checked a word at a time), and a `&str` to slice.
+        let ascii = std::str::from_utf8(raw).ok().filter(|text| text.is_ascii());
+        let Some(text) = ascii else {
             let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
             return Err(if raw[..request_line_end].is_ascii() {
                 Rejection::MalformedHeader
             } else {
                 Rejection::MalformedRequestLine
             });
-        }
-        match std::str::from_utf8(raw) {
-            Ok(text) => self.text.push_str(text),
-            Err(_) => return Err(Rejection::MalformedRequestLine),
-        }
+        };
+        self.text.push_str(text);
         let text = self.text.as_str();
         let mut lines = lines(text);
         let line = lines.next().ok_or(Rejection::MalformedRequestLine)?;
@@ -159,16 +196,15 @@ impl Head {
             if matches!(bytes[0], b' ' | b'\t') {
                 return Err(Rejection::MalformedHeader);
             }
-            let mut colon = None;
-            for (i, &b) in bytes.iter().enumerate() {
-                if (b < 0x20 && b != b'\t') || b == 0x7f {
-                    return Err(Rejection::MalformedHeader);
-                }
-                if b == b':' && colon.is_none() {
-                    colon = Some(i);
-                }
+            if has_control(bytes) {
+                return Err(Rejection::MalformedHeader);
             }
-            let colon = colon.ok_or(Rejection::MalformedHeader)?;
+            // A byte loop: a field name is short, and `str::find`'s set-up
+            // costs more than the scan.
+            let colon = bytes
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(Rejection::MalformedHeader)?;
             let name = line.start..line.start + colon;
             if !is_token(&text[name.clone()]) {
                 return Err(Rejection::MalformedHeader);
@@ -272,7 +308,11 @@ fn parse_request_line(text: &str, line: Range<usize>) -> Result<RequestLine<'_>,
     else {
         return Err(Rejection::MalformedRequestLine);
     };
-    if !is_token(method) || target.is_empty() || target.bytes().any(|b| b < 0x20 || b == 0x7f) {
+    if !is_token(method)
+        || target.is_empty()
+        || has_control(target.as_bytes())
+        || target.contains('\t')
+    {
         return Err(Rejection::MalformedRequestLine);
     }
     let version = match version.as_bytes() {

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::head::{has_control, is_token};
 use crate::common::StatusCode;
 
 /// An answer being built. See the module docs.
@@ -38,15 +39,9 @@ impl Default for Response {
 /// Header names the server writes itself; a handler's copy is dropped.
 const OWN_HEADERS: [&str; 4] = ["content-length", "connection", "date", "transfer-encoding"];
 
-fn is_tchar(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
-        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
-}
-
 /// A token, and not one of the headers the server writes itself.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(is_tchar)
+    is_token(name)
         && !OWN_HEADERS
             .iter()
             .any(|own| own.len() == name.len() && name.eq_ignore_ascii_case(own))
@@ -56,9 +51,7 @@ fn valid_name(name: &str) -> bool {
 /// (which would end the header, a response-splitting hole) and no other
 /// control character.
 fn valid_value(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    value.is_ascii() && !has_control(value)
 }
 
 impl Response {

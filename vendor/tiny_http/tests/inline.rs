@@ -1,0 +1,498 @@
+//! PATCHED (product-update-service): the inline server (`tiny_http::inline`)
+//! over real sockets: keep-alive and closing, pipelining, bodies (length,
+//! chunked, `Expect: 100-continue`, unread), every refusal, the limits, a
+//! panicking handler, and stopping.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::inline::{self, BodyError, Handler, Rejection, Request, Response};
+
+/// The longest any test waits for something before failing.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Answers `METHOD URL` and the body it read, as plain text. Paths:
+/// `/panic` panics; `/noread` answers without reading the body; `/gate`
+/// waits until the test opens the gate; `/body-limit` reads at most 10
+/// bytes.
+struct Echo {
+    gate: Mutex<Option<mpsc::Receiver<()>>>,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    refusals: Mutex<Vec<Rejection>>,
+}
+
+impl Echo {
+    fn new() -> Echo {
+        Echo {
+            gate: Mutex::new(None),
+            entered: Mutex::new(None),
+            refusals: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Handler for Echo {
+    fn handle(&self, request: &mut Request<'_>, response: &mut Response) {
+        let line = format!("{} {}", request.method(), request.url());
+        let body = match request.url() {
+            "/panic" => panic!("a deliberate handler panic"),
+            "/noread" => Ok(Vec::new()),
+            "/gate" => {
+                if let Some(entered) = self.entered.lock().unwrap().take() {
+                    let _ = entered.send(());
+                }
+                let gate = self.gate.lock().unwrap().take();
+                if let Some(gate) = gate {
+                    let _ = gate.recv_timeout(DEADLINE);
+                }
+                Ok(Vec::new())
+            }
+            "/body-limit" => request.read_body(10).map(<[u8]>::to_vec),
+            _ => request.read_body(1 << 20).map(<[u8]>::to_vec),
+        };
+        match body {
+            Ok(body) => {
+                response.set_status(200);
+                response.add_header("Content-Type", "text/plain");
+                response.body_mut().extend_from_slice(line.as_bytes());
+                response.body_mut().push(b'\n');
+                response.body_mut().extend_from_slice(&body);
+            }
+            Err(e) => {
+                let status = match e {
+                    BodyError::TooLarge { .. } => 413,
+                    BodyError::TimedOut => 408,
+                    BodyError::Incomplete { .. } | BodyError::Invalid(_) => 400,
+                };
+                response.set_status(status);
+                response.set_body(e.to_string().as_bytes());
+            }
+        }
+    }
+
+    fn refuse(&self, rejection: Rejection, response: &mut Response) {
+        self.refusals.lock().unwrap().push(rejection);
+        response.set_body(format!("refused: {rejection:?}").as_bytes());
+    }
+}
+
+struct TestServer {
+    server: inline::Server,
+    echo: Arc<Echo>,
+    open: Arc<AtomicUsize>,
+}
+
+fn start(config: inline::Config) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo = Arc::new(Echo::new());
+    let open = Arc::clone(&config.open_connections);
+    let server = inline::Server::start(listener, config, echo.clone()).unwrap();
+    TestServer { server, echo, open }
+}
+
+fn quick() -> inline::Config {
+    inline::Config {
+        socket_timeout: Duration::from_secs(10),
+        keep_alive_timeout: Duration::from_secs(10),
+        ..inline::Config::default()
+    }
+}
+
+fn connect(server: &TestServer) -> TcpStream {
+    let stream = TcpStream::connect(server.server.local_addr()).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+}
+
+/// One answer: status, headers, body (read by Content-Length).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer from `stream` (fails past DEADLINE).
+fn read_answer(stream: &mut TcpStream) -> Answer {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).expect("an answer"),
+            1,
+            "closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.trim_end().split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+/// True if the server closed `stream` (EOF) rather than leaving it open.
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).is_ok() && rest.is_empty()
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn keep_alive_connection_close_and_http_1_0() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    for i in 0..3 {
+        write!(s, "GET /k{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let a = read_answer(&mut s);
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, format!("GET /k{i}\n").as_str())
+        );
+        assert_eq!(a.header("Connection"), None);
+        assert!(a.header("Date").is_some_and(|d| d.ends_with(" GMT")));
+    }
+    write!(s, "GET /last HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).header("Connection"), Some("close"));
+    assert!(closed(&mut s));
+
+    let mut old = connect(&t);
+    old.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut old).header("Connection"), Some("close"));
+    assert!(closed(&mut old));
+
+    let mut kept = connect(&t);
+    for _ in 0..2 {
+        kept.write_all(b"GET /kept HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            read_answer(&mut kept).header("Connection"),
+            Some("keep-alive")
+        );
+    }
+    drop((s, old, kept));
+    t.server.stop();
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_together() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    let requests: String = (0..20)
+        .map(|i| format!("POST /p{i} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{i:02}"))
+        .collect();
+    s.write_all(requests.as_bytes()).unwrap();
+    for i in 0..20 {
+        let a = read_answer(&mut s);
+        assert_eq!(a.body, format!("POST /p{i}\n{i:02}"));
+    }
+    drop(s);
+    t.server.stop();
+}
+
+#[test]
+fn bodies_by_length_chunked_and_after_100_continue() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    let big = "b".repeat(100_000);
+    write!(
+        s,
+        "POST /big HTTP/1.1\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut s).body, format!("POST /big\n{big}"));
+
+    s.write_all(b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut s).body, "POST /chunked\nhello world");
+
+    s.write_all(b"POST /continue HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"abc").unwrap();
+    assert_eq!(read_answer(&mut s).body, "POST /continue\nabc");
+    drop(s);
+    t.server.stop();
+}
+
+#[test]
+fn an_unread_body_closes_the_connection_and_is_not_drained() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    // Declares far more than it sends: the handler never reads it.
+    s.write_all(b"POST /noread HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nxyz")
+        .unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
+    assert!(
+        closed(&mut s),
+        "the connection stays open for a body nobody reads"
+    );
+    // A body over the handler's limit: refused from Content-Length.
+    let mut s = connect(&t);
+    s.write_all(b"POST /body-limit HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (413, Some("close")));
+    assert!(closed(&mut s));
+    t.server.stop();
+}
+
+#[test]
+fn every_refusal_is_answered_through_the_handler_and_closes() {
+    let t = start(inline::Config {
+        max_head_bytes: 1024,
+        head_timeout: Duration::from_millis(300),
+        ..quick()
+    });
+    let cases: [(&[u8], Rejection, u16); 7] = [
+        (
+            b"NOT HTTP AT ALL\r\n\r\n",
+            Rejection::MalformedRequestLine,
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            Rejection::MalformedHeader,
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+            Rejection::InvalidContentLength,
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Rejection::UnsupportedTransferEncoding,
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nExpect: nothing\r\n\r\n",
+            Rejection::ExpectationFailed,
+            417,
+        ),
+        (
+            b"GET / HTTP/2.0\r\n\r\n",
+            Rejection::VersionNotSupported,
+            505,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: never ends",
+            Rejection::HeadTimeout,
+            408,
+        ),
+    ];
+    for (request, rejection, status) in cases {
+        let mut s = connect(&t);
+        s.write_all(request).unwrap();
+        let a = read_answer(&mut s);
+        assert_eq!(a.status, status, "{rejection:?}");
+        assert_eq!(a.body, format!("refused: {rejection:?}"));
+        assert_eq!(a.header("Connection"), Some("close"));
+        assert!(closed(&mut s), "{rejection:?}");
+    }
+    let mut s = connect(&t);
+    let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(2000));
+    s.write_all(long.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut s).status, 431);
+    let seen = t.echo.refusals.lock().unwrap().clone();
+    assert_eq!(seen.len(), 8);
+    assert_eq!(seen[7], Rejection::HeadTooLarge);
+    t.server.stop();
+}
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_cut_off_at_the_head_deadline() {
+    let head_timeout = Duration::from_millis(400);
+    let t = start(inline::Config {
+        head_timeout,
+        socket_timeout: Duration::from_secs(60),
+        ..quick()
+    });
+    let mut s = connect(&t);
+    let mut writer = s.try_clone().unwrap();
+    let started = Instant::now();
+    let trickle = thread::spawn(move || {
+        for b in b"GET / HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(b"y".repeat(10_000).iter())
+        {
+            if writer.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let a = read_answer(&mut s);
+    assert_eq!(a.status, 408);
+    assert!(started.elapsed() >= head_timeout);
+    drop(s);
+    let _ = trickle.join();
+    t.server.stop();
+}
+
+#[test]
+fn a_stalled_body_times_out_for_the_handler() {
+    let t = start(inline::Config {
+        body_timeout: Duration::from_millis(300),
+        ..quick()
+    });
+    let mut s = connect(&t);
+    s.write_all(b"POST /stall HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (408, Some("close")));
+    t.server.stop();
+}
+
+#[test]
+fn an_idle_connection_is_closed_quietly_after_the_keep_alive_timeout() {
+    let t = start(inline::Config {
+        keep_alive_timeout: Duration::from_millis(200),
+        ..quick()
+    });
+    let mut s = connect(&t);
+    assert!(closed(&mut s), "an idle connection was answered or kept");
+    t.server.stop();
+}
+
+#[test]
+fn past_max_connections_the_accepting_thread_refuses() {
+    let t = start(inline::Config {
+        max_connections: 2,
+        ..quick()
+    });
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(&t)).collect();
+    wait_until("both connections to be counted", || {
+        t.open.load(Ordering::SeqCst) == 2
+    });
+    let mut third = connect(&t);
+    let a = read_answer(&mut third);
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (503, "refused: TooManyConnections")
+    );
+    drop(held);
+    wait_until("the held connections to close", || {
+        t.open.load(Ordering::SeqCst) == 0
+    });
+    let mut again = connect(&t);
+    again.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut again).status, 200);
+    drop(again);
+    t.server.stop();
+}
+
+#[test]
+fn a_panicking_handler_costs_one_request() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    s.write_all(b"GET /panic HTTP/1.1\r\n\r\n").unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (500, Some("close")));
+    let mut s = connect(&t);
+    s.write_all(b"GET /fine HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).status, 200);
+    drop(s);
+    t.server.stop();
+}
+
+#[test]
+fn head_answers_have_the_length_and_no_body() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    s.write_all(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.contains("Content-Length: 8\r\n"), "{head}");
+    // The next bytes are the GET's answer, not a body for the HEAD.
+    assert_eq!(read_answer(&mut s).body, "GET /g\n");
+    drop(s);
+    t.server.stop();
+}
+
+#[test]
+fn stop_closes_idle_connections_finishes_requests_in_hand_and_refuses_new_ones() {
+    let t = start(quick());
+    let (open_gate, gate) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
+    *t.echo.gate.lock().unwrap() = Some(gate);
+    *t.echo.entered.lock().unwrap() = Some(entered_tx);
+    let addr = t.server.local_addr();
+    let mut idle = connect(&t);
+    idle.write_all(b"GET /first HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut idle).status, 200);
+    let mut busy = connect(&t);
+    busy.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    entered
+        .recv_timeout(DEADLINE)
+        .expect("the handler to be entered");
+
+    let stopper = thread::spawn(move || t.server.stop());
+    // The idle connection is closed at once, without an answer.
+    assert!(closed(&mut idle));
+    // `stop` waits for the request in hand, which is still answered and
+    // told to close.
+    assert!(
+        !stopper.is_finished(),
+        "stop returned with a request in hand"
+    );
+    open_gate.send(()).unwrap();
+    let a = read_answer(&mut busy);
+    assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
+    assert!(closed(&mut busy));
+    let stopped = stopper.join().unwrap();
+    assert_eq!(stopped.idle_closed, 1);
+    // The listening socket is closed.
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a new connection was accepted after stop"
+    );
+    busy.shutdown(Shutdown::Both).ok();
+}
