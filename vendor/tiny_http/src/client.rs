@@ -84,7 +84,7 @@ impl CloseHandle {
         }
     }
 
-    fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }
 }

@@ -302,7 +302,16 @@ impl Server {
                         // PATCHED (product-update-service): a second handle
                         // on the socket, to shut it down after `Connection: close`.
                         let close_handle = client::CloseHandle::new(sock.try_clone().ok());
-                        let (read_closable, write_closable) = RefinedTcpStream::new(sock);
+                        // PATCHED (product-update-service): upstream unwrapped
+                        // the clone, so running out of file descriptors right
+                        // after an accept panicked the accept thread for good.
+                        let (read_closable, write_closable) = match RefinedTcpStream::new(sock) {
+                            Ok(halves) => halves,
+                            Err(e) => {
+                                log::error!("Error setting up a connection: {}; dropping it", e);
+                                continue;
+                            }
+                        };
 
                         Ok(ClientConnection::new(
                             write_closable,
@@ -351,6 +360,15 @@ impl Server {
                                                 break;
                                             }
                                             in_flight = in_flight.saturating_sub(1);
+                                        }
+                                        // PATCHED (product-update-service): the
+                                        // answer just waited for may have closed the
+                                        // connection (`Connection: close`, or a
+                                        // write that failed); this request was read
+                                        // before that answer existed, so it must not
+                                        // be handed out after all.
+                                        if rq.connection_closed() {
+                                            break;
                                         }
                                         in_flight += 1;
                                         let rq = rq.with_notify_sender(answered.clone());

@@ -537,6 +537,14 @@ impl Request {
         })
     }
 
+    /// PATCHED (product-update-service): an earlier answer on this
+    /// connection closed it (`Connection: close`, or a failed write).
+    pub(crate) fn connection_closed(&self) -> bool {
+        self.close_handle
+            .as_ref()
+            .is_some_and(|handle| handle.requested())
+    }
+
     pub(crate) fn with_close_handle(
         mut self,
         handle: std::sync::Arc<crate::client::CloseHandle>,
