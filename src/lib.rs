@@ -55,6 +55,7 @@ pub mod request_id;
 pub mod shutdown;
 pub mod stats;
 pub mod store;
+mod sync;
 pub mod worker;
 
 use std::net::TcpListener;

@@ -31,15 +31,23 @@
 //! so one bad event cannot stall every reader behind it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Thread};
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use crate::store::Seq;
+// Through `sync.rs`, so that `tests/loom.rs` can model-check the watermark.
+use crate::sync::{self, Mutex, MutexGuard, Thread};
 
-#[derive(Default)]
 pub struct Progress {
     state: Mutex<State>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            state: Mutex::new(State::default()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -98,11 +106,11 @@ impl Progress {
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.waiters.insert((seq, ticket), thread::current());
+        state.waiters.insert((seq, ticket), sync::current());
         loop {
             drop(state);
             match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => thread::park_timeout(left),
+                Some(left) if !left.is_zero() => sync::park_timeout(left),
                 _ => {}
             }
             state = self.lock();

@@ -45,11 +45,15 @@
 //! (an idle service wakes its worker at once: there is no lingerer then).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+// Through `sync.rs`, so that `tests/loom.rs` can model-check the intake and
+// the doorbell with loom's types.
+use crate::sync::channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crate::sync::{
+    self, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering, fence,
+};
 
 use crate::model::ProductUpdate;
 use crate::request_id::OwnedRequestId;
@@ -168,8 +172,8 @@ impl Intake {
     /// (clone it once per worker). `window`/`ttl` bound the idempotency
     /// window (0 turns it off).
     pub fn with_window(capacity: usize, window: usize, ttl: Duration) -> (Intake, Jobs) {
-        let (job_tx, job_rx) = crossbeam_channel::bounded(capacity);
-        let doorbell = Arc::new(Doorbell::default());
+        let (job_tx, job_rx) = sync::channel::bounded(capacity);
+        let doorbell = Arc::new(Doorbell::new());
         let intake = Intake {
             state: Mutex::new(IntakeState {
                 job_tx: Some(job_tx),
@@ -366,7 +370,6 @@ impl Iterator for Jobs {
 /// until it is actually waiting); a lingerer needs no wake-up, because it
 /// looks at the queue again within [`LINGER`] on its own, and when it gives up
 /// lingering it goes through this protocol again as a sleeper.
-#[derive(Default)]
 struct Doorbell {
     /// Workers waiting (timed or not), or about to; read by `ring` without
     /// the lock.
@@ -379,6 +382,15 @@ struct Doorbell {
 }
 
 impl Doorbell {
+    fn new() -> Doorbell {
+        Doorbell {
+            sleepers: AtomicUsize::new(0),
+            lingerers: AtomicUsize::new(0),
+            closed: Mutex::new(false),
+            bell: Condvar::new(),
+        }
+    }
+
     /// Worker side: waits until rung (or for at most `linger`), unless
     /// `work_waiting()` says there is work already or the intake is closed.
     /// May return spuriously; callers look at the queue again.
@@ -397,17 +409,8 @@ impl Doorbell {
         fence(Ordering::SeqCst);
         let _closed = match linger {
             _ if work_waiting() => closed,
-            None => self
-                .bell
-                .wait(closed)
-                .unwrap_or_else(PoisonError::into_inner),
-            Some(timeout) => {
-                let (closed, _timed_out) = self
-                    .bell
-                    .wait_timeout(closed, timeout)
-                    .unwrap_or_else(PoisonError::into_inner);
-                closed
-            }
+            None => sync::wait(&self.bell, closed),
+            Some(timeout) => sync::wait_timeout(&self.bell, closed, timeout),
         };
         if linger.is_some() {
             self.lingerers.fetch_sub(1, Ordering::SeqCst);

@@ -4,15 +4,15 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::gate;
 use super::head::{self, Head};
 use super::io::{Io, Wait};
 use super::request::{BodyState, Request};
 use super::response::Response;
-use super::server::{Entry, Shared, BUSY, IDLE};
+use super::server::{Entry, Shared};
 use super::Rejection;
 use crate::common::Method;
 
@@ -68,11 +68,7 @@ pub(crate) fn serve(
         };
         // IDLE -> BUSY: from here the request is answered even if the
         // server stops meanwhile; `stop` may have closed it already.
-        if entry
-            .state
-            .compare_exchange(IDLE, BUSY, SeqCst, SeqCst)
-            .is_err()
-        {
+        if !gate::begin(&entry.state) {
             answer_refusal(
                 shared,
                 &mut io,
@@ -114,7 +110,7 @@ pub(crate) fn serve(
             || !body_done
             || handled.is_err()
             || response.wants_close()
-            || shared.stopping.load(SeqCst);
+            || shared.gate.is_stopping();
         if handled.is_err() {
             log::error!(
                 "inline server: the handler panicked; answering 500 and closing the connection"
@@ -141,9 +137,8 @@ pub(crate) fn serve(
         if io.broken {
             break false;
         }
-        // BUSY -> IDLE: announce, then look (see `server.rs`).
-        entry.state.store(IDLE, SeqCst);
-        if shared.stopping.load(SeqCst) {
+        // BUSY -> IDLE: announce, then look (see `gate.rs`).
+        if !shared.gate.go_idle(&entry.state) {
             break false;
         }
     };

@@ -46,6 +46,7 @@
 
 mod chunked;
 mod connection;
+mod gate;
 mod head;
 mod io;
 mod request;

@@ -2,29 +2,20 @@
 //! waits in `accept`, serves the connection it gets, and waits again (see
 //! the module docs of `inline` for the policy), and the stop sequence.
 //!
-//! # Why stopping cannot miss a thread
-//!
-//! Two places could let a thread sleep through [`Server::stop`]: blocked
-//! in `accept`, or blocked reading an idle connection. Both use the same
-//! handshake with `stopping`: the thread first announces itself (counts
-//! itself in `in_accept`, or marks its connection `IDLE`) and only then
-//! looks at `stopping`; `stop` first sets `stopping` and only then looks
-//! at the announcements. All four steps are `SeqCst`, so in the one order
-//! they happen in, either the thread sees `stopping` (and leaves) or
-//! `stop` sees the announcement (and wakes it: a connection to the
-//! listening socket for each thread counted in `accept`; closing the read
-//! side of each idle connection).
+//! Stopping cannot miss a thread: see `gate.rs`, the handshake every
+//! thread goes through before it blocks.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::connection::{self, Buffers};
+use super::gate::{self, Gate};
 use super::{Config, Handler, Rejection};
 
 /// A running inline server. Dropping it without [`Server::stop`] leaves its
@@ -42,16 +33,12 @@ pub struct Stopped {
     pub elapsed: Duration,
 }
 
-/// A connection's state, for `stop`.
-pub(crate) const IDLE: u8 = 0;
-pub(crate) const BUSY: u8 = 1;
-pub(crate) const CLOSED: u8 = 2;
-
 /// One open connection, as `stop` sees it.
 pub(crate) struct Entry {
-    /// `IDLE` while waiting for (or reading) a head, `BUSY` from a complete
-    /// head to the end of its answer, `CLOSED` once `stop` closed it.
-    pub(crate) state: AtomicU8,
+    /// `gate::IDLE` while waiting for (or reading) a head, `BUSY` from a
+    /// complete head to the end of its answer, `CLOSED` once `stop` closed
+    /// it.
+    pub(crate) state: gate::State,
     pub(crate) stream: Arc<TcpStream>,
 }
 
@@ -60,9 +47,8 @@ pub(crate) struct Shared {
     local_addr: SocketAddr,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) config: Config,
-    pub(crate) stopping: AtomicBool,
-    /// Threads in `accept`, or about to be.
-    in_accept: AtomicUsize,
+    /// `stopping`, and the threads in `accept` (see `gate.rs`).
+    pub(crate) gate: Gate,
     /// Threads alive; `stop` waits for none.
     live: Mutex<usize>,
     exited: Condvar,
@@ -85,8 +71,7 @@ impl Server {
             local_addr,
             handler,
             config,
-            stopping: AtomicBool::new(false),
-            in_accept: AtomicUsize::new(0),
+            gate: Gate::new(),
             live: Mutex::new(0),
             exited: Condvar::new(),
             connections: Mutex::new(HashMap::new()),
@@ -121,21 +106,17 @@ impl Server {
     pub fn stop(self) -> Stopped {
         let started = Instant::now();
         let shared = &self.shared;
-        shared.stopping.store(true, SeqCst);
         // Threads in accept: one connection wakes one of them.
+        let in_accept = shared.gate.stop();
         let wake = wake_address(shared.local_addr);
-        for _ in 0..shared.in_accept.load(SeqCst) {
+        for _ in 0..in_accept {
             let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
         }
         // Connections waiting for a request: close their read side, so
         // the read their thread is blocked in returns at once.
         let mut idle_closed = 0;
         for entry in lock(&shared.connections).values() {
-            if entry
-                .state
-                .compare_exchange(IDLE, CLOSED, SeqCst, SeqCst)
-                .is_ok()
-            {
+            if gate::close_if_idle(&entry.state) {
                 let _ = entry.stream.shutdown(Shutdown::Read);
                 idle_closed += 1;
             }
@@ -208,25 +189,22 @@ fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
 fn run(shared: &Arc<Shared>) {
     let mut buffers = Buffers::default();
     loop {
-        // Announce, then look (see the module docs).
-        shared.in_accept.fetch_add(1, SeqCst);
-        if shared.stopping.load(SeqCst) {
-            shared.in_accept.fetch_sub(1, SeqCst);
+        if !shared.gate.enter_accept() {
             return;
         }
         let accepted = shared.listener.accept();
-        let others_waiting = shared.in_accept.fetch_sub(1, SeqCst) - 1;
+        let others_waiting = shared.gate.leave_accept();
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                if shared.stopping.load(SeqCst) {
+                if shared.gate.is_stopping() {
                     return;
                 }
                 accept_failed(&e);
                 continue;
             }
         };
-        if shared.stopping.load(SeqCst) {
+        if shared.gate.is_stopping() {
             refuse(shared, stream, Rejection::ShuttingDown);
             return;
         }
@@ -243,7 +221,7 @@ fn run(shared: &Arc<Shared>) {
         }
         serve(shared, stream, peer, &mut buffers);
         open.fetch_sub(1, SeqCst);
-        if shared.in_accept.load(SeqCst) >= shared.config.max_idle_threads {
+        if shared.gate.waiting_in_accept() >= shared.config.max_idle_threads {
             return;
         }
     }
@@ -268,12 +246,12 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mu
     let stream = Arc::new(stream);
     let id = shared.next_id.fetch_add(1, Relaxed);
     let entry = Arc::new(Entry {
-        state: AtomicU8::new(IDLE),
+        state: gate::new_state(),
         stream: Arc::clone(&stream),
     });
     lock(&shared.connections).insert(id, Arc::clone(&entry));
-    // Announced as IDLE; now look (see the module docs).
-    if !shared.stopping.load(SeqCst) {
+    // Idle until its first head: announced (registered), now look.
+    if shared.gate.go_idle(&entry.state) {
         connection::serve(shared, &entry, stream, Some(peer), buffers);
     } else {
         connection::refuse(shared, &stream, Rejection::ShuttingDown, buffers);
