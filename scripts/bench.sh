@@ -3,11 +3,12 @@
 # ../shared/bench (see its README), all on loopback, in one run:
 #
 #   1. builds the release binary; installs wrk and nginx-light if missing;
-#   2. starts the anchors (nginx, tiny_bare, tiny_parse) and the service on a
+#   2. starts the anchors (nginx, tiny_bare, tiny_parse, std_inline) and the service on a
 #      free loopback port (BIND_ADDR=127.0.0.1, RUST_LOG=warn but the
 #      startup and shutdown lines);
 #   3. runs matrix.sh: tiny_parse and the service interleaved for ROUNDS
-#      rounds (what the targets compare), and nginx and tiny_bare for
+#      rounds (what the targets compare), and nginx, tiny_bare and
+#      std_inline (the ceiling of thread-per-connection) for
 #      CONTEXT_ROUNDS rounds (context only: one round keeps a default run
 #      under 15 minutes; CONTEXT_ROUNDS=$ROUNDS interleaves all four);
 #   4. prints summarize.sh's table and, per scenario, service / tiny_parse
@@ -26,8 +27,8 @@
 # logs are kept in the run directory it prints; `bench.sh --report
 # RUN_DIR/results.txt` prints the tables for them again.
 #
-# Env: ROUNDS (3), DURATION (10s), CONTEXT_ROUNDS (1, 0 = skip nginx and
-#      tiny_bare), SCENARIOS (the nine below), BENCH_DIR (../shared/bench),
+# Env: ROUNDS (3), DURATION (10s), CONTEXT_ROUNDS (1, 0 = skip nginx,
+#      tiny_bare and std_inline), SCENARIOS (the nine below), BENCH_DIR (../shared/bench),
 #      STRICT (1 = exit 1 when a target fails), plus matrix.sh's PAUSE and
 #      load.sh's WRK_THREADS, WRK_TIMEOUT.
 # Exit: 0 measured, 1 measured and a target failed with STRICT=1,
@@ -160,7 +161,7 @@ start_service "$run/service.log" RUST_LOG=warn,product_update_service=info ||
 service_url=$svc_url
 svc="service=$service_url=$svc_pid"
 tiny_parse=$(grep '^tiny_parse=' "$run/targets.txt") || die "tiny_parse did not start"
-mapfile -t context < <(grep -E '^(nginx|tiny_bare)=' "$run/targets.txt")
+mapfile -t context < <(grep -E '^(nginx|tiny_bare|std_inline)=' "$run/targets.txt")
 
 {
   echo "bench.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"

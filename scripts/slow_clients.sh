@@ -13,7 +13,7 @@
 #                thread, and each is cut off at BODY_TIMEOUT.
 # Prints each run's report. Exit 0 when every run went as documented in
 # the README ("Security and limits"), 1 otherwise, 2 if it could not run.
-# Env: SILENT (990). Needs `ulimit -n` of at least 4 * 1000 + 100.
+# Env: SILENT (950). Needs `ulimit -n` of at least 4 * 1000 + 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
