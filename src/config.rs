@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the service needs to know before it starts.
@@ -60,6 +61,38 @@ pub struct Config {
     /// Most client connections served at once (each has its thread);
     /// beyond it a connection gets 503 and is closed.
     pub max_connections: usize,
+    /// Where the durable state lives (a SQLite database in this directory);
+    /// `None`: in memory only. Needs the `sqlite` feature.
+    pub data_dir: Option<PathBuf>,
+    /// When a 202 is sent relative to the event's commit (with `data_dir`).
+    pub durability: Durability,
+}
+
+/// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The 202 is sent once the event is committed (SQLite WAL, no fsync):
+    /// it survives `kill -9` and any crash of the process; an OS crash or
+    /// power cut may lose the last commits.
+    #[default]
+    Commit,
+    /// As `Commit`, and the commit is fsynced: survives an OS crash or a
+    /// power cut too.
+    Fsync,
+    /// The 202 is sent once the event is queued, as in memory mode; applied
+    /// state is committed in the background (see `durable`): a crash loses
+    /// the events of the last moments, a graceful shutdown nothing.
+    Async,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Commit => "commit",
+            Durability::Fsync => "fsync",
+            Durability::Async => "async",
+        }
+    }
 }
 
 /// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
@@ -275,6 +308,35 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "DATA_DIR",
+        help: "keep the state in a SQLite database (products.db) in this directory, created if missing; unset: in memory only (needs a build with --features sqlite)",
+        kind: Kind::Text {
+            allowed: "a directory path",
+            default: "",
+            set: |c, v| {
+                c.data_dir = (!v.is_empty()).then(|| PathBuf::from(v));
+                true
+            },
+        },
+    },
+    Setting {
+        name: "DURABILITY",
+        help: "with DATA_DIR: commit (202 after the commit), fsync (and fsynced), async (202 when queued, committed within 50 ms)",
+        kind: Kind::Text {
+            allowed: "commit, fsync or async",
+            default: "commit",
+            set: |c, v| {
+                c.durability = match v.to_ascii_lowercase().as_str() {
+                    "commit" => Durability::Commit,
+                    "fsync" => Durability::Fsync,
+                    "async" => Durability::Async,
+                    _ => return false,
+                };
+                true
+            },
+        },
+    },
+    Setting {
         name: "LOG_FORMAT",
         help: "log lines as text, or one JSON object per line",
         kind: Kind::Text {
@@ -370,6 +432,8 @@ impl Default for Config {
             idempotency_ttl: Duration::ZERO,
             max_products: 0,
             max_connections: 0,
+            data_dir: None,
+            durability: Durability::Commit,
         };
         for setting in SETTINGS {
             let applied = setting
@@ -428,6 +492,16 @@ impl Config {
                 return Err(error(value));
             }
         }
+        // DURABILITY says what a commit promises; without DATA_DIR nothing
+        // is committed, and a silently ignored DURABILITY=fsync would make
+        // an operator believe the state is on disk.
+        if let (None, Some(raw)) = (&config.data_dir, lookup("DURABILITY")) {
+            return Err(ConfigError {
+                variable: "DURABILITY",
+                value: raw.to_string_lossy().into_owned(),
+                allowed: "DURABILITY only together with DATA_DIR (in memory mode nothing is written to disk)".to_owned(),
+            });
+        }
         Ok(config)
     }
 
@@ -471,12 +545,31 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Where the state lives, for the log: `memory`, or
+    /// `sqlite:<dir>/products.db (durability=commit)`.
+    pub fn storage(&self) -> String {
+        match &self.data_dir {
+            None => "memory".to_owned(),
+            Some(dir) => format!(
+                "sqlite:{} (durability={})",
+                dir.join(DATABASE_FILE).display(),
+                self.durability.as_str()
+            ),
+        }
+    }
+}
+
+/// The database's file name inside `DATA_DIR` (its WAL and lock files sit
+/// beside it: `products.db-wal`, `products.db-shm`, `products.db.lock`).
+pub const DATABASE_FILE: &str = "products.db";
+
 impl fmt::Display for Config {
     /// The effective configuration, as one log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} storage={}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -491,7 +584,8 @@ impl fmt::Display for Config {
             self.idempotency_window,
             self.idempotency_ttl,
             self.max_products,
-            self.max_connections
+            self.max_connections,
+            self.storage()
         )
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::durable::StorageError;
 use crate::stats::ShutdownReport;
 
 /// The service could not start.
@@ -15,6 +16,18 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     /// The OS refused to start a thread (usually a process or memory limit).
     Spawn { thread: String, source: io::Error },
+    /// The durable store (`DATA_DIR`) could not be opened or loaded.
+    Storage(StorageError),
+}
+
+impl StartError {
+    /// What `main` exits with: 2 for a setting to fix, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Storage(e) => e.exit_code(),
+            StartError::Bind { .. } | StartError::Spawn { .. } => 1,
+        }
+    }
 }
 
 impl fmt::Display for StartError {
@@ -46,6 +59,7 @@ impl fmt::Display for StartError {
                 f,
                 "cannot start thread {thread}: {source}; lower WORKERS (or MAX_CONNECTIONS), or raise the process's thread limit"
             ),
+            StartError::Storage(e) => e.fmt(f),
         }
     }
 }
@@ -54,6 +68,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Bind { source, .. } | StartError::Spawn { source, .. } => Some(source),
+            StartError::Storage(e) => e.source(),
         }
     }
 }

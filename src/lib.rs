@@ -44,6 +44,7 @@
 //! HTTP requests; it is compiled and run as a doc test below.
 
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -67,6 +68,7 @@ pub use error::{ShutdownError, StartError};
 pub use shutdown::{PausedWorkers, Running};
 pub use stats::{ShutdownReport, Stats};
 
+use durable::Recovered;
 use http::{Api, HttpServer};
 use queue::Intake;
 use store::Store;
@@ -93,6 +95,9 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Binds the socket, starts the workers and the connection threads, and
 /// returns once the service is accepting requests.
 pub fn start(config: Config) -> Result<Running, StartError> {
+    // Durable state first: a database that is locked, damaged or unknown
+    // stops the start before anything else happens.
+    let mut recovered = Recovered::open(&config).map_err(StartError::Storage)?;
     let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
@@ -106,15 +111,40 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         config.idempotency_window,
         config.idempotency_ttl,
     );
+    // Durable mode: the loaded products, the journal replayed, the seqs
+    // continued; every seq up to `through` is applied.
+    let through = recovered
+        .as_mut()
+        .map_or(0, |recovered| recovered.restore(&store, &intake));
     let intake = Arc::new(intake);
     let control = Arc::new(Control::default());
     let counters = Arc::new(WorkerCounters::default());
     let metrics = Arc::new(metrics::Metrics::default());
-    let progress = Arc::new(progress::Progress::default());
+    let progress = Arc::new(progress::Progress::starting_at(through));
+    let durable = match recovered {
+        None => None,
+        Some(recovered) => {
+            let started = recovered.start(
+                Arc::clone(&intake),
+                store.clone(),
+                Arc::clone(&progress),
+                Arc::clone(&metrics),
+            );
+            Some(Arc::new(started.map_err(|source| StartError::Spawn {
+                thread: "committer".to_owned(),
+                source,
+            })?))
+        }
+    };
 
     // Workers first, so the queue is being drained before the first request.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    let apply = worker::apply_to(store.clone(), Arc::clone(&progress), Arc::clone(&metrics));
+    let apply = worker::apply_to(
+        store.clone(),
+        Arc::clone(&progress),
+        Arc::clone(&metrics),
+        durable.clone(),
+    );
     let mut workers = Vec::with_capacity(config.workers);
     for id in 0..config.workers {
         let spawned = Worker::spawn(
@@ -131,6 +161,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
                 // Closing the intake lets the workers already started exit.
                 intake.close();
                 control.abandon();
+                if let Some(durable) = &durable {
+                    durable.finish();
+                }
                 return Err(StartError::Spawn {
                     thread: format!("worker-{id}"),
                     source,
@@ -145,6 +178,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
     let api = Arc::new(Api {
         intake: Arc::clone(&intake),
+        durable,
         store,
         progress,
         counters,
@@ -155,6 +189,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     });
     let http = HttpServer::start(listener, &api).map_err(|source| {
         intake.close();
+        if let Some(durable) = &api.durable {
+            durable.finish();
+        }
         StartError::Spawn {
             thread: "http".to_owned(),
             source,

@@ -2,8 +2,10 @@
 //! SIGTERM, shut down in order. A second signal exits at once.
 //!
 //! Exit codes: 0 after a shutdown (the log says if events were not applied),
-//! 1 if the service could not start or a thread had panicked, 2 for a bad
-//! setting or argument, 130 on a second signal.
+//! 1 if the service could not start (a port in use, a durable store that is
+//! locked, damaged or from a newer release) or a thread had panicked, 2 for
+//! a bad setting or argument (`DATA_DIR` that cannot be written, or set in a
+//! build without the `sqlite` feature, included), 130 on a second signal.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     // The sender lives in the handler for the life of the process, so this

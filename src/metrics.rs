@@ -28,16 +28,18 @@ pub enum RejectReason {
     QueueFull,
     ShuttingDown,
     ProductLimit,
+    StorageUnavailable,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 6] = [
+    const ALL: [RejectReason; 7] = [
         RejectReason::Validation,
         RejectReason::TooLarge,
         RejectReason::UnsupportedType,
         RejectReason::QueueFull,
         RejectReason::ShuttingDown,
         RejectReason::ProductLimit,
+        RejectReason::StorageUnavailable,
     ];
 
     fn label(self) -> &'static str {
@@ -48,6 +50,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::ShuttingDown => "shutting_down",
             RejectReason::ProductLimit => "product_limit",
+            RejectReason::StorageUnavailable => "storage_unavailable",
         }
     }
 }
@@ -114,34 +117,55 @@ fn class_index(status: u16) -> usize {
     usize::from(status / 100).clamp(2, 5) - 2
 }
 
-/// A histogram with fixed bucket bounds (seconds).
+/// A histogram with fixed bucket bounds: of seconds ([`Histogram::observe`])
+/// or of counts ([`Histogram::observe_count`]).
 pub struct Histogram {
     bounds: &'static [f64],
     /// One count per bound, plus one for `+Inf`; not cumulative.
     counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
+    /// The sum, in nanoseconds for durations, in units for counts.
+    sum: AtomicU64,
+    /// Units of `sum` per unit of the metric (1e9 for seconds).
+    scale: f64,
 }
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram::scaled(bounds, 1e9)
+    }
+
+    fn of_counts(bounds: &'static [f64]) -> Histogram {
+        Histogram::scaled(bounds, 1.0)
+    }
+
+    fn scaled(bounds: &'static [f64], scale: f64) -> Histogram {
         Histogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            scale,
         }
     }
 
-    /// Records one observation.
+    /// Records one duration.
     pub fn observe(&self, duration: Duration) {
-        let secs = duration.as_secs_f64();
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.record(duration.as_secs_f64(), nanos);
+    }
+
+    /// Records one count (a histogram made with `of_counts`).
+    pub fn observe_count(&self, n: u64) {
+        self.record(n as f64, n);
+    }
+
+    fn record(&self, value: f64, units: u64) {
         let bucket = self
             .bounds
             .iter()
-            .position(|&bound| secs <= bound)
+            .position(|&bound| value <= bound)
             .unwrap_or(self.bounds.len());
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.sum.fetch_add(units, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -155,7 +179,7 @@ impl Histogram {
                 .map_or("+Inf".to_owned(), |b| b.to_string());
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
@@ -171,17 +195,56 @@ const QUEUE_WAIT_BOUNDS: &[f64] = &[
     0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Commit duration buckets: 100 µs (a WAL commit without fsync) to 5 s.
+const COMMIT_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+/// Events per commit: 1 (no concurrency) to thousands (a deep group commit).
+const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// What the durable store's committer counts (shown only in durable mode).
+pub struct StorageMetrics {
+    pub commit_seconds: Histogram,
+    pub commit_events: Histogram,
+    errors: AtomicU64,
+    products_written: AtomicU64,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            commit_seconds: Histogram::new(COMMIT_BOUNDS),
+            commit_events: Histogram::of_counts(BATCH_BOUNDS),
+            errors: AtomicU64::new(0),
+            products_written: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StorageMetrics {
+    pub fn record_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_products_written(&self, n: u64) {
+        self.products_written.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// The counters and histograms, shared by every thread.
 pub struct Metrics {
     started: SystemTime,
     duplicates: AtomicU64,
-    rejected: [AtomicU64; 6],
+    rejected: [AtomicU64; 7],
     /// One per `HTTP_REJECTION_CODES`.
     http_rejected: [AtomicU64; 9],
     /// `[route][method][status class]`.
     requests: [[[AtomicU64; 4]; 4]; 7],
     pub request_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
+    pub storage: StorageMetrics,
 }
 
 impl Default for Metrics {
@@ -194,6 +257,7 @@ impl Default for Metrics {
             requests: Default::default(),
             request_seconds: Histogram::new(REQUEST_BOUNDS),
             queue_wait_seconds: Histogram::new(QUEUE_WAIT_BOUNDS),
+            storage: StorageMetrics::default(),
         }
     }
 }
@@ -291,6 +355,12 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "events_unapplied",
+            "Events acknowledged (202) and not yet applied: queued, or being applied.",
+            usize::try_from(s.accepted.saturating_sub(s.applied + s.panics)).unwrap_or(usize::MAX),
+        );
+        gauge(
+            &mut out,
             "queue_depth",
             "Events waiting in the queue.",
             s.queue_depth,
@@ -351,6 +421,37 @@ impl Metrics {
             "queue_wait_seconds",
             "Time from accepting an event (202) to having applied it.",
         );
+        if let Some(unavailable) = s.storage_unavailable {
+            let storage = &self.storage;
+            gauge(
+                &mut out,
+                "storage_unavailable",
+                "1 while writes to the durable store fail (POST /events answers 503 storage_unavailable), else 0.",
+                usize::from(unavailable),
+            );
+            counter(
+                &mut out,
+                "storage_errors_total",
+                "Writes to the durable store that failed (each is retried).",
+                storage.errors.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "storage_products_written_total",
+                "Product rows written to the durable store.",
+                storage.products_written.load(Ordering::Relaxed),
+            );
+            storage.commit_seconds.render(
+                &mut out,
+                "storage_commit_duration_seconds",
+                "Time of one commit of the durable store (one batch of events and products).",
+            );
+            storage.commit_events.render(
+                &mut out,
+                "storage_commit_batch_events",
+                "Events made durable by one commit (group commit: the events that arrived during the previous one).",
+            );
+        }
         let start = self
             .started
             .duration_since(UNIX_EPOCH)

@@ -45,15 +45,50 @@ impl ProductUpdate {
     /// A fingerprint of what the event changes, to tell a retry (same
     /// `event_id`, same content) from a conflicting reuse of an id.
     pub fn fingerprint(&self) -> u64 {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        self.product_id.hash(&mut h);
-        // `Number` hashes its kind and value: 5 and 5.0 are different
-        // events here, as they read back differently.
-        self.price.hash(&mut h);
-        self.stock.hash(&mut h);
-        self.version.hash(&mut h);
-        h.finish()
+        // FNV-1a over a fixed encoding of the content, not std's
+        // `DefaultHasher`: the durable store keeps fingerprints across
+        // restarts (and releases), and std does not promise that its hasher
+        // stays the same. Not a defence against a client that crafts
+        // collisions, which could only confuse its own retries.
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.bytes(self.product_id.as_bytes());
+        h.bytes(&[0xff]);
+        // The number's kind and value: 5 and 5.0 are different events
+        // here, as they read back differently.
+        match &self.price {
+            None => h.bytes(&[0]),
+            Some(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => h.tagged(1, u),
+                (None, Some(i), _) => h.tagged(2, i as u64),
+                (None, None, Some(f)) => h.tagged(3, f.to_bits()),
+                (None, None, None) => h.bytes(&[4]),
+            },
+        }
+        match self.stock {
+            None => h.bytes(&[0]),
+            Some(stock) => h.tagged(1, stock),
+        }
+        match self.version {
+            None => h.bytes(&[0]),
+            Some(version) => h.tagged(1, version),
+        }
+        h.0
+    }
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn tagged(&mut self, tag: u8, value: u64) {
+        self.bytes(&[tag]);
+        self.bytes(&value.to_le_bytes());
     }
 }
 

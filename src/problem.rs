@@ -40,6 +40,10 @@ pub enum ApiError {
     QueueFull { capacity: usize },
     /// Shutdown has begun (503 with `Connection: close`).
     ShuttingDown,
+    /// Durable mode: the event could not be committed, or (async mode)
+    /// writes are failing; nothing was acknowledged (503 with
+    /// `Retry-After: 1`).
+    StorageUnavailable,
     /// No route for this path (404).
     NotFound { path: String },
     /// No event for this product has been applied (404).
@@ -81,19 +85,22 @@ pub enum ApiError {
 }
 
 /// Why `/readyz` says "not ready" (the problem's `reason` member).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
     /// Shutdown has begun.
     Draining,
     /// The queue holds at least the high-water share of its capacity.
     QueueAboveHighWater { depth: usize, capacity: usize },
+    /// Durable mode: writes to the database fail (why, in `detail`).
+    StorageUnavailable { detail: String },
 }
 
 impl NotReady {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             NotReady::Draining => "draining",
             NotReady::QueueAboveHighWater { .. } => "queue_above_high_water",
+            NotReady::StorageUnavailable { .. } => "storage_unavailable",
         }
     }
 }
@@ -120,6 +127,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
+            | ApiError::StorageUnavailable
             | ApiError::NotReady(_)
             | ApiError::TooManyConnections { .. } => 503,
         }
@@ -134,6 +142,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::StorageUnavailable => "storage_unavailable",
             ApiError::NotFound { .. } => "not_found",
             ApiError::ProductNotFound { .. } => "product_not_found",
             ApiError::InvalidPath { .. } => "invalid_path",
@@ -170,6 +179,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "Unsupported media type",
             ApiError::QueueFull { .. } => "Queue full",
             ApiError::ShuttingDown => "Shutting down",
+            ApiError::StorageUnavailable => "Storage unavailable",
             ApiError::NotFound { .. } => "Not found",
             ApiError::ProductNotFound { .. } => "Product not found",
             ApiError::InvalidPath { .. } => "Invalid path",
@@ -323,6 +333,14 @@ impl fmt::Display for ApiError {
             ApiError::TooManyConnections { limit } => write!(
                 f,
                 "the service is serving its limit of {limit} connections (MAX_CONNECTIONS); retry after 1 second"
+            ),
+            ApiError::StorageUnavailable => write!(
+                f,
+                "the event could not be written to the durable store (DATA_DIR); it was not accepted: retry after 1 second (GET /readyz says why)"
+            ),
+            ApiError::NotReady(NotReady::StorageUnavailable { detail }) => write!(
+                f,
+                "writes to the durable store fail: {detail}; events are refused until they succeed again"
             ),
             ApiError::NotReady(NotReady::Draining) => write!(
                 f,

@@ -63,6 +63,14 @@ struct State {
 }
 
 impl Progress {
+    /// A watermark at which every seq up to `through` is already done: a
+    /// durable store's restart, after it replayed its journal.
+    pub fn starting_at(through: Seq) -> Progress {
+        let progress = Progress::default();
+        progress.lock().through = through;
+        progress
+    }
+
     /// A worker finished `seq` (applied it, or its apply panicked).
     pub fn done(&self, seq: Seq) {
         let mut state = self.lock();

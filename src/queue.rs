@@ -102,6 +102,38 @@ pub enum SubmitError {
     Full { capacity: usize },
     /// Shutdown has begun; no new events are taken.
     ShuttingDown,
+    /// Durable mode: the event could not be committed (or, in `async`
+    /// mode, the store is failing). Nothing was acknowledged; retry later.
+    StorageUnavailable,
+}
+
+/// An event waiting to be admitted with the next commit (durable `commit`
+/// and `fsync` modes; see [`Intake::admit`]).
+#[derive(Debug)]
+pub struct Submission {
+    pub update: ProductUpdate,
+    pub request_id: OwnedRequestId,
+    pub accepted_at: Instant,
+}
+
+/// An event [`Intake::admit`] gave a seq, handed to its `commit`.
+pub struct Admitted<'a> {
+    pub seq: Seq,
+    pub update: &'a ProductUpdate,
+    /// Its content fingerprint (0 without an `event_id`), for the window.
+    pub fingerprint: u64,
+}
+
+/// Where one event of a batch stands while its commit is pending.
+enum Standing {
+    /// Answered whatever the commit does (a duplicate of an event committed
+    /// earlier, a conflict with one, a full queue).
+    Settled(Result<Submitted, SubmitError>),
+    /// Given this seq; accepted if the commit succeeds.
+    New(Seq),
+    /// Refers to an event earlier in this batch: this answer if the commit
+    /// succeeds, `StorageUnavailable` if it fails.
+    OnCommit(Result<Submitted, SubmitError>),
 }
 
 /// The sending side of the queue, shared by every connection thread.
@@ -120,6 +152,9 @@ struct IntakeState {
     job_tx: Option<Sender<Job>>,
     /// Sequence number the next accepted event gets.
     next_seq: Seq,
+    /// Seqs handed out before this process started (durable mode): the
+    /// counts are this process's, the seqs continue.
+    base: Seq,
     /// Recently accepted `event_id`s, for idempotent retries.
     seen: Dedupe,
 }
@@ -178,6 +213,7 @@ impl Intake {
             state: Mutex::new(IntakeState {
                 job_tx: Some(job_tx),
                 next_seq: 1,
+                base: 0,
                 seen: Dedupe {
                     by_id: HashMap::new(),
                     order: VecDeque::new(),
@@ -276,7 +312,7 @@ impl Intake {
     pub fn close(&self) -> u64 {
         let mut state = self.lock();
         state.job_tx = None;
-        let accepted = state.next_seq - 1;
+        let accepted = state.next_seq - 1 - state.base;
         drop(state);
         // After the sender is gone: a worker woken by this finds the queue
         // disconnected once it is empty.
@@ -284,9 +320,163 @@ impl Intake {
         accepted
     }
 
-    /// Events accepted so far.
+    /// Durable `commit` and `fsync` modes: admits a batch of events
+    /// together with their commit, all under the intake lock. Each event is
+    /// checked against the idempotency window and the batch's earlier
+    /// events and given the next seq if the queue has room for it; then
+    /// `commit` makes those durable (it returns true if it did). Only then
+    /// are they queued for the workers, remembered in the window and
+    /// counted. So a seq is handed out only to a committed event (seqs stay
+    /// gap-free), nothing is acknowledged that is not committed, and
+    /// [`Intake::close`], which takes the same lock, comes before or after
+    /// a whole batch, never between its commit and its queueing.
+    ///
+    /// The caller (the committer) is the queue's only sender in these
+    /// modes, so the room counted here is still there when it sends.
+    pub fn admit(
+        &self,
+        batch: Vec<Submission>,
+        commit: impl FnOnce(&[Admitted<'_>]) -> bool,
+    ) -> Vec<Result<Submitted, SubmitError>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let IntakeState {
+            job_tx,
+            next_seq,
+            seen,
+            ..
+        } = &mut *state;
+        let Some(job_tx) = job_tx.as_ref() else {
+            return batch
+                .iter()
+                .map(|_| Err(SubmitError::ShuttingDown))
+                .collect();
+        };
+        seen.forget_old(now);
+        let mut room = self.capacity.saturating_sub(job_tx.len());
+        let mut standings = Vec::with_capacity(batch.len());
+        let mut admitted = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<&str, (Seq, u64)> = HashMap::new();
+        let mut seq = *next_seq;
+        for submission in &batch {
+            let update = &submission.update;
+            let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
+            if let Some(event_id) = &update.event_id {
+                let answer = |(seq, seen_fingerprint): (Seq, u64)| {
+                    if seen_fingerprint == fingerprint {
+                        Ok(Submitted {
+                            seq,
+                            duplicate: true,
+                        })
+                    } else {
+                        Err(SubmitError::IdempotencyConflict { seq })
+                    }
+                };
+                if let Some(&earlier) = seen.by_id.get(event_id) {
+                    standings.push(Standing::Settled(answer(earlier)));
+                    continue;
+                }
+                if let Some(&earlier) = in_batch.get(&**event_id) {
+                    standings.push(Standing::OnCommit(answer(earlier)));
+                    continue;
+                }
+            }
+            if room == 0 {
+                standings.push(Standing::Settled(Err(SubmitError::Full {
+                    capacity: self.capacity,
+                })));
+                continue;
+            }
+            room -= 1;
+            if let Some(event_id) = &update.event_id {
+                in_batch.insert(event_id, (seq, fingerprint));
+            }
+            admitted.push(Admitted {
+                seq,
+                update,
+                fingerprint,
+            });
+            standings.push(Standing::New(seq));
+            seq += 1;
+        }
+        let committed = admitted.is_empty() || commit(&admitted);
+        let fingerprints: Vec<u64> = admitted.iter().map(|a| a.fingerprint).collect();
+        drop(in_batch);
+        drop(admitted);
+        let mut results = Vec::with_capacity(batch.len());
+        let mut fingerprints = fingerprints.into_iter();
+        for (submission, standing) in batch.into_iter().zip(standings) {
+            results.push(match standing {
+                Standing::Settled(answer) => answer,
+                Standing::OnCommit(answer) if committed => answer,
+                Standing::OnCommit(_) => Err(SubmitError::StorageUnavailable),
+                Standing::New(_) if !committed => Err(SubmitError::StorageUnavailable),
+                Standing::New(seq) => {
+                    let fingerprint = fingerprints.next().unwrap_or(0);
+                    let event_id = submission.update.event_id.clone();
+                    let job = Job {
+                        seq,
+                        update: submission.update,
+                        request_id: submission.request_id,
+                        accepted_at: submission.accepted_at,
+                    };
+                    // Cannot fail: the room was counted above and only the
+                    // committer sends. If the workers were gone anyway, the
+                    // event is committed and the next start replays it.
+                    if job_tx.try_send(job).is_err() {
+                        log::error!(
+                            "seq={seq} is committed but could not be queued; it is applied at the next start"
+                        );
+                    }
+                    if let Some(event_id) = event_id {
+                        seen.remember(event_id, seq, fingerprint, now);
+                    }
+                    Ok(Submitted {
+                        seq,
+                        duplicate: false,
+                    })
+                }
+            });
+        }
+        if committed {
+            *next_seq = seq;
+        }
+        let depth = job_tx.len();
+        drop(state);
+        if committed && depth > 0 {
+            self.doorbell.ring(depth);
+        }
+        results
+    }
+
+    /// At startup in durable mode, before any event: continue the seqs
+    /// after `next_seq - 1` and remember the window's event ids (oldest
+    /// first, each with how long ago it was accepted).
+    pub fn restore(&self, next_seq: Seq, window: Vec<(Box<str>, Seq, u64, Duration)>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.next_seq = state.next_seq.max(next_seq);
+        state.base = state.next_seq - 1;
+        for (event_id, seq, fingerprint, age) in window {
+            let at = now.checked_sub(age).unwrap_or(now);
+            state
+                .seen
+                .by_id
+                .insert(event_id.clone(), (seq, fingerprint));
+            state.seen.order.push_back((event_id, at));
+        }
+        state.seen.forget_old(now);
+    }
+
+    /// The seq the next accepted event will get.
+    pub fn next_seq(&self) -> Seq {
+        self.lock().next_seq
+    }
+
+    /// Events accepted so far by this process.
     pub fn accepted(&self) -> u64 {
-        self.lock().next_seq - 1
+        let state = self.lock();
+        state.next_seq - 1 - state.base
     }
 
     /// Whether [`Intake::close`] has been called.

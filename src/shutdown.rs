@@ -16,7 +16,8 @@
 //! 3. **Deadline.** If the deadline passes first, `Control::abandon` makes
 //!    each worker stop after at most the event it holds. The events left in
 //!    the queue are counted (accepted − applied − panicked) and logged.
-//! 4. **Join the workers.**
+//! 4. **Join the workers.** In durable mode the committer then writes what
+//!    they applied and stops (`Durable::finish`).
 //! 5. **Stop HTTP.** The server stops taking connections (the listening
 //!    socket closes), closes the connections waiting for a request, lets
 //!    the requests in hand finish (their answers say `Connection: close`)
@@ -131,6 +132,14 @@ impl Running {
             }
         }
 
+        // 4b. Durable mode: write what the workers applied, stop the
+        // committer (POSTs from here on get 503 shutting_down).
+        let committed = self
+            .api
+            .durable
+            .as_ref()
+            .map(|durable| durable.finish().events);
+
         // 5. Stop the HTTP side and close the listening socket.
         let stopped = self.http.stop();
         log::debug!(
@@ -150,8 +159,16 @@ impl Running {
             not_applied: accepted.saturating_sub(applied + panics),
             drained,
             elapsed: started.elapsed(),
+            committed,
         };
-        if report.not_applied > 0 {
+        let journaled = self.api.durable.is_some()
+            && self.api.config.durability != crate::config::Durability::Async;
+        if report.not_applied > 0 && journaled {
+            log::warn!(
+                "shutdown: {} accepted events were not applied (drain deadline passed); they are in the journal, and the next start applies them; {report}",
+                report.not_applied
+            );
+        } else if report.not_applied > 0 {
             log::warn!(
                 "shutdown: {} accepted events were NOT applied (drain deadline passed); {report}",
                 report.not_applied

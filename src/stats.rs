@@ -36,6 +36,8 @@ pub struct Stats {
     pub open_connections: usize,
     /// `MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// Durable mode: whether writes fail right now; `None` in memory mode.
+    pub storage_unavailable: Option<bool>,
 }
 
 /// What shutdown did.
@@ -53,6 +55,9 @@ pub struct ShutdownReport {
     pub drained: bool,
     /// Time from the start of shutdown to the end.
     pub elapsed: Duration,
+    /// Durable mode: events committed over the service's life; `None` in
+    /// memory mode.
+    pub committed: Option<u64>,
 }
 
 impl fmt::Display for ShutdownReport {
@@ -61,6 +66,10 @@ impl fmt::Display for ShutdownReport {
             f,
             "accepted={} applied={} panicked={} not_applied={} drained={} elapsed={:?}",
             self.accepted, self.applied, self.panics, self.not_applied, self.drained, self.elapsed
-        )
+        )?;
+        if let Some(committed) = self.committed {
+            write!(f, " committed={committed}")?;
+        }
+        Ok(())
     }
 }

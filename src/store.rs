@@ -70,6 +70,17 @@ impl WriteKey {
     fn is_set(self) -> bool {
         self != WriteKey::default()
     }
+
+    /// The seq and client version the key was made from ([`WriteKey::new`]
+    /// in reverse), or `None` for "never set". The durable store keeps these
+    /// two, not the key: they are what a person reading the table expects.
+    pub fn parts(self) -> Option<(Seq, Option<u64>)> {
+        match self {
+            key if !key.is_set() => None,
+            WriteKey(0, seq) => Some((seq, None)),
+            WriteKey(v, inverted) => Some((u64::MAX - inverted, Some(v - 1))),
+        }
+    }
 }
 
 /// What a product holds (56 bytes): each field and the key of the write
@@ -114,6 +125,16 @@ impl fmt::Display for Tag {
         let [a, b, c, d] = self.0;
         write!(f, "{a:x}.{b:x}.{c:x}.{d:x}")
     }
+}
+
+/// A product's fields with the keys of the writes that set them: what the
+/// durable store writes to its `products` table and loads back at startup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub price: Option<Number>,
+    pub price_key: WriteKey,
+    pub stock: Option<u64>,
+    pub stock_key: WriteKey,
 }
 
 /// What one [`Store::apply`] did, for the counters.
@@ -176,6 +197,32 @@ impl Store {
     /// been applied yet. A copy: the lock is held only to copy it.
     pub fn get(&self, product_id: &str) -> Option<ProductState> {
         self.read().get(product_id).map(Record::state)
+    }
+
+    /// `product_id`'s fields and their write keys, for the durable store.
+    pub fn stored(&self, product_id: &str) -> Option<Stored> {
+        self.read().get(product_id).map(|r| Stored {
+            price: r.price.clone(),
+            price_key: r.price_key,
+            stock: r.stock_key.is_set().then_some(r.stock),
+            stock_key: r.stock_key,
+        })
+    }
+
+    /// Puts products back as they were stored (at startup, before any
+    /// event is applied), replacing any with the same id.
+    pub fn restore(&self, products: impl IntoIterator<Item = (Box<str>, Stored)>) {
+        let mut map = self.write();
+        for (id, stored) in products {
+            let record = Record {
+                price: stored.price,
+                price_key: stored.price_key,
+                stock: stored.stock.unwrap_or(0),
+                stock_key: stored.stock_key,
+            };
+            map.insert(id, record);
+        }
+        self.count.store(map.len(), Ordering::Relaxed);
     }
 
     /// Up to `limit` products whose ids sort after the bytes `after` (all,

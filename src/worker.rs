@@ -30,6 +30,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Sender;
 
+use crate::durable::Durable;
 use crate::metrics::Metrics;
 use crate::progress::{DoneOnDrop, Progress};
 use crate::queue::{Job, Jobs};
@@ -89,19 +90,25 @@ impl Worker {
 }
 
 /// What the service's workers do with each event: apply it to the store,
-/// record how long it waited in the queue, and report its seq to the
-/// watermark, also when the apply panics (so `min_seq` readers behind it
-/// are not stalled).
+/// record how long it waited in the queue, tell the durable store (if any)
+/// which product changed, and report its seq to the watermark, also when
+/// the apply panics (so `min_seq` readers behind it are not stalled). The
+/// durable store hears of the product *before* the seq is done: its
+/// committer relies on that order (see `durable/mod.rs`).
 pub fn apply_to(
     store: Store,
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
+    durable: Option<Arc<Durable>>,
 ) -> impl Fn(&Job) -> ApplyOutcome + Send + Clone + 'static {
     move |job| {
         // Reports the seq as done when dropped: after the apply, or while
         // unwinding from a panic in it.
         let _done = DoneOnDrop(&progress, job.seq);
         let outcome = store.apply(job.seq, &job.update);
+        if let Some(durable) = &durable {
+            durable.applied(&job.update.product_id);
+        }
         metrics
             .queue_wait_seconds
             .observe(job.accepted_at.elapsed());

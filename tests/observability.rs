@@ -114,17 +114,17 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
                 })
                 .unwrap_or(name);
             assert!(typed.contains_key(family), "sample before its TYPE: {line}");
-            if let Some(labels) = series.strip_prefix(name) {
-                if !labels.is_empty() {
-                    assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-                    for pair in labels[1..labels.len() - 1].split(',') {
-                        let (k, v) = pair.split_once('=').expect("label=value");
-                        assert!(is_metric_name(k), "{line}");
-                        assert!(
-                            v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
-                            "{line}"
-                        );
-                    }
+            if let Some(labels) = series.strip_prefix(name)
+                && !labels.is_empty()
+            {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(is_metric_name(k), "{line}");
+                    assert!(
+                        v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
+                        "{line}"
+                    );
                 }
             }
             let value: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));

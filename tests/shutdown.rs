@@ -4,14 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::Binary;
 use common::{DEADLINE, TestServer, agent, post_event, test_config, wait_until};
 
 #[test]
@@ -144,115 +145,6 @@ fn past_the_deadline_unapplied_events_are_counted() {
     assert_eq!(report.applied, 0, "paused workers applied nothing");
     assert_eq!(report.not_applied, 10, "{report}");
     assert!(report.elapsed >= Duration::from_millis(200), "{report}");
-}
-
-/// The real binary, started with `env`, its log read line by line.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    log: mpsc::Receiver<String>,
-    lines: Vec<String>,
-}
-
-impl Binary {
-    fn start(env: &[(&str, &str)]) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_product-update-service"));
-        command
-            .env_clear()
-            .env("PORT", "0")
-            .env("BIND_ADDR", "127.0.0.1")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn the binary");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, log) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut binary = Binary {
-            child,
-            addr: "0.0.0.0:0".parse().expect("literal"),
-            log,
-            lines: Vec::new(),
-        };
-        let line = binary.wait_for_log("listening on ");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in the startup line");
-        binary.addr = addr.parse().expect("socket address");
-        binary
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Waits for a log line containing `needle` and returns it.
-    fn wait_for_log(&mut self, needle: &str) -> String {
-        if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.lines.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line containing {needle:?} within {DEADLINE:?}; log so far:\n{}",
-                    self.lines.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Collect the rest of the log for the assertions.
-                while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
-                    self.lines.push(line);
-                }
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the binary did not exit within {DEADLINE:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // Never leave a process behind when a test fails.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn graceful_signal_drains_and_exits_zero(signal: &str) {

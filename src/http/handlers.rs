@@ -19,6 +19,7 @@ use tiny_http::inline::{Request, Response};
 
 use super::wire;
 use crate::config::Config;
+use crate::durable::Durable;
 use crate::metrics::Metrics;
 use crate::model::{self, Product};
 use crate::problem::{ApiError, NotReady};
@@ -48,6 +49,8 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What the handlers share; one per service, behind an `Arc`.
 pub struct Api {
     pub(crate) intake: Arc<Intake>,
+    /// Durable mode (`DATA_DIR`): the committer; `None` in memory mode.
+    pub(crate) durable: Option<Arc<Durable>>,
     pub(crate) store: Store,
     pub(crate) progress: Arc<Progress>,
     pub(crate) counters: Arc<WorkerCounters>,
@@ -88,6 +91,10 @@ impl Api {
             idempotency_window: self.intake.window_len(),
             open_connections: self.open_connections.load(Ordering::Relaxed),
             max_connections: self.config.max_connections,
+            storage_unavailable: self
+                .durable
+                .as_ref()
+                .map(|durable| durable.unavailable().is_some()),
         }
     }
 
@@ -110,17 +117,20 @@ impl Api {
         }
         let product_id = update.product_id.clone();
         let event_id = update.event_id.clone();
-        let submitted = self
-            .intake
-            .submit(update, request_id.to_owned())
-            .map_err(|e| match e {
-                SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
-                SubmitError::ShuttingDown => ApiError::ShuttingDown,
-                SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
-                    event_id: event_id.as_deref().unwrap_or_default().to_owned(),
-                    seq,
-                },
-            })?;
+        let request_id = request_id.to_owned();
+        let submitted = match &self.durable {
+            Some(durable) => durable.submit(update, request_id),
+            None => self.intake.submit(update, request_id),
+        };
+        let submitted = submitted.map_err(|e| match e {
+            SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
+            SubmitError::StorageUnavailable => ApiError::StorageUnavailable,
+            SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
+                event_id: event_id.as_deref().unwrap_or_default().to_owned(),
+                seq,
+            },
+        })?;
         let (status, word) = if submitted.duplicate {
             self.metrics.duplicate();
             (200, "duplicate")
@@ -304,6 +314,9 @@ impl Api {
     pub fn readyz(&self, response: &mut Response) -> Result<(), ApiError> {
         if self.is_draining() {
             return Err(ApiError::NotReady(NotReady::Draining));
+        }
+        if let Some(detail) = self.durable.as_ref().and_then(|d| d.unavailable()) {
+            return Err(ApiError::NotReady(NotReady::StorageUnavailable { detail }));
         }
         let (depth, capacity) = (self.intake.depth(), self.intake.capacity());
         if depth * 100 >= capacity * HIGH_WATER_PERCENT {

@@ -18,7 +18,7 @@ use super::handlers::Api;
 use super::route::Route;
 use super::wire;
 use crate::metrics::RejectReason;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, NotReady};
 use crate::request_id::{RequestId, RequestIds};
 
 /// The running HTTP server.
@@ -201,7 +201,10 @@ fn problem(error: &ApiError, request_id: RequestId<'_>, response: &mut Response)
     response.set_status(error.status());
     response.add_header("Content-Type", "application/problem+json");
     match error {
-        ApiError::QueueFull { .. } | ApiError::TooManyConnections { .. } => {
+        ApiError::QueueFull { .. }
+        | ApiError::TooManyConnections { .. }
+        | ApiError::StorageUnavailable
+        | ApiError::NotReady(NotReady::StorageUnavailable { .. }) => {
             response.add_header("Retry-After", "1");
         }
         ApiError::MethodNotAllowed { allow, .. } => {
@@ -221,6 +224,7 @@ fn reject_reason(error: &ApiError) -> RejectReason {
         ApiError::UnsupportedMediaType { .. } => RejectReason::UnsupportedType,
         ApiError::QueueFull { .. } => RejectReason::QueueFull,
         ApiError::ShuttingDown => RejectReason::ShuttingDown,
+        ApiError::StorageUnavailable => RejectReason::StorageUnavailable,
         ApiError::ProductLimit { .. } => RejectReason::ProductLimit,
         _ => RejectReason::Validation,
     }

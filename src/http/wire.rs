@@ -121,7 +121,7 @@ pub fn cursor_encode(id: &str) -> String {
 /// `Store::list_after`). So the OpenAPI pattern `^([0-9A-Fa-f]{2})*$` is
 /// the whole rule.
 pub fn cursor_decode(cursor: &str) -> Option<Vec<u8>> {
-    if cursor.len() % 2 != 0 {
+    if !cursor.len().is_multiple_of(2) {
         return None;
     }
     (0..cursor.len())

@@ -3,8 +3,12 @@
 //! Never sleeps to synchronize and never installs a signal handler.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod binary;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use product_update_service::{Config, Running, ShutdownReport, Stats, start};
@@ -13,13 +17,36 @@ use serde_json::Value;
 /// The longest any test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A config for tests: loopback, any free port, small numbers.
+/// A config for tests: loopback, any free port, small numbers. In
+/// `tests/durable_suite.rs` (which runs the API, concurrency and delivery
+/// tests again) also a fresh `DATA_DIR`: a durable instance in `commit`
+/// mode, removed again by [`TestServer::shutdown`].
 pub fn test_config() -> Config {
     Config {
         bind: "127.0.0.1:0".parse().expect("literal address"),
         shutdown_timeout: Duration::from_secs(10),
+        data_dir: durable_suite().then(|| scratch_dir("suite")),
         ..Config::default()
     }
+}
+
+/// Whether this test binary is `tests/durable_suite.rs`.
+pub fn durable_suite() -> bool {
+    option_env!("CARGO_CRATE_NAME") == Some("durable_suite")
+}
+
+/// A new empty directory under the system's temp dir, unique in this
+/// process and across processes.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "product-update-service-test-{tag}-{}-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch dir");
+    dir
 }
 
 pub struct TestServer {
@@ -141,8 +168,14 @@ impl TestServer {
         })
     }
 
+    /// Shuts down (and removes a durable instance's scratch `DATA_DIR`).
     pub fn shutdown(self) -> ShutdownReport {
-        self.running.shutdown().expect("clean shutdown")
+        let data_dir = self.running.config().data_dir.clone();
+        let report = self.running.shutdown().expect("clean shutdown");
+        if let Some(dir) = data_dir.filter(|_| durable_suite()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        report
     }
 }
 

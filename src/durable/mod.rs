@@ -1,0 +1,192 @@
+//! Durable state on the local disk (`DATA_DIR`, cargo feature `sqlite`):
+//! what a 202 promises, and the committer thread that keeps the promise.
+//!
+//! The in-memory store stays the serving copy: reads never touch the disk.
+//! The database is where the state survives the process:
+//!
+//! ```text
+//!  commit / fsync:  connection ──submit()──▶ inbox ──▶ committer: admit under the intake lock,
+//!                   thread waits ◀── 202 ───────────── INSERT journal, COMMIT, then queue ──▶ workers ──▶ store
+//!  async:           connection ──intake.submit()──▶ queue ──▶ workers ──▶ store      (202 at once)
+//!  every mode:      workers ──applied(product_id)──▶ inbox ──▶ committer: UPSERT products, COMMIT
+//! ```
+//!
+//! # The commit path (`commit` and `fsync`)
+//!
+//! A connection thread puts its event in the committer's inbox and waits.
+//! The committer takes everything in the inbox (every event that arrived
+//! while it was writing the previous batch: group commit), and asks the
+//! intake to admit the batch: under the intake lock each event gets its
+//! seq, the batch is written to the `journal` table in one transaction and
+//! committed, and only then are the events queued for the workers and the
+//! waiting threads answered 202. A failed commit answers them all 503
+//! `storage_unavailable`, and no seq is used up.
+//!
+//! # What the workers write
+//!
+//! Nothing, directly: after applying an event a worker puts the product's
+//! id in the inbox (before it reports the seq done to the watermark). Each
+//! cycle the committer reads the watermark `W`, takes those ids, copies
+//! those products from the store, and writes them to `products` with
+//! `applied_through = W`, in the same transaction as the next batch (or on
+//! its own within [`FLUSH_INTERVAL`] when no events arrive). Every event up
+//! to `W` put its product in the inbox before `W` passed it, so once that
+//! transaction commits `products` reflects every event up to `W`, and the
+//! journal rows up to `W` are deleted in it. A product copied with events
+//! above `W` in it is harmless: replaying those events changes nothing,
+//! because each field keeps the write key that set it.
+//!
+//! # Startup
+//!
+//! Load `products`, replay the journal above `applied_through` (events that
+//! were acknowledged but not reflected in `products`: applied or not when
+//! the process died, replaying is idempotent), restore the idempotency
+//! window and the next seq, then start serving.
+//!
+//! # `async`
+//!
+//! The 202 is sent when the event is queued, as in memory mode, and there
+//! is no journal: the committer writes the applied products (and the event
+//! ids of the window, and the next seq) every [`FLUSH_INTERVAL`]. A crash
+//! loses what was acknowledged since the last such commit: under normal
+//! load the events of the last 10 to 20 ms. A graceful shutdown loses
+//! nothing. While writes fail, new events are refused with 503.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[cfg(feature = "sqlite")]
+mod committer;
+#[cfg(feature = "sqlite")]
+mod database;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durable, Recovered};
+
+#[cfg(not(feature = "sqlite"))]
+mod disabled;
+#[cfg(not(feature = "sqlite"))]
+pub use disabled::{Durable, Recovered};
+
+/// How often the committer writes applied products when no events arrive
+/// to carry them (and, in `async` mode, the bound on how long an
+/// acknowledged event waits to be written once applied).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often a failing store is tried again when nothing else is written,
+/// and how often the idempotency window's old rows are deleted.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why durable state could not be opened or loaded. The message names the
+/// file and what to do; [`StorageError::exit_code`] is what `main` exits
+/// with.
+#[derive(Debug)]
+pub enum StorageError {
+    /// `DATA_DIR` is set but this build has no storage backend.
+    NotBuilt,
+    /// `DATA_DIR` cannot be created or written.
+    Directory { path: PathBuf, source: io::Error },
+    /// Another process has the database open.
+    Locked {
+        path: PathBuf,
+        holder: Option<String>,
+    },
+    /// The file is not a SQLite database.
+    NotADatabase { path: PathBuf },
+    /// A SQLite database, but not this service's.
+    Foreign { path: PathBuf, app_id: i64 },
+    /// The file fails SQLite's integrity check, or its rows are not what
+    /// this service writes.
+    Corrupt { path: PathBuf, detail: String },
+    /// Written by a newer release, with a schema this build does not know.
+    UnknownSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    /// Any other SQLite error while opening or loading.
+    Sqlite { path: PathBuf, detail: String },
+}
+
+impl StorageError {
+    /// 2 for a setting to fix (like a bad variable), 1 for a database that
+    /// needs a person's decision.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StorageError::NotBuilt | StorageError::Directory { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNTOUCHED: &str = "it was left untouched";
+        match self {
+            StorageError::NotBuilt => write!(
+                f,
+                "DATA_DIR is set, but this build has no durable storage: build with `cargo build --release --features sqlite` (or unset DATA_DIR to keep the state in memory)"
+            ),
+            StorageError::Directory { path, source } => write!(
+                f,
+                "DATA_DIR {}: cannot create or write there ({source}); create the directory and let the service's user write to it, or set DATA_DIR to another directory",
+                path.display()
+            ),
+            StorageError::Locked { path, holder } => write!(
+                f,
+                "{} is in use by another product-update-service ({}); two processes must not share one DATA_DIR: stop the other one, or give this one its own DATA_DIR",
+                path.display(),
+                holder.as_deref().unwrap_or("holder unknown")
+            ),
+            StorageError::NotADatabase { path } => write!(
+                f,
+                "{} is not a SQLite database; {UNTOUCHED}: move it away (or set DATA_DIR to another directory) and start again",
+                path.display()
+            ),
+            StorageError::Foreign { path, app_id } => write!(
+                f,
+                "{} is a SQLite database of another application (application_id {app_id:#x}), not of product-update-service; {UNTOUCHED}: set DATA_DIR to another directory",
+                path.display()
+            ),
+            StorageError::Corrupt { path, detail } => write!(
+                f,
+                "{} is damaged ({detail}); {UNTOUCHED}: restore it from a backup, or move it away to start with an empty store",
+                path.display()
+            ),
+            StorageError::UnknownSchema { path, found, known } => write!(
+                f,
+                "{} has schema version {found}, and this build knows versions up to {known}: it was written by a newer product-update-service; {UNTOUCHED}: run that version, or move the file away",
+                path.display()
+            ),
+            StorageError::Sqlite { path, detail } => {
+                write!(f, "{}: {detail}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Directory { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What the committer did over the service's life, for the shutdown
+/// report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Events written to the journal (commit and fsync modes) or covered by
+    /// a products commit (async mode).
+    pub events: u64,
+    /// Commits that failed.
+    pub failures: u64,
+    /// True if the last commit, at shutdown, succeeded: everything applied
+    /// is in the database.
+    pub clean: bool,
+}

@@ -1,0 +1,261 @@
+//! The durable store's handle: open and load at startup ([`Recovered`]),
+//! then the running committer ([`Durable`]) that `POST /events`, the
+//! workers and shutdown talk to.
+
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Instant, SystemTime};
+
+use super::committer::{self, Health, Inbox, Pending, Shared, Ticket};
+use super::database::{Database, Loaded, WindowRow};
+use super::{Committed, StorageError};
+use crate::config::{Config, Durability};
+use crate::metrics::Metrics;
+use crate::model::ProductUpdate;
+use crate::progress::Progress;
+use crate::queue::{Intake, Submission, SubmitError, Submitted};
+use crate::request_id::OwnedRequestId;
+use crate::store::{Seq, Store};
+
+/// The database opened and read, before the service serves: [`restore`]
+/// puts its state into the store and the intake, [`start`] starts the
+/// committer.
+///
+/// [`restore`]: Recovered::restore
+/// [`start`]: Recovered::start
+pub struct Recovered {
+    db: Database,
+    loaded: Option<Loaded>,
+    mode: Durability,
+    window_ttl: std::time::Duration,
+    window_len: usize,
+    /// Products whose rows the first commit rewrites (the journal's).
+    replayed: Vec<Box<str>>,
+    started: Instant,
+}
+
+impl Recovered {
+    /// Opens and reads `DATA_DIR`'s database; `None` in memory mode.
+    pub fn open(config: &Config) -> Result<Option<Recovered>, StorageError> {
+        let Some(dir) = &config.data_dir else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let db = Database::open(dir, config.durability)?;
+        let loaded = db.load(config.idempotency_ttl, config.idempotency_window)?;
+        Ok(Some(Recovered {
+            db,
+            loaded: Some(loaded),
+            mode: config.durability,
+            window_ttl: config.idempotency_ttl,
+            window_len: config.idempotency_window,
+            replayed: Vec::new(),
+            started,
+        }))
+    }
+
+    /// Puts the loaded products into `store`, applies the journal's events
+    /// (acknowledged, maybe not applied before the process stopped), and
+    /// gives `intake` the next seq and the idempotency window. Returns the
+    /// watermark to start from: every seq up to it is applied. Logs the
+    /// startup line.
+    pub fn restore(&mut self, store: &Store, intake: &Intake) -> Seq {
+        let Some(loaded) = self.loaded.take() else {
+            return intake.next_seq() - 1;
+        };
+        let products = loaded.products.len();
+        store.restore(loaded.products);
+        let mut panicked = 0;
+        for (seq, update) in &loaded.journal {
+            let applied = panic::catch_unwind(AssertUnwindSafe(|| store.apply(*seq, update)));
+            if applied.is_err() {
+                panicked += 1;
+                log::error!(
+                    "storage: replaying seq={seq} product_id={:?} panicked; skipped",
+                    update.product_id
+                );
+            }
+        }
+        self.replayed = loaded
+            .journal
+            .iter()
+            .map(|(_, update)| update.product_id.clone())
+            .collect();
+        let window = loaded.window.len();
+        intake.restore(loaded.next_seq, loaded.window);
+        log::info!(
+            "storage: sqlite {} durability={}: {products} products loaded, {} journal events replayed{}, {window} event ids in the idempotency window, next seq {}, in {:.3?}",
+            self.db.path().display(),
+            self.mode.as_str(),
+            loaded.journal.len(),
+            if panicked > 0 {
+                format!(" ({panicked} panicked)")
+            } else {
+                String::new()
+            },
+            loaded.next_seq,
+            self.started.elapsed()
+        );
+        loaded.next_seq - 1
+    }
+
+    /// Starts the committer thread.
+    pub fn start(
+        self,
+        intake: Arc<Intake>,
+        store: Store,
+        progress: Arc<Progress>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Durable> {
+        let path = self.db.path().to_owned();
+        let shared = Arc::new(Shared {
+            mode: self.mode,
+            intake,
+            store,
+            progress,
+            metrics,
+            window_ttl: self.window_ttl,
+            window_len: self.window_len,
+            inbox: Mutex::new(Inbox {
+                applied: self.replayed,
+                ..Inbox::default()
+            }),
+            bell: Condvar::new(),
+            health: Health::default(),
+        });
+        let db = self.db;
+        let thread = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("committer".to_owned())
+                .spawn(move || committer::run(&shared, db))?
+        };
+        Ok(Durable {
+            shared,
+            path,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+/// The running durable store.
+pub struct Durable {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    thread: Mutex<Option<JoinHandle<Committed>>>,
+}
+
+impl Durable {
+    /// `POST /events` in durable mode. Commit and fsync: waits until the
+    /// event is committed (or refused). Async: queues it as in memory mode,
+    /// unless writes are failing.
+    pub fn submit(
+        &self,
+        update: ProductUpdate,
+        request_id: OwnedRequestId,
+    ) -> Result<Submitted, SubmitError> {
+        let shared = &self.shared;
+        if shared.mode == Durability::Async {
+            if shared.health.is_failing() {
+                return Err(SubmitError::StorageUnavailable);
+            }
+            let remember = update
+                .event_id
+                .as_ref()
+                .map(|id| (id.clone(), update.fingerprint()));
+            let submitted = shared.intake.submit(update, request_id)?;
+            if let (false, Some((event_id, fingerprint))) = (submitted.duplicate, remember) {
+                let mut inbox = shared.lock();
+                inbox.window.push(WindowRow {
+                    event_id,
+                    seq: submitted.seq,
+                    fingerprint,
+                    accepted_at: SystemTime::now(),
+                });
+                if inbox.window.len() == 1 && inbox.applied.is_empty() && inbox.sleeping {
+                    shared.bell.notify_one();
+                }
+            }
+            return Ok(submitted);
+        }
+        let ticket = Arc::new(Ticket::new());
+        {
+            let mut inbox = shared.lock();
+            if inbox.finishing || inbox.stopped {
+                return Err(if shared.health.is_failing() {
+                    SubmitError::StorageUnavailable
+                } else {
+                    SubmitError::ShuttingDown
+                });
+            }
+            // Bounded like the queue: past it the committer is behind.
+            let capacity = shared.intake.capacity();
+            if inbox.pending.len() >= capacity {
+                return Err(SubmitError::Full { capacity });
+            }
+            inbox.pending.push(Pending {
+                submission: Submission {
+                    update,
+                    request_id,
+                    accepted_at: Instant::now(),
+                },
+                ticket: Arc::clone(&ticket),
+            });
+            if inbox.sleeping {
+                shared.bell.notify_one();
+            }
+        }
+        ticket.wait()
+    }
+
+    /// A worker applied an event for `product_id`; call before reporting
+    /// its seq done.
+    pub fn applied(&self, product_id: &str) {
+        let mut inbox = self.shared.lock();
+        inbox.applied.push(product_id.into());
+        // The first since the last write: a sleeping committer shortens its
+        // wait to the flush interval.
+        if inbox.applied.len() == 1 && inbox.window.is_empty() && inbox.sleeping {
+            self.shared.bell.notify_one();
+        }
+    }
+
+    /// Why writes fail right now, or `None` while they work.
+    pub fn unavailable(&self) -> Option<String> {
+        self.shared.health.unavailable()
+    }
+
+    /// Shutdown, after the workers have stopped: writes what is left and
+    /// stops the committer. Later submissions are refused.
+    pub fn finish(&self) -> Committed {
+        {
+            let mut inbox = self.shared.lock();
+            inbox.finishing = true;
+            self.shared.bell.notify_one();
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let committed = match thread.map(JoinHandle::join) {
+            Some(Ok(committed)) => committed,
+            // `run` catches panics; a second `finish` finds no thread.
+            Some(Err(_)) | None => Committed::default(),
+        };
+        log::info!(
+            "storage: {} events committed to {}{}",
+            committed.events,
+            self.path.display(),
+            if committed.clean {
+                ""
+            } else {
+                " (the last write failed: see above)"
+            }
+        );
+        committed
+    }
+}
