@@ -23,6 +23,17 @@
 #      A verdict marked "(unstable)" rests on rounds that disagree (one
 #      below 2/3 of the best): read the raw rounds before trusting it.
 #
+# `bench.sh --durable` measures the durable modes instead (issue 12): the
+# release binary built with `--features sqlite`, four instances (memory
+# mode, DURABILITY=commit, fsync and async, each with its own DATA_DIR
+# in the run directory) interleaved for ROUNDS rounds of POST keep-alive
+# at 1, 32 and 256 connections; the table gives each mode's req/s and p99
+# against memory mode's, PASS/FAIL against the targets: commit >= 0.6x
+# and async >= 0.9x memory mode's req/s at 32 and 256 connections (fsync:
+# measured, no target; it is bound by the disk's flush time). The data
+# directories are in the run directory, or under DURABLE_DIR if set (to
+# measure another disk, or tmpfs to take the disk out).
+#
 # Everything started here is stopped on exit. Raw results, wrk output and
 # logs are kept in the run directory it prints; `bench.sh --report
 # RUN_DIR/results.txt` prints the tables for them again.
@@ -112,10 +123,62 @@ END {
 }' "$1"
 }
 
+# The durable modes' table: each mode against memory mode, per scenario.
+# Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
+report_durable() {
+  awk -v scenarios="$SCENARIOS" '
+function median(list,   a, n, i, j, t) {
+  n = split(list, a, " ")
+  if (n == 0) return ""
+  for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
+  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+}
+function sum(list,   a, n, i, s) { n = split(list, a, " "); s = 0; for (i = 1; i <= n; i++) s += a[i]; return s }
+# The throughput target of a mode in a scenario (issue 12); 0: none.
+function target(mode, sc) {
+  if (sc !~ /^post-c(32|256)$/) return 0
+  if (mode == "commit") return 0.6
+  if (mode == "async") return 0.9
+  return 0
+}
+{
+  off = ($1 ~ /^round=/) ? 1 : 0
+  name = $(1+off); sc = $(2+off)
+  for (i = 3 + off; i <= NF; i++) { split($i, kv, "="); v[name, sc, kv[1]] = v[name, sc, kv[1]] " " kv[2] }
+}
+END {
+  print "| scenario | mode | req/s | vs memory (target) | p99 ms | CPU us/req | errors | verdict |"
+  print "|---|---|---|---|---|---|---|---|"
+  n = split(scenarios, sc_list, " "); m = split("memory commit fsync async", modes, " ")
+  for (k = 1; k <= n; k++) {
+    sc = sc_list[k]; base = median(v["memory", sc, "rps"])
+    for (j = 1; j <= m; j++) {
+      mode = modes[j]; r = median(v[mode, sc, "rps"]); p = median(v[mode, sc, "p99_us"])
+      cpu = median(v[mode, sc, "cpu_us_per_req"])
+      errs = sum(v[mode, sc, "non2xx"]) + sum(v[mode, sc, "err_connect"]) + sum(v[mode, sc, "err_read"]) + sum(v[mode, sc, "err_write"]) + sum(v[mode, sc, "err_timeout"])
+      if (r == "" || base == "" || base + 0 == 0 || v[mode, sc, "error"] != "") {
+        printf "| %s | %s | %s | - | - | - | %d | NO DATA |\n", sc, mode, r, errs; nodata++; continue
+      }
+      t = target(mode, sc); ratio = r / base
+      verdict = "-"
+      if (t > 0) { verdict = (ratio >= t && errs == 0) ? "PASS" : "FAIL"; if (verdict == "FAIL") failed++; checked++ }
+      shown = (t > 0) ? sprintf(" (%.1fx)", t) : ""
+      printf "| %s | %s | %.0f | %.2fx%s | %.2f | %s | %d | %s |\n", sc, mode, r, ratio, shown, p / 1000, cpu, errs, verdict
+    }
+  }
+  printf "\noverall: %d of %d durable targets PASS%s\n", checked - failed, checked, nodata ? sprintf(", %d NO DATA", nodata) : ""
+  exit nodata ? 2 : (failed ? 1 : 0)
+}' "$1"
+}
+
 # `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
 if [ "${1:-}" = --report ]; then
   status=0
-  report "${2:?usage: bench.sh --report RESULTS_FILE}" || status=$?
+  if grep -q '^round=[0-9]* memory ' "${2:?usage: bench.sh --report RESULTS_FILE}"; then
+    SCENARIOS=${SCENARIOS_DURABLE:-post-c1 post-c32 post-c256} report_durable "$2" || status=$?
+  else
+    report "$2" || status=$?
+  fi
   [ "$status" -ne 2 ] || exit 2
   exit 0
 fi
@@ -139,6 +202,48 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 
+
+# `bench.sh --durable`: the four storage modes against each other.
+if [ "${1:-}" = --durable ]; then
+  command -v wrk >/dev/null || { apt-get update -qq >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }
+  # Its own target dir: the default build in target/ stays the default one.
+  export CARGO_TARGET_DIR=$repo/target/durable
+  cargo build --release --quiet --features sqlite --bin product-update-service
+  export SCENARIOS=${SCENARIOS_DURABLE:-post-c1 post-c32 post-c256}
+  targets=() pids=()
+  data_root=${DURABLE_DIR:-$run}
+  mkdir -p "$data_root"
+  # shellcheck disable=SC2317  # called by the EXIT trap
+  cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    echo "bench.sh: raw results and logs in $run" >&2
+  }
+  for mode in memory commit fsync async; do
+    env=("RUST_LOG=warn,product_update_service=info")
+    [ "$mode" = memory ] || env+=("DATA_DIR=$data_root/data-$mode" "DURABILITY=$mode")
+    start_service "$run/$mode.log" "${env[@]}" ||
+      die "the $mode instance did not start; its log: $(cat "$run/$mode.log")"
+    targets+=("$mode=$svc_url=$svc_pid") pids+=("$svc_pid")
+    svc_pid=
+  done
+  {
+    echo "bench.sh --durable: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, data in $data_root ($(df -hT "$data_root" | awk 'NR==2 {print $2 " on " $1}'))"
+    echo "bench.sh: commit $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + local changes')"
+    echo "bench.sh: ROUNDS=$ROUNDS DURATION=$DURATION"
+  }
+  OUT=$results bash "$bench/matrix.sh" "${targets[@]}" >&2
+  for k in "${!pids[@]}"; do
+    kill -0 "${pids[$k]}" 2>/dev/null || die "${targets[$k]%%=*} died during the run; see $run"
+  done
+  echo
+  status=0
+  report_durable "$results" || status=$?
+  [ "$status" -eq 2 ] && die "some scenarios could not be measured (see $run/wrk.log)"
+  [ "$status" -eq 1 ] && [ "${STRICT:-0}" = 1 ] && exit 1
+  exit 0
+fi
 
 # 1. Tools and binary.
 missing=()

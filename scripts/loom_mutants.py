@@ -26,6 +26,42 @@ FORK = ["-p", "product-update-tiny-http", "--lib", "gate"]
 # (name, file, [(old, new), ...], cargo test arguments)
 MUTANTS = [
     (
+        "handoff: post does not ring a sleeping committer",
+        "src/durable/handoff.rs",
+        [(
+            "        state.pending.push(item);\n        if state.sleeping {\n            self.bell.notify_one();\n        }\n",
+            "        state.pending.push(item);\n",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: the committer decides to sleep after its last look, in another lock section",
+        "src/durable/handoff.rs",
+        [(
+            "            state.sleeping = true;\n            state = sync::wait_for_bell",
+            "            drop(state);\n            state = self.lock();\n            state.sleeping = true;\n            state = sync::wait_for_bell",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: answer wakes the thread before the answer is in",
+        "src/durable/handoff.rs",
+        [(
+            "        *self.slot() = Some(answer);\n        self.thread.unpark();\n",
+            "        self.thread.unpark();\n        *self.slot() = Some(answer);\n",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: post does not look at finishing",
+        "src/durable/handoff.rs",
+        [(
+            "        if state.finishing || state.stopped {\n            return Err(Refused::Closed);",
+            "        if state.stopped {\n            return Err(Refused::Closed);",
+        )],
+        SERVICE,
+    ),
+    (
         "doorbell: a worker counts itself as a sleeper after its last look",
         "src/queue.rs",
         [(

@@ -321,7 +321,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "DURABILITY",
-        help: "with DATA_DIR: commit (202 after the commit), fsync (and fsynced), async (202 when queued, committed within 50 ms)",
+        help: "with DATA_DIR: commit (202 after the commit), fsync (and fsynced), async (202 when queued, committed once applied, within 100 ms)",
         kind: Kind::Text {
             allowed: "commit, fsync or async",
             default: "commit",

@@ -1,5 +1,6 @@
 //! The synchronization the hand-made protocols use (the doorbell and the
-//! intake in `queue.rs`, the watermark in `progress.rs`), in one place: std's
+//! intake in `queue.rs`, the watermark in `progress.rs`, the committer's
+//! hand-off in `durable/handoff.rs`), in one place: std's
 //! types and crossbeam's channel, or, when the crate is built with
 //! `--cfg loom`, loom's, so that `tests/loom.rs` can model-check those
 //! protocols in every interleaving. The code under test is the production
@@ -9,8 +10,9 @@
 //! - time: loom cannot time out, so [`wait_timeout`] returns at once under
 //!   loom (the lingering worker's wait "times out" immediately, the worst
 //!   case for a protocol that must not count on being woken), and
-//!   [`park_timeout`] is a plain park (the models wait with deadlines so far
-//!   off that only a wake-up can end them);
+//!   [`park_timeout`] and [`wait_for_bell`] wait untimed (the models wait
+//!   with deadlines so far off that only a wake-up can end them, and a
+//!   missed wake-up is a deadlock loom reports);
 //! - crossbeam's channel, whose atomics loom cannot see: under loom,
 //!   [`channel`] is a small bounded channel on loom's `Mutex` and one
 //!   atomic, with the same non-blocking calls the intake and the workers
@@ -59,6 +61,48 @@ pub fn wait_timeout<'a, T>(
 /// `Condvar::wait`, ignoring poisoning (every user's state is plain data).
 pub fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(any(feature = "sqlite", loom))]
+/// `Condvar::wait_timeout` where the timeout is not part of the protocol
+/// (the waiter has other work to do then) and a ring must never be missed:
+/// under loom it waits untimed, so that a missed ring shows as a deadlock
+/// (unlike [`wait_timeout`], whose waiter must cope without any ring).
+pub fn wait_for_bell<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    #[cfg(not(loom))]
+    {
+        condvar
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+    #[cfg(loom)]
+    {
+        let _ = timeout;
+        condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(any(feature = "sqlite", loom))]
+/// `thread::park`.
+pub fn park() {
+    #[cfg(not(loom))]
+    std::thread::park();
+    #[cfg(loom)]
+    loom::thread::park();
+}
+
+#[cfg(any(feature = "sqlite", loom))]
+/// `thread::yield_now`.
+pub fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
 }
 
 /// `thread::park_timeout`. Under loom: a park until unparked.

@@ -520,7 +520,10 @@ fn metrics_show_the_commits() {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} in\n{text}"))
     };
-    assert!(value("storage_commit_duration_seconds_count") >= 20.0);
+    assert!(
+        value("storage_commit_duration_seconds_count") >= 20.0,
+        "20 events one after another: 20 commits\n{text}"
+    );
     assert!(value("storage_commit_batch_events_sum") >= 20.0);
     assert_eq!(value("storage_errors_total"), 0.0);
     assert_eq!(value("storage_unavailable"), 0.0);
@@ -588,6 +591,7 @@ fn a_full_disk_refuses_events_and_recovers_by_itself() {
             _ => Some(reply),
         }
     });
+    assert_eq!(refused.status, 503, "the first refusal: {}", refused.body);
     let problem = refused.assert_problem(503, "storage_unavailable");
     assert_eq!(refused.header("retry-after"), Some("1"), "{problem}");
     let ready = get(&base, "/readyz");
@@ -599,6 +603,21 @@ fn a_full_disk_refuses_events_and_recovers_by_itself() {
             .is_some_and(|d| d.contains("full")),
         "{ready_body}"
     );
+    // Both answers are what the OpenAPI document promises.
+    let doc: Value = serde_json::from_str(include_str!("../src/openapi.json")).expect("openapi");
+    let problem_schema = &doc["components"]["schemas"]["Problem"]["properties"];
+    for (member, value) in [
+        ("code", &problem["code"]),
+        ("reason", &ready_body["reason"]),
+    ] {
+        let allowed = problem_schema[member]["enum"].as_array().expect("enum");
+        assert!(
+            allowed.contains(value),
+            "{member} {value} not in the document"
+        );
+    }
+    let post_503 = doc["paths"]["/events"]["post"]["responses"]["503"]["description"].as_str();
+    assert!(post_503.is_some_and(|d| d.contains("storage_unavailable")));
     assert_eq!(
         get(&base, "/products/before-1").status,
         200,

@@ -7,7 +7,8 @@
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom
 //! ```
 //!
-//! The code under test is the production code (`queue.rs`, `progress.rs`);
+//! The code under test is the production code (`queue.rs`, `progress.rs`,
+//! `durable/handoff.rs`);
 //! `src/sync.rs` gives it loom's mutexes, condition variables, atomics and
 //! a loom-visible channel in this build. What each model checks, and the
 //! broken variant it was seen to catch, is in ARCHITECTURE.md (the section
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use loom::sync::Arc;
 use loom::thread;
+use product_update_service::durable::handoff::{Mailbox, Refused, Ticket};
 use product_update_service::model::ProductUpdate;
 use product_update_service::progress::{DoneOnDrop, Progress};
 use product_update_service::queue::{Intake, SubmitError};
@@ -201,5 +203,94 @@ fn each_reader_is_woken_by_the_advance_that_reaches_its_seq() {
         progress.done(2);
         let woke: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
         assert!(woke[0] >= 1 && woke[1] == 2, "{woke:?}");
+    });
+}
+
+/// The committer's loop, as `committer.rs` runs it but without a database:
+/// collect a batch, answer each ticket with its place in the order of
+/// answers; at shutdown, stop the mailbox and answer what is left with 0
+/// (`shutting_down`).
+fn committer(mailbox: Arc<Mailbox<Arc<Ticket<u32>>>>) -> thread::JoinHandle<u32> {
+    thread::spawn(move || {
+        let mut answered = 0;
+        loop {
+            let collected = mailbox.collect(far(), 1);
+            for ticket in collected.batch {
+                answered += 1;
+                ticket.answer(answered);
+            }
+            if collected.finishing {
+                for ticket in mailbox.stop() {
+                    ticket.answer(0);
+                }
+                return answered;
+            }
+        }
+    })
+}
+
+/// The committer's hand-off: a connection thread posts its event and parks
+/// on its ticket while the committer is anywhere in its loop (about to
+/// sleep, asleep, collecting, answering). In every interleaving the event
+/// is collected and the thread gets its answer. Caught: `post` not ringing
+/// a sleeping committer, the committer deciding to sleep in a lock section
+/// other than its last look, and `answer` waking the thread before the
+/// answer is in.
+#[test]
+fn a_posted_event_is_answered_whatever_the_committer_is_doing() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::new());
+        let committer = committer(Arc::clone(&mailbox));
+        let poster = {
+            let mailbox = Arc::clone(&mailbox);
+            thread::spawn(move || {
+                let ticket = Arc::new(Ticket::new());
+                mailbox.post(Arc::clone(&ticket), 4).expect("open");
+                ticket.wait()
+            })
+        };
+        assert_eq!(poster.join().unwrap(), 1, "committed, not refused");
+        mailbox.finish();
+        assert_eq!(committer.join().unwrap(), 1);
+    });
+}
+
+/// The committer's shutdown: two connection threads post while `finish`
+/// runs. Each post is either refused (`Closed`) or answered, by a commit or
+/// by `stop`'s leftovers; nobody waits forever, and nothing is posted once
+/// `finish` has returned. Caught: `post` not looking at `finishing`.
+#[test]
+fn finish_racing_with_posts_answers_every_poster() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::new());
+        let committer = committer(Arc::clone(&mailbox));
+        let posters: Vec<_> = (0..2)
+            .map(|_| {
+                let mailbox = Arc::clone(&mailbox);
+                thread::spawn(move || {
+                    let ticket = Arc::new(Ticket::new());
+                    match mailbox.post(Arc::clone(&ticket), 4) {
+                        Ok(()) => Some(ticket.wait()),
+                        Err(refused) => {
+                            assert_eq!(refused, Refused::Closed);
+                            None
+                        }
+                    }
+                })
+            })
+            .collect();
+        mailbox.finish();
+        assert_eq!(
+            mailbox.post(Arc::new(Ticket::new()), 4),
+            Err(Refused::Closed),
+            "a post after finish"
+        );
+        let answers: Vec<Option<u32>> = posters.into_iter().map(|p| p.join().unwrap()).collect();
+        let committed = committer.join().unwrap();
+        let numbered = answers
+            .iter()
+            .filter(|a| matches!(a, Some(n) if *n > 0))
+            .count();
+        assert_eq!(numbered as u32, committed, "{answers:?}");
     });
 }

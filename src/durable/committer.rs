@@ -1,17 +1,23 @@
 //! The committer thread: the only writer of the database. What it shares
-//! with the connection threads and the workers is the [`Inbox`], one mutex:
+//! with the connection threads and the workers:
 //!
-//! - connection threads (commit and fsync modes) put an event in it with a
-//!   [`Ticket`] and park until the ticket has an answer;
-//! - workers put the id of each product they applied, before they report
-//!   the seq done to the watermark;
-//! - in async mode, connection threads put the event ids of the window.
+//! - the [`Mailbox`] (commit and fsync modes): a connection thread posts
+//!   its event with a [`Ticket`] and parks until the ticket has an answer
+//!   (the hand-off protocol is in `handoff.rs`, model-checked);
+//! - `applied`: workers put the id of each product they applied, before
+//!   they report the seq done to the watermark;
+//! - `window` (async mode): connection threads put the event ids of the
+//!   idempotency window.
 //!
-//! Each cycle the committer reads the watermark, takes everything in the
-//! inbox, and writes one transaction (see `mod.rs` for why that order makes
-//! `applied_through` true). It sleeps only when the inbox has no events:
-//! under load, the events that arrive during one commit form the next
-//! batch, and a batch costs one commit whatever its size.
+//! Each cycle the committer collects the events posted and journals them
+//! in one transaction. It sleeps only when nothing is posted: under load,
+//! the events that arrive during one commit form the next batch, and a
+//! batch costs one commit whatever its size. Every [`FLUSH_INTERVAL`] it
+//! also reads the watermark, then takes `applied`, and writes those
+//! products in the same transaction (see `mod.rs` for why that order makes
+//! `applied_through` true): a product updated many times in that interval
+//! is written once, and a commit of events in between writes only the
+//! journal's last page.
 //!
 //! Every ticket is answered, whatever happens: after the commit, after a
 //! failed one (503 `storage_unavailable`), at shutdown (503
@@ -21,17 +27,21 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Thread};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::database::{Cycle, Database, JournalRow, WindowRow};
-use super::{Committed, FLUSH_INTERVAL, RETRY_INTERVAL};
+use super::handoff::{Collected, Mailbox, Ticket};
+use super::{Committed, FLUSH_INTERVAL, RETRY_INTERVAL, WAL_LIMIT};
 use crate::config::Durability;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::queue::{Intake, Submission, SubmitError, Submitted};
 use crate::store::{Seq, Store, Stored};
+
+/// How many times the committer yields the CPU to let a batch grow.
+const GATHER_ROUNDS: usize = 8;
 
 /// How often, and how far apart, the last write at shutdown is tried.
 const FINAL_ATTEMPTS: u32 = 5;
@@ -46,65 +56,24 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub window_ttl: Duration,
     pub window_len: usize,
-    pub inbox: Mutex<Inbox>,
-    /// Rung when an event arrives while the committer sleeps, and at
-    /// shutdown.
-    pub bell: Condvar,
+    /// Commit and fsync modes: events waiting for the next commit.
+    pub mailbox: Mailbox<Pending>,
+    /// Products applied since the last products write (repeats allowed).
+    /// A lock of its own: the workers push here for every event. No bell:
+    /// the committer looks every [`FLUSH_INTERVAL`].
+    pub applied: Mutex<Vec<Box<str>>>,
+    /// Async mode: event ids accepted since the last products write.
+    pub window: Mutex<Vec<WindowRow>>,
     pub health: Health,
 }
 
-#[derive(Default)]
-pub struct Inbox {
-    /// Commit and fsync modes: events waiting for the next commit.
-    pub pending: Vec<Pending>,
-    /// Async mode: event ids accepted since the last commit.
-    pub window: Vec<WindowRow>,
-    /// Products applied since the last commit (repeats allowed).
-    pub applied: Vec<Box<str>>,
-    /// The committer is asleep on `bell`.
-    pub sleeping: bool,
-    /// Shutdown: write what is left and stop.
-    pub finishing: bool,
-    /// The committer has stopped: nobody will answer a ticket any more.
-    pub stopped: bool,
-}
+/// What a waiting connection thread is told.
+pub type Answer = Result<Submitted, SubmitError>;
 
 /// An event and the ticket its connection thread waits on.
 pub struct Pending {
     pub submission: Submission,
-    pub ticket: Arc<Ticket>,
-}
-
-/// Where the committer puts a waiting connection thread's answer.
-pub struct Ticket {
-    answer: Mutex<Option<Result<Submitted, SubmitError>>>,
-    thread: Thread,
-}
-
-impl Ticket {
-    /// A ticket for the calling thread.
-    pub fn new() -> Ticket {
-        Ticket {
-            answer: Mutex::new(None),
-            thread: thread::current(),
-        }
-    }
-
-    /// Parks until the answer is in. (`unpark` before `park` is kept, and
-    /// a spurious wake-up finds no answer and parks again.)
-    pub fn wait(&self) -> Result<Submitted, SubmitError> {
-        loop {
-            if let Some(answer) = lock(&self.answer).take() {
-                return answer;
-            }
-            thread::park();
-        }
-    }
-
-    fn answer(&self, answer: Result<Submitted, SubmitError>) {
-        *lock(&self.answer) = Some(answer);
-        self.thread.unpark();
-    }
+    pub ticket: Arc<Ticket<Answer>>,
 }
 
 /// Whether writes work, for `/readyz` and for refusing events in async
@@ -145,15 +114,9 @@ impl Health {
     }
 }
 
-impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, Inbox> {
-        lock(&self.inbox)
-    }
-}
-
 /// Poisoning: every value behind these locks is plain data changed in
 /// single assignments or pushes.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -168,11 +131,7 @@ pub fn run(shared: &Shared, mut db: Database) -> Committed {
         );
         Committed::default()
     });
-    let left = {
-        let mut inbox = shared.lock();
-        inbox.stopped = true;
-        std::mem::take(&mut inbox.pending)
-    };
+    let left = shared.mailbox.stop();
     let answer = if shared.health.is_failing() {
         SubmitError::StorageUnavailable
     } else {
@@ -188,20 +147,29 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
     let mut committed = Committed::default();
     let mut last_through = shared.progress.through();
     let mut last_prune = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut last_probe = Instant::now();
     let mut final_attempts = 0;
-    let mut previous = Instant::now();
     loop {
-        let finishing = wait_for_work(shared, previous);
-        // The watermark before the inbox: every event up to it has put its
-        // product in the inbox already (see `mod.rs`).
-        let through = shared.progress.through();
-        let (pending, window, mut applied) = {
-            let mut inbox = shared.lock();
-            (
-                std::mem::take(&mut inbox.pending),
-                std::mem::take(&mut inbox.window),
-                std::mem::take(&mut inbox.applied),
-            )
+        let Collected {
+            batch: pending,
+            finishing,
+        } = shared
+            .mailbox
+            .collect(last_flush + FLUSH_INTERVAL, GATHER_ROUNDS);
+        let flush = finishing || last_flush.elapsed() >= FLUSH_INTERVAL;
+        // The watermark before `applied`: every event up to it has put its
+        // product there already (see `mod.rs`).
+        let through = flush.then(|| shared.progress.through());
+        let window = if flush {
+            std::mem::take(&mut *lock(&shared.window))
+        } else {
+            Vec::new()
+        };
+        let mut applied = if flush {
+            std::mem::take(&mut *lock(&shared.applied))
+        } else {
+            Vec::new()
         };
         applied.sort_unstable();
         applied.dedup();
@@ -209,21 +177,30 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
             .iter()
             .filter_map(|id| Some((&**id, shared.store.stored(id)?)))
             .collect();
-        let prune = (last_prune.elapsed() >= RETRY_INTERVAL).then(|| {
+        let prune = (flush && last_prune.elapsed() >= RETRY_INTERVAL).then(|| {
             let before = SystemTime::now()
                 .checked_sub(shared.window_ttl)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             (before, shared.window_len)
         });
+        // In async mode the journal is not written: the products bring the
+        // next seq along.
+        let next_seq =
+            (flush && shared.mode == Durability::Async).then(|| shared.intake.next_seq());
+        let changed = !products.is_empty()
+            || !window.is_empty()
+            || through.is_some_and(|t| t != last_through)
+            || prune.is_some();
 
         let started = Instant::now();
         let mut written: Option<Result<usize, rusqlite::Error>> = None;
+        let mut answers = Vec::new();
         if !pending.is_empty() {
             let (submissions, tickets): (Vec<_>, Vec<_>) = pending
                 .into_iter()
                 .map(|p| (p.submission, p.ticket))
                 .unzip();
-            let answers = shared.intake.admit(submissions, |admitted| {
+            let results = shared.intake.admit(submissions, |admitted| {
                 let rows: Vec<JournalRow<'_>> = admitted
                     .iter()
                     .map(|a| JournalRow {
@@ -245,19 +222,12 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 written = Some(result);
                 ok
             });
-            for (ticket, answer) in tickets.iter().zip(answers) {
-                ticket.answer(answer);
-            }
+            answers = tickets.into_iter().zip(results).collect();
         }
         // Nothing was admitted (duplicates, a full queue, shutdown), or
         // there were no events: write the rest on its own if there is any.
         if written.is_none() {
-            let changed = !products.is_empty()
-                || !window.is_empty()
-                || through != last_through
-                || prune.is_some();
             if changed {
-                let next_seq = (shared.mode == Durability::Async).then(|| shared.intake.next_seq());
                 let cycle = Cycle {
                     journal: &[],
                     window: &window,
@@ -267,7 +237,8 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                     prune,
                 };
                 written = Some(db.write(&cycle).map(|()| 0));
-            } else if shared.health.is_failing() {
+            } else if shared.health.is_failing() && last_probe.elapsed() >= RETRY_INTERVAL {
+                last_probe = Instant::now();
                 written = Some(db.probe().map(|()| 0));
             }
         }
@@ -276,18 +247,24 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
             None => {}
             Some(Ok(journaled)) => {
                 shared.health.ok();
-                let events = match shared.mode {
-                    Durability::Async => through.saturating_sub(last_through),
-                    Durability::Commit | Durability::Fsync => journaled as Seq,
+                let events = match (shared.mode, through) {
+                    (Durability::Async, Some(through)) => through.saturating_sub(last_through),
+                    (Durability::Async, None) => 0,
+                    (Durability::Commit | Durability::Fsync, _) => journaled as Seq,
                 };
                 committed.events += events;
-                last_through = through;
+                if let Some(through) = through {
+                    last_through = through;
+                }
                 if prune.is_some() {
                     last_prune = Instant::now();
+                    if db.wal_bytes() > WAL_LIMIT {
+                        truncate_wal(db);
+                    }
                 }
                 let storage = &shared.metrics.storage;
                 storage.commit_seconds.observe(started.elapsed());
-                storage.commit_events.observe_count(events);
+                storage.commit_events.observe_count(journaled as u64);
                 storage.record_products_written(products.len() as u64);
             }
             Some(Err(e)) => {
@@ -296,15 +273,21 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 shared.health.fail(describe(&e, db));
                 // Not written: they go back for the next cycle.
                 drop(products);
-                let mut inbox = shared.lock();
-                inbox.applied.append(&mut applied);
-                inbox.window.extend(window);
+                lock(&shared.applied).append(&mut applied);
+                lock(&shared.window).extend(window);
             }
         }
+        // Answered only now, so that a 202 is counted in the metrics and a
+        // 503 is already in `/readyz` when the client sees it.
+        for (ticket, answer) in answers {
+            ticket.answer(answer);
+        }
+        if flush {
+            last_flush = Instant::now();
+        }
 
-        previous = Instant::now();
         if finishing {
-            let clean = !shared.health.is_failing() && shared.lock().applied.is_empty();
+            let clean = !shared.health.is_failing() && lock(&shared.applied).is_empty();
             final_attempts += 1;
             if clean || final_attempts >= FINAL_ATTEMPTS {
                 committed.clean = clean;
@@ -314,6 +297,7 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                         db.path().display()
                     );
                 }
+                truncate_wal(db);
                 return committed;
             }
             thread::sleep(FINAL_PAUSE);
@@ -321,36 +305,16 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
     }
 }
 
-/// Waits until events arrive, shutdown begins, or it is time for the next
-/// write of applied products: [`FLUSH_INTERVAL`] after the previous cycle,
-/// so that products applied meanwhile share one commit (or
-/// [`RETRY_INTERVAL`] while writes fail or nothing is left to write, for
-/// the retry and the window's pruning). Returns whether shutdown has begun.
-fn wait_for_work(shared: &Shared, previous: Instant) -> bool {
-    let mut inbox = shared.lock();
-    loop {
-        if !inbox.pending.is_empty() || inbox.finishing {
-            return inbox.finishing;
-        }
-        let flush = !(inbox.applied.is_empty() && inbox.window.is_empty());
-        let due = if flush && !shared.health.is_failing() {
-            previous + FLUSH_INTERVAL
-        } else {
-            previous + RETRY_INTERVAL
-        };
-        let Some(left) = due
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        else {
-            return false;
-        };
-        inbox.sleeping = true;
-        inbox = shared
-            .bell
-            .wait_timeout(inbox, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-        inbox.sleeping = false;
+/// Empties the WAL into the database file (see `WAL_LIMIT`); a failure
+/// only leaves a longer log.
+fn truncate_wal(db: &mut Database) {
+    let (bytes, started) = (db.wal_bytes(), Instant::now());
+    match db.checkpoint_truncate() {
+        Ok(()) => log::debug!(
+            "storage: checkpointed a {bytes}-byte WAL in {:.1?}",
+            started.elapsed()
+        ),
+        Err(e) => log::warn!("storage: checkpoint of a {bytes}-byte WAL failed: {e}"),
     }
 }
 

@@ -131,7 +131,10 @@ pub struct Cycle<'a> {
     /// longer has it, which cannot happen today: products are never
     /// removed).
     pub products: &'a [(&'a str, Stored)],
-    pub applied_through: Seq,
+    /// `Some(W)` when `products` brings the table up to the watermark `W`
+    /// (every event up to `W` is in it): recorded, and the journal's rows
+    /// up to `W` deleted. `None` in a cycle that only journals events.
+    pub applied_through: Option<Seq>,
     /// `Some` to record a new `next_seq`.
     pub next_seq: Option<Seq>,
     /// Forget window entries accepted before this (and beyond the count).
@@ -205,6 +208,12 @@ impl Database {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(sqlite)?;
+        // Checkpoints (copying the WAL into the database file, and the
+        // fsync that ends each) run on the checkpointer thread, never in a
+        // commit: on a busy disk one fsync can take 100 ms, and inside a
+        // commit it would hold up every waiting POST.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sqlite)?;
         conn.set_prepared_statement_cache_capacity(32);
         if fresh {
             let create = format!(
@@ -221,6 +230,29 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A second connection to the file, for the checkpointer thread.
+    pub fn checkpointer(&self) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok(Checkpointer { conn })
+    }
+
+    /// Bytes in the write-ahead log.
+    pub fn wal_bytes(&self) -> u64 {
+        fs::metadata(wal_path(&self.path)).map_or(0, |m| m.len())
+    }
+
+    /// Copies the whole WAL into the database file and empties it: when
+    /// the checkpointer cannot keep it short (writes never pause long
+    /// enough for the log to start over), and at shutdown. Holds up
+    /// writes while it runs.
+    pub fn checkpoint_truncate(&mut self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     }
 
     /// Reads the whole state (at startup, before anything else runs).
@@ -408,9 +440,14 @@ impl Database {
         }
         if !cycle.products.is_empty() {
             let mut upsert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO products
+                "INSERT INTO products
                      (product_id, price, stock, version, updated_at, price_seq, price_version, stock_seq, stock_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (product_id) DO UPDATE SET
+                     price = excluded.price, stock = excluded.stock, version = excluded.version,
+                     updated_at = excluded.updated_at, price_seq = excluded.price_seq,
+                     price_version = excluded.price_version, stock_seq = excluded.stock_seq,
+                     stock_version = excluded.stock_version",
             )?;
             for (id, stored) in cycle.products {
                 let (price_seq, price_version) = stored.price_key.parts().unwrap_or((0, None));
@@ -429,13 +466,17 @@ impl Database {
             }
         }
         let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
-        set.execute(params!["applied_through", cycle.applied_through as i64])?;
+        if let Some(through) = cycle.applied_through {
+            set.execute(params!["applied_through", through as i64])?;
+        }
         if let Some(next) = cycle.next_seq {
             set.execute(params!["next_seq", next as i64])?;
         }
         drop(set);
-        tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-            .execute([cycle.applied_through as i64])?;
+        if let Some(through) = cycle.applied_through {
+            tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
+                .execute([through as i64])?;
+        }
         if let Some((before, keep)) = cycle.prune {
             tx.prepare_cached("DELETE FROM idempotency WHERE accepted_at_ms < ?1")?
                 .execute([millis(before)])?;
@@ -458,6 +499,27 @@ impl Database {
             [millis(SystemTime::now())],
         )?;
         tx.commit()
+    }
+}
+
+/// The checkpointer thread's connection.
+pub struct Checkpointer {
+    conn: Connection,
+}
+
+/// The WAL file beside the database file.
+fn wal_path(database: &Path) -> PathBuf {
+    let mut wal = database.to_owned().into_os_string();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+impl Checkpointer {
+    /// Copies what the WAL holds into the database file without holding up
+    /// the writer (SQLite's PASSIVE checkpoint), then syncs the file.
+    pub fn passive(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     }
 }
 

@@ -8,14 +8,15 @@
 //!  commit / fsync:  connection ──submit()──▶ inbox ──▶ committer: admit under the intake lock,
 //!                   thread waits ◀── 202 ───────────── INSERT journal, COMMIT, then queue ──▶ workers ──▶ store
 //!  async:           connection ──intake.submit()──▶ queue ──▶ workers ──▶ store      (202 at once)
-//!  every mode:      workers ──applied(product_id)──▶ inbox ──▶ committer: UPSERT products, COMMIT
+//!  every mode:      workers ──applied(product_id)──▶ applied ──▶ committer, every 100 ms: UPSERT products
 //! ```
 //!
 //! # The commit path (`commit` and `fsync`)
 //!
 //! A connection thread puts its event in the committer's inbox and waits.
 //! The committer takes everything in the inbox (every event that arrived
-//! while it was writing the previous batch: group commit), and asks the
+//! while it was writing the previous batch, and those that arrive while it
+//! yields the CPU a few times first: group commit), and asks the
 //! intake to admit the batch: under the intake lock each event gets its
 //! seq, the batch is written to the `journal` table in one transaction and
 //! committed, and only then are the events queued for the workers and the
@@ -25,16 +26,27 @@
 //! # What the workers write
 //!
 //! Nothing, directly: after applying an event a worker puts the product's
-//! id in the inbox (before it reports the seq done to the watermark). Each
-//! cycle the committer reads the watermark `W`, takes those ids, copies
-//! those products from the store, and writes them to `products` with
-//! `applied_through = W`, in the same transaction as the next batch (or on
-//! its own within [`FLUSH_INTERVAL`] when no events arrive). Every event up
-//! to `W` put its product in the inbox before `W` passed it, so once that
-//! transaction commits `products` reflects every event up to `W`, and the
-//! journal rows up to `W` are deleted in it. A product copied with events
-//! above `W` in it is harmless: replaying those events changes nothing,
-//! because each field keeps the write key that set it.
+//! id in `applied` (before it reports the seq done to the watermark).
+//! Every [`FLUSH_INTERVAL`] the committer reads the watermark `W`, takes
+//! those ids, copies those products from the store, and writes them to
+//! `products` with `applied_through = W`, in the same transaction as the
+//! next batch of events (or on its own when none is waiting). Every event
+//! up to `W` put its product in `applied` before `W` passed it, so once
+//! that transaction commits `products` reflects every event up to `W`, and
+//! the journal rows up to `W` are deleted in it. A product copied with
+//! events above `W` in it is harmless: replaying those events changes
+//! nothing, because each field keeps the write key that set it. Between
+//! two such writes a commit of events writes only the journal: a product
+//! updated a hundred times in one interval is written once.
+//!
+//! # Checkpoints
+//!
+//! SQLite's WAL is copied into the database file by a thread of its own
+//! (the checkpointer, every [`CHECKPOINT_INTERVAL`]), never inside a
+//! commit: a checkpoint ends with an fsync, and on a busy disk one fsync
+//! can take 100 ms, which inside a commit would hold up every waiting
+//! POST. If writes never pause long enough for the log to start over, the
+//! committer checkpoints it itself past [`WAL_LIMIT`].
 //!
 //! # Startup
 //!
@@ -46,11 +58,12 @@
 //! # `async`
 //!
 //! The 202 is sent when the event is queued, as in memory mode, and there
-//! is no journal: the committer writes the applied products (and the event
-//! ids of the window, and the next seq) every [`FLUSH_INTERVAL`]. A crash
-//! loses what was acknowledged since the last such commit: under normal
-//! load the events of the last 10 to 20 ms. A graceful shutdown loses
-//! nothing. While writes fail, new events are refused with 503.
+//! is no journal: every [`FLUSH_INTERVAL`] the committer writes the
+//! products applied since the last write (and the event ids of the window,
+//! and the next seq). A crash loses what was acknowledged and not yet so
+//! written: the events applied in the last 100 ms, and those still queued
+//! (normally none; `queue_depth` says). A graceful shutdown loses nothing.
+//! While writes fail, new events are refused with 503.
 
 use std::fmt;
 use std::io;
@@ -61,6 +74,8 @@ use std::time::Duration;
 mod committer;
 #[cfg(feature = "sqlite")]
 mod database;
+#[cfg(any(feature = "sqlite", loom))]
+pub mod handoff;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -71,10 +86,21 @@ mod disabled;
 #[cfg(not(feature = "sqlite"))]
 pub use disabled::{Durable, Recovered};
 
-/// How often the committer writes applied products when no events arrive
-/// to carry them (and, in `async` mode, the bound on how long an
-/// acknowledged event waits to be written once applied).
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the committer writes the products applied since its last
+/// such write (and, in `async` mode, the bound on how long an applied
+/// event waits to be written).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the checkpointer copies the WAL into the database file. Each
+/// checkpoint that copied anything ends with an fsync, which on a busy disk
+/// slows the writes around it: once a second keeps those rare, and the WAL
+/// at a few MB.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The WAL size past which the committer checkpoints itself, holding up
+/// writes for that long: only when writes never pause long enough for the
+/// checkpointer's work to let the log start over.
+pub const WAL_LIMIT: u64 = 256 << 20;
 
 /// How often a failing store is tried again when nothing else is written,
 /// and how often the idempotency window's old rows are deleted.

@@ -9,9 +9,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
-use super::committer::{self, Health, Inbox, Pending, Shared, Ticket};
+use super::committer::{self, Health, Pending, Shared, lock};
 use super::database::{Database, Loaded, WindowRow};
-use super::{Committed, StorageError};
+use super::handoff::{Mailbox, Refused, Ticket};
+use super::{CHECKPOINT_INTERVAL, Committed, StorageError};
 use crate::config::{Config, Durability};
 use crate::metrics::Metrics;
 use crate::model::ProductUpdate;
@@ -119,13 +120,12 @@ impl Recovered {
             metrics,
             window_ttl: self.window_ttl,
             window_len: self.window_len,
-            inbox: Mutex::new(Inbox {
-                applied: self.replayed,
-                ..Inbox::default()
-            }),
-            bell: Condvar::new(),
+            mailbox: Mailbox::new(),
+            applied: Mutex::new(self.replayed),
+            window: Mutex::new(Vec::new()),
             health: Health::default(),
         });
+        let checkpointer = Checkpoints::start(&self.db)?;
         let db = self.db;
         let thread = {
             let shared = Arc::clone(&shared);
@@ -137,6 +137,7 @@ impl Recovered {
             shared,
             path,
             thread: Mutex::new(Some(thread)),
+            checkpointer,
         })
     }
 }
@@ -146,6 +147,62 @@ pub struct Durable {
     shared: Arc<Shared>,
     path: PathBuf,
     thread: Mutex<Option<JoinHandle<Committed>>>,
+    checkpointer: Checkpoints,
+}
+
+/// The checkpointer thread: every [`CHECKPOINT_INTERVAL`] it copies the
+/// WAL into the database file (and syncs it) on a connection of its own,
+/// so that no commit waits for that.
+struct Checkpoints {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Checkpoints {
+    fn start(db: &Database) -> io::Result<Checkpoints> {
+        let checkpointer = db.checkpointer().map_err(io::Error::other)?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name("checkpointer".to_owned())
+                .spawn(move || {
+                    let (stopped, bell) = &*stop;
+                    let mut stopped = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+                    while !*stopped {
+                        stopped = bell
+                            .wait_timeout(stopped, CHECKPOINT_INTERVAL)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        if *stopped {
+                            break;
+                        }
+                        drop(stopped);
+                        if let Err(e) = checkpointer.passive() {
+                            log::debug!("storage: checkpoint: {e}");
+                        }
+                        stopped = stop.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    }
+                })?
+        };
+        Ok(Checkpoints {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn finish(&self) {
+        *self.stop.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.stop.1.notify_one();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Durable {
@@ -168,59 +225,40 @@ impl Durable {
                 .map(|id| (id.clone(), update.fingerprint()));
             let submitted = shared.intake.submit(update, request_id)?;
             if let (false, Some((event_id, fingerprint))) = (submitted.duplicate, remember) {
-                let mut inbox = shared.lock();
-                inbox.window.push(WindowRow {
+                lock(&shared.window).push(WindowRow {
                     event_id,
                     seq: submitted.seq,
                     fingerprint,
                     accepted_at: SystemTime::now(),
                 });
-                if inbox.window.len() == 1 && inbox.applied.is_empty() && inbox.sleeping {
-                    shared.bell.notify_one();
-                }
             }
             return Ok(submitted);
         }
         let ticket = Arc::new(Ticket::new());
-        {
-            let mut inbox = shared.lock();
-            if inbox.finishing || inbox.stopped {
-                return Err(if shared.health.is_failing() {
-                    SubmitError::StorageUnavailable
-                } else {
-                    SubmitError::ShuttingDown
-                });
+        let pending = Pending {
+            submission: Submission {
+                update,
+                request_id,
+                accepted_at: Instant::now(),
+            },
+            ticket: Arc::clone(&ticket),
+        };
+        // Bounded like the queue: past it the committer is behind.
+        let capacity = shared.intake.capacity();
+        match shared.mailbox.post(pending, capacity) {
+            Ok(()) => ticket.wait(),
+            Err(Refused::Full) => Err(SubmitError::Full { capacity }),
+            Err(Refused::Closed) if shared.health.is_failing() => {
+                Err(SubmitError::StorageUnavailable)
             }
-            // Bounded like the queue: past it the committer is behind.
-            let capacity = shared.intake.capacity();
-            if inbox.pending.len() >= capacity {
-                return Err(SubmitError::Full { capacity });
-            }
-            inbox.pending.push(Pending {
-                submission: Submission {
-                    update,
-                    request_id,
-                    accepted_at: Instant::now(),
-                },
-                ticket: Arc::clone(&ticket),
-            });
-            if inbox.sleeping {
-                shared.bell.notify_one();
-            }
+            Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
         }
-        ticket.wait()
     }
 
     /// A worker applied an event for `product_id`; call before reporting
     /// its seq done.
     pub fn applied(&self, product_id: &str) {
-        let mut inbox = self.shared.lock();
-        inbox.applied.push(product_id.into());
-        // The first since the last write: a sleeping committer shortens its
-        // wait to the flush interval.
-        if inbox.applied.len() == 1 && inbox.window.is_empty() && inbox.sleeping {
-            self.shared.bell.notify_one();
-        }
+        lock(&self.shared.applied).push(product_id.into());
     }
 
     /// Why writes fail right now, or `None` while they work.
@@ -231,11 +269,8 @@ impl Durable {
     /// Shutdown, after the workers have stopped: writes what is left and
     /// stops the committer. Later submissions are refused.
     pub fn finish(&self) -> Committed {
-        {
-            let mut inbox = self.shared.lock();
-            inbox.finishing = true;
-            self.shared.bell.notify_one();
-        }
+        self.checkpointer.finish();
+        self.shared.mailbox.finish();
         let thread = self
             .thread
             .lock()

@@ -1,0 +1,206 @@
+//! The hand-off between the connection threads that wait for a commit and
+//! the committer thread that makes it (`commit` and `fsync` modes), as a
+//! protocol of its own, with no database in it, so that `tests/loom.rs`
+//! can model-check it:
+//!
+//! - [`Mailbox`]: a connection thread [`post`](Mailbox::post)s its event;
+//!   the committer [`collect`](Mailbox::collect)s everything posted as one
+//!   batch, sleeping on a condition variable while nothing is. The two
+//!   rules that make it safe: `post` rings the bell when the committer is
+//!   asleep, and the committer decides to sleep (sets `sleeping`) under
+//!   the same lock as its last look at `pending`, so a post lands either
+//!   before that look (and is seen) or after `sleeping` is set (and rings).
+//!   Shutdown: [`finish`](Mailbox::finish) refuses later posts and wakes
+//!   the committer, which writes what is left, then
+//!   [`stop`](Mailbox::stop)s the mailbox and answers whatever is still in
+//!   it, so no poster waits forever.
+//! - [`Ticket`]: where the committer puts one waiting thread's answer. The
+//!   answer is stored before the thread is unparked; the thread looks for
+//!   its answer before each park, and an unpark that comes before the park
+//!   is kept by the thread, so the answer is never missed.
+//!
+//! Models: `a_posted_event_is_answered_whatever_the_committer_is_doing`
+//! and `finish_racing_with_posts_answers_every_poster` in `tests/loom.rs`.
+
+use std::time::Instant;
+
+use crate::sync::{self, Condvar, Mutex, MutexGuard, Thread};
+
+/// What a connection thread leaves for the committer, and what the
+/// committer collects.
+pub struct Mailbox<T> {
+    state: Mutex<State<T>>,
+    /// Rung by `post` while the committer sleeps, and by `finish`.
+    bell: Condvar,
+}
+
+struct State<T> {
+    pending: Vec<T>,
+    /// The committer is asleep on `bell`.
+    sleeping: bool,
+    /// Shutdown: later posts are refused.
+    finishing: bool,
+    /// The committer has stopped: nobody will collect any more.
+    stopped: bool,
+}
+
+/// Why [`Mailbox::post`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `finish` has been called (or the committer stopped).
+    Closed,
+    /// `capacity` items already wait: the committer is behind.
+    Full,
+}
+
+/// One [`Mailbox::collect`]: the batch, and whether shutdown has begun.
+pub struct Collected<T> {
+    pub batch: Vec<T>,
+    pub finishing: bool,
+}
+
+impl<T> Mailbox<T> {
+    pub fn new() -> Mailbox<T> {
+        Mailbox {
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                sleeping: false,
+                finishing: false,
+                stopped: false,
+            }),
+            bell: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Poisoning: the state is plain data changed in single pushes and
+        // assignments.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Leaves `item` for the committer's next batch, unless shutdown has
+    /// begun or `capacity` items wait already.
+    pub fn post(&self, item: T, capacity: usize) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.finishing || state.stopped {
+            return Err(Refused::Closed);
+        }
+        if state.pending.len() >= capacity {
+            return Err(Refused::Full);
+        }
+        state.pending.push(item);
+        if state.sleeping {
+            self.bell.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The committer: waits until something is posted, `finish` is called,
+    /// or `until` passes (the committer has other work then), and takes
+    /// everything posted. Before taking a batch it yields the CPU up to
+    /// `gather` times, as long as each yield brought more posts: one
+    /// commit costs about the same for 1 event or 100, so letting the
+    /// events that are on their way join is cheaper than a second commit.
+    pub fn collect(&self, until: Instant, gather: usize) -> Collected<T> {
+        let mut state = self.lock();
+        loop {
+            if state.finishing || !state.pending.is_empty() {
+                break;
+            }
+            let Some(left) = until
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            state.sleeping = true;
+            state = sync::wait_for_bell(&self.bell, state, left);
+            state.sleeping = false;
+        }
+        for _ in 0..gather {
+            if state.pending.is_empty() || state.finishing {
+                break;
+            }
+            let before = state.pending.len();
+            drop(state);
+            sync::yield_now();
+            state = self.lock();
+            if state.pending.len() == before {
+                break;
+            }
+        }
+        Collected {
+            batch: std::mem::take(&mut state.pending),
+            finishing: state.finishing,
+        }
+    }
+
+    /// Shutdown: later posts are refused, and the committer is woken to
+    /// write what is left.
+    pub fn finish(&self) {
+        let mut state = self.lock();
+        state.finishing = true;
+        self.bell.notify_one();
+    }
+
+    /// The committer, when it stops for good: returns whatever is still
+    /// posted, for it to answer; later posts are refused.
+    pub fn stop(&self) -> Vec<T> {
+        let mut state = self.lock();
+        state.stopped = true;
+        std::mem::take(&mut state.pending)
+    }
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Mailbox::new()
+    }
+}
+
+/// Where the committer puts a waiting connection thread's answer.
+pub struct Ticket<T> {
+    answer: Mutex<Option<T>>,
+    thread: Thread,
+}
+
+impl<T> Ticket<T> {
+    /// A ticket for the calling thread.
+    pub fn new() -> Ticket<T> {
+        Ticket {
+            answer: Mutex::new(None),
+            thread: sync::current(),
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<T>> {
+        self.answer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Parks until the answer is in. (An `unpark` before the `park` is
+    /// kept, and a spurious wake-up finds no answer and parks again.)
+    pub fn wait(&self) -> T {
+        loop {
+            if let Some(answer) = self.slot().take() {
+                return answer;
+            }
+            sync::park();
+        }
+    }
+
+    /// Gives the waiting thread its answer and wakes it.
+    pub fn answer(&self, answer: T) {
+        *self.slot() = Some(answer);
+        self.thread.unpark();
+    }
+}
+
+impl<T> Default for Ticket<T> {
+    fn default() -> Self {
+        Ticket::new()
+    }
+}
