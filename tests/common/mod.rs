@@ -36,17 +36,23 @@ pub fn durable_suite() -> bool {
 }
 
 /// A new empty directory under the system's temp dir, unique in this
-/// process and across processes.
+/// process and across processes: claimed with `create_dir`, which fails
+/// if the name exists (each test binary that includes this file more than
+/// once, like `durable_suite`, has one counter per copy).
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "product-update-service-test-{tag}-{}-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a scratch dir");
-    dir
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "product-update-service-test-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("create a scratch dir {}: {e}", dir.display()),
+        }
+    }
 }
 
 pub struct TestServer {
