@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod binary;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

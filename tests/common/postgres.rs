@@ -1,0 +1,251 @@
+//! A throwaway PostgreSQL server for one test: `initdb` in a fresh
+//! directory, `pg_ctl start` on a free loopback port (and a Unix socket in
+//! that directory only), stopped and removed on drop. Never a shared or
+//! pre-existing server.
+//!
+//! The binaries are the system's PostgreSQL 15 ones (`PG_BIN`, or
+//! `/usr/lib/postgresql/15/bin`, or `initdb` on `PATH`). When they are
+//! missing, the test fails saying which package to install: in CI that is
+//! a failure like any other (`.ci/run` installs them), never a skip.
+//!
+//! PostgreSQL refuses to run as root; as root (CI containers), the server
+//! runs as the owner of the data directory, `nobody`, through `setpriv`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use super::scratch_dir;
+
+/// The account the server runs as when the tests run as root.
+const SERVER_USER: &str = "nobody";
+
+/// A running throwaway server.
+pub struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// The user to connect as (the server's superuser).
+    user: String,
+    as_root: bool,
+}
+
+impl Postgres {
+    /// Starts a server with one database, `products`.
+    pub fn start() -> Postgres {
+        let bin = binaries();
+        let dir = scratch_dir("postgres");
+        let as_root = is_root();
+        let user = if as_root {
+            SERVER_USER.to_owned()
+        } else {
+            std::env::var("USER").unwrap_or_else(|_| "postgres".to_owned())
+        };
+        if as_root {
+            let owned = Command::new("chown")
+                .arg(format!("{SERVER_USER}:"))
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(owned, "chown {} to {SERVER_USER}", dir.display());
+        }
+        Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            user,
+            as_root,
+        }
+        .init()
+    }
+
+    fn init(self) -> Postgres {
+        let data = self.data();
+        self.run(
+            "initdb",
+            &[
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--username",
+                &self.user,
+                "-D",
+                &data,
+            ],
+        );
+        self.pg_start();
+        self.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+                "products",
+            ],
+        );
+        self
+    }
+
+    /// The server's options: loopback only, its socket in its own
+    /// directory, no fsync (a throwaway server needs no crash safety).
+    fn options(&self) -> String {
+        format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_root {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                SERVER_USER,
+                "--regid",
+                "nogroup",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        }
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Runs one of the server's binaries (as the server's user when root),
+    /// failing the test with its output if it fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let output = self
+            .command(program)
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// The URL of the `products` database, as `DATABASE_URL` takes it.
+    pub fn url(&self) -> String {
+        format!("postgres://{}@127.0.0.1:{}/products", self.user, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory (data, socket, log): removed on drop.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Runs SQL with `psql` and returns what it printed (unaligned, no
+    /// headers): for tests that look at the database directly.
+    pub fn psql(&self, sql: &str) -> String {
+        let output = self.run(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+                "-d",
+                "products",
+                "-c",
+                sql,
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts it again on the same data and port.
+    pub fn restart(&self) {
+        self.pg_start();
+    }
+
+    fn pg_start(&self) {
+        let (data, options) = (self.data(), self.options());
+        let log = self.dir.join("server.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &options, "-w", "-t", "30", "start",
+            ],
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are; fails the test saying what to install.
+fn binaries() -> PathBuf {
+    let candidates = std::env::var_os("PG_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/usr/lib/postgresql/15/bin")])
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
+    for dir in candidates {
+        if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in PG_BIN, /usr/lib/postgresql/15/bin or PATH: \
+         install them with `apt-get install postgresql-15` (Debian 12), or set PG_BIN to their directory"
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
