@@ -107,9 +107,12 @@ MUTANTS = [
         [(
             "        let mut state = self.lock();\n"
             "        state.job_tx = None;\n"
-            "        let accepted = state.next_seq - 1;\n"
+            "        let accepted = state.next_seq - 1 - state.base;\n"
             "        drop(state);\n",
-            "        let accepted = self.lock().next_seq - 1;\n"
+            "        let accepted = {\n"
+            "            let state = self.lock();\n"
+            "            state.next_seq - 1 - state.base\n"
+            "        };\n"
             "        self.lock().job_tx = None;\n",
         )],
         SERVICE,

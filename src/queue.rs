@@ -468,6 +468,31 @@ impl Intake {
         state.seen.forget_old(now);
     }
 
+    /// The idempotency window's entries with a seq in `after + 1 ..=
+    /// through`, oldest first: (event_id, seq, fingerprint, age). For
+    /// durable `async` mode, which writes them with the products that
+    /// include their events: an entry is remembered under the intake lock
+    /// before its event is queued, so every event a worker has applied has
+    /// its entry here (unless it has left the window).
+    pub fn window_between(&self, after: Seq, through: Seq) -> Vec<(Box<str>, Seq, u64, Duration)> {
+        let state = self.lock();
+        let seen = &state.seen;
+        let seq_of = |id: &str| seen.by_id.get(id).map(|&(seq, _)| seq);
+        // `order` is in acceptance order, which is seq order.
+        let start = seen
+            .order
+            .partition_point(|(id, _)| seq_of(id).is_some_and(|seq| seq <= after));
+        let now = Instant::now();
+        seen.order
+            .range(start..)
+            .filter_map(|(id, at)| {
+                let &(seq, fingerprint) = seen.by_id.get(id)?;
+                (seq > after && seq <= through)
+                    .then(|| (id.clone(), seq, fingerprint, now.duration_since(*at)))
+            })
+            .collect()
+    }
+
     /// The seq the next accepted event will get.
     pub fn next_seq(&self) -> Seq {
         self.lock().next_seq

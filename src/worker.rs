@@ -105,14 +105,27 @@ pub fn apply_to(
         // Reports the seq as done when dropped: after the apply, or while
         // unwinding from a panic in it.
         let _done = DoneOnDrop(&progress, job.seq);
+        // Declared after `_done`, so dropped before it: in durable mode the
+        // product is handed to the committer before the watermark passes
+        // its seq, also when the apply panics (see `durable/mod.rs`).
+        let _written = WrittenOnDrop(durable.as_deref(), &job.update.product_id);
         let outcome = store.apply(job.seq, &job.update);
-        if let Some(durable) = &durable {
-            durable.applied(&job.update.product_id);
-        }
         metrics
             .queue_wait_seconds
             .observe(job.accepted_at.elapsed());
         outcome
+    }
+}
+
+/// Durable mode: tells the committer which product an event changed, when
+/// dropped.
+struct WrittenOnDrop<'a>(Option<&'a Durable>, &'a str);
+
+impl Drop for WrittenOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(durable) = self.0 {
+            durable.applied(self.1);
+        }
     }
 }
 

@@ -292,6 +292,73 @@ fn kill_9_in_fsync_mode_loses_no_acknowledged_event() {
 
 /// A producer that never saw its 202 (the process died) retries: the retry
 /// is recognised, and it does not overwrite a newer value.
+/// Async mode writes an `event_id` only together with the products that
+/// include its event: at no moment does the file hold an id whose event it
+/// does not (a retry after a crash would then be answered `duplicate` for
+/// an event that was lost). Once written, the ids survive `kill -9`.
+#[test]
+fn async_mode_saves_an_event_id_only_with_its_event() {
+    let dir = scratch_dir("async-window");
+    let mut first = durable(&dir, &[("DURABILITY", "async")]);
+    let base = first.base();
+    let events: Vec<Value> = (0..300)
+        .map(|i| json!({"product_id": format!("w{}", i % 7), "stock": i, "event_id": format!("w-{i}")}))
+        .collect();
+    // While the events arrive: every saved id is at or below the seq up to
+    // which the saved products are complete.
+    let ahead = |db: &Path| -> Option<(i64, i64)> {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM idempotency WHERE seq > m.value), m.value FROM meta m WHERE m.key = 'applied_through'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+    };
+    let mut looks = 0;
+    thread::scope(|scope| {
+        let poster = scope.spawn(|| {
+            let agent = agent();
+            events
+                .iter()
+                .map(|e| {
+                    let reply = post_event(&agent, &base, &e.to_string());
+                    assert_eq!(reply.status, 202, "{}", reply.body);
+                    reply.json()["seq"].as_u64().expect("seq")
+                })
+                .max()
+                .unwrap_or(0)
+        });
+        while !poster.is_finished() {
+            if let Some((count, through)) = ahead(&database(&dir)) {
+                assert_eq!(count, 0, "ids saved above applied_through {through}");
+                looks += 1;
+            }
+        }
+        let last = poster.join().expect("poster");
+        wait_until("every event and its id to be written", || {
+            let (count, through) = ahead(&database(&dir))?;
+            (count == 0 && through >= last as i64).then_some(())
+        });
+    });
+    assert!(looks > 0, "the file was looked at while events arrived");
+    first.child.kill().expect("kill -9");
+    let _ = first.child.wait();
+
+    let mut second = durable(&dir, &[("DURABILITY", "async")]);
+    let base = second.base();
+    for e in &events {
+        let retry = post_event(&agent(), &base, &e.to_string());
+        assert_eq!(retry.status, 200, "{e}: {}", retry.body);
+        assert_eq!(retry.json()["duplicate"], true);
+    }
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(), 0);
+    let _ = fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_retry_after_a_crash_is_not_applied_twice() {
     let dir = scratch_dir("retry");

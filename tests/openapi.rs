@@ -500,11 +500,23 @@ fn before_routing(doc: &Value) -> Vec<u16> {
         check_everywhere(&reply, *status, code);
     }
     // 503 too_many_connections: hold every connection the limit allows.
+    // First the refusals' connections must be gone on the server's side
+    // too: a connection is counted until its thread has finished with it,
+    // a moment after the client sees it closed, and a held connection that
+    // arrived in that moment would itself be refused.
+    wait_until("the earlier connections to be let go", || {
+        (server.running.stats().open_connections == 0).then_some(())
+    });
     let held: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     wait_until("both held connections to be counted", || {
-        let reply = common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        // `Connection: close`: a probe that is still served (the held ones
+        // not counted yet) ends at once instead of idling as keep-alive.
+        let reply = common::exchange_expecting_close(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
         (reply.status == 503).then_some(reply)
     });
     let reply = common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n");

@@ -6,8 +6,8 @@
 //!   (the hand-off protocol is in `handoff.rs`, model-checked);
 //! - `applied`: workers put the id of each product they applied, before
 //!   they report the seq done to the watermark;
-//! - `window` (async mode): connection threads put the event ids of the
-//!   idempotency window.
+//! - in async mode, the intake's idempotency window, read at each products
+//!   write for the events that write covers.
 //!
 //! Each cycle the committer collects the events posted and journals them
 //! in one transaction. It sleeps only when nothing is posted: under load,
@@ -62,8 +62,6 @@ pub struct Shared {
     /// A lock of its own: the workers push here for every event. No bell:
     /// the committer looks every [`FLUSH_INTERVAL`].
     pub applied: Mutex<Vec<Box<str>>>,
-    /// Async mode: event ids accepted since the last products write.
-    pub window: Mutex<Vec<WindowRow>>,
     pub health: Health,
 }
 
@@ -151,20 +149,38 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
     let mut last_probe = Instant::now();
     let mut final_attempts = 0;
     loop {
-        let Collected {
-            batch: pending,
-            finishing,
-        } = shared
+        let Collected { batch, finishing } = shared
             .mailbox
             .collect(last_flush + FLUSH_INTERVAL, GATHER_ROUNDS);
+        let (submissions, tickets): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.ticket)).unzip();
+        // From here on every one of these threads gets an answer, even if
+        // this cycle panics.
+        let waiting = Waiting(tickets);
         let flush = finishing || last_flush.elapsed() >= FLUSH_INTERVAL;
         // The watermark before `applied`: every event up to it has put its
         // product there already (see `mod.rs`).
         let through = flush.then(|| shared.progress.through());
-        let window = if flush {
-            std::mem::take(&mut *lock(&shared.window))
-        } else {
-            Vec::new()
+        // Async mode: the window's entries for the events this write
+        // covers (those up to `through`), so that no id is saved for an
+        // event that is not. (Commit and fsync journal them with their
+        // events.)
+        let window: Vec<WindowRow> = match through {
+            Some(through) if shared.mode == Durability::Async => {
+                let now = SystemTime::now();
+                shared
+                    .intake
+                    .window_between(last_through, through)
+                    .into_iter()
+                    .map(|(event_id, seq, fingerprint, age)| WindowRow {
+                        event_id,
+                        seq,
+                        fingerprint,
+                        accepted_at: now.checked_sub(age).unwrap_or(now),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
         };
         let mut applied = if flush {
             std::mem::take(&mut *lock(&shared.applied))
@@ -195,12 +211,8 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
         let started = Instant::now();
         let mut written: Option<Result<usize, rusqlite::Error>> = None;
         let mut answers = Vec::new();
-        if !pending.is_empty() {
-            let (submissions, tickets): (Vec<_>, Vec<_>) = pending
-                .into_iter()
-                .map(|p| (p.submission, p.ticket))
-                .unzip();
-            let results = shared.intake.admit(submissions, |admitted| {
+        if !submissions.is_empty() {
+            answers = shared.intake.admit(submissions, |admitted| {
                 let rows: Vec<JournalRow<'_>> = admitted
                     .iter()
                     .map(|a| JournalRow {
@@ -222,7 +234,6 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 written = Some(result);
                 ok
             });
-            answers = tickets.into_iter().zip(results).collect();
         }
         // Nothing was admitted (duplicates, a full queue, shutdown), or
         // there were no events: write the rest on its own if there is any.
@@ -271,17 +282,16 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 committed.failures += 1;
                 shared.metrics.storage.record_error();
                 shared.health.fail(describe(&e, db));
-                // Not written: they go back for the next cycle.
+                // Not written: the products go back for the next cycle (the
+                // window's entries are read again, `last_through` has not
+                // moved).
                 drop(products);
                 lock(&shared.applied).append(&mut applied);
-                lock(&shared.window).extend(window);
             }
         }
         // Answered only now, so that a 202 is counted in the metrics and a
         // 503 is already in `/readyz` when the client sees it.
-        for (ticket, answer) in answers {
-            ticket.answer(answer);
-        }
+        waiting.answer(answers);
         if flush {
             last_flush = Instant::now();
         }
@@ -301,6 +311,29 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 return committed;
             }
             thread::sleep(FINAL_PAUSE);
+        }
+    }
+}
+
+/// The tickets of the batch being committed: answered with their results
+/// by [`Waiting::answer`], or, if the cycle unwinds from a panic first,
+/// with 503 `storage_unavailable` (the events may have been committed: the
+/// next start applies them, and a client that retries them with their
+/// `event_id` gets `duplicate`).
+struct Waiting(Vec<Arc<Ticket<Answer>>>);
+
+impl Waiting {
+    fn answer(mut self, answers: Vec<Answer>) {
+        for (ticket, answer) in self.0.drain(..).zip(answers) {
+            ticket.answer(answer);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        for ticket in self.0.drain(..) {
+            ticket.answer(Err(SubmitError::StorageUnavailable));
         }
     }
 }

@@ -59,8 +59,10 @@
 //!
 //! The 202 is sent when the event is queued, as in memory mode, and there
 //! is no journal: every [`FLUSH_INTERVAL`] the committer writes the
-//! products applied since the last write (and the event ids of the window,
-//! and the next seq). A crash loses what was acknowledged and not yet so
+//! products applied since the last write, with the idempotency window's
+//! entries for the events those products include (never one for an event
+//! they do not: a retry of a lost event must not be called a duplicate),
+//! and the next seq. A crash loses what was acknowledged and not yet so
 //! written: the events applied in the last 100 ms, and those still queued
 //! (normally none; `queue_depth` says). A graceful shutdown loses nothing.
 //! While writes fail, new events are refused with 503.

@@ -7,10 +7,10 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::committer::{self, Health, Pending, Shared, lock};
-use super::database::{Database, Loaded, WindowRow};
+use super::database::{Database, Loaded};
 use super::handoff::{Mailbox, Refused, Ticket};
 use super::{CHECKPOINT_INTERVAL, Committed, StorageError};
 use crate::config::{Config, Durability};
@@ -122,7 +122,6 @@ impl Recovered {
             window_len: self.window_len,
             mailbox: Mailbox::new(),
             applied: Mutex::new(self.replayed),
-            window: Mutex::new(Vec::new()),
             health: Health::default(),
         });
         let checkpointer = Checkpoints::start(&self.db)?;
@@ -219,20 +218,7 @@ impl Durable {
             if shared.health.is_failing() {
                 return Err(SubmitError::StorageUnavailable);
             }
-            let remember = update
-                .event_id
-                .as_ref()
-                .map(|id| (id.clone(), update.fingerprint()));
-            let submitted = shared.intake.submit(update, request_id)?;
-            if let (false, Some((event_id, fingerprint))) = (submitted.duplicate, remember) {
-                lock(&shared.window).push(WindowRow {
-                    event_id,
-                    seq: submitted.seq,
-                    fingerprint,
-                    accepted_at: SystemTime::now(),
-                });
-            }
-            return Ok(submitted);
+            return shared.intake.submit(update, request_id);
         }
         let ticket = Arc::new(Ticket::new());
         let pending = Pending {
