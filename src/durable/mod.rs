@@ -78,6 +78,8 @@ mod committer;
 mod database;
 #[cfg(any(feature = "sqlite", loom))]
 pub mod handoff;
+#[cfg(feature = "postgres")]
+pub mod pgsql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
