@@ -75,15 +75,12 @@ pub fn wait_for_bell<'a, T>(
 ) -> MutexGuard<'a, T> {
     #[cfg(not(loom))]
     {
-        condvar
-            .wait_timeout(guard, timeout)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
+        wait_timeout(condvar, guard, timeout)
     }
     #[cfg(loom)]
     {
         let _ = timeout;
-        condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
+        wait(condvar, guard)
     }
 }
 

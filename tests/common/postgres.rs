@@ -74,17 +74,10 @@ impl Postgres {
             ],
         );
         self.pg_start();
+        let port = self.port.to_string();
         self.run(
             "createdb",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                &self.user,
-                "products",
-            ],
+            &["-h", "127.0.0.1", "-p", &port, "-U", &self.user, "products"],
         );
         self
     }
@@ -157,6 +150,7 @@ impl Postgres {
     /// Runs SQL with `psql` and returns what it printed (unaligned, no
     /// headers): for tests that look at the database directly.
     pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
         let output = self.run(
             "psql",
             &[
@@ -168,7 +162,7 @@ impl Postgres {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.port.to_string(),
+                &port,
                 "-U",
                 &self.user,
                 "-d",
