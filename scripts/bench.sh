@@ -171,6 +171,17 @@ END {
 }' "$1"
 }
 
+# Prints a run's table with REPORT_FN and exits: 2 if a scenario could not
+# be measured, 1 if a target failed and STRICT=1, else 0.
+finish() {
+  local status=0
+  echo
+  "$1" "$results" || status=$?
+  [ "$status" -eq 2 ] && die "some scenarios could not be measured (see $run/wrk.log)"
+  [ "$status" -eq 1 ] && [ "${STRICT:-0}" = 1 ] && exit 1
+  exit 0
+}
+
 # `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
 if [ "${1:-}" = --report ]; then
   status=0
@@ -237,12 +248,7 @@ if [ "${1:-}" = --durable ]; then
   for k in "${!pids[@]}"; do
     kill -0 "${pids[$k]}" 2>/dev/null || die "${targets[$k]%%=*} died during the run; see $run"
   done
-  echo
-  status=0
-  report_durable "$results" || status=$?
-  [ "$status" -eq 2 ] && die "some scenarios could not be measured (see $run/wrk.log)"
-  [ "$status" -eq 1 ] && [ "${STRICT:-0}" = 1 ] && exit 1
-  exit 0
+  finish report_durable
 fi
 
 # 1. Tools and binary.
@@ -285,9 +291,4 @@ fi
 kill -0 "$svc_pid" 2>/dev/null || die "the service died during the run; see $run/service.log"
 
 # 4. Tables.
-echo
-status=0
-report "$results" || status=$?
-[ "$status" -eq 2 ] && die "some scenarios could not be measured (see $run/wrk.log)"
-[ "$status" -eq 1 ] && [ "${STRICT:-0}" = 1 ] && exit 1
-exit 0
+finish report

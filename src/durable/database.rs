@@ -287,11 +287,8 @@ impl Database {
             let context = |what: &str| format!("products row {id:?}: {what}");
             let price =
                 price_from(row.get_ref(1).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
-            let stock: Option<i64> = row.get(2).map_err(sqlite)?;
-            let stock = stock
-                .map(u64::try_from)
-                .transpose()
-                .map_err(|_| bad(context("negative stock")))?;
+            let stock =
+                stock_from(row.get(2).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
             let key = |seq: usize, version: usize| -> Result<WriteKey, StorageError> {
                 let seq: i64 = row.get(seq).map_err(sqlite)?;
                 let version = version_from(row.get_ref(version).map_err(sqlite)?)
@@ -326,15 +323,12 @@ impl Database {
         while let Some(row) = rows.next().map_err(sqlite)? {
             let seq: i64 = row.get(0).map_err(sqlite)?;
             let context = |what: &str| format!("journal row {seq}: {what}");
-            let stock: Option<i64> = row.get(3).map_err(sqlite)?;
             let update = ProductUpdate {
                 product_id: row.get::<_, String>(1).map_err(sqlite)?.into(),
                 price: price_from(row.get_ref(2).map_err(sqlite)?)
                     .map_err(|what| bad(context(&what)))?,
-                stock: stock
-                    .map(u64::try_from)
-                    .transpose()
-                    .map_err(|_| bad(context("negative stock")))?,
+                stock: stock_from(row.get(3).map_err(sqlite)?)
+                    .map_err(|what| bad(context(&what)))?,
                 version: version_from(row.get_ref(4).map_err(sqlite)?)
                     .map_err(|what| bad(context(&what)))?,
                 event_id: row
@@ -640,6 +634,14 @@ fn version_value(version: Option<u64>) -> Value {
             Err(_) => Value::Text(v.to_string()),
         },
     }
+}
+
+/// A stock column as written: NULL or a non-negative integer.
+fn stock_from(value: Option<i64>) -> Result<Option<u64>, String> {
+    value
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| "negative stock".to_owned())
 }
 
 fn version_from(value: ValueRef<'_>) -> Result<Option<u64>, String> {
