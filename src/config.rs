@@ -19,6 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::durable::url::DatabaseUrl;
+
 /// Everything the service needs to know before it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -66,6 +68,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// When a 202 is sent relative to the event's commit (with `data_dir`).
     pub durability: Durability,
+    /// The PostgreSQL database that several instances share as their
+    /// source of truth; `None`: not in this mode. Needs the `postgres`
+    /// feature. Prints with its password masked.
+    pub database_url: Option<DatabaseUrl>,
 }
 
 /// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
@@ -337,6 +343,25 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "DATABASE_URL",
+        help: "share the state with other instances in this PostgreSQL database (postgres://user:password@host:port/db; the password is never printed); unset: not shared (needs a build with --features postgres)",
+        kind: Kind::Text {
+            allowed: "a URL starting with postgres:// or postgresql://",
+            default: "",
+            set: |c, v| {
+                if v.is_empty() {
+                    c.database_url = None;
+                    return true;
+                }
+                match DatabaseUrl::parse(v) {
+                    Ok(url) => c.database_url = Some(url),
+                    Err(_) => return false,
+                }
+                true
+            },
+        },
+    },
+    Setting {
         name: "LOG_FORMAT",
         help: "log lines as text, or one JSON object per line",
         kind: Kind::Text {
@@ -434,6 +459,7 @@ impl Default for Config {
             max_connections: 0,
             data_dir: None,
             durability: Durability::Commit,
+            database_url: None,
         };
         for setting in SETTINGS {
             let applied = setting
@@ -482,7 +508,8 @@ impl Config {
             };
             let error = |value: String| ConfigError {
                 variable: setting.name,
-                value,
+                // A URL's password is never printed, even in a bad one.
+                value: DatabaseUrl::masked(&value),
                 allowed: setting.kind.allowed(),
             };
             let value = raw
@@ -499,7 +526,15 @@ impl Config {
             return Err(ConfigError {
                 variable: "DURABILITY",
                 value: raw.to_string_lossy().into_owned(),
-                allowed: "DURABILITY only together with DATA_DIR (in memory mode nothing is written to disk)".to_owned(),
+                allowed: "DURABILITY only together with DATA_DIR (in memory mode nothing is written to disk; with DATABASE_URL every 202 comes after the PostgreSQL commit)".to_owned(),
+            });
+        }
+        // One source of truth: a local database or a shared one.
+        if let (Some(_), Some(url)) = (&config.data_dir, &config.database_url) {
+            return Err(ConfigError {
+                variable: "DATABASE_URL",
+                value: url.to_string(),
+                allowed: "DATABASE_URL or DATA_DIR, not both: pick one (DATA_DIR keeps the state in a local SQLite file, DATABASE_URL shares it with other instances in PostgreSQL)".to_owned(),
             });
         }
         Ok(config)
@@ -546,16 +581,18 @@ impl Config {
 }
 
 impl Config {
-    /// Where the state lives, for the log: `memory`, or
-    /// `sqlite:<dir>/products.db (durability=commit)`.
+    /// Where the state lives, for the log: `memory`,
+    /// `sqlite:<dir>/products.db (durability=commit)`, or
+    /// `postgres:postgres://user:***@host/db`.
     pub fn storage(&self) -> String {
-        match &self.data_dir {
-            None => "memory".to_owned(),
-            Some(dir) => format!(
+        match (&self.data_dir, &self.database_url) {
+            (Some(dir), _) => format!(
                 "sqlite:{} (durability={})",
                 dir.join(DATABASE_FILE).display(),
                 self.durability.as_str()
             ),
+            (None, Some(url)) => format!("postgres:{url}"),
+            (None, None) => "memory".to_owned(),
         }
     }
 }

@@ -106,11 +106,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let local_addr = listener.local_addr().map_err(bind_error)?;
 
     let store = Store::new();
-    let (intake, jobs) = Intake::with_window(
-        config.queue_size,
-        config.idempotency_window,
-        config.idempotency_ttl,
-    );
+    // With a shared database, the database recognises retried event ids
+    // (whichever instance took them first): this process's window is off.
+    let window = match config.database_url {
+        Some(_) => 0,
+        None => config.idempotency_window,
+    };
+    let (intake, jobs) = Intake::with_window(config.queue_size, window, config.idempotency_ttl);
     // Durable mode: the loaded products, the journal replayed, the seqs
     // continued; every seq up to `through` is applied.
     let through = recovered
@@ -129,6 +131,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
                 store.clone(),
                 Arc::clone(&progress),
                 Arc::clone(&metrics),
+                local_addr,
             );
             Some(Arc::new(started.map_err(|source| StartError::Spawn {
                 thread: "committer".to_owned(),

@@ -336,7 +336,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::StorageUnavailable => write!(
                 f,
-                "the event could not be written to the durable store (DATA_DIR); it was not accepted: retry after 1 second (GET /readyz says why)"
+                "the event could not be written to the durable store (DATA_DIR or DATABASE_URL); it was not accepted: retry after 1 second (GET /readyz says why)"
             ),
             ApiError::NotReady(NotReady::StorageUnavailable { detail }) => write!(
                 f,

@@ -95,6 +95,27 @@ impl Progress {
         }
     }
 
+    /// Every seq up to `seq` counts as done: the store was reloaded as of
+    /// `seq` (a PostgreSQL instance that fell behind the journal).
+    pub fn skip_to(&self, seq: Seq) {
+        let mut state = self.lock();
+        if seq <= state.through {
+            return;
+        }
+        let mut through = seq;
+        state.ahead = state.ahead.split_off(&(seq + 1));
+        while state.ahead.remove(&(through + 1)) {
+            through += 1;
+        }
+        state.through = through;
+        let still_waiting = state.waiters.split_off(&(through + 1, 0));
+        let reached = std::mem::replace(&mut state.waiters, still_waiting);
+        drop(state);
+        for waiter in reached.into_values() {
+            waiter.unpark();
+        }
+    }
+
     /// Every seq up to the returned one is done.
     pub fn through(&self) -> Seq {
         self.lock().through

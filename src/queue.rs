@@ -468,6 +468,18 @@ impl Intake {
         state.seen.forget_old(now);
     }
 
+    /// Continues the seqs at `next_seq`, skipping the ones before it (a
+    /// PostgreSQL instance that reloaded its store past them); the count of
+    /// accepted events stays as it was.
+    pub fn skip_to(&self, next_seq: Seq) {
+        let mut state = self.lock();
+        if next_seq > state.next_seq {
+            let skipped = next_seq - state.next_seq;
+            state.next_seq = next_seq;
+            state.base += skipped;
+        }
+    }
+
     /// The idempotency window's entries with a seq in `after + 1 ..=
     /// through`, oldest first: (event_id, seq, fingerprint, age). For
     /// durable `async` mode, which writes them with the products that

@@ -161,8 +161,7 @@ impl Running {
             elapsed: started.elapsed(),
             committed,
         };
-        let journaled = self.api.durable.is_some()
-            && self.api.config.durability != crate::config::Durability::Async;
+        let journaled = self.api.durable.as_ref().is_some_and(|d| d.journals());
         if report.not_applied > 0 && journaled {
             log::warn!(
                 "shutdown: {} accepted events were not applied (drain deadline passed); they are in the journal, and the next start applies them; {report}",

@@ -63,7 +63,7 @@ pub fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a
     condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
-#[cfg(any(feature = "sqlite", loom))]
+#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `Condvar::wait_timeout` where the timeout is not part of the protocol
 /// (the waiter has other work to do then) and a ring must never be missed:
 /// under loom it waits untimed, so that a missed ring shows as a deadlock
@@ -84,7 +84,7 @@ pub fn wait_for_bell<'a, T>(
     }
 }
 
-#[cfg(any(feature = "sqlite", loom))]
+#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `thread::park`.
 pub fn park() {
     #[cfg(not(loom))]
@@ -93,7 +93,7 @@ pub fn park() {
     loom::thread::park();
 }
 
-#[cfg(any(feature = "sqlite", loom))]
+#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `thread::yield_now`.
 pub fn yield_now() {
     #[cfg(not(loom))]

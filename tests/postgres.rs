@@ -1,76 +1,104 @@
-//! PostgreSQL (issue 13, in progress): the connection and the schema,
-//! against a throwaway server per test (`common/postgres.rs`). Not yet a
-//! mode of the service: these are the parts it will be built on.
+//! PostgreSQL mode (`DATABASE_URL`): several instances of the real binary
+//! on one throwaway server per test (`common/postgres.rs`).
 #![cfg(feature = "postgres")]
 
 mod common;
 
-use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::Binary;
 use common::postgres::Postgres;
-use product_update_service::durable::pgsql::{self, DatabaseUrl, PgError, SCHEMA_VERSION};
+use common::{agent, post_event, read_reply};
+use product_update_service::durable::pg::SCHEMA_VERSION;
 
-fn url(server: &Postgres) -> DatabaseUrl {
-    DatabaseUrl::parse(&server.url()).expect("the harness's URL")
+fn instance(server: &Postgres) -> Binary {
+    let url = server.url();
+    Binary::start(&[("DATABASE_URL", url.as_str())])
 }
 
-/// Instances that start at once create the schema exactly once; later
-/// starts find it and leave it as it is.
+fn get(base: &str, path: &str) -> common::Reply {
+    read_reply(agent().get(format!("{base}{path}")).call())
+}
+
+/// What one instance acknowledges, another serves: `min_seq` with the seq
+/// from A's 202 waits on B until B has applied it; a retry of A's event id
+/// on B is a duplicate with A's seq; the ETag is the same on both.
+#[test]
+fn an_event_accepted_by_one_instance_is_read_and_recognised_on_another() {
+    let server = Postgres::start();
+    let (a, b) = (instance(&server), instance(&server));
+    let http = agent();
+    let posted = post_event(
+        &http,
+        &a.base(),
+        r#"{"product_id":"p1","price":49.99,"stock":100,"event_id":"e-1"}"#,
+    );
+    assert_eq!(
+        posted.status,
+        202,
+        "{} {}",
+        posted.body,
+        get(&a.base(), "/readyz").body
+    );
+    let seq = posted.json()["seq"].as_u64().expect("seq");
+    let read = get(&b.base(), &format!("/products/p1?min_seq={seq}&wait=5"));
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["price"], 49.99);
+    assert_eq!(read.json()["stock"], 100);
+
+    let retried = post_event(
+        &http,
+        &b.base(),
+        r#"{"product_id":"p1","price":49.99,"stock":100,"event_id":"e-1"}"#,
+    );
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.json()["seq"].as_u64(), Some(seq));
+    let conflicting = post_event(
+        &http,
+        &b.base(),
+        r#"{"product_id":"p1","price":1,"event_id":"e-1"}"#,
+    );
+    assert_eq!(conflicting.status, 409, "{}", conflicting.body);
+
+    let on_a = get(&a.base(), &format!("/products/p1?min_seq={seq}&wait=5"));
+    assert_eq!(on_a.header("etag"), read.header("etag"));
+    assert_eq!(
+        server.psql("SELECT seq, product_id, price, stock FROM events"),
+        format!("{seq}|p1|49.99|100")
+    );
+}
+
+/// Instances that start at once create the schema exactly once.
 #[test]
 fn instances_starting_at_once_create_the_schema_once() {
     let server = Postgres::start();
-    let url = url(&server);
-    let barrier = Barrier::new(4);
-    thread::scope(|scope| {
-        let starts: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut client = pgsql::connect(&url, Duration::from_secs(5)).expect("connect");
-                    barrier.wait();
-                    pgsql::prepare_schema(&mut client, &url)
-                })
-            })
-            .collect();
-        for start in starts {
-            start.join().expect("thread").expect("schema ready");
-        }
+    let started: Vec<Binary> = thread::scope(|scope| {
+        let starts: Vec<_> = (0..3).map(|_| scope.spawn(|| instance(&server))).collect();
+        starts
+            .into_iter()
+            .map(|s| s.join().expect("started"))
+            .collect()
     });
+    assert_eq!(started.len(), 3);
     assert_eq!(
         server.psql("SELECT count(*), max(version) FROM schema_version"),
         format!("1|{SCHEMA_VERSION}")
     );
-    assert_eq!(
-        server.psql(
-            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
-        ),
-        "events,idempotency,instances,products,schema_version"
-    );
-    // Data survives a later start untouched.
-    server.psql("INSERT INTO instances VALUES ('a', now(), now())");
-    let mut client = pgsql::connect(&url, Duration::from_secs(5)).expect("connect");
-    pgsql::prepare_schema(&mut client, &url).expect("again");
-    assert_eq!(server.psql("SELECT count(*) FROM instances"), "1");
+    assert_eq!(server.psql("SELECT count(*) FROM instances"), "3");
 }
 
-/// A schema from a newer release: refused with a line naming the version,
-/// and left as it was.
+/// A schema from a newer release: exit 1 with a line naming the version,
+/// and the database left as it was.
 #[test]
 fn a_newer_schema_is_refused_and_left_untouched() {
     let server = Postgres::start();
     server.psql("CREATE TABLE schema_version (version integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); INSERT INTO schema_version (version) VALUES (7)");
-    let url = url(&server);
-    let mut client = pgsql::connect(&url, Duration::from_secs(5)).expect("connect");
-    let e = pgsql::prepare_schema(&mut client, &url).expect_err("unknown version");
+    let (code, log) = exits(&[("DATABASE_URL", server.url().as_str())]);
+    assert_eq!(code, 1, "{log}");
     assert!(
-        matches!(e, PgError::UnknownSchema { found: 7, .. }),
-        "{e:?}"
-    );
-    let text = e.to_string();
-    assert!(
-        text.contains("schema version 7") && text.contains("newer"),
-        "{text}"
+        log.contains("schema version 7") && log.contains("newer"),
+        "{log}"
     );
     assert_eq!(
         server.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
@@ -79,31 +107,433 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     );
 }
 
-/// A server that is down: the connection fails within its bound, and the
-/// error names the URL with its password masked.
+/// A server that is down at startup: exit 1 within the connect bound, and
+/// the password never printed.
 #[test]
-fn an_unreachable_server_fails_fast_without_showing_the_password() {
+fn an_unreachable_server_fails_the_start_without_showing_the_password() {
     let server = Postgres::start();
-    server.psql("CREATE ROLE app LOGIN PASSWORD 'hunter2'");
-    let with_password = format!(
+    let url = format!(
         "postgres://app:hunter2@127.0.0.1:{}/products",
         server.port()
     );
-    let url = DatabaseUrl::parse(&with_password).expect("valid");
-    // Reachable: connects (trust authentication; the password is unused).
-    pgsql::connect(&url, Duration::from_secs(5)).expect("connect");
     server.stop();
     let started = Instant::now();
-    let Err(e) = pgsql::connect(&url, Duration::from_secs(2)) else {
-        panic!("connected to a stopped server");
-    };
+    let (code, log) = exits(&[("DATABASE_URL", url.as_str())]);
+    assert_eq!(code, 1, "{log}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
-    let text = e.to_string();
-    assert!(!text.contains("hunter2"), "{text}");
-    assert!(text.contains("postgres://app:***@127.0.0.1"), "{text}");
-    assert!(!format!("{e:?}").contains("hunter2"));
+    assert!(!log.contains("hunter2"), "{log}");
+    assert!(log.contains("postgres://app:***@127.0.0.1"), "{log}");
+}
+
+/// Runs the binary until it exits (it must, at startup); returns the exit
+/// code and its log.
+fn exits(env: &[(&str, &str)]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+        .env_clear()
+        .env("PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One event a client sent, and what became of it.
+#[derive(Clone, Debug)]
+struct Sent {
+    request_id: String,
+    product: String,
+    price: Option<String>,
+    stock: Option<u64>,
+    version: Option<u64>,
+    /// The seq of a 202 (or of the original, for a duplicate's 200).
+    acked: Option<u64>,
+}
+
+/// A small deterministic random number generator (xorshift), one per
+/// client, so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Posts `body` with `request_id` to `base`: Some(status, seq) if an
+/// answer came, None if the connection failed (outcome unknown).
+fn send(base: &str, body: &str, request_id: &str) -> Option<(u16, Option<u64>)> {
+    let response = agent()
+        .post(format!("{base}/events"))
+        .header("Content-Type", "application/json")
+        .header("X-Request-Id", request_id)
+        .send(body);
+    if matches!(response, Err(ref e) if !matches!(e, ureq::Error::StatusCode(_))) {
+        return None;
+    }
+    let reply = read_reply(response);
+    let seq = serde_json::from_str::<serde_json::Value>(&reply.body)
+        .ok()
+        .and_then(|v| v["seq"].as_u64());
+    Some((reply.status, seq))
+}
+
+/// A field's write key, the service's rule (`WriteKey` in `store.rs`): a
+/// higher client version wins, of equal versions the first, and any
+/// versioned write beats any unversioned one; else the later seq.
+fn key(seq: u64, version: Option<u64>) -> (u64, u64) {
+    match version {
+        None => (0, seq),
+        Some(v) => (v + 1, u64::MAX - seq),
+    }
+}
+
+/// The journal as psql prints it: seq|product|price|stock|version|request_id.
+fn journal(
+    server: &Postgres,
+) -> Vec<(
+    u64,
+    String,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+    String,
+)> {
+    let text = server.psql(
+        "SELECT seq, product_id, coalesce(price, '-'), coalesce(stock::text, '-'), coalesce(version::text, '-'), request_id FROM events ORDER BY seq",
+    );
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            let opt = |s: &str| (s != "-").then(|| s.to_owned());
+            (
+                f[0].parse().expect("seq"),
+                f[1].to_owned(),
+                opt(f[2]),
+                opt(f[3]).map(|s| s.parse().expect("stock")),
+                opt(f[4]).map(|s| s.parse().expect("version")),
+                f[5].to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Three instances of the real binary on one database; clients spread
+/// partial and full updates of a few hot products over all three, some
+/// with versions, some retried with their event id on another instance;
+/// one instance is killed with SIGKILL in the middle. Then: every
+/// acknowledged event is in the journal with its seq and content, and
+/// nothing that was refused; seqs are gap-free; every field in the
+/// database holds the value of the journal's winning event by the
+/// service's rule, which is at least the acknowledged event with the
+/// highest key; and both survivors serve exactly that.
+#[test]
+fn three_instances_one_killed_agree_on_every_field() {
+    const PRODUCTS: u64 = 4;
+    const CLIENTS: u64 = 6;
+    const EVENTS: u64 = 150;
+    let server = Postgres::start();
+    let mut instances: Vec<Binary> = (0..3).map(|_| instance(&server)).collect();
+    let bases: Vec<String> = instances.iter().map(Binary::base).collect();
+    let acked = std::sync::atomic::AtomicU64::new(0);
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let sent: Vec<Sent> = thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|client| {
+                let (bases, acked, killed) = (&bases, &acked, &killed);
+                scope.spawn(move || {
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (client + 1));
+                    let mut sent = Vec::new();
+                    for n in 0..EVENTS {
+                        let product = format!("hot-{}", rng.below(PRODUCTS));
+                        let (price, stock) = match rng.below(3) {
+                            0 => (
+                                Some(format!("{}.{}", rng.below(100), rng.below(9) + 1)),
+                                None,
+                            ),
+                            1 => (None, Some(rng.below(1000))),
+                            _ => (Some(rng.below(500).to_string()), Some(rng.below(1000))),
+                        };
+                        let version = (rng.below(4) == 0).then(|| rng.below(5));
+                        let event_id = (rng.below(2) == 0).then(|| format!("c{client}-{n}"));
+                        let mut body = format!(r#"{{"product_id":"{product}""#);
+                        if let Some(p) = &price {
+                            body += &format!(r#","price":{p}"#);
+                        }
+                        if let Some(s) = stock {
+                            body += &format!(r#","stock":{s}"#);
+                        }
+                        if let Some(v) = version {
+                            body += &format!(r#","version":{v}"#);
+                        }
+                        if let Some(id) = &event_id {
+                            body += &format!(r#","event_id":"{id}""#);
+                        }
+                        body += "}";
+                        let mut event = Sent {
+                            request_id: format!("c{client}-{n}"),
+                            product,
+                            price,
+                            stock,
+                            version,
+                            acked: None,
+                        };
+                        // Over the instances, starting at a random one; an
+                        // event with an id is retried on the next instance
+                        // when an answer is lost or a 503 comes back.
+                        let first = rng.below(3) as usize;
+                        for attempt in 0..3 {
+                            let i = (first + attempt) % 3;
+                            if i == 2 && killed.load(std::sync::atomic::Ordering::SeqCst) {
+                                continue;
+                            }
+                            match send(&bases[i], &body, &event.request_id) {
+                                Some((202 | 200, Some(seq))) => {
+                                    event.acked = Some(seq);
+                                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    // Now and then, the same event again on
+                                    // another instance: a duplicate.
+                                    if event_id.is_some() && rng.below(3) == 0 {
+                                        let j = (i + 1) % 2;
+                                        let again = send(&bases[j], &body, "retry");
+                                        assert_eq!(again, Some((200, Some(seq))), "{body}");
+                                    }
+                                    break;
+                                }
+                                Some((status, _)) if status != 503 => {
+                                    panic!("{body}: status {status}")
+                                }
+                                _ if event_id.is_none() => break,
+                                _ => {}
+                            }
+                        }
+                        sent.push(event);
+                    }
+                    sent
+                })
+            })
+            .collect();
+        // SIGKILL the third instance once about half the events are in.
+        common::wait_until("half the events acknowledged", || {
+            (acked.load(std::sync::atomic::Ordering::SeqCst) >= CLIENTS * EVENTS / 2).then_some(())
+        });
+        killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        instances[2].signal("KILL");
+        instances[2].wait_exit();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("client"))
+            .collect()
+    });
+
+    let journal = journal(&server);
+    // Gap-free, from 1.
+    for (i, row) in journal.iter().enumerate() {
+        assert_eq!(row.0, i as u64 + 1, "seqs are gap-free");
+    }
+    // Every acknowledged event is in the journal with its content; every
+    // journal row is an event that was sent (acknowledged, or its answer
+    // lost to the kill).
+    let by_request: std::collections::HashMap<&str, &Sent> =
+        sent.iter().map(|s| (s.request_id.as_str(), s)).collect();
+    for row in &journal {
+        let event = by_request
+            .get(row.5.as_str())
+            .unwrap_or_else(|| panic!("journal row {row:?} was never sent"));
+        assert_eq!(
+            (&row.1, &row.2, row.3, row.4),
+            (&event.product, &event.price, event.stock, event.version),
+            "journal row {row:?}"
+        );
+        if let Some(seq) = event.acked {
+            assert_eq!(seq, row.0, "acknowledged seq of {}", event.request_id);
+        }
+    }
+    let journaled: std::collections::HashSet<u64> = journal.iter().map(|r| r.0).collect();
+    let acked: Vec<&Sent> = sent.iter().filter(|s| s.acked.is_some()).collect();
+    assert!(
+        acked.len() as u64 >= CLIENTS * EVENTS / 2,
+        "{}",
+        acked.len()
+    );
+    for event in &acked {
+        assert!(
+            journaled.contains(&event.acked.expect("acked")),
+            "{event:?}"
+        );
+    }
+
+    // The winner of each field by the service's rule, over the journal.
+    let mut expected: std::collections::BTreeMap<String, [Option<((u64, u64), String)>; 2]> =
+        Default::default();
+    for (seq, product, price, stock, version, _) in &journal {
+        let fields = expected.entry(product.clone()).or_default();
+        let k = key(*seq, *version);
+        for (slot, value) in fields
+            .iter_mut()
+            .zip([price.clone(), stock.map(|s| s.to_string())])
+        {
+            if let Some(value) = value
+                && slot.as_ref().is_none_or(|(old, _)| k > *old)
+            {
+                *slot = Some((k, value));
+            }
+        }
+    }
+    // At least as new as the newest acknowledged write of each field.
+    for event in &acked {
+        let k = key(event.acked.expect("acked"), event.version);
+        let fields = &expected[&event.product];
+        if event.price.is_some() {
+            assert!(fields[0].as_ref().is_some_and(|(w, _)| *w >= k));
+        }
+        if event.stock.is_some() {
+            assert!(fields[1].as_ref().is_some_and(|(w, _)| *w >= k));
+        }
+    }
+    let last = journal.len() as u64;
+    let as_json = |v: &Option<((u64, u64), String)>| match v {
+        Some((_, text)) => serde_json::from_str::<serde_json::Value>(text).expect("number"),
+        None => serde_json::Value::Null,
+    };
+    let db = server.psql("SELECT product_id, coalesce(price, 'null'), coalesce(stock::text, 'null') FROM products ORDER BY 1");
+    let db: Vec<String> = db.lines().map(str::to_owned).collect();
+    let want: Vec<String> = expected
+        .iter()
+        .map(|(id, [p, s])| {
+            format!(
+                "{id}|{}|{}",
+                p.as_ref().map_or("null", |(_, v)| v),
+                s.as_ref().map_or("null", |(_, v)| v)
+            )
+        })
+        .collect();
+    assert_eq!(db, want, "the products table");
+    let mut etags = Vec::new();
+    for base in &bases[..2] {
+        for (id, fields) in &expected {
+            let read = get(base, &format!("/products/{id}?min_seq={last}&wait=10"));
+            assert_eq!(read.status, 200, "{base} {id}: {}", read.body);
+            let body = read.json();
+            assert_eq!(body["price"], as_json(&fields[0]), "{base} {id} price");
+            assert_eq!(body["stock"], as_json(&fields[1]), "{base} {id} stock");
+            etags.push((id.clone(), read.header("etag").map(str::to_owned)));
+        }
+    }
+    let (on_a, on_b) = etags.split_at(expected.len());
+    assert_eq!(on_a, on_b, "the same ETags on both survivors");
+}
+
+/// The database stopped in the middle of a load and started again: while
+/// it is down, POST answers 503 `storage_unavailable` with `Retry-After`
+/// at once, `/readyz` 503 with the reason, `/healthz` 200; once it is back
+/// the instance carries on by itself; no acknowledged event is lost (each
+/// event is retried with its id until acknowledged, and then read back).
+#[test]
+fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
+    let server = Postgres::start();
+    let a = instance(&server);
+    let base = a.base();
+    let phase = std::sync::atomic::AtomicU8::new(0); // 0 up, 1 down, 2 up again
+    let refused_quickly = std::sync::atomic::AtomicU64::new(0);
+    let acked_after_outage = std::sync::atomic::AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked: Vec<(String, u64, u64)> = thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut acked = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let body = format!(r#"{{"product_id":"p{n}","stock":{n},"event_id":"e{n}"}}"#);
+                loop {
+                    let started = Instant::now();
+                    let reply = read_reply(
+                        agent()
+                            .post(format!("{base}/events"))
+                            .header("Content-Type", "application/json")
+                            .send(&body),
+                    );
+                    match reply.status {
+                        202 | 200 => {
+                            let seq = reply.json()["seq"].as_u64().expect("seq");
+                            acked.push((format!("p{n}"), n, seq));
+                            if phase.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                                acked_after_outage
+                                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            break;
+                        }
+                        503 => {
+                            reply.assert_problem(503, "storage_unavailable");
+                            assert!(reply.header("retry-after").is_some(), "{}", reply.body);
+                            // "At once": no thread held for anything like a
+                            // timeout (the bound here is generous).
+                            assert!(
+                                started.elapsed() < Duration::from_secs(5),
+                                "{:?}",
+                                started.elapsed()
+                            );
+                            if phase.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+                                refused_quickly.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            thread::yield_now();
+                        }
+                        other => panic!("status {other}: {}", reply.body),
+                    }
+                }
+            }
+            acked
+        });
+        common::wait_until("events acknowledged before the outage", || {
+            (get(&base, "/stats").json()["accepted"].as_u64()? >= 50).then_some(())
+        });
+        phase.store(1, std::sync::atomic::Ordering::SeqCst);
+        server.stop();
+        common::wait_until("a 503 while the database is down", || {
+            (refused_quickly.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(())
+        });
+        let ready = get(&base, "/readyz");
+        let problem = ready.assert_problem(503, "not_ready");
+        assert_eq!(problem["reason"], "storage_unavailable", "{}", ready.body);
+        assert!(!ready.body.contains("password"), "{}", ready.body);
+        assert_eq!(get(&base, "/healthz").status, 200);
+        phase.store(2, std::sync::atomic::Ordering::SeqCst);
+        server.restart();
+        common::wait_until("events acknowledged after the outage", || {
+            (acked_after_outage.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
+        });
+        common::wait_until("ready again", || {
+            (get(&base, "/readyz").status == 200).then_some(())
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().expect("load")
+    });
+    let last = acked.iter().map(|(.., seq)| *seq).max().expect("acked");
+    for (product, stock, _) in &acked {
+        let read = get(
+            &base,
+            &format!("/products/{product}?min_seq={last}&wait=10"),
+        );
+        assert_eq!(read.status, 200, "{product}: {}", read.body);
+        assert_eq!(read.json()["stock"].as_u64(), Some(*stock), "{product}");
+    }
+    let in_db: u64 = server
+        .psql("SELECT count(*) FROM events")
+        .parse()
+        .expect("count");
+    assert_eq!(
+        in_db,
+        acked.len() as u64,
+        "one journal row per event, retries included"
+    );
 }

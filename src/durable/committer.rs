@@ -26,18 +26,18 @@
 //! good).
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::commit::{Health, Pending, Waiting, lock};
 use super::database::{Cycle, Database, JournalRow, WindowRow};
-use super::handoff::{Collected, Mailbox, Ticket};
+use super::handoff::{Collected, Mailbox};
 use super::{Committed, FLUSH_INTERVAL, RETRY_INTERVAL, WAL_LIMIT};
 use crate::config::Durability;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
-use crate::queue::{Intake, Submission, SubmitError, Submitted};
+use crate::queue::{Intake, Submission, SubmitError};
 use crate::store::{Seq, Store, Stored};
 
 /// How many times the committer yields the CPU to let a batch grow.
@@ -63,59 +63,6 @@ pub struct Shared {
     /// the committer looks every [`FLUSH_INTERVAL`].
     pub applied: Mutex<Vec<Box<str>>>,
     pub health: Health,
-}
-
-/// What a waiting connection thread is told.
-pub type Answer = Result<Submitted, SubmitError>;
-
-/// An event and the ticket its connection thread waits on.
-pub struct Pending {
-    pub submission: Submission,
-    pub ticket: Arc<Ticket<Answer>>,
-}
-
-/// Whether writes work, for `/readyz` and for refusing events in async
-/// mode. Changes are logged once each way.
-#[derive(Default)]
-pub struct Health {
-    failing: AtomicBool,
-    reason: Mutex<String>,
-}
-
-impl Health {
-    /// The reason writes fail, or `None` while they work.
-    pub fn unavailable(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(lock(&self.reason).clone())
-    }
-
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
-    }
-
-    fn fail(&self, reason: String) {
-        let mut current = lock(&self.reason);
-        if !self.failing.swap(true, Ordering::AcqRel) {
-            log::error!(
-                "storage: writes fail ({reason}); POST /events answers 503 storage_unavailable and /readyz 503 until they succeed again (retried every {RETRY_INTERVAL:?})"
-            );
-        }
-        *current = reason;
-    }
-
-    fn ok(&self) {
-        if self.failing.swap(false, Ordering::AcqRel) {
-            log::info!("storage: writes succeed again; accepting events");
-        }
-    }
-}
-
-/// Poisoning: every value behind these locks is plain data changed in
-/// single assignments or pushes.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The committer thread's body. Returns what it committed; a panic inside
@@ -311,29 +258,6 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
                 return committed;
             }
             thread::sleep(FINAL_PAUSE);
-        }
-    }
-}
-
-/// The tickets of the batch being committed: answered with their results
-/// by [`Waiting::answer`], or, if the cycle unwinds from a panic first,
-/// with 503 `storage_unavailable` (the events may have been committed: the
-/// next start applies them, and a client that retries them with their
-/// `event_id` gets `duplicate`).
-struct Waiting(Vec<Arc<Ticket<Answer>>>);
-
-impl Waiting {
-    fn answer(mut self, answers: Vec<Answer>) {
-        for (ticket, answer) in self.0.drain(..).zip(answers) {
-            ticket.answer(answer);
-        }
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        for ticket in self.0.drain(..) {
-            ticket.answer(Err(SubmitError::StorageUnavailable));
         }
     }
 }

@@ -69,26 +69,184 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::ProductUpdate;
+use crate::progress::Progress;
+use crate::queue::{Intake, SubmitError, Submitted};
+use crate::request_id::OwnedRequestId;
+use crate::store::{Seq, Store};
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod commit;
 #[cfg(feature = "sqlite")]
 mod committer;
 #[cfg(feature = "sqlite")]
 mod database;
-#[cfg(any(feature = "sqlite", loom))]
+#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 pub mod handoff;
 #[cfg(feature = "postgres")]
-pub mod pgsql;
+pub mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "sqlite")]
-pub use sqlite::{Durable, Recovered};
+pub mod url;
 
-#[cfg(not(feature = "sqlite"))]
-mod disabled;
-#[cfg(not(feature = "sqlite"))]
-pub use disabled::{Durable, Recovered};
+/// A store opened and read at startup, before the service serves:
+/// [`Recovered::restore`] puts its state into the store and the intake,
+/// [`Recovered::start`] starts its threads. One variant per backend built
+/// in; with none built in, the enum has no values and every method below
+/// is never called.
+pub enum Recovered {
+    /// `DATA_DIR`: a SQLite file on the local disk.
+    #[cfg(feature = "sqlite")]
+    Sqlite(Box<sqlite::Recovered>),
+    /// `DATABASE_URL`: PostgreSQL, shared with other instances.
+    #[cfg(feature = "postgres")]
+    Postgres(Box<pg::Recovered>),
+}
+
+/// The running store that `POST /events`, the workers, `/readyz` and
+/// shutdown talk to.
+pub enum Durable {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlite::Durable),
+    #[cfg(feature = "postgres")]
+    Postgres(pg::Durable),
+}
+
+impl Recovered {
+    /// Opens and reads the configured store; `None` in memory mode.
+    pub fn open(config: &Config) -> Result<Option<Recovered>, StorageError> {
+        if config.data_dir.is_some() {
+            #[cfg(feature = "sqlite")]
+            return Ok(sqlite::Recovered::open(config)?.map(|r| Recovered::Sqlite(Box::new(r))));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(StorageError::NotBuilt {
+                variable: "DATA_DIR",
+                feature: "sqlite",
+            });
+        }
+        if config.database_url.is_some() {
+            #[cfg(feature = "postgres")]
+            return Ok(pg::Recovered::open(config)?.map(|r| Recovered::Postgres(Box::new(r))));
+            #[cfg(not(feature = "postgres"))]
+            return Err(StorageError::NotBuilt {
+                variable: "DATABASE_URL",
+                feature: "postgres",
+            });
+        }
+        Ok(None)
+    }
+
+    /// Puts the stored state into `store` and `intake`; returns the
+    /// watermark to start from (every seq up to it is applied).
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(unused_variables)
+    )]
+    pub fn restore(&mut self, store: &Store, intake: &Intake) -> Seq {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Recovered::Sqlite(ref mut r) => r.restore(store, intake),
+            #[cfg(feature = "postgres")]
+            Recovered::Postgres(ref mut r) => r.restore(store, intake),
+        }
+    }
+
+    /// Starts the store's threads. `local_addr` names this instance in a
+    /// shared database.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn start(
+        self,
+        intake: Arc<Intake>,
+        store: Store,
+        progress: Arc<Progress>,
+        metrics: Arc<Metrics>,
+        local_addr: SocketAddr,
+    ) -> io::Result<Durable> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Recovered::Sqlite(r) => (*r)
+                .start(intake, store, progress, metrics)
+                .map(Durable::Sqlite),
+            #[cfg(feature = "postgres")]
+            Recovered::Postgres(r) => (*r)
+                .start(intake, store, progress, metrics, local_addr)
+                .map(Durable::Postgres),
+        }
+    }
+}
+
+impl Durable {
+    /// `POST /events`: returns once the event is committed (or refused).
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(unused_variables)
+    )]
+    pub fn submit(
+        &self,
+        update: ProductUpdate,
+        request_id: OwnedRequestId,
+    ) -> Result<Submitted, SubmitError> {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(ref d) => d.submit(update, request_id),
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(ref d) => d.submit(update, request_id),
+        }
+    }
+
+    /// A worker applied an event for `product_id`; called before it reports
+    /// the seq done.
+    pub fn applied(&self, product_id: &str) {
+        let _ = product_id;
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(ref d) => d.applied(product_id),
+            // The database applied it in the event's own commit.
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(_) => {}
+        }
+    }
+
+    /// Why the store cannot take events (or serve fresh reads) right now,
+    /// or `None` while it can.
+    pub fn unavailable(&self) -> Option<String> {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(ref d) => d.unavailable(),
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(ref d) => d.unavailable(),
+        }
+    }
+
+    /// Shutdown, after the workers have stopped: writes what is left and
+    /// stops the store's threads.
+    pub fn finish(&self) -> Committed {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(ref d) => d.finish(),
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(ref d) => d.finish(),
+        }
+    }
+
+    /// Whether a 202 means the event is in a journal that survives the
+    /// process (so events not applied at shutdown are not lost).
+    pub fn journals(&self) -> bool {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(ref d) => d.journals(),
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(_) => true,
+        }
+    }
+}
 
 /// How often the committer writes the products applied since its last
 /// such write (and, in `async` mode, the bound on how long an applied
@@ -115,8 +273,11 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// with.
 #[derive(Debug)]
 pub enum StorageError {
-    /// `DATA_DIR` is set but this build has no storage backend.
-    NotBuilt,
+    /// `variable` is set but this build lacks the cargo `feature` for it.
+    NotBuilt {
+        variable: &'static str,
+        feature: &'static str,
+    },
     /// `DATA_DIR` cannot be created or written.
     Directory { path: PathBuf, source: io::Error },
     /// Another process has the database open.
@@ -139,6 +300,8 @@ pub enum StorageError {
     },
     /// Any other SQLite error while opening or loading.
     Sqlite { path: PathBuf, detail: String },
+    /// `DATABASE_URL`: the database cannot be used.
+    Postgres(PgError),
 }
 
 impl StorageError {
@@ -146,7 +309,8 @@ impl StorageError {
     /// needs a person's decision.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StorageError::NotBuilt | StorageError::Directory { .. } => 2,
+            StorageError::NotBuilt { .. } | StorageError::Directory { .. } => 2,
+            StorageError::Postgres(PgError::BadUrl { .. }) => 2,
             _ => 1,
         }
     }
@@ -156,9 +320,9 @@ impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNTOUCHED: &str = "it was left untouched";
         match self {
-            StorageError::NotBuilt => write!(
+            StorageError::NotBuilt { variable, feature } => write!(
                 f,
-                "DATA_DIR is set, but this build has no durable storage: build with `cargo build --release --features sqlite` (or unset DATA_DIR to keep the state in memory)"
+                "{variable} is set, but this build has no {feature} storage: build with `cargo build --release --features {feature}` (or unset {variable} to keep the state in memory)"
             ),
             StorageError::Directory { path, source } => write!(
                 f,
@@ -194,6 +358,7 @@ impl fmt::Display for StorageError {
             StorageError::Sqlite { path, detail } => {
                 write!(f, "{}: {detail}", path.display())
             }
+            StorageError::Postgres(e) => e.fmt(f),
         }
     }
 }
@@ -206,6 +371,53 @@ impl std::error::Error for StorageError {
         }
     }
 }
+
+/// What went wrong with the PostgreSQL database; every message names the
+/// URL with its password masked.
+#[derive(Debug)]
+pub enum PgError {
+    /// `DATABASE_URL` is not a URL the driver accepts.
+    BadUrl {
+        url: String,
+        reason: String,
+    },
+    Connect {
+        url: String,
+        detail: String,
+    },
+    /// The database has a schema newer than this build knows.
+    UnknownSchema {
+        url: String,
+        found: i32,
+        known: i32,
+    },
+    Query {
+        url: String,
+        detail: String,
+    },
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgError::BadUrl { url, reason } => write!(
+                f,
+                "DATABASE_URL {url} is not a usable PostgreSQL URL: {reason}"
+            ),
+            PgError::Connect { url, detail } => write!(
+                f,
+                "cannot connect to {url}: {detail}; check that PostgreSQL runs there and accepts this user"
+            ),
+            PgError::UnknownSchema { url, found, known } => write!(
+                f,
+                "{url} has schema version {found}, and this build knows versions up to {known}: it was created by a newer product-update-service; run that version (the database was left untouched)"
+            ),
+            PgError::Query { url, detail } => write!(f, "{url}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
 
 /// What the committer did over the service's life, for the shutdown
 /// report.

@@ -9,7 +9,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use super::committer::{self, Health, Pending, Shared, lock};
+use super::commit::{Health, Pending, lock};
+use super::committer::{self, Shared};
 use super::database::{Database, Loaded};
 use super::handoff::{Mailbox, Refused, Ticket};
 use super::{CHECKPOINT_INTERVAL, Committed, StorageError};
@@ -250,6 +251,11 @@ impl Durable {
     /// Why writes fail right now, or `None` while they work.
     pub fn unavailable(&self) -> Option<String> {
         self.shared.health.unavailable()
+    }
+
+    /// Commit and fsync modes journal each event before its 202.
+    pub fn journals(&self) -> bool {
+        self.shared.mode != Durability::Async
     }
 
     /// Shutdown, after the workers have stopped: writes what is left and

@@ -1,0 +1,163 @@
+//! The PostgreSQL committer thread: takes the events that connection
+//! threads post to the [`Mailbox`], commits each batch in one transaction
+//! (`Database::accept`), and answers every waiting thread. Once a second
+//! it also records this instance in `instances` and prunes old rows.
+//!
+//! The connection is dropped at the first error and made again at most
+//! once per [`RETRY_INTERVAL`]; while it is down, [`Health`] says why, and
+//! `POST /events` answers 503 `storage_unavailable` at once without
+//! posting (see `Durable::submit`).
+//!
+//! Every ticket is answered, whatever happens: after the commit, after a
+//! failed one (503 `storage_unavailable`: the events may or may not have
+//! been committed, and a client that retries with its `event_id` gets
+//! `duplicate` if they were), at shutdown (503 `shutting_down`), and if
+//! this thread panics (the `Waiting` guard).
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::super::commit::{Health, Pending, Waiting};
+use super::super::handoff::{Collected, Mailbox};
+use super::super::url::DatabaseUrl;
+use super::super::{Committed, RETRY_INTERVAL};
+use super::database::Database;
+use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::queue::{Intake, Submission, SubmitError};
+
+/// How many times the committer yields the CPU to let a batch grow.
+const GATHER_ROUNDS: usize = 8;
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the committer shares with the connection threads.
+pub struct Shared {
+    pub url: DatabaseUrl,
+    /// This instance's name in `events.accepted_by` and `instances`.
+    pub instance: String,
+    pub intake: Arc<Intake>,
+    pub progress: Arc<Progress>,
+    pub metrics: Arc<Metrics>,
+    pub window_ttl: Duration,
+    pub window_len: usize,
+    pub mailbox: Mailbox<Pending>,
+    /// Whether commits work.
+    pub health: Health,
+}
+
+/// The committer thread's body. A panic inside is caught, every waiting
+/// thread answered, and commits reported failing for good.
+pub fn run(shared: &Shared, db: Database) -> Committed {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db))));
+    let committed = outcome.unwrap_or_else(|_| {
+        shared.health.fail(
+            "the committer thread panicked (a bug; see the log); restart the service".to_owned(),
+        );
+        Committed::default()
+    });
+    let answer = if shared.health.is_failing() {
+        SubmitError::StorageUnavailable
+    } else {
+        SubmitError::ShuttingDown
+    };
+    for pending in shared.mailbox.stop() {
+        pending.ticket.answer(Err(answer));
+    }
+    committed
+}
+
+fn cycles(shared: &Shared, mut db: Option<Database>) -> Committed {
+    let mut committed = Committed::default();
+    let mut last_connect = Instant::now();
+    // The first housekeeping right away: it records this instance.
+    let mut last_housekeeping: Option<Instant> = None;
+    loop {
+        let Collected { batch, finishing } = shared
+            .mailbox
+            .collect(Instant::now() + RETRY_INTERVAL, GATHER_ROUNDS);
+        let (submissions, tickets): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.ticket)).unzip();
+        // From here on every one of these threads gets an answer, even if
+        // this cycle panics.
+        let waiting = Waiting(tickets);
+        let refuse = |e: SubmitError| submissions.iter().map(|_| Err(e)).collect();
+
+        let answers = if submissions.is_empty() {
+            Vec::new()
+        } else if shared.intake.is_closed() {
+            refuse(SubmitError::ShuttingDown)
+        } else if let Some(connection) = db.as_mut() {
+            let started = Instant::now();
+            match connection.accept(&submissions, shared.window_ttl, &shared.instance) {
+                Ok((answers, products)) => {
+                    shared.health.ok();
+                    let new = answers
+                        .iter()
+                        .filter(|a| a.is_ok_and(|s| !s.duplicate))
+                        .count();
+                    committed.events += new as u64;
+                    let storage = &shared.metrics.storage;
+                    storage.commit_seconds.observe(started.elapsed());
+                    storage.commit_events.observe_count(new as u64);
+                    storage.record_products_written(products as u64);
+                    answers
+                }
+                Err(e) => {
+                    let e = connection.error(&e);
+                    committed.failures += 1;
+                    shared.metrics.storage.record_error();
+                    shared.health.fail(format!("a commit failed: {e}"));
+                    db = None;
+                    refuse(SubmitError::StorageUnavailable)
+                }
+            }
+        } else {
+            refuse(SubmitError::StorageUnavailable)
+        };
+        // Answered only now, so that a 503 is already in `/readyz` when
+        // the client sees it.
+        waiting.answer(answers);
+
+        if db.is_none() && last_connect.elapsed() >= RETRY_INTERVAL {
+            last_connect = Instant::now();
+            match Database::connect(&shared.url, CONNECT_TIMEOUT) {
+                Ok(connection) => {
+                    log::info!("storage: connected again to {}", shared.url);
+                    db = Some(connection);
+                    last_housekeeping = None;
+                }
+                Err(e) => shared.health.fail(e.to_string()),
+            }
+        }
+        let due = last_housekeeping.is_none_or(|at| at.elapsed() >= RETRY_INTERVAL);
+        if let Some(connection) = db.as_mut()
+            && (due || finishing)
+        {
+            last_housekeeping = Some(Instant::now());
+            let done = connection.housekeeping(
+                &shared.instance,
+                shared.progress.through(),
+                shared.window_ttl,
+                shared.window_len,
+            );
+            match done {
+                Ok(()) => shared.health.ok(),
+                Err(e) => {
+                    let e = connection.error(&e);
+                    committed.failures += 1;
+                    shared.metrics.storage.record_error();
+                    shared.health.fail(e.to_string());
+                    db = None;
+                }
+            }
+        }
+
+        if finishing {
+            committed.clean = !shared.health.is_failing();
+            return committed;
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Several instances, one source of truth: PostgreSQL (`DATABASE_URL`,
+//! cargo feature `postgres`).
+//!
+//! ```text
+//!  POST:  connection ──post()──▶ mailbox ──▶ committer: one transaction per batch:   ──▶ 202 (seq from the database)
+//!         thread waits ◀───────────────────  lock seq_counter, dedupe, INSERT events,
+//!                                            UPSERT products (guarded), NOTIFY, COMMIT
+//!  reads: every instance's tailer ◀─NOTIFY── SELECT events WHERE seq > last ──▶ queue ──▶ workers ──▶ store ──▶ GET
+//! ```
+//!
+//! - **The 202 follows the commit.** The committer (`committer.rs`) takes
+//!   the events connection threads post while it commits the previous
+//!   batch (group commit) and commits them in one transaction
+//!   (`database.rs`), which gives them their seqs, records their
+//!   `event_id`s, and applies them to the `products` table with the
+//!   per-field guards in SQL. An event is applied in the transaction that
+//!   journals it: there is no "acknowledged but not applied" state for a
+//!   dead instance to leave behind.
+//! - **One global order.** The seq counter is a row locked until the
+//!   commit, so seqs are gap-free and commit in order across every
+//!   instance (`database.rs` says why, and what it costs).
+//! - **Reads stay in memory.** Each instance's tailer (`tailer.rs`) reads
+//!   the journal in seq order and queues every event, whoever accepted it,
+//!   for its own workers, which apply it to its in-memory store. The
+//!   watermark is the same "every seq up to N is applied" as on one
+//!   instance, so `GET /products/{id}?min_seq=N` on any instance waits
+//!   until the event with seq N (from any instance) is applied there.
+//! - **At startup** an instance loads the `products` table and the seq it
+//!   reflects in one snapshot, and tails from there.
+
+mod committer;
+mod database;
+mod tailer;
+
+pub use database::{EVENT_RETENTION, SCHEMA_VERSION};
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::commit::{Health, Pending, lock};
+use super::handoff::{Mailbox, Refused, Ticket};
+use super::{Committed, StorageError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::ProductUpdate;
+use crate::progress::Progress;
+use crate::queue::{Intake, Submission, SubmitError, Submitted};
+use crate::request_id::OwnedRequestId;
+use crate::store::{Seq, Store};
+use database::{Database, Snapshot};
+
+/// How long the startup waits to connect.
+const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connected, schema checked, state read; not yet serving.
+pub struct Recovered {
+    committer_db: Database,
+    tailer_db: Database,
+    snapshot: Option<Snapshot>,
+    last_seq: Seq,
+    window_ttl: Duration,
+    window_len: usize,
+    started: Instant,
+}
+
+impl Recovered {
+    /// Connects (twice: the committer's connection and the tailer's, which
+    /// listens before the snapshot is read, so no commit after it goes
+    /// unnoticed), prepares the schema and reads the products.
+    pub fn open(config: &Config) -> Result<Option<Recovered>, StorageError> {
+        let Some(url) = &config.database_url else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let mut committer_db =
+            Database::connect(url, STARTUP_CONNECT_TIMEOUT).map_err(StorageError::Postgres)?;
+        committer_db
+            .prepare_schema()
+            .map_err(StorageError::Postgres)?;
+        let mut tailer_db =
+            Database::connect(url, STARTUP_CONNECT_TIMEOUT).map_err(StorageError::Postgres)?;
+        tailer_db.listen().map_err(StorageError::Postgres)?;
+        let snapshot = committer_db.snapshot().map_err(StorageError::Postgres)?;
+        Ok(Some(Recovered {
+            committer_db,
+            tailer_db,
+            last_seq: snapshot.last_seq,
+            snapshot: Some(snapshot),
+            window_ttl: config.idempotency_ttl,
+            window_len: config.idempotency_window,
+            started,
+        }))
+    }
+
+    /// Puts the products into `store` and continues the seqs after the
+    /// snapshot's. Returns the watermark: every seq up to it is applied.
+    pub fn restore(&mut self, store: &Store, intake: &Intake) -> Seq {
+        let Some(snapshot) = self.snapshot.take() else {
+            return self.last_seq;
+        };
+        let products = snapshot.products.len();
+        store.restore(snapshot.products);
+        intake.restore(snapshot.last_seq + 1, Vec::new());
+        log::info!(
+            "storage: postgres {}: schema version {}, {products} products loaded as of seq {}, in {:.3?}",
+            self.committer_db.url(),
+            SCHEMA_VERSION,
+            snapshot.last_seq,
+            self.started.elapsed()
+        );
+        snapshot.last_seq
+    }
+
+    /// Starts the committer and the tailer.
+    pub fn start(
+        self,
+        intake: Arc<Intake>,
+        store: Store,
+        progress: Arc<Progress>,
+        metrics: Arc<Metrics>,
+        local_addr: SocketAddr,
+    ) -> io::Result<Durable> {
+        let url = self.committer_db.url().clone();
+        let instance = instance_name(local_addr);
+        let mut committer_db = self.committer_db;
+        // Recorded before the first request, so that `instances` lists
+        // every instance that serves.
+        if let Err(e) =
+            committer_db.housekeeping(&instance, self.last_seq, self.window_ttl, self.window_len)
+        {
+            log::warn!(
+                "storage: recording this instance: {}",
+                committer_db.error(&e)
+            );
+        }
+        let committer = Arc::new(committer::Shared {
+            url: url.clone(),
+            instance: instance.clone(),
+            intake: Arc::clone(&intake),
+            progress: Arc::clone(&progress),
+            metrics,
+            window_ttl: self.window_ttl,
+            window_len: self.window_len,
+            mailbox: Mailbox::new(),
+            health: Health::default(),
+        });
+        let tailer = Arc::new(tailer::Shared {
+            url,
+            intake,
+            store,
+            progress,
+            health: Health::of_reads(),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let tailer_thread = {
+            let shared = Arc::clone(&tailer);
+            let (db, last) = (self.tailer_db, self.last_seq);
+            thread::Builder::new()
+                .name("tailer".to_owned())
+                .spawn(move || tailer::run(&shared, db, last))?
+        };
+        let committer_thread = {
+            let shared = Arc::clone(&committer);
+            let db = committer_db;
+            thread::Builder::new()
+                .name("committer".to_owned())
+                .spawn(move || committer::run(&shared, db))
+        };
+        let committer_thread = match committer_thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                stop_tailer(&tailer, tailer_thread);
+                return Err(e);
+            }
+        };
+        log::info!("storage: this instance is {instance:?} in events.accepted_by and instances");
+        Ok(Durable {
+            committer,
+            tailer,
+            committer_thread: Mutex::new(Some(committer_thread)),
+            tailer_thread: Mutex::new(Some(tailer_thread)),
+        })
+    }
+}
+
+/// This instance's name in the database: host name, port and process id,
+/// so that "which instance took this event?" has an answer a person can
+/// find.
+fn instance_name(local_addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| local_addr.ip().to_string());
+    format!("{host}:{} pid {}", local_addr.port(), std::process::id())
+}
+
+fn stop_tailer(tailer: &tailer::Shared, thread: JoinHandle<()>) {
+    *lock(&tailer.stop.0) = true;
+    tailer.stop.1.notify_all();
+    if thread.join().is_err() {
+        log::error!("storage: the tailer thread had panicked");
+    }
+}
+
+/// The running PostgreSQL store.
+pub struct Durable {
+    committer: Arc<committer::Shared>,
+    tailer: Arc<tailer::Shared>,
+    committer_thread: Mutex<Option<JoinHandle<Committed>>>,
+    tailer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Durable {
+    /// `POST /events`: waits until the event is committed, or refuses it at
+    /// once while commits fail.
+    pub fn submit(
+        &self,
+        update: ProductUpdate,
+        request_id: OwnedRequestId,
+    ) -> Result<Submitted, SubmitError> {
+        let shared = &self.committer;
+        if shared.health.is_failing() {
+            return Err(SubmitError::StorageUnavailable);
+        }
+        let ticket = Arc::new(Ticket::new());
+        let pending = Pending {
+            submission: Submission {
+                update,
+                request_id,
+                accepted_at: Instant::now(),
+            },
+            ticket: Arc::clone(&ticket),
+        };
+        // Bounded like the queue: past it the committer is behind.
+        let capacity = shared.intake.capacity();
+        match shared.mailbox.post(pending, capacity) {
+            Ok(()) => ticket.wait(),
+            Err(Refused::Full) => Err(SubmitError::Full { capacity }),
+            Err(Refused::Closed) if shared.health.is_failing() => {
+                Err(SubmitError::StorageUnavailable)
+            }
+            Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
+        }
+    }
+
+    /// Why commits, or reads of the journal, fail right now.
+    pub fn unavailable(&self) -> Option<String> {
+        self.committer
+            .health
+            .unavailable()
+            .or_else(|| self.tailer.health.unavailable())
+    }
+
+    /// Shutdown, after the workers have stopped: stops the tailer and the
+    /// committer (later submissions are refused).
+    pub fn finish(&self) -> Committed {
+        let tailer = self
+            .tailer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = tailer {
+            stop_tailer(&self.tailer, thread);
+        }
+        self.committer.mailbox.finish();
+        let thread = self
+            .committer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let committed = match thread.map(JoinHandle::join) {
+            Some(Ok(committed)) => committed,
+            Some(Err(_)) | None => Committed::default(),
+        };
+        log::info!(
+            "storage: {} events committed to {} by this instance",
+            committed.events,
+            self.committer.url
+        );
+        committed
+    }
+}
