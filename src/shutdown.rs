@@ -107,7 +107,7 @@ impl Running {
 
         // 1. Close the intake.
         let queued = self.api.intake.depth();
-        let accepted = self.api.begin_drain();
+        let accepted = self.api.begin_drain(deadline);
         log::info!(
             "shutdown: intake closed after {accepted} accepted events; draining about {queued} queued (deadline {timeout:?})"
         );

@@ -1226,6 +1226,11 @@ fn http_1_0_keep_alive_keeps_the_connection() {
 
 #[test]
 fn full_queue_gets_503_with_retry_after_and_every_accepted_event_is_applied() {
+    if common::differs_in_postgres_mode(
+        "the queue feeds this instance's copy there; a POST is refused when the committer is behind (its mailbox is full), not when the workers are",
+    ) {
+        return;
+    }
     let server = TestServer::start(Config {
         queue_size: 4,
         workers: 1,

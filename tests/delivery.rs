@@ -228,6 +228,11 @@ fn reusing_an_event_id_for_a_different_event_is_a_conflict() {
 
 #[test]
 fn the_idempotency_window_stays_bounded_under_a_flood_of_unique_ids() {
+    if common::differs_in_postgres_mode(
+        "the window is the database's idempotency table there: its age bound holds at once, its count bound at the next pruning (every second)",
+    ) {
+        return;
+    }
     let server = TestServer::start(Config {
         idempotency_window: 50,
         ..test_config()

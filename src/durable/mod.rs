@@ -236,6 +236,29 @@ impl Durable {
         }
     }
 
+    /// Events this instance accepted, where the queue's count is not that
+    /// (PostgreSQL: the queue also carries the other instances' events).
+    pub fn accepted(&self) -> Option<u64> {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(_) => None,
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(ref d) => Some(d.accepted()),
+        }
+    }
+
+    /// Shutdown, before the intake closes: stop taking events, and let what
+    /// was taken reach the queue (by `deadline`).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn stop_accepting(&self, deadline: std::time::Instant) {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Durable::Sqlite(_) => {}
+            #[cfg(feature = "postgres")]
+            Durable::Postgres(ref d) => d.stop_accepting(deadline),
+        }
+    }
+
     /// Whether a 202 means the event is in a journal that survives the
     /// process (so events not applied at shutdown are not lost).
     pub fn journals(&self) -> bool {

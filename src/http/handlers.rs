@@ -64,12 +64,21 @@ pub struct Api {
 }
 
 impl Api {
-    /// Shutdown step 1: close the intake. From here on `POST /events` answers
-    /// 503 `shutting_down`, `/readyz` 503 `draining`, and every answer says
+    /// Shutdown step 1: close the intake (with a shared database, first stop
+    /// taking events and let the tailer queue this instance's last ones, by
+    /// `deadline`). From here on `POST /events` answers 503
+    /// `shutting_down`, `/readyz` 503 `draining`, and every answer says
     /// `Connection: close`. Returns how many events were accepted in all.
-    pub fn begin_drain(&self) -> u64 {
+    pub fn begin_drain(&self, deadline: std::time::Instant) -> u64 {
         self.draining.store(true, Ordering::Relaxed);
-        self.intake.close()
+        if let Some(durable) = &self.durable {
+            durable.stop_accepting(deadline);
+        }
+        let queued = self.intake.close();
+        self.durable
+            .as_ref()
+            .and_then(|d| d.accepted())
+            .unwrap_or(queued)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -79,7 +88,11 @@ impl Api {
     /// Every count, read now from its owner.
     pub fn stats(&self) -> Stats {
         Stats {
-            accepted: self.intake.accepted(),
+            accepted: self
+                .durable
+                .as_ref()
+                .and_then(|d| d.accepted())
+                .unwrap_or_else(|| self.intake.accepted()),
             applied: self.counters.applied.load(Ordering::Relaxed),
             panics: self.counters.panics.load(Ordering::Relaxed),
             stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),

@@ -21,14 +21,36 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A config for tests: loopback, any free port, small numbers. In
 /// `tests/durable_suite.rs` (which runs the API, concurrency and delivery
 /// tests again) also a fresh `DATA_DIR`: a durable instance in `commit`
-/// mode, removed again by [`TestServer::shutdown`].
+/// mode, removed again by [`TestServer::shutdown`]; in
+/// `tests/postgres_suite.rs`, a fresh database on the binary's shared
+/// throwaway PostgreSQL server.
 pub fn test_config() -> Config {
     Config {
         bind: "127.0.0.1:0".parse().expect("literal address"),
         shutdown_timeout: Duration::from_secs(10),
         data_dir: durable_suite().then(|| scratch_dir("suite")),
+        database_url: postgres_suite().then(|| {
+            let url = postgres::Shared::get().database();
+            product_update_service::config::DatabaseUrl::parse(&url).expect("the harness's URL")
+        }),
         ..Config::default()
     }
+}
+
+/// For the few tests of memory-mode mechanics that PostgreSQL mode does
+/// differently on purpose (each says why): true in
+/// `tests/postgres_suite.rs`, which then returns early, saying so. The
+/// test still runs in its own binary and in `durable_suite.rs`.
+pub fn differs_in_postgres_mode(why: &str) -> bool {
+    if postgres_suite() {
+        eprintln!("not run against PostgreSQL: {why}");
+    }
+    postgres_suite()
+}
+
+/// Whether this test binary is `tests/postgres_suite.rs`.
+pub fn postgres_suite() -> bool {
+    option_env!("CARGO_CRATE_NAME") == Some("postgres_suite")
 }
 
 /// Whether this test binary is `tests/durable_suite.rs`.

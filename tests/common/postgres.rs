@@ -33,8 +33,19 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a server with one database, `products`.
     pub fn start() -> Postgres {
+        Postgres::new("postgres").init()
+    }
+
+    /// `initdb` only, for [`Shared`].
+    fn start_stopped() -> Postgres {
+        let server = Postgres::new("pgshared");
+        server.initdb();
+        server
+    }
+
+    fn new(tag: &str) -> Postgres {
         let bin = binaries();
-        let dir = scratch_dir("postgres");
+        let dir = scratch_dir(tag);
         let as_root = is_root();
         let user = if as_root {
             SERVER_USER.to_owned()
@@ -56,10 +67,20 @@ impl Postgres {
             user,
             as_root,
         }
-        .init()
     }
 
     fn init(self) -> Postgres {
+        self.initdb();
+        self.pg_start();
+        let port = self.port.to_string();
+        self.run(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", &self.user, "products"],
+        );
+        self
+    }
+
+    fn initdb(&self) {
         let data = self.data();
         self.run(
             "initdb",
@@ -73,20 +94,13 @@ impl Postgres {
                 &data,
             ],
         );
-        self.pg_start();
-        let port = self.port.to_string();
-        self.run(
-            "createdb",
-            &["-h", "127.0.0.1", "-p", &port, "-U", &self.user, "products"],
-        );
-        self
     }
 
     /// The server's options: loopback only, its socket in its own
     /// directory, no fsync (a throwaway server needs no crash safety).
     fn options(&self) -> String {
         format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=500",
             self.port,
             self.dir.display()
         )
@@ -242,4 +256,151 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// One server for a whole test binary (`tests/postgres_suite.rs`; one per
+/// included file, since each has its own copy of this module), each
+/// test in a database of its own ([`Shared::database`]). `postgres` runs
+/// as a child of a thread that lives as long as the test process, with
+/// `setpriv --pdeathsig KILL`: when the process exits, the kernel kills the
+/// server. The next run removes the directories of servers whose test
+/// process is gone.
+pub struct Shared {
+    bin: PathBuf,
+    port: u16,
+    user: String,
+    as_root: bool,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// The binary's server, started on first use.
+    pub fn get() -> &'static Shared {
+        static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("postgres-parent".to_owned())
+                .spawn(move || {
+                    let (shared, mut child) = Shared::spawn();
+                    tx.send(shared).expect("the test waits");
+                    // The server's parent: it must outlive every test.
+                    let _ = child.wait();
+                })
+                .expect("spawn the server's thread");
+            rx.recv().expect("the server started")
+        })
+    }
+
+    fn spawn() -> (Shared, std::process::Child) {
+        remove_orphans();
+        // initdb as for a single server, then run postgres in the
+        // foreground instead of through pg_ctl.
+        let server = Postgres::start_stopped();
+        let bin = server.bin.clone();
+        let mut command = Command::new("setpriv");
+        command.arg("--pdeathsig").arg("KILL");
+        if server.as_root {
+            command.args([
+                "--reuid",
+                SERVER_USER,
+                "--regid",
+                "nogroup",
+                "--clear-groups",
+            ]);
+        }
+        command
+            .arg("--")
+            .arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(server.data())
+            .args(server.options().split(' '))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = command.spawn().expect("start postgres");
+        let shared = Shared {
+            bin,
+            port: server.port,
+            user: server.user.clone(),
+            as_root: server.as_root,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        };
+        // Not dropped: the server and its directory live until the process ends.
+        std::mem::forget(server);
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        while !shared.ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shared PostgreSQL server did not start"
+            );
+            std::thread::yield_now();
+        }
+        (shared, child)
+    }
+
+    fn ready(&self) -> bool {
+        Command::new(self.bin.join("pg_isready"))
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                "1",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A new empty database; its URL.
+    pub fn database(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("t{n}");
+        let port = self.port.to_string();
+        let mut command = if self.as_root {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                SERVER_USER,
+                "--regid",
+                "nogroup",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(self.bin.join("createdb"));
+            c
+        } else {
+            Command::new(self.bin.join("createdb"))
+        };
+        let output = command
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", &self.user, &name])
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("run createdb");
+        assert!(
+            output.status.success(),
+            "createdb {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        format!("postgres://{}@127.0.0.1:{}/{name}", self.user, self.port)
+    }
+}
+
+/// Removes the directories of shared servers whose test process has exited.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("product-update-service-test-pgshared-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -16,6 +16,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::commit::{Health, Pending, Waiting};
@@ -46,6 +47,10 @@ pub struct Shared {
     pub mailbox: Mailbox<Pending>,
     /// Whether commits work.
     pub health: Health,
+    /// Events this instance committed (answered 202), and the highest seq
+    /// among them: shutdown waits for the tailer to reach it.
+    pub accepted: AtomicU64,
+    pub last_committed: AtomicU64,
 }
 
 /// The committer thread's body. A panic inside is caught, every waiting
@@ -99,6 +104,10 @@ fn cycles(shared: &Shared, mut db: Option<Database>) -> Committed {
                         .filter(|a| a.is_ok_and(|s| !s.duplicate))
                         .count();
                     committed.events += new as u64;
+                    if let Some(last) = answers.iter().filter_map(|a| a.ok()).map(|s| s.seq).max() {
+                        shared.last_committed.fetch_max(last, Ordering::AcqRel);
+                    }
+                    shared.accepted.fetch_add(new as u64, Ordering::Relaxed);
                     let storage = &shared.metrics.storage;
                     storage.commit_seconds.observe(started.elapsed());
                     storage.commit_events.observe_count(new as u64);

@@ -36,6 +36,7 @@ pub use database::{EVENT_RETENTION, SCHEMA_VERSION};
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -146,6 +147,8 @@ impl Recovered {
             window_len: self.window_len,
             mailbox: Mailbox::new(),
             health: Health::default(),
+            accepted: AtomicU64::new(0),
+            last_committed: AtomicU64::new(0),
         });
         let tailer = Arc::new(tailer::Shared {
             url,
@@ -154,6 +157,7 @@ impl Recovered {
             progress,
             health: Health::of_reads(),
             stop: (Mutex::new(false), Condvar::new()),
+            position: (Mutex::new(self.last_seq), Condvar::new()),
         });
         let tailer_thread = {
             let shared = Arc::clone(&tailer);
@@ -182,6 +186,7 @@ impl Recovered {
             tailer,
             committer_thread: Mutex::new(Some(committer_thread)),
             tailer_thread: Mutex::new(Some(tailer_thread)),
+            committed: Mutex::new(None),
         })
     }
 }
@@ -212,6 +217,8 @@ pub struct Durable {
     tailer: Arc<tailer::Shared>,
     committer_thread: Mutex<Option<JoinHandle<Committed>>>,
     tailer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// What the committer returned, once `stop_accepting` joined it.
+    committed: Mutex<Option<Committed>>,
 }
 
 impl Durable {
@@ -255,6 +262,35 @@ impl Durable {
             .or_else(|| self.tailer.health.unavailable())
     }
 
+    /// Events this instance has committed.
+    pub fn accepted(&self) -> u64 {
+        self.committer.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Shutdown, before the intake closes: stops taking events (later
+    /// POSTs get 503 `shutting_down`), commits what was posted, and waits
+    /// (until `deadline`) for the tailer to queue every event this instance
+    /// committed, so that its own events are applied here before it exits
+    /// (they are in the database either way). Returns what was committed.
+    pub fn stop_accepting(&self, deadline: Instant) {
+        self.committer.mailbox.finish();
+        let thread = self
+            .committer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let committed = thread.join().unwrap_or_default();
+            *lock(&self.committed) = Some(committed);
+        }
+        let last = self.committer.last_committed.load(Ordering::Acquire);
+        if !self.tailer.wait_for(last, deadline) {
+            log::warn!(
+                "shutdown: the tailer had not read up to seq {last} by the deadline; the events after it are in the database, but not applied here"
+            );
+        }
+    }
+
     /// Shutdown, after the workers have stopped: stops the tailer and the
     /// committer (later submissions are refused).
     pub fn finish(&self) -> Committed {
@@ -274,7 +310,9 @@ impl Durable {
             .take();
         let committed = match thread.map(JoinHandle::join) {
             Some(Ok(committed)) => committed,
-            Some(Err(_)) | None => Committed::default(),
+            Some(Err(_)) => Committed::default(),
+            // Joined by `stop_accepting`.
+            None => lock(&self.committed).take().unwrap_or_default(),
         };
         log::info!(
             "storage: {} events committed to {} by this instance",

@@ -48,9 +48,34 @@ pub struct Shared {
     pub health: Health,
     /// Set by `finish`; the condvar wakes a tailer waiting to reconnect.
     pub stop: (Mutex<bool>, Condvar),
+    /// The last seq queued for the workers; the condvar rings when it
+    /// moves (shutdown waits for it to reach this instance's last commit).
+    pub position: (Mutex<Seq>, Condvar),
 }
 
 impl Shared {
+    /// Waits until every seq up to `seq` is queued, or `deadline` passes.
+    /// True if reached.
+    pub fn wait_for(&self, seq: Seq, deadline: Instant) -> bool {
+        let (position, moved) = &self.position;
+        let mut position = lock(position);
+        while *position < seq {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            position = moved
+                .wait_timeout(position, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    fn moved_to(&self, seq: Seq) {
+        *lock(&self.position.0) = seq;
+        self.position.1.notify_all();
+    }
+
     fn stopped(&self) -> bool {
         *lock(&self.stop.0)
     }
@@ -175,6 +200,7 @@ fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgEr
             Err(_) => return Ok(Read::QueueFull),
         }
     }
+    shared.moved_to(*last);
     Ok(if full { Read::More } else { Read::UpToDate })
 }
 
@@ -191,5 +217,6 @@ fn reload(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<(), PgEr
     shared.intake.skip_to(snapshot.last_seq + 1);
     shared.progress.skip_to(snapshot.last_seq);
     *last = snapshot.last_seq;
+    shared.moved_to(*last);
     Ok(())
 }
