@@ -34,6 +34,19 @@
 # directories are in the run directory, or under DURABLE_DIR if set (to
 # measure another disk, or tmpfs to take the disk out).
 #
+# `bench.sh --postgres` measures PostgreSQL mode (issue 13): the release
+# binary built with `--features postgres`, a throwaway PostgreSQL 15
+# server in the run directory (its defaults: fsync and synchronous_commit
+# on; pg_stat_statements loaded), one instance on database `one` and two on
+# database `two`, and a memory-mode instance. memory and one instance are
+# interleaved by matrix.sh; the two instances are then loaded at once, each
+# with the scenario's connections, and their req/s summed. The table gives
+# req/s against memory mode's, PASS/FAIL against the targets (one instance
+# >= 0.4x memory's POST req/s at 32 connections, >= 0.5x its GET), and what
+# an event costs in the database during one instance's POST runs: WAL
+# bytes (pg_stat_wal), statements (round trips) and rows written per event
+# (pg_stat_statements).
+#
 # Everything started here is stopped on exit. Raw results, wrk output and
 # logs are kept in the run directory it prints; `bench.sh --report
 # RUN_DIR/results.txt` prints the tables for them again.
@@ -171,6 +184,58 @@ END {
 }' "$1"
 }
 
+# PostgreSQL mode's table: one and two instances against memory mode.
+# Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
+report_postgres() {
+  awk -v scenarios="$SCENARIOS" '
+function median(list,   a, n, i, j, t) {
+  n = split(list, a, " ")
+  if (n == 0) return ""
+  for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
+  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+}
+function target(sc) { return sc == "post-c32" ? 0.4 : (sc == "get-c32" ? 0.5 : 0) }
+/^dbcost / { for (i = 2; i <= NF; i++) { split($i, kv, "="); cost[kv[1]] = kv[2] }; next }
+$1 ~ /^round=/ {
+  split($1, rr, "="); name = $2; sc = $3
+  for (i = 4; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+  errs = f["non2xx"] + f["err_connect"] + f["err_read"] + f["err_write"] + f["err_timeout"]
+  if (name ~ /^postgres-2/) {
+    pair_rps[sc, rr[2]] += f["rps"]; if (f["p99_us"] > pair_p99[sc, rr[2]]) pair_p99[sc, rr[2]] = f["p99_us"]
+    pair_errs[sc] += errs; rounds[sc] = rounds[sc] " " rr[2]
+  } else {
+    rps[name, sc] = rps[name, sc] " " f["rps"]; p99[name, sc] = p99[name, sc] " " f["p99_us"]; errors[name, sc] += errs
+  }
+}
+END {
+  print "| scenario | instances | req/s | vs memory (target) | p99 ms | errors | verdict |"
+  print "|---|---|---|---|---|---|---|"
+  n = split(scenarios, sc_list, " ")
+  for (k = 1; k <= n; k++) {
+    sc = sc_list[k]; base = median(rps["memory", sc])
+    if (base == "" || base + 0 == 0) { printf "| %s | memory | - | - | - | - | NO DATA |\n", sc; nodata++; continue }
+    printf "| %s | memory mode | %.0f | 1.00x | %.2f | %d | - |\n", sc, base, median(p99["memory", sc]) / 1000, errors["memory", sc]
+    r = median(rps["postgres-1", sc])
+    if (r == "") { printf "| %s | 1 | - | - | - | - | NO DATA |\n", sc; nodata++ }
+    else {
+      t = target(sc); ratio = r / base; verdict = "-"
+      if (t > 0) { verdict = (ratio >= t && errors["postgres-1", sc] == 0) ? "PASS" : "FAIL"; if (verdict == "FAIL") failed++; checked++ }
+      printf "| %s | 1 | %.0f | %.2fx%s | %.2f | %d | %s |\n", sc, r, ratio, (t > 0 ? sprintf(" (%.1fx)", t) : ""), median(p99["postgres-1", sc]) / 1000, errors["postgres-1", sc], verdict
+    }
+    m = split(rounds[sc], rl, " "); sums = ""; p99s = ""; seen = ""
+    for (i = 1; i <= m; i++) { if (index(seen, " " rl[i] " ")) continue; seen = seen " " rl[i] " "; sums = sums " " pair_rps[sc, rl[i]]; p99s = p99s " " pair_p99[sc, rl[i]] }
+    if (sums == "") { printf "| %s | 2 | - | - | - | - | NO DATA |\n", sc; nodata++ }
+    else printf "| %s | 2 (summed) | %.0f | %.2fx | %.2f | %d | - |\n", sc, median(sums), median(sums) / base, median(p99s) / 1000, pair_errs[sc]
+  }
+  if (cost["events"] > 0) {
+    e = cost["events"]
+    printf "\ndatabase cost of one instance'"'"'s POST runs: %d events, %.0f WAL bytes/event, %.3f statements/event (round trips), %.2f rows written/event\n", e, cost["wal_bytes"] / e, cost["statements"] / e, cost["rows"] / e
+  }
+  printf "\noverall: %d of %d PostgreSQL targets PASS%s\n", checked - failed, checked, nodata ? sprintf(", %d NO DATA", nodata) : ""
+  exit nodata ? 2 : (failed ? 1 : 0)
+}' "$1"
+}
+
 # Prints a run's table with REPORT_FN and exits: 2 if a scenario could not
 # be measured, 1 if a target failed and STRICT=1, else 0.
 finish() {
@@ -185,7 +250,9 @@ finish() {
 # `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
 if [ "${1:-}" = --report ]; then
   status=0
-  if grep -q '^round=[0-9]* memory ' "${2:?usage: bench.sh --report RESULTS_FILE}"; then
+  if grep -q '^round=[0-9]* postgres-1 ' "${2:?usage: bench.sh --report RESULTS_FILE}"; then
+    SCENARIOS=${SCENARIOS_POSTGRES:-post-c32 post-c256 get-c32 get-c256} report_postgres "$2" || status=$?
+  elif grep -q '^round=[0-9]* memory ' "$2"; then
     SCENARIOS=${SCENARIOS_DURABLE:-post-c1 post-c32 post-c256} report_durable "$2" || status=$?
   else
     report "$2" || status=$?
@@ -249,6 +316,91 @@ if [ "${1:-}" = --durable ]; then
     kill -0 "${pids[$k]}" 2>/dev/null || die "${targets[$k]%%=*} died during the run; see $run"
   done
   finish report_durable
+fi
+
+# `bench.sh --postgres`: PostgreSQL mode, one and two instances.
+if [ "${1:-}" = --postgres ]; then
+  command -v wrk >/dev/null || { apt-get update -qq >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }
+  pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+  [ -x "$pg_bin/initdb" ] || die "no PostgreSQL 15 in $pg_bin: apt-get install postgresql-15 (or set PG_BIN)"
+  export CARGO_TARGET_DIR=$repo/target/postgres
+  cargo build --release --quiet --features postgres --bin product-update-service
+  export SCENARIOS=${SCENARIOS_POSTGRES:-post-c32 post-c256 get-c32 get-c256}
+  pids=()
+  pg_data=$run/pg
+  # PostgreSQL refuses to run as root: as root, as nobody.
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then as_pg=(setpriv --reuid nobody --regid nogroup --clear-groups --); chown nobody: "$run"; fi
+  pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  pg_user=$([ "$(id -u)" = 0 ] && echo nobody || id -un)
+  # shellcheck disable=SC2317  # called by the EXIT trap
+  cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    [ -d "$pg_data" ] && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null 2>&1 || true
+    echo "bench.sh: raw results and logs in $run" >&2
+  }
+  "${as_pg[@]}" "$pg_bin/initdb" --auth=trust --encoding=UTF8 --locale=C -U "$pg_user" -D "$pg_data" >"$run/initdb.log" 2>&1 ||
+    die "initdb failed: $(cat "$run/initdb.log")"
+  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$run/postgres.log" -w -o \
+    "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$run -c shared_preload_libraries=pg_stat_statements" \
+    start >/dev/null || die "PostgreSQL did not start: $(cat "$run/postgres.log")"
+  psql_in() { "${as_pg[@]}" "$pg_bin/psql" -X -A -t -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d "$1" -c "$2"; }
+  for db in one two; do psql_in postgres "CREATE DATABASE $db" >/dev/null; done
+  psql_in one "CREATE EXTENSION pg_stat_statements" >/dev/null
+  targets=()
+  for name in memory postgres-1 postgres-2a postgres-2b; do
+    env=("RUST_LOG=warn,product_update_service=info" ${DB_POOL_SIZE:+"DB_POOL_SIZE=$DB_POOL_SIZE"})
+    case $name in
+      postgres-1) env+=("DATABASE_URL=postgres://$pg_user@127.0.0.1:$pg_port/one") ;;
+      postgres-2*) env+=("DATABASE_URL=postgres://$pg_user@127.0.0.1:$pg_port/two") ;;
+    esac
+    start_service "$run/$name.log" "${env[@]}" ||
+      die "the $name instance did not start; its log: $(cat "$run/$name.log")"
+    targets+=("$name=$svc_url=$svc_pid") pids+=("$svc_pid")
+    svc_pid=
+  done
+  {
+    echo "bench.sh --postgres: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') (fsync and synchronous_commit on) in $run/pg"
+    echo "bench.sh: commit $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + local changes')"
+    echo "bench.sh: ROUNDS=$ROUNDS DURATION=$DURATION"
+  }
+  # What the database counts for `one`: WAL bytes (whole cluster), seqs
+  # given out, statements run (pg_stat_statements, BEGIN and COMMIT
+  # included), rows inserted or updated.
+  db_counters() {
+    psql_in one "SELECT (SELECT wal_bytes FROM pg_stat_wal), (SELECT last_seq FROM seq_counter),
+      (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'one'),
+      (SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables)" | tr '|' ' '
+  }
+  for t in "${targets[0]}" "${targets[1]}" "${targets[2]}"; do
+    IFS='=' read -r name url _ <<<"$t"
+    echo "[$name] $("$bench/populate.sh" "$url" "${POPULATE:-10000}" | tr '\n' ' ')" >&2
+  done
+  # 1. memory mode and one instance, interleaved.
+  read -r wal0 seq0 calls0 rows0 < <(db_counters)
+  OUT=$results POPULATE=0 bash "$bench/matrix.sh" "${targets[0]}" "${targets[1]}" >&2
+  sleep 1 # the statistics collector's flush interval
+  read -r wal1 seq1 calls1 rows1 < <(db_counters)
+  echo "dbcost events=$((seq1 - seq0)) wal_bytes=$((wal1 - wal0)) statements=$((calls1 - calls0)) rows=$((rows1 - rows0))" >>"$results"
+  # 2. two instances on one database, loaded at once.
+  IFS='=' read -r _ url_a pid_a <<<"${targets[2]}"
+  IFS='=' read -r _ url_b pid_b <<<"${targets[3]}"
+  read -r -a scen <<<"$SCENARIOS"
+  for r in $(seq 1 "$ROUNDS"); do
+    for sc in "${scen[@]}"; do
+      LABEL=postgres-2a PIDS=$pid_a "$bench/load.sh" "$url_a" "$sc" >"$run/pair-a.txt" &
+      LABEL=postgres-2b PIDS=$pid_b "$bench/load.sh" "$url_b" "$sc" >"$run/pair-b.txt"
+      wait $!
+      for f in "$run/pair-a.txt" "$run/pair-b.txt"; do echo "round=$r $(cat "$f")" | tee -a "$results" >&2; done
+      sleep "${PAUSE:-1}"
+    done
+  done
+  for k in "${!pids[@]}"; do
+    kill -0 "${pids[$k]}" 2>/dev/null || die "${targets[$k]%%=*} died during the run; see $run"
+  done
+  finish report_postgres
 fi
 
 # 1. Tools and binary.

@@ -29,7 +29,7 @@ MUTANTS = [
         "handoff: post does not ring a sleeping committer",
         "src/durable/handoff.rs",
         [(
-            "        state.pending.push(item);\n        if state.sleeping {\n            self.bell.notify_one();\n        }\n",
+            "        state.pending.push(item);\n        if state.sleeping > 0 {\n            self.bell.notify_one();\n        }\n",
             "        state.pending.push(item);\n",
         )],
         SERVICE,
@@ -38,8 +38,8 @@ MUTANTS = [
         "handoff: the committer decides to sleep after its last look, in another lock section",
         "src/durable/handoff.rs",
         [(
-            "            state.sleeping = true;\n            state = sync::wait_for_bell",
-            "            drop(state);\n            state = self.lock();\n            state.sleeping = true;\n            state = sync::wait_for_bell",
+            "            state.sleeping += 1;\n            state = sync::wait_for_bell",
+            "            drop(state);\n            state = self.lock();\n            state.sleeping += 1;\n            state = sync::wait_for_bell",
         )],
         SERVICE,
     ),
@@ -49,6 +49,15 @@ MUTANTS = [
         [(
             "        *self.slot() = Some(answer);\n        self.thread.unpark();\n",
             "        self.thread.unpark();\n        *self.slot() = Some(answer);\n",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: finish wakes only one of two sleeping committers",
+        "src/durable/handoff.rs",
+        [(
+            "        state.finishing = true;\n        self.bell.notify_all();",
+            "        state.finishing = true;\n        self.bell.notify_one();",
         )],
         SERVICE,
     ),

@@ -72,6 +72,9 @@ pub struct Config {
     /// source of truth; `None`: not in this mode. Needs the `postgres`
     /// feature. Prints with its password masked.
     pub database_url: Option<DatabaseUrl>,
+    /// With `database_url`: the committer connections (and threads) of
+    /// this instance; it opens one more, for the tailer.
+    pub db_pool_size: usize,
 }
 
 /// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
@@ -362,6 +365,17 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "DB_POOL_SIZE",
+        help: "with DATABASE_URL: connections that commit events (each with its thread); one more reads the journal",
+        kind: Kind::Number {
+            min: 1,
+            max: 32,
+            default: 1,
+            note: "",
+            set: |c, v| c.db_pool_size = v as usize,
+        },
+    },
+    Setting {
         name: "LOG_FORMAT",
         help: "log lines as text, or one JSON object per line",
         kind: Kind::Text {
@@ -460,6 +474,7 @@ impl Default for Config {
             data_dir: None,
             durability: Durability::Commit,
             database_url: None,
+            db_pool_size: 0,
         };
         for setting in SETTINGS {
             let applied = setting
@@ -591,7 +606,7 @@ impl Config {
                 dir.join(DATABASE_FILE).display(),
                 self.durability.as_str()
             ),
-            (None, Some(url)) => format!("postgres:{url}"),
+            (None, Some(url)) => format!("postgres:{url} (db_pool_size={})", self.db_pool_size),
             (None, None) => "memory".to_owned(),
         }
     }
@@ -639,6 +654,46 @@ mod tests {
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn database_url_is_masked_and_excludes_data_dir() {
+        let c =
+            from(&[("DATABASE_URL", "postgres://app:hunter2@db:5432/products")]).expect("valid");
+        let url = c.database_url.as_ref().expect("set");
+        assert_eq!(url.expose(), "postgres://app:hunter2@db:5432/products");
+        assert!(!c.to_string().contains("hunter2"), "{c}");
+        assert!(
+            c.to_string()
+                .contains("storage=postgres:postgres://app:***@db:5432/products (db_pool_size=1)"),
+            "{c}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let e = from(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]).expect_err("not postgres");
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+
+        let both = from(&[
+            ("DATABASE_URL", "postgres://app:hunter2@db/products"),
+            ("DATA_DIR", "/var/lib/pus"),
+        ])
+        .expect_err("both");
+        assert_eq!(both.variable, "DATABASE_URL");
+        assert!(both.allowed.contains("not both"), "{both}");
+        assert!(!both.to_string().contains("hunter2"), "{both}");
+
+        let e = from(&[("DATABASE_URL", "postgres://db/p"), ("DURABILITY", "fsync")])
+            .expect_err("DURABILITY is DATA_DIR's");
+        assert_eq!(e.variable, "DURABILITY");
+        assert_eq!(
+            from(&[("DB_POOL_SIZE", "0")]).expect_err("range").allowed,
+            "1..=32"
+        );
+        assert_eq!(
+            from(&[("DB_POOL_SIZE", "4")]).expect("valid").db_pool_size,
+            4
+        );
     }
 
     #[test]

@@ -255,6 +255,29 @@ fn a_posted_event_is_answered_whatever_the_committer_is_doing() {
     });
 }
 
+/// A pool of two committers on one mailbox (PostgreSQL mode): a posted
+/// event is collected by exactly one of them and answered, whichever is
+/// asleep, collecting or stopping; at shutdown both stop, and only the
+/// last one to stop takes the leftovers. Caught: `post` ringing no one
+/// when the other committer is the one asleep (one `sleeping` flag for
+/// two), `finish` waking only one of two sleepers.
+#[test]
+fn a_posted_event_is_answered_by_one_of_two_committers() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::with_collectors(2));
+        let committers = [
+            committer(Arc::clone(&mailbox)),
+            committer(Arc::clone(&mailbox)),
+        ];
+        let ticket = Arc::new(Ticket::new());
+        mailbox.post(Arc::clone(&ticket), 4).expect("open");
+        assert_eq!(ticket.wait(), 1, "committed, not refused");
+        mailbox.finish();
+        let committed: u32 = committers.into_iter().map(|c| c.join().unwrap()).sum();
+        assert_eq!(committed, 1);
+    });
+}
+
 /// The committer's shutdown: two connection threads post while `finish`
 /// runs. Each post is either refused (`Closed`) or answered, by a commit or
 /// by `stop`'s leftovers; nobody waits forever, and nothing is posted once

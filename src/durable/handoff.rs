@@ -36,11 +36,13 @@ pub struct Mailbox<T> {
 
 struct State<T> {
     pending: Vec<T>,
-    /// The committer is asleep on `bell`.
-    sleeping: bool,
+    /// Committers asleep on `bell`.
+    sleeping: usize,
+    /// Committers that have not stopped yet.
+    collectors: usize,
     /// Shutdown: later posts are refused.
     finishing: bool,
-    /// The committer has stopped: nobody will collect any more.
+    /// Every committer has stopped: nobody will collect any more.
     stopped: bool,
 }
 
@@ -60,11 +62,20 @@ pub struct Collected<T> {
 }
 
 impl<T> Mailbox<T> {
+    /// A mailbox with one committer.
     pub fn new() -> Mailbox<T> {
+        Mailbox::with_collectors(1)
+    }
+
+    /// A mailbox that `collectors` committers take batches from (a pool of
+    /// database connections, one per committer). Each of them calls
+    /// [`Mailbox::stop`] when it stops.
+    pub fn with_collectors(collectors: usize) -> Mailbox<T> {
         Mailbox {
             state: Mutex::new(State {
                 pending: Vec::new(),
-                sleeping: false,
+                sleeping: 0,
+                collectors,
                 finishing: false,
                 stopped: false,
             }),
@@ -91,7 +102,7 @@ impl<T> Mailbox<T> {
             return Err(Refused::Full);
         }
         state.pending.push(item);
-        if state.sleeping {
+        if state.sleeping > 0 {
             self.bell.notify_one();
         }
         Ok(())
@@ -115,9 +126,9 @@ impl<T> Mailbox<T> {
             else {
                 break;
             };
-            state.sleeping = true;
+            state.sleeping += 1;
             state = sync::wait_for_bell(&self.bell, state, left);
-            state.sleeping = false;
+            state.sleeping -= 1;
         }
         for _ in 0..gather {
             if state.pending.is_empty() || state.finishing {
@@ -142,13 +153,19 @@ impl<T> Mailbox<T> {
     pub fn finish(&self) {
         let mut state = self.lock();
         state.finishing = true;
-        self.bell.notify_one();
+        self.bell.notify_all();
     }
 
-    /// The committer, when it stops for good: returns whatever is still
-    /// posted, for it to answer; later posts are refused.
+    /// A committer, when it stops for good. The last one to stop gets
+    /// whatever is still posted, for it to answer, and later posts are
+    /// refused; the others get nothing (the ones still running collect
+    /// what is posted).
     pub fn stop(&self) -> Vec<T> {
         let mut state = self.lock();
+        state.collectors = state.collectors.saturating_sub(1);
+        if state.collectors > 0 {
+            return Vec::new();
+        }
         state.stopped = true;
         std::mem::take(&mut state.pending)
     }

@@ -1,7 +1,11 @@
-//! The PostgreSQL committer thread: takes the events that connection
-//! threads post to the [`Mailbox`], commits each batch in one transaction
-//! (`Database::accept`), and answers every waiting thread. Once a second
-//! it also records this instance in `instances` and prunes old rows.
+//! The PostgreSQL committer threads (`DB_POOL_SIZE` of them, each with its
+//! connection): each takes the events that connection threads have posted
+//! to the [`Mailbox`] as one batch, commits it (`Database::accept`), and
+//! answers every waiting thread. With two, one batch is on its way to the
+//! database (or waiting for the seq counter) while the other commits, so
+//! the counter is never idle waiting for a round trip. Once a second the
+//! first committer also records this instance in `instances` and prunes
+//! old rows.
 //!
 //! The connection is dropped at the first error and made again at most
 //! once per [`RETRY_INTERVAL`]; while it is down, [`Health`] says why, and
@@ -19,11 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::commit::{Health, Pending, Waiting};
+use super::super::commit::{Answer, Health, Pending, Waiting};
 use super::super::handoff::{Collected, Mailbox};
 use super::super::url::DatabaseUrl;
 use super::super::{Committed, RETRY_INTERVAL};
 use super::database::Database;
+use super::tailer::{Batch, Handed};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::queue::{Intake, Submission, SubmitError};
@@ -51,12 +56,36 @@ pub struct Shared {
     /// among them: shutdown waits for the tailer to reach it.
     pub accepted: AtomicU64,
     pub last_committed: AtomicU64,
+    /// Where committed batches go to this instance's tailer.
+    pub handed: Arc<Handed>,
+}
+
+/// Gives the tailer this batch's new events, in seq order (they have
+/// consecutive seqs: one commit numbers them together).
+fn hand_over(shared: &Shared, submissions: &[Submission], answers: &[Answer]) {
+    let mut first = None;
+    let mut events = Vec::new();
+    for (submission, answer) in submissions.iter().zip(answers) {
+        if let Ok(submitted) = answer
+            && !submitted.duplicate
+        {
+            first.get_or_insert(submitted.seq);
+            let mut update = submission.update.clone();
+            // The database has told duplicates apart (as the journal's
+            // rows, which carry no event id to the tailer).
+            update.event_id = None;
+            events.push((update, submission.request_id.clone()));
+        }
+    }
+    if let Some(first) = first {
+        shared.handed.hand(Batch { first, events });
+    }
 }
 
 /// The committer thread's body. A panic inside is caught, every waiting
 /// thread answered, and commits reported failing for good.
-pub fn run(shared: &Shared, db: Database) -> Committed {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db))));
+pub fn run(shared: &Shared, db: Database, housekeeper: bool) -> Committed {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db), housekeeper)));
     let committed = outcome.unwrap_or_else(|_| {
         shared.health.fail(
             "the committer thread panicked (a bug; see the log); restart the service".to_owned(),
@@ -74,7 +103,7 @@ pub fn run(shared: &Shared, db: Database) -> Committed {
     committed
 }
 
-fn cycles(shared: &Shared, mut db: Option<Database>) -> Committed {
+fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Committed {
     let mut committed = Committed::default();
     let mut last_connect = Instant::now();
     // The first housekeeping right away: it records this instance.
@@ -108,6 +137,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>) -> Committed {
                         shared.last_committed.fetch_max(last, Ordering::AcqRel);
                     }
                     shared.accepted.fetch_add(new as u64, Ordering::Relaxed);
+                    hand_over(shared, &submissions, &answers);
                     let storage = &shared.metrics.storage;
                     storage.commit_seconds.observe(started.elapsed());
                     storage.commit_events.observe_count(new as u64);
@@ -141,7 +171,9 @@ fn cycles(shared: &Shared, mut db: Option<Database>) -> Committed {
                 Err(e) => shared.health.fail(e.to_string()),
             }
         }
-        let due = last_housekeeping.is_none_or(|at| at.elapsed() >= RETRY_INTERVAL);
+        // One committer of the pool does the housekeeping; the others look
+        // at their connections only when they have events.
+        let due = housekeeper && last_housekeeping.is_none_or(|at| at.elapsed() >= RETRY_INTERVAL);
         if let Some(connection) = db.as_mut()
             && (due || finishing)
         {

@@ -19,21 +19,28 @@
 //! instances      (instance PRIMARY KEY, started_at, seen_at, applied_through)
 //! ```
 //!
-//! # One commit per batch, in seq order
+//! # One statement per batch, in seq order
 //!
-//! [`Database::accept`] runs one transaction per batch of events:
+//! [`Database::accept`] commits a batch of events with one statement,
+//! which is its own transaction (one round trip):
 //!
-//! 1. lock the `seq_counter` row (`FOR UPDATE`) and, in the same statement,
-//!    look up the batch's `event_id`s in `idempotency`;
-//! 2. give the new events the seqs after `last_seq`; insert them into
-//!    `events` and `idempotency`; upsert their products with the per-field
-//!    guards; move `last_seq`; `NOTIFY` the other instances (one statement);
-//! 3. commit.
+//! 0. (only if the batch has `event_id`s) look them up in `idempotency`;
+//!    in Rust, the known ones are answered as duplicates or conflicts, the
+//!    new ones numbered 1, 2, ... and folded per product by the store's
+//!    own rule;
+//! 1. `UPDATE seq_counter SET last_seq = last_seq + n RETURNING base`:
+//!    this takes the counter row's lock, and gives the new events the
+//!    seqs `base + 1 ..= base + n`;
+//! 2. insert them into `events` and `idempotency`, upsert their products
+//!    with the per-field guards, `NOTIFY` the other instances;
+//! 3. commit (and flush the WAL), which releases the lock.
 //!
 //! The counter row's lock is held until the commit, so batches commit one
 //! after another in seq order, across every instance: seqs are gap-free
-//! (a rolled-back batch also rolls back its counter), and every snapshot
-//! of `events` holds a prefix of them. That is what lets each instance's
+//! (a failed statement also rolls back its counter), and every snapshot
+//! of `events` holds a prefix of them. An `event_id` another instance
+//! commits between steps 0 and 2 makes the `idempotency` insert fail, and
+//! the batch is looked up and written again. That is what lets each instance's
 //! tailer read the journal by `seq > last` and keep a plain "applied
 //! through N" watermark, the same as one instance's. The price is that
 //! commits do not overlap; ARCHITECTURE.md ("Several instances") has the
@@ -49,6 +56,7 @@
 //! number the client wrote (`text`), so that `5` and `5.0` read back as
 //! written.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -135,34 +143,56 @@ CREATE TABLE instances (
 );
 "#;
 
-/// Step 1 of a commit: lock the counter, find the batch's known event ids.
-const LOCK_AND_LOOK_UP: &str = "
-SELECT c.last_seq, i.event_id, i.seq, i.fingerprint
-FROM (SELECT last_seq FROM seq_counter FOR UPDATE) c
-LEFT JOIN idempotency i
-  ON i.event_id = ANY($1::text[])
- AND i.accepted_at > now() - make_interval(secs => $2::float8)";
+/// Before a batch with event ids: which of them the window knows (and,
+/// in the same statement, the expired entries of those ids deleted, so
+/// that the write's plain INSERT does not trip on them).
+const LOOK_UP: &str = "
+WITH expired AS (
+    DELETE FROM idempotency
+    WHERE event_id = ANY($1::text[]) AND accepted_at <= now() - make_interval(secs => $2::float8)
+)
+SELECT event_id, seq, fingerprint FROM idempotency
+WHERE event_id = ANY($1::text[]) AND accepted_at > now() - make_interval(secs => $2::float8)";
 
-/// Step 2: everything the batch writes, in one statement.
+/// The commit of a batch: one statement, run on its own (its own
+/// transaction). `$1..$7` are the new events (`i` = 1, 2, ... in batch
+/// order; seq = base + i), `$8` their fingerprints, `$9` this instance,
+/// `$10..$17` the products folded from them (each field's winning event
+/// as its `i`, 0 for none), `$18` the number of events.
 const WRITE: &str = r#"
-WITH new_events AS (
+WITH counter AS (
+    UPDATE seq_counter SET last_seq = last_seq + $18::bigint
+    RETURNING last_seq - $18::bigint AS base
+), new_events AS (
     INSERT INTO events (seq, product_id, price, stock, version, event_id, request_id, accepted_by)
-    SELECT s, p, pr, st, v::numeric, e, r, $9
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
-         AS t(s, p, pr, st, v, e, r)
+    SELECT c.base + t.i, t.p, t.pr, t.st, t.v::numeric, t.e, t.r, $9
+    FROM counter c,
+         unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+         AS t(i, p, pr, st, v, e, r)
 ), new_ids AS (
-    INSERT INTO idempotency AS i (event_id, seq, fingerprint)
-    SELECT e, s, f FROM unnest($6::text[], $1::bigint[], $8::bigint[]) AS t(e, s, f)
-    WHERE e IS NOT NULL
-    ON CONFLICT (event_id) DO UPDATE   -- an expired entry not yet pruned
-        SET seq = excluded.seq, fingerprint = excluded.fingerprint, accepted_at = now()
+    -- A plain INSERT: an id that another instance committed meanwhile
+    -- fails the statement, and the committer looks the batch up again.
+    INSERT INTO idempotency (event_id, seq, fingerprint)
+    SELECT t.e, c.base + t.i, t.f
+    FROM counter c, unnest($6::text[], $1::bigint[], $8::bigint[]) AS t(e, i, f)
+    WHERE t.e IS NOT NULL
+), folded AS (
+    SELECT t.id, t.pr,
+           t.prk::numeric AS price_rank,
+           CASE WHEN t.pi = 0 THEN 0 WHEN t.prk = '0' THEN c.base + t.pi ELSE -(c.base + t.pi) END AS price_order,
+           t.st,
+           t.srk::numeric AS stock_rank,
+           CASE WHEN t.si = 0 THEN 0 WHEN t.srk = '0' THEN c.base + t.si ELSE -(c.base + t.si) END AS stock_order,
+           c.base + t.li AS last_seq
+    FROM counter c,
+         unnest($10::text[], $11::text[], $12::text[], $13::bigint[],
+                $14::bigint[], $15::text[], $16::bigint[], $17::bigint[])
+         AS t(id, pr, prk, pi, st, srk, si, li)
 ), upserted AS (
     INSERT INTO products AS p (product_id, price, price_rank, price_order,
                                stock, stock_rank, stock_order, last_seq, updated_at, updated_by)
-    SELECT id, pr, prk::numeric, po, st, srk::numeric, so, ls, now(), $9
-    FROM unnest($10::text[], $11::text[], $12::text[], $13::bigint[],
-                $14::bigint[], $15::text[], $16::bigint[], $17::bigint[])
-         AS t(id, pr, prk, po, st, srk, so, ls)
+    SELECT id, pr, price_rank, price_order, st, stock_rank, stock_order, last_seq, now(), $9
+    FROM folded
     ON CONFLICT (product_id) DO UPDATE SET
         price       = CASE WHEN (excluded.price_rank, excluded.price_order) > (p.price_rank, p.price_order)
                            THEN excluded.price ELSE p.price END,
@@ -180,8 +210,7 @@ WITH new_events AS (
         updated_at  = now(),
         updated_by  = excluded.updated_by
 )
-UPDATE seq_counter SET last_seq = $18::bigint
-RETURNING pg_notify('product_update_events', $18::bigint::text)"#;
+SELECT base, pg_notify('product_update_events', (base + $18::bigint)::text) FROM counter"#;
 
 /// The tailer's read: the counter and the journal rows after `$1`, in one
 /// snapshot.
@@ -206,7 +235,7 @@ pub struct Database {
 
 #[derive(Clone)]
 struct Statements {
-    lock_and_look_up: Statement,
+    look_up: Statement,
     write: Statement,
     tail: Statement,
 }
@@ -323,7 +352,7 @@ impl Database {
             return Ok(statements.clone());
         }
         let statements = Statements {
-            lock_and_look_up: self.client.prepare(LOCK_AND_LOOK_UP)?,
+            look_up: self.client.prepare(LOOK_UP)?,
             write: self.client.prepare(WRITE)?,
             tail: self.client.prepare(TAIL)?,
         };
@@ -367,73 +396,114 @@ impl Database {
     }
 
     /// Commits one batch (see the module docs) and returns each event's
-    /// answer, in the batch's order: a new seq, a duplicate's original
-    /// seq, or a conflict. `accepted_by` names this instance.
+    /// answer, in the batch's order (a new seq, a duplicate's original
+    /// seq, or a conflict), and how many product rows it wrote.
+    /// `accepted_by` names this instance.
     pub fn accept(
         &mut self,
         batch: &[Submission],
         window_ttl: Duration,
         accepted_by: &str,
     ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
-        let Statements {
-            lock_and_look_up,
-            write,
-            ..
-        } = self.statements()?;
+        // An id another instance commits between the look-up and the write
+        // fails the write (see WRITE); the second look-up then finds it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_accept(batch, window_ttl, accepted_by) {
+                Err(e) if attempts < 3 && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_accept(
+        &mut self,
+        batch: &[Submission],
+        window_ttl: Duration,
+        accepted_by: &str,
+    ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
+        let Statements { look_up, write, .. } = self.statements()?;
         let ids: Vec<&str> = batch
             .iter()
             .filter_map(|s| s.update.event_id.as_deref())
             .collect();
-        let mut tx = self.client.transaction()?;
-        let rows = tx.query(&lock_and_look_up, &[&ids, &window_ttl.as_secs_f64()])?;
-        let last: i64 = rows.first().map_or(0, |row| row.get(0));
-        let mut known: std::collections::HashMap<String, (Seq, u64)> = rows
-            .iter()
-            .filter_map(|row| {
-                let id: Option<String> = row.get(1);
-                let seq: Option<i64> = row.get(2);
-                let fingerprint: Option<i64> = row.get(3);
-                Some((id?, (seq? as Seq, fingerprint? as u64)))
-            })
-            .collect();
+        let mut known: HashMap<String, (Seq, u64)> = HashMap::new();
+        if !ids.is_empty() {
+            for row in self
+                .client
+                .query(&look_up, &[&ids, &window_ttl.as_secs_f64()])?
+            {
+                let (id, seq, fingerprint): (String, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2));
+                known.insert(id, (seq as Seq, fingerprint as u64));
+            }
+        }
 
-        // Each event: a duplicate (of an earlier commit or of an event
-        // earlier in this batch), a conflict, or new with the next seq.
+        // Each event: a duplicate (of a committed event), a conflict, or
+        // new, numbered i = 1, 2, ... (its seq is base + i, base known only
+        // once the write holds the counter). Repeats of an id within the
+        // batch answer like the first.
+        enum Answer {
+            Known(Result<Submitted, SubmitError>),
+            New(i64),
+            SameAs(i64, bool),
+        }
         let mut answers = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(Seq, &Submission, u64)> = Vec::new();
-        let mut seq = last as Seq;
+        let mut fresh: Vec<(i64, &Submission, u64)> = Vec::new();
+        let mut in_batch: HashMap<&str, (i64, u64)> = HashMap::new();
         for submission in batch {
             let update = &submission.update;
             let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
-            if let Some(event_id) = &update.event_id
-                && let Some(&(earlier, seen)) = known.get(&**event_id)
-            {
-                answers.push(if seen == fingerprint {
-                    Ok(Submitted {
-                        seq: earlier,
-                        duplicate: true,
-                    })
-                } else {
-                    Err(SubmitError::IdempotencyConflict { seq: earlier })
-                });
-                continue;
+            if let Some(event_id) = update.event_id.as_deref() {
+                if let Some(&(seq, seen)) = known.get(event_id) {
+                    answers.push(Answer::Known(if seen == fingerprint {
+                        Ok(Submitted {
+                            seq,
+                            duplicate: true,
+                        })
+                    } else {
+                        Err(SubmitError::IdempotencyConflict { seq })
+                    }));
+                    continue;
+                }
+                if let Some(&(i, seen)) = in_batch.get(event_id) {
+                    answers.push(Answer::SameAs(i, seen == fingerprint));
+                    continue;
+                }
             }
-            seq += 1;
-            if let Some(event_id) = &update.event_id {
-                known.insert(event_id.to_string(), (seq, fingerprint));
+            let i = fresh.len() as i64 + 1;
+            if let Some(event_id) = update.event_id.as_deref() {
+                in_batch.insert(event_id, (i, fingerprint));
             }
-            fresh.push((seq, submission, fingerprint));
-            answers.push(Ok(Submitted {
-                seq,
-                duplicate: false,
-            }));
+            fresh.push((i, submission, fingerprint));
+            answers.push(Answer::New(i));
         }
+        let settle = |base: i64| -> Vec<Result<Submitted, SubmitError>> {
+            let seq = |i: i64| (base + i) as Seq;
+            answers
+                .iter()
+                .map(|answer| match *answer {
+                    Answer::Known(result) => result,
+                    Answer::New(i) => Ok(Submitted {
+                        seq: seq(i),
+                        duplicate: false,
+                    }),
+                    Answer::SameAs(i, true) => Ok(Submitted {
+                        seq: seq(i),
+                        duplicate: true,
+                    }),
+                    Answer::SameAs(i, false) => {
+                        Err(SubmitError::IdempotencyConflict { seq: seq(i) })
+                    }
+                })
+                .collect()
+        };
         if fresh.is_empty() {
-            tx.commit()?;
-            return Ok((answers, 0));
+            return Ok((settle(0), 0));
         }
 
-        let seqs: Vec<i64> = fresh.iter().map(|(seq, ..)| *seq as i64).collect();
+        let numbers: Vec<i64> = fresh.iter().map(|(i, ..)| *i).collect();
         let product_ids: Vec<&str> = fresh
             .iter()
             .map(|(_, s, _)| &*s.update.product_id)
@@ -461,42 +531,24 @@ impl Database {
         let fingerprints: Vec<i64> = fresh.iter().map(|(.., f)| *f as i64).collect();
 
         // The batch folded into one row per product by the store's own
-        // rule, so that the upsert touches each row once.
+        // rule, with i standing in for the seq (which is base + i: the
+        // same order), so that the upsert touches each row once.
         let folded = Store::new();
-        for (seq, submission, _) in &fresh {
-            folded.apply(*seq, &submission.update);
+        let mut last_of: HashMap<&str, i64> = HashMap::new();
+        for (i, submission, _) in &fresh {
+            folded.apply(*i as Seq, &submission.update);
+            last_of.insert(&submission.update.product_id, *i);
         }
-        let mut touched: Vec<&str> = product_ids.clone();
-        touched.sort_unstable();
-        touched.dedup();
-        let mut last_seqs = std::collections::HashMap::new();
-        for (seq, submission, _) in &fresh {
-            last_seqs.insert(&*submission.update.product_id, *seq as i64);
+        let mut products = Products::default();
+        for (id, last) in last_of {
+            if let Some(stored) = folded.stored(id) {
+                products.push(id, &stored, last);
+            }
         }
-        let mut p_ids = Vec::with_capacity(touched.len());
-        let (mut p_price, mut p_price_rank, mut p_price_order) = (vec![], vec![], vec![]);
-        let (mut p_stock, mut p_stock_rank, mut p_stock_order) = (vec![], vec![], vec![]);
-        let mut p_last = Vec::with_capacity(touched.len());
-        for id in touched {
-            let Some(stored) = folded.stored(id) else {
-                continue;
-            };
-            let (price_rank, price_order) = key_columns(stored.price_key);
-            let (stock_rank, stock_order) = key_columns(stored.stock_key);
-            p_ids.push(id);
-            p_price.push(stored.price.as_ref().map(Number::to_string));
-            p_price_rank.push(price_rank);
-            p_price_order.push(price_order);
-            p_stock.push(stored.stock.map(|v| v as i64));
-            p_stock_rank.push(stock_rank);
-            p_stock_order.push(stock_order);
-            p_last.push(last_seqs.get(id).copied().unwrap_or(0));
-        }
-        let new_last = seq as i64;
-        tx.execute(
+        let rows = self.client.query(
             &write,
             &[
-                &seqs,
+                &numbers,
                 &product_ids,
                 &prices,
                 &stocks,
@@ -505,19 +557,19 @@ impl Database {
                 &request_ids,
                 &fingerprints,
                 &accepted_by,
-                &p_ids,
-                &p_price,
-                &p_price_rank,
-                &p_price_order,
-                &p_stock,
-                &p_stock_rank,
-                &p_stock_order,
-                &p_last,
-                &new_last,
+                &products.ids,
+                &products.price,
+                &products.price_rank,
+                &products.price_event,
+                &products.stock,
+                &products.stock_rank,
+                &products.stock_event,
+                &products.last_event,
+                &(fresh.len() as i64),
             ],
         )?;
-        tx.commit()?;
-        Ok((answers, p_ids.len()))
+        let base: i64 = rows.first().map_or(0, |row| row.get(0));
+        Ok((settle(base), products.ids.len()))
     }
 
     /// The journal rows after `after` (at most `limit`), in seq order, and
@@ -560,23 +612,24 @@ impl Database {
     }
 
     /// Waits at most `timeout` for a notification on [`CHANNEL`], then
-    /// takes every other one already there. True if any arrived.
-    pub fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, PgError> {
+    /// takes every other one already there. Returns the highest seq they
+    /// announce (each commit's last), or `None` if none arrived.
+    pub fn wait_for_notification(&mut self, timeout: Duration) -> Result<Option<Seq>, PgError> {
         let url = &self.url;
         let error = |e: postgres::Error| PgError::Query {
             url: url.to_string(),
             detail: url.mask_in(&describe(&e)),
         };
+        let announced = |n: postgres::Notification| n.payload().parse::<Seq>().unwrap_or(0);
         let mut notifications = self.client.notifications();
-        let mut any = notifications
-            .timeout_iter(timeout)
-            .next()
-            .map_err(error)?
-            .is_some();
-        while notifications.iter().next().map_err(error)?.is_some() {
-            any = true;
+        let Some(first) = notifications.timeout_iter(timeout).next().map_err(error)? else {
+            return Ok(None);
+        };
+        let mut highest = announced(first);
+        while let Some(more) = notifications.iter().next().map_err(error)? {
+            highest = highest.max(announced(more));
         }
-        Ok(any)
+        Ok(Some(highest))
     }
 
     /// Records this instance (at start, and then every second with how far
@@ -639,7 +692,51 @@ fn describe(e: &postgres::Error) -> String {
     }
 }
 
-/// A write key as its `(rank, order)` columns (see the module docs).
+/// The folded products of a batch, as the write's columns: each field's
+/// value, its rank, and its winning event's number in the batch (0: the
+/// batch does not set it).
+#[derive(Default)]
+struct Products<'a> {
+    ids: Vec<&'a str>,
+    price: Vec<Option<String>>,
+    price_rank: Vec<String>,
+    price_event: Vec<i64>,
+    stock: Vec<Option<i64>>,
+    stock_rank: Vec<String>,
+    stock_event: Vec<i64>,
+    last_event: Vec<i64>,
+}
+
+impl<'a> Products<'a> {
+    fn push(&mut self, id: &'a str, stored: &Stored, last: i64) {
+        let (price_rank, price_event) = rank_and_event(stored.price_key);
+        let (stock_rank, stock_event) = rank_and_event(stored.stock_key);
+        self.ids.push(id);
+        self.price
+            .push(stored.price.as_ref().map(Number::to_string));
+        self.price_rank.push(price_rank);
+        self.price_event.push(price_event);
+        self.stock.push(stored.stock.map(|v| v as i64));
+        self.stock_rank.push(stock_rank);
+        self.stock_event.push(stock_event);
+        self.last_event.push(last);
+    }
+}
+
+/// A key made from a batch number (`WriteKey::new(i, version)`) as its
+/// rank and that number; the write turns the number into the order
+/// column (`base + i`, negated for a versioned write).
+fn rank_and_event(key: WriteKey) -> (String, i64) {
+    match key.parts() {
+        None => ("0".to_owned(), 0),
+        Some((i, None)) => ("0".to_owned(), i as i64),
+        Some((i, Some(version))) => ((u128::from(version) + 1).to_string(), i as i64),
+    }
+}
+
+/// A write key as its `(rank, order)` columns (see the module docs): what
+/// WRITE computes from `rank_and_event` and the batch's base.
+#[cfg(test)]
 fn key_columns(key: WriteKey) -> (String, i64) {
     match key.parts() {
         None => ("0".to_owned(), 0),

@@ -59,6 +59,8 @@ const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connected, schema checked, state read; not yet serving.
 pub struct Recovered {
     committer_db: Database,
+    /// The pool's other connections.
+    more_dbs: Vec<Database>,
     tailer_db: Database,
     snapshot: Option<Snapshot>,
     last_seq: Seq,
@@ -81,12 +83,17 @@ impl Recovered {
         committer_db
             .prepare_schema()
             .map_err(StorageError::Postgres)?;
+        let more_dbs = (1..config.db_pool_size.max(1))
+            .map(|_| Database::connect(url, STARTUP_CONNECT_TIMEOUT))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StorageError::Postgres)?;
         let mut tailer_db =
             Database::connect(url, STARTUP_CONNECT_TIMEOUT).map_err(StorageError::Postgres)?;
         tailer_db.listen().map_err(StorageError::Postgres)?;
         let snapshot = committer_db.snapshot().map_err(StorageError::Postgres)?;
         Ok(Some(Recovered {
             committer_db,
+            more_dbs,
             tailer_db,
             last_seq: snapshot.last_seq,
             snapshot: Some(snapshot),
@@ -137,6 +144,7 @@ impl Recovered {
                 committer_db.error(&e)
             );
         }
+        let handed = Arc::new(tailer::Handed::default());
         let committer = Arc::new(committer::Shared {
             url: url.clone(),
             instance: instance.clone(),
@@ -145,10 +153,11 @@ impl Recovered {
             metrics,
             window_ttl: self.window_ttl,
             window_len: self.window_len,
-            mailbox: Mailbox::new(),
+            mailbox: Mailbox::with_collectors(1 + self.more_dbs.len()),
             health: Health::default(),
             accepted: AtomicU64::new(0),
             last_committed: AtomicU64::new(0),
+            handed: Arc::clone(&handed),
         });
         let tailer = Arc::new(tailer::Shared {
             url,
@@ -158,6 +167,7 @@ impl Recovered {
             health: Health::of_reads(),
             stop: (Mutex::new(false), Condvar::new()),
             position: (Mutex::new(self.last_seq), Condvar::new()),
+            handed,
         });
         let tailer_thread = {
             let shared = Arc::clone(&tailer);
@@ -166,25 +176,30 @@ impl Recovered {
                 .name("tailer".to_owned())
                 .spawn(move || tailer::run(&shared, db, last))?
         };
-        let committer_thread = {
+        let mut committer_threads = Vec::new();
+        let dbs = std::iter::once(committer_db).chain(self.more_dbs);
+        for (n, db) in dbs.enumerate() {
             let shared = Arc::clone(&committer);
-            let db = committer_db;
-            thread::Builder::new()
-                .name("committer".to_owned())
-                .spawn(move || committer::run(&shared, db))
-        };
-        let committer_thread = match committer_thread {
-            Ok(thread) => thread,
-            Err(e) => {
-                stop_tailer(&tailer, tailer_thread);
-                return Err(e);
+            let spawned = thread::Builder::new()
+                .name(format!("committer-{n}"))
+                .spawn(move || committer::run(&shared, db, n == 0));
+            match spawned {
+                Ok(thread) => committer_threads.push(thread),
+                Err(e) => {
+                    committer.mailbox.finish();
+                    for thread in committer_threads {
+                        let _ = thread.join();
+                    }
+                    stop_tailer(&tailer, tailer_thread);
+                    return Err(e);
+                }
             }
-        };
+        }
         log::info!("storage: this instance is {instance:?} in events.accepted_by and instances");
         Ok(Durable {
             committer,
             tailer,
-            committer_thread: Mutex::new(Some(committer_thread)),
+            committer_threads: Mutex::new(committer_threads),
             tailer_thread: Mutex::new(Some(tailer_thread)),
             committed: Mutex::new(None),
         })
@@ -215,7 +230,7 @@ fn stop_tailer(tailer: &tailer::Shared, thread: JoinHandle<()>) {
 pub struct Durable {
     committer: Arc<committer::Shared>,
     tailer: Arc<tailer::Shared>,
-    committer_thread: Mutex<Option<JoinHandle<Committed>>>,
+    committer_threads: Mutex<Vec<JoinHandle<Committed>>>,
     tailer_thread: Mutex<Option<JoinHandle<()>>>,
     /// What the committer returned, once `stop_accepting` joined it.
     committed: Mutex<Option<Committed>>,
@@ -262,6 +277,24 @@ impl Durable {
             .or_else(|| self.tailer.health.unavailable())
     }
 
+    /// Stops the committers (what was posted is committed first) and adds
+    /// up what they did.
+    fn join_committers(&self) -> Committed {
+        self.committer.mailbox.finish();
+        let threads = std::mem::take(&mut *lock(&self.committer_threads));
+        let mut all = Committed {
+            clean: true,
+            ..Committed::default()
+        };
+        for thread in threads {
+            let one = thread.join().unwrap_or_default();
+            all.events += one.events;
+            all.failures += one.failures;
+            all.clean &= one.clean;
+        }
+        all
+    }
+
     /// Events this instance has committed.
     pub fn accepted(&self) -> u64 {
         self.committer.accepted.load(Ordering::Relaxed)
@@ -273,16 +306,7 @@ impl Durable {
     /// committed, so that its own events are applied here before it exits
     /// (they are in the database either way). Returns what was committed.
     pub fn stop_accepting(&self, deadline: Instant) {
-        self.committer.mailbox.finish();
-        let thread = self
-            .committer_thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread {
-            let committed = thread.join().unwrap_or_default();
-            *lock(&self.committed) = Some(committed);
-        }
+        *lock(&self.committed) = Some(self.join_committers());
         let last = self.committer.last_committed.load(Ordering::Acquire);
         if !self.tailer.wait_for(last, deadline) {
             log::warn!(
@@ -302,17 +326,10 @@ impl Durable {
         if let Some(thread) = tailer {
             stop_tailer(&self.tailer, thread);
         }
-        self.committer.mailbox.finish();
-        let thread = self
-            .committer_thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let committed = match thread.map(JoinHandle::join) {
-            Some(Ok(committed)) => committed,
-            Some(Err(_)) => Committed::default(),
-            // Joined by `stop_accepting`.
-            None => lock(&self.committed).take().unwrap_or_default(),
+        // Joined by `stop_accepting` already, normally.
+        let committed = match lock(&self.committed).take() {
+            Some(committed) => committed,
+            None => self.join_committers(),
         };
         log::info!(
             "storage: {} events committed to {} by this instance",

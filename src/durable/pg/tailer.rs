@@ -10,7 +10,10 @@
 //!
 //! Commits are in seq order (see `database.rs`), so `seq > last` misses
 //! nothing. The tailer waits for a notification between reads (every
-//! commit sends one), and reads at least once a second anyway. It reads
+//! commit sends one, with the last seq it gave out), and reads at least
+//! once a second anyway. This instance's own batches need no read: its
+//! committers hand them over in memory ([`Handed`]), and a notification
+//! that announces nothing beyond them costs no query. It reads
 //! no more rows than the queue has room for, so it never gets a 503 from
 //! the intake: a slow worker pool makes it read later, not lose events.
 //!
@@ -26,8 +29,10 @@ use super::super::url::DatabaseUrl;
 use super::super::{PgError, RETRY_INTERVAL};
 use super::committer::CONNECT_TIMEOUT;
 use super::database::{Database, EVENT_RETENTION, Tail};
+use crate::model::ProductUpdate;
 use crate::progress::Progress;
 use crate::queue::{Intake, SubmitError};
+use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 
 /// The most journal rows one read takes.
@@ -37,6 +42,57 @@ const READ_ROWS: usize = 4096;
 /// stop flag; and the longest it goes without reading.
 const NOTIFY_WAIT: Duration = Duration::from_millis(100);
 const READ_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the tailer waits for a committer of this instance to hand over
+/// the batch a notification announced, before it reads the journal.
+const HANDOFF_WAIT: Duration = Duration::from_millis(2);
+
+/// The most batches waiting to be handed over; past it the committers stop
+/// handing them (the tailer reads them from the journal instead).
+const HANDED_LIMIT: usize = 256;
+
+/// One committed batch of this instance: its events, seqs `first`,
+/// `first + 1`, ...
+pub struct Batch {
+    pub first: Seq,
+    pub events: Vec<(ProductUpdate, OwnedRequestId)>,
+}
+
+/// Where the committers hand their committed batches to the tailer, so
+/// that this instance's own events need no read of the journal: only the
+/// other instances' events do. An optimization only: anything not handed
+/// over (or handed over out of order) is read from the journal.
+#[derive(Default)]
+pub struct Handed {
+    batches: Mutex<Vec<Batch>>,
+    bell: Condvar,
+}
+
+impl Handed {
+    /// A committer: `batch` is committed.
+    pub fn hand(&self, batch: Batch) {
+        let mut batches = lock(&self.batches);
+        if batches.len() < HANDED_LIMIT {
+            batches.push(batch);
+            self.bell.notify_one();
+        }
+    }
+
+    /// Waits until a batch starting at `first` is there, or `deadline`.
+    fn wait_for(&self, first: Seq, deadline: Instant) {
+        let mut batches = lock(&self.batches);
+        while !batches.iter().any(|b| b.first == first) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            batches = self
+                .bell
+                .wait_timeout(batches, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
 
 /// What the tailer shares with the service.
 pub struct Shared {
@@ -51,6 +107,8 @@ pub struct Shared {
     /// The last seq queued for the workers; the condvar rings when it
     /// moves (shutdown waits for it to reach this instance's last commit).
     pub position: (Mutex<Seq>, Condvar),
+    /// This instance's committed batches, handed over in memory.
+    pub handed: Arc<Handed>,
 }
 
 impl Shared {
@@ -103,7 +161,10 @@ impl Shared {
 pub fn run(shared: &Shared, db: Database, mut last: Seq) {
     let mut db = Some(db);
     let mut last_read: Option<Instant> = None;
-    let mut notified = true;
+    // The highest seq a notification announced, and whether a read is
+    // owed regardless (at the start, after a reconnection).
+    let mut announced: Seq = 0;
+    let mut must_read = true;
     while !shared.stopped() {
         let Some(connection) = db.as_mut() else {
             if shared.pause(RETRY_INTERVAL) {
@@ -115,19 +176,31 @@ pub fn run(shared: &Shared, db: Database, mut last: Seq) {
             }) {
                 Ok(connection) => {
                     db = Some(connection);
-                    notified = true;
+                    must_read = true;
                 }
                 Err(e) => shared.health.fail(format!("reading the journal: {e}")),
             }
             continue;
         };
         let stale = last_read.is_none_or(|at| at.elapsed() >= READ_AT_LEAST_EVERY);
-        if notified || stale {
+        if announced > last && !must_read && !stale {
+            // Most likely this instance's own commit, whose events the
+            // committer is about to hand over: worth a moment's wait.
+            shared
+                .handed
+                .wait_for(last + 1, Instant::now() + HANDOFF_WAIT);
+        }
+        match take_handed(shared, &mut last) {
+            Read::Closed => return,
+            Read::More | Read::UpToDate | Read::QueueFull => {}
+        }
+        if must_read || stale || announced > last {
             match read(shared, connection, &mut last) {
                 Ok(Read::More) => continue,
                 Ok(Read::UpToDate) => {
                     shared.health.ok();
                     last_read = Some(Instant::now());
+                    must_read = false;
                 }
                 Ok(Read::QueueFull) => {
                     // Workers are behind; read again once they have room.
@@ -145,13 +218,42 @@ pub fn run(shared: &Shared, db: Database, mut last: Seq) {
             }
         }
         match connection.wait_for_notification(NOTIFY_WAIT) {
-            Ok(any) => notified = any,
+            Ok(seq) => announced = announced.max(seq.unwrap_or(0)),
             Err(e) => {
                 shared.health.fail(format!("reading the journal: {e}"));
                 db = None;
             }
         }
     }
+}
+
+/// Queues the batches this instance's committers handed over that follow
+/// `last` directly (no read needed); forgets those a read has covered.
+fn take_handed(shared: &Shared, last: &mut Seq) -> Read {
+    let mut batches = lock(&shared.handed.batches);
+    batches.retain(|b| b.first + b.events.len() as Seq > *last + 1);
+    while let Some(at) = batches.iter().position(|b| b.first == *last + 1) {
+        let intake = &shared.intake;
+        let room = intake.capacity().saturating_sub(intake.depth());
+        if batches[at].events.len() > room {
+            return Read::QueueFull;
+        }
+        let batch = batches.swap_remove(at);
+        for (update, request_id) in batch.events {
+            let expected = *last + 1;
+            match intake.submit(update, request_id) {
+                Ok(submitted) if submitted.seq == expected => *last = expected,
+                // A bug if ever (only the tailer submits): the journal
+                // read that follows puts it right.
+                Ok(_) => return Read::More,
+                Err(SubmitError::ShuttingDown) => return Read::Closed,
+                Err(_) => return Read::QueueFull,
+            }
+        }
+    }
+    drop(batches);
+    shared.moved_to(*last);
+    Read::UpToDate
 }
 
 enum Read {
