@@ -1,5 +1,12 @@
-//! Durable state on the local disk (`DATA_DIR`, cargo feature `sqlite`):
-//! what a 202 promises, and the committer thread that keeps the promise.
+//! Durable state: on the local disk (`DATA_DIR`, cargo feature `sqlite`:
+//! this file's story, and `sqlite.rs`, `committer.rs`, `database.rs`), or
+//! in a PostgreSQL database shared by several instances (`DATABASE_URL`,
+//! cargo feature `postgres`: `pg/`). [`Recovered`] and [`Durable`] are the
+//! one interface the rest of the service sees, an enum over the backends
+//! built in; `handoff.rs` (the mailbox a POST waits in) and `commit.rs`
+//! (its answers, and the health of writes) are shared by both.
+//!
+//! # SQLite: what a 202 promises, and the committer thread that keeps it
 //!
 //! The in-memory store stays the serving copy: reads never touch the disk.
 //! The database is where the state survives the process:
