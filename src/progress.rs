@@ -74,6 +74,10 @@ impl Progress {
     /// A worker finished `seq` (applied it, or its apply panicked).
     pub fn done(&self, seq: Seq) {
         let mut state = self.lock();
+        if seq <= state.through {
+            // Counted already: the watermark skipped past it (`skip_to`).
+            return;
+        }
         if seq != state.through + 1 {
             state.ahead.insert(seq);
             return;

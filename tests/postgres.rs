@@ -578,3 +578,37 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
         "one journal row per event, retries included"
     );
 }
+
+/// A database whose seq counter went back (a fail-over to a replica
+/// without the last commits, a restore): the instance's copy cannot be
+/// merged with it, so `/readyz` says so (and a load balancer takes the
+/// instance out) instead of serving a mix.
+#[test]
+fn a_seq_counter_that_goes_back_makes_the_instance_unready() {
+    let server = Postgres::start();
+    let a = instance(&server);
+    let http = agent();
+    for i in 0..3 {
+        let posted = post_event(
+            &http,
+            &a.base(),
+            &format!(r#"{{"product_id":"p{i}","stock":{i}}}"#),
+        );
+        assert_eq!(posted.status, 202, "{}", posted.body);
+    }
+    common::wait_until("seq 3 applied", || {
+        (get(&a.base(), "/products/p2?min_seq=3&wait=1").status == 200).then_some(())
+    });
+    server.psql("UPDATE seq_counter SET last_seq = 1");
+    let ready = common::wait_until("/readyz 503", || {
+        let ready = get(&a.base(), "/readyz");
+        (ready.status == 503).then_some(ready)
+    });
+    let problem = ready.assert_problem(503, "not_ready");
+    let detail = problem["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail.contains("seq counter went back from 3 to 1"),
+        "{detail}"
+    );
+    assert_eq!(get(&a.base(), "/healthz").status, 200);
+}

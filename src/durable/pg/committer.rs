@@ -125,7 +125,8 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
             refuse(SubmitError::ShuttingDown)
         } else if let Some(connection) = db.as_mut() {
             let started = Instant::now();
-            match connection.accept(&submissions, shared.window_ttl, &shared.instance) {
+            let window = (shared.window_len > 0).then_some(shared.window_ttl);
+            match connection.accept(&submissions, window, &shared.instance) {
                 Ok((answers, products)) => {
                     shared.health.ok();
                     let new = answers
@@ -145,11 +146,17 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
                     answers
                 }
                 Err(e) => {
+                    // A lost connection is made again; an error the
+                    // server answered (a timeout, a constraint) leaves it
+                    // usable.
+                    let lost = e.is_closed() || e.as_db_error().is_none();
                     let e = connection.error(&e);
                     committed.failures += 1;
                     shared.metrics.storage.record_error();
                     shared.health.fail(format!("a commit failed: {e}"));
-                    db = None;
+                    if lost {
+                        db = None;
+                    }
                     refuse(SubmitError::StorageUnavailable)
                 }
             }

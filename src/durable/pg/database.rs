@@ -91,7 +91,10 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(600);
 /// Set on every connection: a statement, a lock wait, or a transaction
 /// left open by a stopped process is bounded, so a stuck peer cannot hold
 /// the counter row (and every instance's commits) for long.
-const SESSION: &str = "SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
+/// The isolation level is pinned: WRITE relies on READ COMMITTED's
+/// re-read of the counter row after waiting for its lock (under
+/// REPEATABLE READ it would fail with a serialization error instead).
+const SESSION: &str = "SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
 
 const SCHEMA: &str = r#"
 CREATE TABLE schema_version (
@@ -158,7 +161,8 @@ WHERE event_id = ANY($1::text[]) AND accepted_at > now() - make_interval(secs =>
 /// transaction). `$1..$7` are the new events (`i` = 1, 2, ... in batch
 /// order; seq = base + i), `$8` their fingerprints, `$9` this instance,
 /// `$10..$17` the products folded from them (each field's winning event
-/// as its `i`, 0 for none), `$18` the number of events.
+/// as its `i`, 0 for none), `$18` the number of events, `$19` the event
+/// ids to remember (NULL where none, or with the window off).
 const WRITE: &str = r#"
 WITH counter AS (
     UPDATE seq_counter SET last_seq = last_seq + $18::bigint
@@ -174,7 +178,7 @@ WITH counter AS (
     -- fails the statement, and the committer looks the batch up again.
     INSERT INTO idempotency (event_id, seq, fingerprint)
     SELECT t.e, c.base + t.i, t.f
-    FROM counter c, unnest($6::text[], $1::bigint[], $8::bigint[]) AS t(e, i, f)
+    FROM counter c, unnest($19::text[], $1::bigint[], $8::bigint[]) AS t(e, i, f)
     WHERE t.e IS NOT NULL
 ), folded AS (
     SELECT t.id, t.pr,
@@ -402,7 +406,7 @@ impl Database {
     pub fn accept(
         &mut self,
         batch: &[Submission],
-        window_ttl: Duration,
+        window: Option<Duration>,
         accepted_by: &str,
     ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
         // An id another instance commits between the look-up and the write
@@ -410,7 +414,7 @@ impl Database {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.try_accept(batch, window_ttl, accepted_by) {
+            match self.try_accept(batch, window, accepted_by) {
                 Err(e) if attempts < 3 && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
                 other => return other,
             }
@@ -420,14 +424,18 @@ impl Database {
     fn try_accept(
         &mut self,
         batch: &[Submission],
-        window_ttl: Duration,
+        window: Option<Duration>,
         accepted_by: &str,
     ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
         let Statements { look_up, write, .. } = self.statements()?;
-        let ids: Vec<&str> = batch
-            .iter()
-            .filter_map(|s| s.update.event_id.as_deref())
-            .collect();
+        // The window off (`IDEMPOTENCY_WINDOW=0`): ids are journaled, not
+        // remembered, and no retry is recognised.
+        let window_ttl = window.unwrap_or_default();
+        fn remembered_in(window: Option<Duration>, s: &Submission) -> Option<&str> {
+            window.and(s.update.event_id.as_deref())
+        }
+        let remembered = |s| remembered_in(window, s);
+        let ids: Vec<&str> = batch.iter().filter_map(remembered).collect();
         let mut known: HashMap<String, (Seq, u64)> = HashMap::new();
         if !ids.is_empty() {
             for row in self
@@ -455,7 +463,7 @@ impl Database {
         for submission in batch {
             let update = &submission.update;
             let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
-            if let Some(event_id) = update.event_id.as_deref() {
+            if let Some(event_id) = remembered(submission) {
                 if let Some(&(seq, seen)) = known.get(event_id) {
                     answers.push(Answer::Known(if seen == fingerprint {
                         Ok(Submitted {
@@ -473,7 +481,7 @@ impl Database {
                 }
             }
             let i = fresh.len() as i64 + 1;
-            if let Some(event_id) = update.event_id.as_deref() {
+            if let Some(event_id) = remembered(submission) {
                 in_batch.insert(event_id, (i, fingerprint));
             }
             fresh.push((i, submission, fingerprint));
@@ -524,6 +532,9 @@ impl Database {
             .iter()
             .map(|(_, s, _)| s.update.event_id.as_deref())
             .collect();
+        // Only remembered ids go into `idempotency` ($19).
+        let remembered_ids: Vec<Option<&str>> =
+            fresh.iter().map(|(_, s, _)| remembered(s)).collect();
         let request_ids: Vec<String> = fresh
             .iter()
             .map(|(_, s, _)| s.request_id.to_string())
@@ -545,7 +556,7 @@ impl Database {
                 products.push(id, &stored, last);
             }
         }
-        let rows = self.client.query(
+        let rows = self.client.query_one(
             &write,
             &[
                 &numbers,
@@ -566,9 +577,12 @@ impl Database {
                 &products.stock_event,
                 &products.last_event,
                 &(fresh.len() as i64),
+                &remembered_ids,
             ],
         )?;
-        let base: i64 = rows.first().map_or(0, |row| row.get(0));
+        // `query_one`: exactly one row (the counter's), or an error, never
+        // a 202 with made-up seqs.
+        let base: i64 = rows.get(0);
         Ok((settle(base), products.ids.len()))
     }
 
@@ -659,8 +673,14 @@ impl Database {
                     OR seq <= (SELECT seq FROM idempotency ORDER BY seq DESC OFFSET $2 LIMIT 1)",
                 &[&window_ttl.as_secs_f64(), &(window_len as i64)],
             )?;
+            // A prefix by seq (the tailers rely on the journal having no
+            // holes): everything below the oldest row still within the
+            // retention. (`accepted_at` alone is not in seq order: it is
+            // when each statement began.)
             tx.execute(
-                "DELETE FROM events WHERE accepted_at < now() - make_interval(secs => $1::float8)",
+                "DELETE FROM events WHERE seq < coalesce(
+                    (SELECT min(seq) FROM events WHERE accepted_at >= now() - make_interval(secs => $1::float8)),
+                    (SELECT last_seq + 1 FROM seq_counter))",
                 &[&EVENT_RETENTION.as_secs_f64()],
             )?;
             // Instances not seen for a day are gone for good.

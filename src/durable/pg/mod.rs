@@ -2,15 +2,15 @@
 //! cargo feature `postgres`).
 //!
 //! ```text
-//!  POST:  connection ──post()──▶ mailbox ──▶ committer: one transaction per batch:   ──▶ 202 (seq from the database)
-//!         thread waits ◀───────────────────  lock seq_counter, dedupe, INSERT events,
-//!                                            UPSERT products (guarded), NOTIFY, COMMIT
+//!  POST:  connection ──post()──▶ mailbox ──▶ committer: [look up event ids], then one  ──▶ 202 (seq from the database)
+//!         thread waits ◀───────────────────  statement per batch: lock seq_counter,
+//!                                            INSERT events, UPSERT products (guarded), NOTIFY
 //!  reads: every instance's tailer ◀─NOTIFY── SELECT events WHERE seq > last ──▶ queue ──▶ workers ──▶ store ──▶ GET
 //! ```
 //!
 //! - **The 202 follows the commit.** The committer (`committer.rs`) takes
 //!   the events connection threads post while it commits the previous
-//!   batch (group commit) and commits them in one transaction
+//!   batch (group commit) and commits them with one statement
 //!   (`database.rs`), which gives them their seqs, records their
 //!   `event_id`s, and applies them to the `products` table with the
 //!   per-field guards in SQL. An event is applied in the transaction that
@@ -304,7 +304,7 @@ impl Durable {
     /// POSTs get 503 `shutting_down`), commits what was posted, and waits
     /// (until `deadline`) for the tailer to queue every event this instance
     /// committed, so that its own events are applied here before it exits
-    /// (they are in the database either way). Returns what was committed.
+    /// (they are in the database either way).
     pub fn stop_accepting(&self, deadline: Instant) {
         *lock(&self.committed) = Some(self.join_committers());
         let last = self.committer.last_committed.load(Ordering::Acquire);

@@ -157,8 +157,19 @@ impl Shared {
 }
 
 /// The tailer thread's body: `db` is listening already, `last` is the
-/// seq the store reflects.
-pub fn run(shared: &Shared, db: Database, mut last: Seq) {
+/// seq the store reflects. A panic inside (a bug) is caught and reported
+/// by `/readyz`, since this copy then no longer follows the journal.
+pub fn run(shared: &Shared, db: Database, last: Seq) {
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follow(shared, db, last)));
+    if outcome.is_err() {
+        shared.health.fail(
+            "the tailer thread panicked (a bug; see the log): reads here are stale; restart the service".to_owned(),
+        );
+    }
+}
+
+fn follow(shared: &Shared, db: Database, mut last: Seq) {
     let mut db = Some(db);
     let mut last_read: Option<Instant> = None;
     // The highest seq a notification announced, and whether a read is
@@ -166,6 +177,10 @@ pub fn run(shared: &Shared, db: Database, mut last: Seq) {
     let mut announced: Seq = 0;
     let mut must_read = true;
     while !shared.stopped() {
+        // This instance's own commits need no connection.
+        if let Read::Closed = take_handed(shared, &mut last) {
+            return;
+        }
         let Some(connection) = db.as_mut() else {
             if shared.pause(RETRY_INTERVAL) {
                 return;
@@ -276,16 +291,28 @@ fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgEr
         return Ok(Read::QueueFull);
     }
     let Tail { last_seq, rows } = db.tail(*last, room)?;
-    let gap = match rows.first() {
-        Some(&(seq, ..)) => seq != *last + 1,
-        None => last_seq > *last,
-    };
-    if gap {
+    if last_seq < *last {
+        // Seqs this instance has applied are given out again: the database
+        // is not the one it followed (a fail-over to a replica that lacks
+        // commits, a restore). Its copy cannot be trusted to merge.
+        return Err(PgError::Query {
+            url: shared.url.to_string(),
+            detail: format!(
+                "the seq counter went back from {last} to {last_seq} (a fail-over to a replica without the last commits, or a restore?); restart this instance to reload its copy"
+            ),
+        });
+    }
+    if rows.is_empty() && last_seq > *last {
         reload(shared, db, last)?;
         return Ok(Read::More);
     }
     let full = rows.len() == room;
     for (seq, update, request_id) in rows {
+        if seq != *last + 1 {
+            // Rows missing (pruned): the products table has their effect.
+            reload(shared, db, last)?;
+            return Ok(Read::More);
+        }
         match intake.submit(update, request_id.as_str().into()) {
             Ok(submitted) if submitted.seq == seq => *last = seq,
             Ok(submitted) => {
