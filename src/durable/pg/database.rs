@@ -94,7 +94,11 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(600);
 /// The isolation level is pinned: WRITE relies on READ COMMITTED's
 /// re-read of the counter row after waiting for its lock (under
 /// REPEATABLE READ it would fail with a serialization error instead).
-const SESSION: &str = "SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
+/// Generic plans: left to itself, PostgreSQL planned WRITE afresh at every
+/// execution (pg_stat_statements: plans = calls, 0.18 ms of planning per
+/// batch beside 0.45 ms of execution); its plan does not depend on the
+/// values, only on the arrays' lengths.
+const SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
 
 const SCHEMA: &str = r#"
 CREATE TABLE schema_version (
