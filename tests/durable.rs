@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::binary::Binary;
+use common::binary::{Binary, failed_start};
 use common::{
     Reply, TestServer, agent, post_event, read_reply, scratch_dir, test_config, wait_until,
 };
@@ -72,21 +72,6 @@ fn all_products(base: &str) -> Vec<Value> {
 fn wait_applied(base: &str, product_id: &str, seq: u64) {
     let reply = get(base, &format!("/products/{product_id}?min_seq={seq}"));
     assert_eq!(reply.header("x-caught-up"), Some("true"), "{}", reply.body);
-}
-
-/// The binary's exit code and stderr when it does not start.
-fn failed_start(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
-        .env_clear()
-        .env("PORT", "0")
-        .env("BIND_ADDR", "127.0.0.1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the binary");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 fn database(dir: &Path) -> PathBuf {

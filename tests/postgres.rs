@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::binary::Binary;
+use common::binary::{Binary, failed_start};
 use common::postgres::Postgres;
 use common::{agent, post_event, read_reply};
 use product_update_service::durable::pg::SCHEMA_VERSION;
@@ -94,8 +94,8 @@ fn instances_starting_at_once_create_the_schema_once() {
 fn a_newer_schema_is_refused_and_left_untouched() {
     let server = Postgres::start();
     server.psql("CREATE TABLE schema_version (version integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); INSERT INTO schema_version (version) VALUES (7)");
-    let (code, log) = exits(&[("DATABASE_URL", server.url().as_str())]);
-    assert_eq!(code, 1, "{log}");
+    let (code, log) = failed_start(&[("DATABASE_URL", server.url().as_str())]);
+    assert_eq!(code, Some(1), "{log}");
     assert!(
         log.contains("schema version 7") && log.contains("newer"),
         "{log}"
@@ -118,8 +118,8 @@ fn an_unreachable_server_fails_the_start_without_showing_the_password() {
     );
     server.stop();
     let started = Instant::now();
-    let (code, log) = exits(&[("DATABASE_URL", url.as_str())]);
-    assert_eq!(code, 1, "{log}");
+    let (code, log) = failed_start(&[("DATABASE_URL", url.as_str())]);
+    assert_eq!(code, Some(1), "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -127,22 +127,6 @@ fn an_unreachable_server_fails_the_start_without_showing_the_password() {
     );
     assert!(!log.contains("hunter2"), "{log}");
     assert!(log.contains("postgres://app:***@127.0.0.1"), "{log}");
-}
-
-/// Runs the binary until it exits (it must, at startup); returns the exit
-/// code and its log.
-fn exits(env: &[(&str, &str)]) -> (i32, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_product-update-service"))
-        .env_clear()
-        .env("PORT", "0")
-        .env("BIND_ADDR", "127.0.0.1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// One event a client sent, and what became of it.

@@ -6,9 +6,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::time::Instant;
+
 use super::RETRY_INTERVAL;
-use super::handoff::Ticket;
+use super::handoff::{Mailbox, Refused, Ticket};
+use crate::model::ProductUpdate;
 use crate::queue::{Submission, SubmitError, Submitted};
+use crate::request_id::OwnedRequestId;
 
 /// What a waiting connection thread is told.
 pub type Answer = Result<Submitted, SubmitError>;
@@ -17,6 +21,35 @@ pub type Answer = Result<Submitted, SubmitError>;
 pub struct Pending {
     pub submission: Submission,
     pub ticket: Arc<Ticket<Answer>>,
+}
+
+/// A connection thread's side of the hand-off: posts the event in the
+/// committers' `mailbox` and parks until it is answered. Refused at once
+/// when `capacity` events wait already (503 `queue_full`: the committer is
+/// behind) or after shutdown began (`shutting_down`, or
+/// `storage_unavailable` if writes were failing).
+pub fn post_and_wait(
+    mailbox: &Mailbox<Pending>,
+    health: &Health,
+    capacity: usize,
+    update: ProductUpdate,
+    request_id: OwnedRequestId,
+) -> Answer {
+    let ticket = Arc::new(Ticket::new());
+    let pending = Pending {
+        submission: Submission {
+            update,
+            request_id,
+            accepted_at: Instant::now(),
+        },
+        ticket: Arc::clone(&ticket),
+    };
+    match mailbox.post(pending, capacity) {
+        Ok(()) => ticket.wait(),
+        Err(Refused::Full) => Err(SubmitError::Full { capacity }),
+        Err(Refused::Closed) if health.is_failing() => Err(SubmitError::StorageUnavailable),
+        Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
+    }
 }
 
 /// Whether writes (or, for a PostgreSQL tailer, reads of the journal)

@@ -9,16 +9,16 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use super::commit::{Health, Pending, lock};
+use super::commit::{Health, lock, post_and_wait};
 use super::committer::{self, Shared};
 use super::database::{Database, Loaded};
-use super::handoff::{Mailbox, Refused, Ticket};
+use super::handoff::Mailbox;
 use super::{CHECKPOINT_INTERVAL, Committed, StorageError};
 use crate::config::{Config, Durability};
 use crate::metrics::Metrics;
 use crate::model::ProductUpdate;
 use crate::progress::Progress;
-use crate::queue::{Intake, Submission, SubmitError, Submitted};
+use crate::queue::{Intake, SubmitError, Submitted};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 
@@ -221,25 +221,15 @@ impl Durable {
             }
             return shared.intake.submit(update, request_id);
         }
-        let ticket = Arc::new(Ticket::new());
-        let pending = Pending {
-            submission: Submission {
-                update,
-                request_id,
-                accepted_at: Instant::now(),
-            },
-            ticket: Arc::clone(&ticket),
-        };
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();
-        match shared.mailbox.post(pending, capacity) {
-            Ok(()) => ticket.wait(),
-            Err(Refused::Full) => Err(SubmitError::Full { capacity }),
-            Err(Refused::Closed) if shared.health.is_failing() => {
-                Err(SubmitError::StorageUnavailable)
-            }
-            Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
-        }
+        post_and_wait(
+            &shared.mailbox,
+            &shared.health,
+            capacity,
+            update,
+            request_id,
+        )
     }
 
     /// A worker applied an event for `product_id`; call before reporting

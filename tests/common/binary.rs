@@ -120,3 +120,19 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// The binary's exit code and stderr when it does not start (it must exit
+/// by itself, at startup).
+pub fn failed_start(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+        .env_clear()
+        .env("PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

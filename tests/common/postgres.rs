@@ -107,22 +107,7 @@ impl Postgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_root {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                SERVER_USER,
-                "--regid",
-                "nogroup",
-                "--clear-groups",
-                "--",
-            ])
-            .arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        }
+        server_command(self.as_root, &self.bin.join(program))
     }
 
     fn data(&self) -> String {
@@ -250,6 +235,26 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// `path` to run as the server's user: through `setpriv` as root (the
+/// server refuses root), as is otherwise.
+fn server_command(as_root: bool, path: &std::path::Path) -> Command {
+    if as_root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            SERVER_USER,
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
 /// A loopback port nobody listens on right now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -359,21 +364,7 @@ impl Shared {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("t{n}");
         let port = self.port.to_string();
-        let mut command = if self.as_root {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                SERVER_USER,
-                "--regid",
-                "nogroup",
-                "--clear-groups",
-                "--",
-            ])
-            .arg(self.bin.join("createdb"));
-            c
-        } else {
-            Command::new(self.bin.join("createdb"))
-        };
+        let mut command = server_command(self.as_root, &self.bin.join("createdb"));
         let output = command
             .args(["-h", "127.0.0.1", "-p", &port, "-U", &self.user, &name])
             .current_dir(std::env::temp_dir())

@@ -41,14 +41,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::commit::{Health, Pending, lock};
-use super::handoff::{Mailbox, Refused, Ticket};
+use super::commit::{Health, lock, post_and_wait};
+use super::handoff::Mailbox;
 use super::{Committed, StorageError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::ProductUpdate;
 use crate::progress::Progress;
-use crate::queue::{Intake, Submission, SubmitError, Submitted};
+use crate::queue::{Intake, SubmitError, Submitted};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 use database::{Database, Snapshot};
@@ -248,25 +248,15 @@ impl Durable {
         if shared.health.is_failing() {
             return Err(SubmitError::StorageUnavailable);
         }
-        let ticket = Arc::new(Ticket::new());
-        let pending = Pending {
-            submission: Submission {
-                update,
-                request_id,
-                accepted_at: Instant::now(),
-            },
-            ticket: Arc::clone(&ticket),
-        };
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();
-        match shared.mailbox.post(pending, capacity) {
-            Ok(()) => ticket.wait(),
-            Err(Refused::Full) => Err(SubmitError::Full { capacity }),
-            Err(Refused::Closed) if shared.health.is_failing() => {
-                Err(SubmitError::StorageUnavailable)
-            }
-            Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
-        }
+        post_and_wait(
+            &shared.mailbox,
+            &shared.health,
+            capacity,
+            update,
+            request_id,
+        )
     }
 
     /// Why commits, or reads of the journal, fail right now.
