@@ -136,16 +136,21 @@ END {
 }' "$1"
 }
 
-# The durable modes' table: each mode against memory mode, per scenario.
-# Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
-report_durable() {
-  awk -v scenarios="$SCENARIOS" '
+# The median of a space-separated list, for the durable and PostgreSQL
+# tables' awk programs.
+awk_median='
 function median(list,   a, n, i, j, t) {
   n = split(list, a, " ")
   if (n == 0) return ""
   for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
   return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
 }
+'
+
+# The durable modes' table: each mode against memory mode, per scenario.
+# Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
+report_durable() {
+  awk -v scenarios="$SCENARIOS" "$awk_median"'
 function sum(list,   a, n, i, s) { n = split(list, a, " "); s = 0; for (i = 1; i <= n; i++) s += a[i]; return s }
 # The throughput target of a mode in a scenario (issue 12); 0: none.
 function target(mode, sc) {
@@ -187,13 +192,7 @@ END {
 # PostgreSQL mode's table: one and two instances against memory mode.
 # Returns 0 all PASS, 1 some FAIL, 2 some scenario unmeasured.
 report_postgres() {
-  awk -v scenarios="$SCENARIOS" '
-function median(list,   a, n, i, j, t) {
-  n = split(list, a, " ")
-  if (n == 0) return ""
-  for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
-  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
-}
+  awk -v scenarios="$SCENARIOS" "$awk_median"'
 function target(sc) { return sc == "post-c32" ? 0.4 : (sc == "get-c32" ? 0.5 : 0) }
 /^dbcost / { for (i = 2; i <= NF; i++) { split($i, kv, "="); cost[kv[1]] = kv[2] }; next }
 $1 ~ /^round=/ {
@@ -332,7 +331,7 @@ if [ "${1:-}" = --postgres ]; then
   as_pg=()
   if [ "$(id -u)" = 0 ]; then as_pg=(setpriv --reuid nobody --regid nogroup --clear-groups --); chown nobody: "$run"; fi
   pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  pg_user=$([ "$(id -u)" = 0 ] && echo nobody || id -un)
+  if [ "$(id -u)" = 0 ]; then pg_user=nobody; else pg_user=$(id -un); fi
   # shellcheck disable=SC2317  # called by the EXIT trap
   cleanup() {
     local pid
