@@ -62,6 +62,24 @@ MUTANTS = [
         SERVICE,
     ),
     (
+        "handoff: a committer without a connection waits on the bell that posts ring",
+        "src/durable/handoff.rs",
+        [(
+            "            state = sync::wait_for_bell(&self.closing, state, left);",
+            "            state = sync::wait_for_bell(&self.bell, state, left);",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: finish does not wake a committer waiting without collecting",
+        "src/durable/handoff.rs",
+        [(
+            "        self.bell.notify_all();\n        self.closing.notify_all();",
+            "        self.bell.notify_all();",
+        )],
+        SERVICE,
+    ),
+    (
         "handoff: post does not look at finishing",
         "src/durable/handoff.rs",
         [(

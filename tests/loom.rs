@@ -278,6 +278,35 @@ fn a_posted_event_is_answered_by_one_of_two_committers() {
     });
 }
 
+/// A pool in which one committer has lost its connection: it waits for
+/// its next attempt with `wait_finishing`, taking nothing, while the other
+/// collects. A post is answered by the one that collects, and `finish`
+/// wakes the waiting one too. Caught: `wait_finishing` waiting on `bell`
+/// (a post's ring taken by the committer that cannot commit, and the
+/// other asleep with the event), `finish` not ringing `closing`.
+#[test]
+fn a_committer_without_a_connection_leaves_the_events_to_the_other() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::with_collectors(2));
+        let working = committer(Arc::clone(&mailbox));
+        let waiting = {
+            let mailbox = Arc::clone(&mailbox);
+            thread::spawn(move || {
+                assert!(mailbox.wait_finishing(far()), "woken by finish");
+                for ticket in mailbox.stop() {
+                    ticket.answer(0);
+                }
+            })
+        };
+        let ticket = Arc::new(Ticket::new());
+        mailbox.post(Arc::clone(&ticket), 4).expect("open");
+        assert_eq!(ticket.wait(), 1, "committed by the working committer");
+        mailbox.finish();
+        waiting.join().unwrap();
+        assert_eq!(working.join().unwrap(), 1);
+    });
+}
+
 /// The committer's shutdown: two connection threads post while `finish`
 /// runs. Each post is either refused (`Closed`) or answered, by a commit or
 /// by `stop`'s leftovers; nobody waits forever, and nothing is posted once

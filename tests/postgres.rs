@@ -563,6 +563,72 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
     );
 }
 
+/// A pool (`DB_POOL_SIZE=2`) that loses one connection (its backend
+/// terminated) keeps committing on the other: at most the one batch that
+/// found the connection dead is refused, `/readyz` stays 200, and the
+/// lost connection is made again by itself.
+#[test]
+fn a_pool_that_loses_one_connection_commits_on_the_other() {
+    let server = Postgres::start();
+    let url = server.url();
+    let a = Binary::start(&[("DATABASE_URL", url.as_str()), ("DB_POOL_SIZE", "2")]);
+    let base = a.base();
+    let ours = "application_name LIKE 'product-update-service %'";
+    let connections = |except: &str| {
+        server.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {ours} AND pid::text <> '{except}'"
+        ))
+    };
+    common::wait_until("two committers and the tailer connected", || {
+        (connections("") == "3").then_some(())
+    });
+    let killed = server.psql(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'product-update-service committer-1'",
+    );
+    assert!(!killed.is_empty(), "no committer backend found");
+    assert_eq!(
+        server.psql(&format!("SELECT pg_terminate_backend({killed})")),
+        "t"
+    );
+
+    let (mut refused, mut acked, mut n) = (0, Vec::new(), 0u64);
+    let mut post = |refused: &mut u32| {
+        n += 1;
+        let body = format!(r#"{{"product_id":"p{n}","stock":{n}}}"#);
+        match send(&base, &body, &format!("r{n}")) {
+            Some((202, Some(seq))) => acked.push((n, seq)),
+            Some((503, _)) => *refused += 1,
+            other => panic!("event {n}: {other:?}"),
+        }
+        let ready = get(&base, "/readyz");
+        assert_eq!(
+            ready.status, 200,
+            "one connection of two works: {}",
+            ready.body
+        );
+    };
+    // The committer notices when it next uses its connection, and makes
+    // it again a second later; meanwhile the other commits every event.
+    common::wait_until("the lost connection made again", || {
+        post(&mut refused);
+        (connections(&killed) == "3").then_some(())
+    });
+    for _ in 0..50 {
+        post(&mut refused);
+    }
+    assert!(
+        refused <= 1,
+        "{refused} events refused while one connection of the pool was down"
+    );
+    let (last_n, last_seq) = *acked.last().expect("acked");
+    let read = get(
+        &base,
+        &format!("/products/p{last_n}?min_seq={last_seq}&wait=5"),
+    );
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["stock"].as_u64(), Some(last_n));
+}
+
 /// A database whose seq counter went back (a fail-over to a replica
 /// without the last commits, a restore): the instance's copy cannot be
 /// merged with it, so `/readyz` says so (and a load balancer takes the

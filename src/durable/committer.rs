@@ -72,6 +72,7 @@ pub fn run(shared: &Shared, mut db: Database) -> Committed {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, &mut db)));
     let committed = outcome.unwrap_or_else(|_| {
         shared.health.fail(
+            0,
             "the committer thread panicked (a bug; see the log); restart the service".to_owned(),
         );
         Committed::default()
@@ -204,7 +205,7 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
         match written {
             None => {}
             Some(Ok(journaled)) => {
-                shared.health.ok();
+                shared.health.ok(0);
                 let events = match (shared.mode, through) {
                     (Durability::Async, Some(through)) => through.saturating_sub(last_through),
                     (Durability::Async, None) => 0,
@@ -228,7 +229,7 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
             Some(Err(e)) => {
                 committed.failures += 1;
                 shared.metrics.storage.record_error();
-                shared.health.fail(describe(&e, db));
+                shared.health.fail(0, describe(&e, db));
                 // Not written: the products go back for the next cycle (the
                 // window's entries are read again, `last_through` has not
                 // moved).

@@ -32,6 +32,9 @@ pub struct Mailbox<T> {
     state: Mutex<State<T>>,
     /// Rung by `post` while the committer sleeps, and by `finish`.
     bell: Condvar,
+    /// Rung by `finish`, for committers that wait without collecting
+    /// ([`Mailbox::wait_finishing`]).
+    closing: Condvar,
 }
 
 struct State<T> {
@@ -80,6 +83,7 @@ impl<T> Mailbox<T> {
                 stopped: false,
             }),
             bell: Condvar::new(),
+            closing: Condvar::new(),
         }
     }
 
@@ -148,12 +152,32 @@ impl<T> Mailbox<T> {
         }
     }
 
+    /// A committer that must leave the batches to the others for now (its
+    /// database connection is down while theirs work): waits until `until`
+    /// or `finish`, taking nothing, and says whether shutdown has begun. It
+    /// waits apart from `bell`, so that a post never wakes it instead of a
+    /// committer that can commit.
+    pub fn wait_finishing(&self, until: Instant) -> bool {
+        let mut state = self.lock();
+        while !state.finishing {
+            let Some(left) = until
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            state = sync::wait_for_bell(&self.closing, state, left);
+        }
+        state.finishing
+    }
+
     /// Shutdown: later posts are refused, and the committer is woken to
     /// write what is left.
     pub fn finish(&self) {
         let mut state = self.lock();
         state.finishing = true;
         self.bell.notify_all();
+        self.closing.notify_all();
     }
 
     /// A committer, when it stops for good. The last one to stop gets

@@ -8,9 +8,12 @@
 //! old rows.
 //!
 //! The connection is dropped at the first error and made again at most
-//! once per [`RETRY_INTERVAL`]; while it is down, [`Health`] says why, and
-//! `POST /events` answers 503 `storage_unavailable` at once without
-//! posting (see `Durable::submit`).
+//! once per [`RETRY_INTERVAL`]. Each committer is one part of [`Health`]:
+//! while its connection is down and another committer's works, it waits
+//! for its next attempt and takes no batch; once every connection is
+//! down, [`Health`] says why, `POST /events` answers 503
+//! `storage_unavailable` at once without posting (see `Durable::submit`),
+//! and the committers answer what was posted just before with the same.
 //!
 //! Every ticket is answered, whatever happens: after the commit, after a
 //! failed one (503 `storage_unavailable`: the events may or may not have
@@ -27,7 +30,7 @@ use super::super::commit::{Answer, Health, Pending, Waiting};
 use super::super::handoff::{Collected, Mailbox};
 use super::super::url::DatabaseUrl;
 use super::super::{Committed, RETRY_INTERVAL};
-use super::database::Database;
+use super::database::{self, Database};
 use super::tailer::{Batch, Handed};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
@@ -82,12 +85,15 @@ fn hand_over(shared: &Shared, submissions: &[Submission], answers: &[Answer]) {
     }
 }
 
-/// The committer thread's body. A panic inside is caught, every waiting
-/// thread answered, and commits reported failing for good.
-pub fn run(shared: &Shared, db: Database, housekeeper: bool) -> Committed {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db), housekeeper)));
+/// The body of committer `part` (0 to `DB_POOL_SIZE - 1`; committer 0
+/// also does the housekeeping). A panic inside is caught, every waiting
+/// thread answered, and this committer's part of the health reported
+/// failing for good.
+pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db), part)));
     let committed = outcome.unwrap_or_else(|_| {
         shared.health.fail(
+            part,
             "the committer thread panicked (a bug; see the log); restart the service".to_owned(),
         );
         Committed::default()
@@ -103,12 +109,45 @@ pub fn run(shared: &Shared, db: Database, housekeeper: bool) -> Committed {
     committed
 }
 
-fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Committed {
+/// Connects again if the last attempt is `RETRY_INTERVAL` old.
+fn reconnect(shared: &Shared, part: usize, last_connect: &mut Instant) -> Option<Database> {
+    if last_connect.elapsed() < RETRY_INTERVAL {
+        return None;
+    }
+    *last_connect = Instant::now();
+    match Database::connect(&shared.url, CONNECT_TIMEOUT, &format!("committer-{part}")) {
+        Ok(connection) => {
+            log::info!("storage: connected again to {}", shared.url);
+            Some(connection)
+        }
+        Err(e) => {
+            shared.health.fail(part, e.to_string());
+            None
+        }
+    }
+}
+
+fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
+    let housekeeper = part == 0;
     let mut committed = Committed::default();
     let mut last_connect = Instant::now();
     // The first housekeeping right away: it records this instance.
     let mut last_housekeeping: Option<Instant> = None;
     loop {
+        // Without a connection, this committer leaves the events to the
+        // others of the pool while one of them can commit: taking a batch
+        // now could only refuse it. When none can, POSTs are refused
+        // before posting, and it takes (and refuses) what was posted just
+        // before, so that nobody waits for a reconnection.
+        if db.is_none() && !shared.health.is_failing() {
+            if shared.mailbox.wait_finishing(last_connect + RETRY_INTERVAL) {
+                committed.clean = !shared.health.is_failing();
+                return committed;
+            }
+            db = reconnect(shared, part, &mut last_connect);
+            last_housekeeping = None;
+            continue;
+        }
         let Collected { batch, finishing } = shared
             .mailbox
             .collect(Instant::now() + RETRY_INTERVAL, GATHER_ROUNDS);
@@ -128,7 +167,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
             let window = (shared.window_len > 0).then_some(shared.window_ttl);
             match connection.accept(&submissions, window, &shared.instance) {
                 Ok((answers, products)) => {
-                    shared.health.ok();
+                    shared.health.ok(part);
                     let new = answers
                         .iter()
                         .filter(|a| a.is_ok_and(|s| !s.duplicate))
@@ -149,11 +188,11 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
                     // A lost connection is made again; an error the
                     // server answered (a timeout, a constraint) leaves it
                     // usable.
-                    let lost = e.is_closed() || e.as_db_error().is_none();
+                    let lost = database::is_lost(&e);
                     let e = connection.error(&e);
                     committed.failures += 1;
                     shared.metrics.storage.record_error();
-                    shared.health.fail(format!("a commit failed: {e}"));
+                    shared.health.fail(part, format!("a commit failed: {e}"));
                     if lost {
                         db = None;
                     }
@@ -167,16 +206,9 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
         // the client sees it.
         waiting.answer(answers);
 
-        if db.is_none() && last_connect.elapsed() >= RETRY_INTERVAL {
-            last_connect = Instant::now();
-            match Database::connect(&shared.url, CONNECT_TIMEOUT) {
-                Ok(connection) => {
-                    log::info!("storage: connected again to {}", shared.url);
-                    db = Some(connection);
-                    last_housekeeping = None;
-                }
-                Err(e) => shared.health.fail(e.to_string()),
-            }
+        if db.is_none() {
+            db = reconnect(shared, part, &mut last_connect);
+            last_housekeeping = None;
         }
         // One committer of the pool does the housekeeping; the others look
         // at their connections only when they have events.
@@ -192,12 +224,12 @@ fn cycles(shared: &Shared, mut db: Option<Database>, housekeeper: bool) -> Commi
                 shared.window_len,
             );
             match done {
-                Ok(()) => shared.health.ok(),
+                Ok(()) => shared.health.ok(part),
                 Err(e) => {
                     let e = connection.error(&e);
                     committed.failures += 1;
                     shared.metrics.storage.record_error();
-                    shared.health.fail(e.to_string());
+                    shared.health.fail(part, e.to_string());
                     db = None;
                 }
             }

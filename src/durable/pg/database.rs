@@ -263,8 +263,10 @@ pub struct Tail {
 
 impl Database {
     /// Connects, waiting at most `timeout` for the server, and bounds the
-    /// session's waits (see `SESSION`).
-    pub fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<Database, PgError> {
+    /// session's waits (see `SESSION`). `role` (`committer-0`, `tailer`)
+    /// names the connection in `pg_stat_activity.application_name`, as
+    /// `product-update-service committer-0`.
+    pub fn connect(url: &DatabaseUrl, timeout: Duration, role: &str) -> Result<Database, PgError> {
         let mut config: postgres::Config =
             url.expose()
                 .parse()
@@ -277,7 +279,7 @@ impl Database {
         // fails the connection after this, instead of hanging a commit.
         config.tcp_user_timeout(timeout);
         config.keepalives_idle(timeout);
-        config.application_name("product-update-service");
+        config.application_name(&format!("product-update-service {role}"));
         let mut client = config.connect(NoTls).map_err(|e| PgError::Connect {
             url: url.to_string(),
             detail: url.mask_in(&describe(&e)),
@@ -695,6 +697,17 @@ impl Database {
         }
         tx.commit()
     }
+}
+
+/// Whether the connection is gone after `e`: closed, no answer from the
+/// server (an I/O error), or a server error of severity `FATAL` or
+/// `PANIC`, after which the server ends the session (a terminated
+/// backend, a shutdown). Any other server error (a timeout, a constraint)
+/// leaves the connection usable.
+pub fn is_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error()
+            .is_none_or(|db| matches!(db.severity(), "FATAL" | "PANIC"))
 }
 
 /// A driver error's message with the server's own text, which `Display`

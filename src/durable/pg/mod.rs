@@ -78,17 +78,17 @@ impl Recovered {
             return Ok(None);
         };
         let started = Instant::now();
-        let mut committer_db =
-            Database::connect(url, STARTUP_CONNECT_TIMEOUT).map_err(StorageError::Postgres)?;
+        let mut committer_db = Database::connect(url, STARTUP_CONNECT_TIMEOUT, "committer-0")
+            .map_err(StorageError::Postgres)?;
         committer_db
             .prepare_schema()
             .map_err(StorageError::Postgres)?;
         let more_dbs = (1..config.db_pool_size.max(1))
-            .map(|_| Database::connect(url, STARTUP_CONNECT_TIMEOUT))
+            .map(|n| Database::connect(url, STARTUP_CONNECT_TIMEOUT, &format!("committer-{n}")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StorageError::Postgres)?;
-        let mut tailer_db =
-            Database::connect(url, STARTUP_CONNECT_TIMEOUT).map_err(StorageError::Postgres)?;
+        let mut tailer_db = Database::connect(url, STARTUP_CONNECT_TIMEOUT, "tailer")
+            .map_err(StorageError::Postgres)?;
         tailer_db.listen().map_err(StorageError::Postgres)?;
         let snapshot = committer_db.snapshot().map_err(StorageError::Postgres)?;
         Ok(Some(Recovered {
@@ -154,7 +154,7 @@ impl Recovered {
             window_ttl: self.window_ttl,
             window_len: self.window_len,
             mailbox: Mailbox::with_collectors(1 + self.more_dbs.len()),
-            health: Health::default(),
+            health: Health::of_parts(1 + self.more_dbs.len()),
             accepted: AtomicU64::new(0),
             last_committed: AtomicU64::new(0),
             handed: Arc::clone(&handed),
@@ -182,7 +182,7 @@ impl Recovered {
             let shared = Arc::clone(&committer);
             let spawned = thread::Builder::new()
                 .name(format!("committer-{n}"))
-                .spawn(move || committer::run(&shared, db, n == 0));
+                .spawn(move || committer::run(&shared, db, n));
             match spawned {
                 Ok(thread) => committer_threads.push(thread),
                 Err(e) => {

@@ -163,7 +163,7 @@ pub fn run(shared: &Shared, db: Database, last: Seq) {
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follow(shared, db, last)));
     if outcome.is_err() {
-        shared.health.fail(
+        shared.health.fail(0,
             "the tailer thread panicked (a bug; see the log): reads here are stale; restart the service".to_owned(),
         );
     }
@@ -185,7 +185,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
             if shared.pause(RETRY_INTERVAL) {
                 return;
             }
-            match Database::connect(&shared.url, CONNECT_TIMEOUT).and_then(|mut c| {
+            match Database::connect(&shared.url, CONNECT_TIMEOUT, "tailer").and_then(|mut c| {
                 c.listen()?;
                 Ok(c)
             }) {
@@ -193,7 +193,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
                     db = Some(connection);
                     must_read = true;
                 }
-                Err(e) => shared.health.fail(format!("reading the journal: {e}")),
+                Err(e) => shared.health.fail(0, format!("reading the journal: {e}")),
             }
             continue;
         };
@@ -213,7 +213,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
             match read(shared, connection, &mut last) {
                 Ok(Read::More) => continue,
                 Ok(Read::UpToDate) => {
-                    shared.health.ok();
+                    shared.health.ok(0);
                     last_read = Some(Instant::now());
                     must_read = false;
                 }
@@ -226,7 +226,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
                 }
                 Ok(Read::Closed) => return,
                 Err(e) => {
-                    shared.health.fail(format!("reading the journal: {e}"));
+                    shared.health.fail(0, format!("reading the journal: {e}"));
                     db = None;
                     continue;
                 }
@@ -235,7 +235,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
         match connection.wait_for_notification(NOTIFY_WAIT) {
             Ok(seq) => announced = announced.max(seq.unwrap_or(0)),
             Err(e) => {
-                shared.health.fail(format!("reading the journal: {e}"));
+                shared.health.fail(0, format!("reading the journal: {e}"));
                 db = None;
             }
         }
