@@ -71,11 +71,20 @@ MUTANTS = [
         SERVICE,
     ),
     (
-        "handoff: finish does not wake a committer waiting without collecting",
+        "handoff: a committer standing by ignores a rouse before its wait",
         "src/durable/handoff.rs",
         [(
-            "        self.bell.notify_all();\n        self.closing.notify_all();",
-            "        self.bell.notify_all();",
+            "        while !state.finishing && state.rousings == seen {",
+            "        let _ = seen;\n        while !state.finishing {",
+        )],
+        SERVICE,
+    ),
+    (
+        "handoff: rouse wakes nobody",
+        "src/durable/handoff.rs",
+        [(
+            "        state.rousings += 1;\n        self.closing.notify_all();\n    }",
+            "        state.rousings += 1;\n    }",
         )],
         SERVICE,
     ),

@@ -19,6 +19,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 use product_update_service::durable::handoff::{Mailbox, Refused, Ticket};
 use product_update_service::model::ProductUpdate;
@@ -278,21 +279,22 @@ fn a_posted_event_is_answered_by_one_of_two_committers() {
     });
 }
 
-/// A pool in which one committer has lost its connection: it waits for
-/// its next attempt with `wait_finishing`, taking nothing, while the other
-/// collects. A post is answered by the one that collects, and `finish`
-/// wakes the waiting one too. Caught: `wait_finishing` waiting on `bell`
-/// (a post's ring taken by the committer that cannot commit, and the
-/// other asleep with the event), `finish` not ringing `closing`.
+/// A pool in which one committer has lost its connection: it stands by
+/// with `wait_finishing`, taking nothing, while the other collects. A post
+/// is answered by the one that collects, and at shutdown the one standing
+/// by is woken too (by `finish`, or by the other's `stop`). Caught:
+/// `wait_finishing` waiting on `bell` (a post's ring taken by the
+/// committer that cannot commit, and the other asleep with the event).
 #[test]
 fn a_committer_without_a_connection_leaves_the_events_to_the_other() {
     loom::model(|| {
         let mailbox = Arc::new(Mailbox::with_collectors(2));
         let working = committer(Arc::clone(&mailbox));
-        let waiting = {
+        let standing_by = {
             let mailbox = Arc::clone(&mailbox);
             thread::spawn(move || {
-                assert!(mailbox.wait_finishing(far()), "woken by finish");
+                let seen = mailbox.rousings();
+                assert!(mailbox.wait_finishing(far(), seen), "woken by finish");
                 for ticket in mailbox.stop() {
                     ticket.answer(0);
                 }
@@ -302,8 +304,63 @@ fn a_committer_without_a_connection_leaves_the_events_to_the_other() {
         mailbox.post(Arc::clone(&ticket), 4).expect("open");
         assert_eq!(ticket.wait(), 1, "committed by the working committer");
         mailbox.finish();
-        waiting.join().unwrap();
+        standing_by.join().unwrap();
         assert_eq!(working.join().unwrap(), 1);
+    });
+}
+
+/// The committer that could commit fails while a connection thread posts (it saw the health still working) and the
+/// other committer stands by. The failure rouses the one standing by,
+/// which finds that no committer can commit, collects, and answers the
+/// post (a refusal, 0). Caught: `wait_finishing` ignoring a rouse that
+/// came between the stand-by's look at the health and its wait, `rouse`
+/// waking nobody.
+#[test]
+fn a_stand_by_committer_takes_over_when_the_other_fails() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::<Arc<Ticket<u32>>>::with_collectors(2));
+        let failing = Arc::new(AtomicBool::new(false));
+        let standing_by = {
+            let (mailbox, failing) = (Arc::clone(&mailbox), Arc::clone(&failing));
+            thread::spawn(move || {
+                loop {
+                    let seen = mailbox.rousings();
+                    if !failing.load(Ordering::SeqCst) {
+                        if mailbox.wait_finishing(far(), seen) {
+                            break;
+                        }
+                        continue;
+                    }
+                    let collected = mailbox.collect(far(), 1);
+                    for ticket in collected.batch {
+                        ticket.answer(0);
+                    }
+                    if collected.finishing {
+                        break;
+                    }
+                }
+                for ticket in mailbox.stop() {
+                    ticket.answer(0);
+                }
+            })
+        };
+        // The other committer's commit fails (it stops only at the end).
+        let failed = {
+            let (mailbox, failing) = (Arc::clone(&mailbox), Arc::clone(&failing));
+            thread::spawn(move || {
+                failing.store(true, Ordering::SeqCst);
+                mailbox.rouse();
+            })
+        };
+        if !failing.load(Ordering::SeqCst) {
+            let ticket = Arc::new(Ticket::new());
+            mailbox.post(Arc::clone(&ticket), 4).expect("open");
+            assert_eq!(ticket.wait(), 0, "refused by the committer standing by");
+        }
+        failed.join().unwrap();
+        mailbox.finish();
+        standing_by.join().unwrap();
+        assert!(mailbox.stop().is_empty(), "nothing left over");
     });
 }
 

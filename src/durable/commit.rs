@@ -113,8 +113,10 @@ impl Health {
         self.failing_parts.load(Ordering::Acquire) == self.all_parts
     }
 
+    /// Part `part`'s bit (none for a part this health does not have).
     fn bit(&self, part: usize) -> u64 {
-        (1u64 << (part % MAX_PARTS)) & self.all_parts
+        debug_assert!(part < MAX_PARTS && (1u64 << part) & self.all_parts != 0);
+        1u64.checked_shl(part as u32).unwrap_or(0) & self.all_parts
     }
 
     /// Part `part` failed, for `reason`.
@@ -136,7 +138,7 @@ impl Health {
             }
         } else if now != self.all_parts && before & self.bit(part) == 0 {
             log::warn!(
-                "storage: connection {part} of the pool fails ({reason}); the others commit meanwhile (retried every {RETRY_INTERVAL:?})"
+                "storage: committer-{part} fails ({reason}); the other committers of the pool go on"
             );
         }
         *current = reason;
@@ -158,7 +160,7 @@ impl Health {
                 log::info!("storage: writes succeed again; accepting events");
             }
         } else {
-            log::info!("storage: connection {part} of the pool works again");
+            log::info!("storage: committer-{part} works again");
         }
     }
 }

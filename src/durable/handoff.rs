@@ -1,6 +1,7 @@
 //! The hand-off between the connection threads that wait for a commit and
-//! the committer thread that makes it (`commit` and `fsync` modes), as a
-//! protocol of its own, with no database in it, so that `tests/loom.rs`
+//! the committer threads that make it (SQLite's `commit` and `fsync`
+//! modes: one committer; PostgreSQL: one per connection of the pool), as
+//! a protocol of its own, with no database in it, so that `tests/loom.rs`
 //! can model-check it:
 //!
 //! - [`Mailbox`]: a connection thread [`post`](Mailbox::post)s its event;
@@ -13,14 +14,28 @@
 //!   Shutdown: [`finish`](Mailbox::finish) refuses later posts and wakes
 //!   the committer, which writes what is left, then
 //!   [`stop`](Mailbox::stop)s the mailbox and answers whatever is still in
-//!   it, so no poster waits forever.
+//!   it, so no poster waits forever. With several committers, each
+//!   collects on its own; `finish` wakes them all, and only the last one
+//!   to stop gets the leftovers.
+//! - Standing by: a committer of a pool whose connection is down, while
+//!   another's works, takes nothing ([`wait_finishing`](Mailbox::wait_finishing)
+//!   on a condition variable of its own, so that a post's ring always
+//!   goes to a committer that collects). Whoever makes the others unable
+//!   to commit (a failure, a committer stopping) calls
+//!   [`rouse`](Mailbox::rouse), and the stand-by looks again; the count of
+//!   rousings it read before deciding to wait makes a rouse in between
+//!   count too.
 //! - [`Ticket`]: where the committer puts one waiting thread's answer. The
 //!   answer is stored before the thread is unparked; the thread looks for
 //!   its answer before each park, and an unpark that comes before the park
 //!   is kept by the thread, so the answer is never missed.
 //!
-//! Models: `a_posted_event_is_answered_whatever_the_committer_is_doing`
-//! and `finish_racing_with_posts_answers_every_poster` in `tests/loom.rs`.
+//! Models in `tests/loom.rs`:
+//! `a_posted_event_is_answered_whatever_the_committer_is_doing`,
+//! `finish_racing_with_posts_answers_every_poster`,
+//! `a_posted_event_is_answered_by_one_of_two_committers`,
+//! `a_committer_without_a_connection_leaves_the_events_to_the_other` and
+//! `a_stand_by_committer_takes_over_when_the_other_fails`.
 
 use std::time::Instant;
 
@@ -32,7 +47,7 @@ pub struct Mailbox<T> {
     state: Mutex<State<T>>,
     /// Rung by `post` while the committer sleeps, and by `finish`.
     bell: Condvar,
-    /// Rung by `finish`, for committers that wait without collecting
+    /// Rung by `finish` and `rouse`, for committers that stand by
     /// ([`Mailbox::wait_finishing`]).
     closing: Condvar,
 }
@@ -47,6 +62,8 @@ struct State<T> {
     finishing: bool,
     /// Every committer has stopped: nobody will collect any more.
     stopped: bool,
+    /// How many times [`Mailbox::rouse`] was called.
+    rousings: u64,
 }
 
 /// Why [`Mailbox::post`] refused.
@@ -81,6 +98,7 @@ impl<T> Mailbox<T> {
                 collectors,
                 finishing: false,
                 stopped: false,
+                rousings: 0,
             }),
             bell: Condvar::new(),
             closing: Condvar::new(),
@@ -152,14 +170,31 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// A committer that must leave the batches to the others for now (its
-    /// database connection is down while theirs work): waits until `until`
-    /// or `finish`, taking nothing, and says whether shutdown has begun. It
-    /// waits apart from `bell`, so that a post never wakes it instead of a
-    /// committer that can commit.
-    pub fn wait_finishing(&self, until: Instant) -> bool {
+    /// Gives back a batch that this committer cannot commit (its
+    /// connection is down) while another can: it goes before anything
+    /// posted since, and a sleeping committer is rung.
+    pub fn put_back(&self, mut batch: Vec<T>) {
         let mut state = self.lock();
-        while !state.finishing {
+        batch.append(&mut state.pending);
+        state.pending = batch;
+        if state.sleeping > 0 {
+            self.bell.notify_one();
+        }
+    }
+
+    /// The count of [`Mailbox::rouse`] calls, to read before deciding to
+    /// stand by and to pass to [`Mailbox::wait_finishing`].
+    pub fn rousings(&self) -> u64 {
+        self.lock().rousings
+    }
+
+    /// A committer standing by (its connection is down while another's
+    /// works): waits until `until`, `finish`, or a `rouse` after `seen`
+    /// (from [`Mailbox::rousings`]), taking nothing. Says whether shutdown
+    /// has begun.
+    pub fn wait_finishing(&self, until: Instant, seen: u64) -> bool {
+        let mut state = self.lock();
+        while !state.finishing && state.rousings == seen {
             let Some(left) = until
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
@@ -171,8 +206,16 @@ impl<T> Mailbox<T> {
         state.finishing
     }
 
-    /// Shutdown: later posts are refused, and the committer is woken to
-    /// write what is left.
+    /// Wakes the committers standing by to look again: the ones that
+    /// could commit may no longer (one failed, or stopped).
+    pub fn rouse(&self) {
+        let mut state = self.lock();
+        state.rousings += 1;
+        self.closing.notify_all();
+    }
+
+    /// Shutdown: later posts are refused, the committers are woken to
+    /// write what is left, and the ones standing by to stop.
     pub fn finish(&self) {
         let mut state = self.lock();
         state.finishing = true;
@@ -188,6 +231,9 @@ impl<T> Mailbox<T> {
         let mut state = self.lock();
         state.collectors = state.collectors.saturating_sub(1);
         if state.collectors > 0 {
+            // One fewer to collect: the ones standing by look again.
+            state.rousings += 1;
+            self.closing.notify_all();
             return Vec::new();
         }
         state.stopped = true;

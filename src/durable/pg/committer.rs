@@ -7,13 +7,18 @@
 //! first committer also records this instance in `instances` and prunes
 //! old rows.
 //!
-//! The connection is dropped at the first error and made again at most
-//! once per [`RETRY_INTERVAL`]. Each committer is one part of [`Health`]:
-//! while its connection is down and another committer's works, it waits
-//! for its next attempt and takes no batch; once every connection is
-//! down, [`Health`] says why, `POST /events` answers 503
-//! `storage_unavailable` at once without posting (see `Durable::submit`),
-//! and the committers answer what was posted just before with the same.
+//! The connection is dropped when an error shows it lost
+//! (`database::is_lost`: closed, no answer, a `FATAL` from the server) and
+//! made again at most once per [`RETRY_INTERVAL`]; an error the server
+//! answered otherwise (a timeout, a constraint) leaves it in use. Each
+//! committer is one part of [`Health`]: while its connection is down and
+//! another committer's works, it stands by (`Mailbox::wait_finishing`)
+//! until its next attempt and takes no batch, and one it had already
+//! taken goes back to the mailbox. A committer that fails or stops rouses
+//! the ones standing by, so that when no connection works they take (and
+//! refuse with 503 `storage_unavailable`) what was posted just before;
+//! from then on `POST /events` answers 503 at once without posting (see
+//! `Durable::submit`), and `/readyz` 503 with the reason.
 //!
 //! Every ticket is answered, whatever happens: after the commit, after a
 //! failed one (503 `storage_unavailable`: the events may or may not have
@@ -92,9 +97,13 @@ fn hand_over(shared: &Shared, submissions: &[Submission], answers: &[Answer]) {
 pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db), part)));
     let committed = outcome.unwrap_or_else(|_| {
-        shared.health.fail(
+        log::error!(
+            "storage: committer-{part} panicked (a bug; see the panic above) and commits no more; restart the service"
+        );
+        failed(
+            shared,
             part,
-            "the committer thread panicked (a bug; see the log); restart the service".to_owned(),
+            format!("committer-{part} panicked (a bug; see the log); restart the service"),
         );
         Committed::default()
     });
@@ -109,7 +118,16 @@ pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
     committed
 }
 
-/// Connects again if the last attempt is `RETRY_INTERVAL` old.
+/// Committer `part` cannot commit: its part of the health fails, and the
+/// committers standing by look again (this may have been the last that
+/// could).
+fn failed(shared: &Shared, part: usize, reason: String) {
+    shared.health.fail(part, reason);
+    shared.mailbox.rouse();
+}
+
+/// Connects again if the last attempt is `RETRY_INTERVAL` old. A new
+/// connection (its session set up) counts as working.
 fn reconnect(shared: &Shared, part: usize, last_connect: &mut Instant) -> Option<Database> {
     if last_connect.elapsed() < RETRY_INTERVAL {
         return None;
@@ -117,11 +135,15 @@ fn reconnect(shared: &Shared, part: usize, last_connect: &mut Instant) -> Option
     *last_connect = Instant::now();
     match Database::connect(&shared.url, CONNECT_TIMEOUT, &format!("committer-{part}")) {
         Ok(connection) => {
-            log::info!("storage: connected again to {}", shared.url);
+            log::info!(
+                "storage: committer-{part} connected again to {}",
+                shared.url
+            );
+            shared.health.ok(part);
             Some(connection)
         }
         Err(e) => {
-            shared.health.fail(part, e.to_string());
+            failed(shared, part, e.to_string());
             None
         }
     }
@@ -134,23 +156,34 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
     // The first housekeeping right away: it records this instance.
     let mut last_housekeeping: Option<Instant> = None;
     loop {
-        // Without a connection, this committer leaves the events to the
-        // others of the pool while one of them can commit: taking a batch
-        // now could only refuse it. When none can, POSTs are refused
-        // before posting, and it takes (and refuses) what was posted just
-        // before, so that nobody waits for a reconnection.
-        if db.is_none() && !shared.health.is_failing() {
-            if shared.mailbox.wait_finishing(last_connect + RETRY_INTERVAL) {
-                committed.clean = !shared.health.is_failing();
-                return committed;
+        // Without a connection, this committer stands by while another
+        // can commit: taking a batch now could only refuse it. The
+        // rousings are read before the look at the health, so that a
+        // failure in between (which rouses) ends the wait at once.
+        if db.is_none() {
+            let seen = shared.mailbox.rousings();
+            if !shared.health.is_failing() {
+                if shared
+                    .mailbox
+                    .wait_finishing(last_connect + RETRY_INTERVAL, seen)
+                {
+                    committed.clean = !shared.health.is_failing();
+                    return committed;
+                }
+                db = reconnect(shared, part, &mut last_connect);
+                last_housekeeping = None;
+                continue;
             }
-            db = reconnect(shared, part, &mut last_connect);
-            last_housekeeping = None;
-            continue;
         }
         let Collected { batch, finishing } = shared
             .mailbox
             .collect(Instant::now() + RETRY_INTERVAL, GATHER_ROUNDS);
+        // Taken while no connection worked, and one works again (another
+        // committer's): it is theirs to commit.
+        if db.is_none() && !finishing && !batch.is_empty() && !shared.health.is_failing() {
+            shared.mailbox.put_back(batch);
+            continue;
+        }
         let (submissions, tickets): (Vec<Submission>, Vec<_>) =
             batch.into_iter().map(|p| (p.submission, p.ticket)).unzip();
         // From here on every one of these threads gets an answer, even if
@@ -192,7 +225,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
                     let e = connection.error(&e);
                     committed.failures += 1;
                     shared.metrics.storage.record_error();
-                    shared.health.fail(part, format!("a commit failed: {e}"));
+                    failed(shared, part, format!("a commit failed: {e}"));
                     if lost {
                         db = None;
                     }
@@ -226,11 +259,14 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             match done {
                 Ok(()) => shared.health.ok(part),
                 Err(e) => {
+                    let lost = database::is_lost(&e);
                     let e = connection.error(&e);
                     committed.failures += 1;
                     shared.metrics.storage.record_error();
-                    shared.health.fail(part, e.to_string());
-                    db = None;
+                    failed(shared, part, e.to_string());
+                    if lost {
+                        db = None;
+                    }
                 }
             }
         }

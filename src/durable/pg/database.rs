@@ -699,15 +699,23 @@ impl Database {
     }
 }
 
-/// Whether the connection is gone after `e`: closed, no answer from the
-/// server (an I/O error), or a server error of severity `FATAL` or
-/// `PANIC`, after which the server ends the session (a terminated
-/// backend, a shutdown). Any other server error (a timeout, a constraint)
-/// leaves the connection usable.
+/// Whether the connection is to be dropped after `e`: closed, any error
+/// not from the server (I/O, or the client's own, after which the
+/// connection's state is not known), or a server error after which the
+/// server ends the session: severity `FATAL` or `PANIC`, or SQLSTATE
+/// class 57P (a terminated backend, a shutdown). Any other server error
+/// (a timeout, a constraint) leaves the connection usable.
 pub fn is_lost(e: &postgres::Error) -> bool {
+    use postgres::error::Severity;
     e.is_closed()
-        || e.as_db_error()
-            .is_none_or(|db| matches!(db.severity(), "FATAL" | "PANIC"))
+        || e.as_db_error().is_none_or(|db| {
+            let ends_session = match db.parsed_severity() {
+                Some(severity) => matches!(severity, Severity::Fatal | Severity::Panic),
+                // Before PostgreSQL 9.6 only the localized text is sent.
+                None => matches!(db.severity(), "FATAL" | "PANIC"),
+            };
+            ends_session || db.code().code().starts_with("57P")
+        })
 }
 
 /// A driver error's message with the server's own text, which `Display`

@@ -163,8 +163,10 @@ pub fn run(shared: &Shared, db: Database, last: Seq) {
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follow(shared, db, last)));
     if outcome.is_err() {
-        shared.health.fail(0,
-            "the tailer thread panicked (a bug; see the log): reads here are stale; restart the service".to_owned(),
+        shared.health.fail(
+            0,
+            "the tailer thread panicked (a bug; see the log): reads here are stale; restart the service"
+                .to_owned(),
         );
     }
 }
