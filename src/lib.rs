@@ -189,6 +189,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         config,
         open_connections: Arc::new(AtomicUsize::new(0)),
         draining: AtomicBool::new(false),
+        access_log: log::log_enabled!(target: "access", log::Level::Info),
     });
     let http = HttpServer::start(listener, &api).map_err(|source| {
         intake.close();

@@ -107,6 +107,15 @@ impl fmt::Display for RequestId<'_> {
     }
 }
 
+impl OwnedRequestId {
+    pub fn borrow(&self) -> RequestId<'_> {
+        match *self {
+            OwnedRequestId::Client(ref id) => RequestId::Client(id),
+            OwnedRequestId::Made { prefix, n } => RequestId::Made { prefix, n },
+        }
+    }
+}
+
 impl fmt::Display for OwnedRequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,7 +1,9 @@
 //! What a connection thread waiting for a commit shares with a committer,
-//! in both durable backends: its [`Pending`] event and the ticket it
-//! parks on, the [`Waiting`] guard that answers every ticket of a batch
-//! whatever happens, and [`Health`], which says whether writes work.
+//! in both durable backends: its [`Pending`] event and who is told the
+//! answer (a [`Waiter`]: the ticket a connection thread parks on, or a
+//! [`Reply`] that answers the client from the committer's thread), the
+//! [`Waiting`] guard that answers every event of a batch whatever happens,
+//! and [`Health`], which says whether writes work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,16 +13,49 @@ use std::time::Instant;
 use super::RETRY_INTERVAL;
 use super::handoff::{Mailbox, Refused, Ticket};
 use crate::model::ProductUpdate;
-use crate::queue::{Submission, SubmitError, Submitted};
+use crate::queue::{Submission, SubmitError};
 use crate::request_id::OwnedRequestId;
 
-/// What a waiting connection thread is told.
-pub type Answer = Result<Submitted, SubmitError>;
+pub use super::{Answer, Reply};
 
-/// An event and the ticket its connection thread waits on.
+/// Who is told an event's answer.
+pub enum Waiter {
+    /// A connection thread parked on this ticket.
+    Parked(Arc<Ticket<Answer>>),
+    /// A connection thread that went on reading its connection.
+    Reply(Reply),
+}
+
+impl Waiter {
+    pub fn answer(self, answer: Answer) {
+        match self {
+            Waiter::Parked(ticket) => ticket.answer(answer),
+            Waiter::Reply(reply) => reply(answer),
+        }
+    }
+}
+
+/// An event and who waits for its answer.
 pub struct Pending {
     pub submission: Submission,
-    pub ticket: Arc<Ticket<Answer>>,
+    pub waiter: Waiter,
+}
+
+/// Why a post was refused, as the client is told.
+fn refusal(refused: Refused, health: &Health, capacity: usize) -> SubmitError {
+    match refused {
+        Refused::Full => SubmitError::Full { capacity },
+        Refused::Closed if health.is_failing() => SubmitError::StorageUnavailable,
+        Refused::Closed => SubmitError::ShuttingDown,
+    }
+}
+
+fn submission(update: ProductUpdate, request_id: OwnedRequestId) -> Submission {
+    Submission {
+        update,
+        request_id,
+        accepted_at: Instant::now(),
+    }
 }
 
 /// A connection thread's side of the hand-off: posts the event in the
@@ -37,18 +72,33 @@ pub fn post_and_wait(
 ) -> Answer {
     let ticket = Arc::new(Ticket::new());
     let pending = Pending {
-        submission: Submission {
-            update,
-            request_id,
-            accepted_at: Instant::now(),
-        },
-        ticket: Arc::clone(&ticket),
+        submission: submission(update, request_id),
+        waiter: Waiter::Parked(Arc::clone(&ticket)),
     };
     match mailbox.post(pending, capacity) {
         Ok(()) => ticket.wait(),
-        Err(Refused::Full) => Err(SubmitError::Full { capacity }),
-        Err(Refused::Closed) if health.is_failing() => Err(SubmitError::StorageUnavailable),
-        Err(Refused::Closed) => Err(SubmitError::ShuttingDown),
+        Err(refused) => Err(refusal(refused, health, capacity)),
+    }
+}
+
+/// As [`post_and_wait`], without waiting: `reply` is called with the
+/// answer, by a committer, or at once here if the post is refused.
+pub fn post_with_reply(
+    mailbox: &Mailbox<Pending>,
+    health: &Health,
+    capacity: usize,
+    update: ProductUpdate,
+    request_id: OwnedRequestId,
+    reply: Reply,
+) {
+    let pending = Pending {
+        submission: submission(update, request_id),
+        waiter: Waiter::Reply(reply),
+    };
+    if let Err((refused, pending)) = mailbox.offer(pending, capacity) {
+        pending
+            .waiter
+            .answer(Err(refusal(refused, health, capacity)));
     }
 }
 
@@ -171,25 +221,25 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The tickets of the batch being committed: answered with their results
-/// by [`Waiting::answer`], or, if the cycle unwinds from a panic first,
-/// with 503 `storage_unavailable` (the events may have been committed: the
-/// next start applies them, and a client that retries them with their
-/// `event_id` gets `duplicate`).
-pub struct Waiting(pub Vec<Arc<Ticket<Answer>>>);
+/// Who waits for the events of the batch being committed: answered with
+/// their results by [`Waiting::answer`], or, if the cycle unwinds from a
+/// panic first, with 503 `storage_unavailable` (the events may have been
+/// committed: the next start applies them, and a client that retries them
+/// with their `event_id` gets `duplicate`).
+pub struct Waiting(pub Vec<Waiter>);
 
 impl Waiting {
     pub fn answer(mut self, answers: Vec<Answer>) {
-        for (ticket, answer) in self.0.drain(..).zip(answers) {
-            ticket.answer(answer);
+        for (waiter, answer) in self.0.drain(..).zip(answers) {
+            waiter.answer(answer);
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        for ticket in self.0.drain(..) {
-            ticket.answer(Err(SubmitError::StorageUnavailable));
+        for waiter in self.0.drain(..) {
+            waiter.answer(Err(SubmitError::StorageUnavailable));
         }
     }
 }

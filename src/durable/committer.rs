@@ -84,7 +84,7 @@ pub fn run(shared: &Shared, mut db: Database) -> Committed {
         SubmitError::ShuttingDown
     };
     for pending in left {
-        pending.ticket.answer(Err(answer));
+        pending.waiter.answer(Err(answer));
     }
     committed
 }
@@ -100,11 +100,11 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
         let Collected { batch, finishing } = shared
             .mailbox
             .collect(last_flush + FLUSH_INTERVAL, GATHER_ROUNDS);
-        let (submissions, tickets): (Vec<Submission>, Vec<_>) =
-            batch.into_iter().map(|p| (p.submission, p.ticket)).unzip();
+        let (submissions, waiters): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.waiter)).unzip();
         // From here on every one of these threads gets an answer, even if
         // this cycle panics.
-        let waiting = Waiting(tickets);
+        let waiting = Waiting(waiters);
         let flush = finishing || last_flush.elapsed() >= FLUSH_INTERVAL;
         // The watermark before `applied`: every event up to it has put its
         // product there already (see `mod.rs`).

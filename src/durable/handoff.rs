@@ -116,12 +116,18 @@ impl<T> Mailbox<T> {
     /// Leaves `item` for the committer's next batch, unless shutdown has
     /// begun or `capacity` items wait already.
     pub fn post(&self, item: T, capacity: usize) -> Result<(), Refused> {
+        self.offer(item, capacity).map_err(|(refused, _)| refused)
+    }
+
+    /// As [`Mailbox::post`], and a refused item comes back (it may be
+    /// what answers its client).
+    pub fn offer(&self, item: T, capacity: usize) -> Result<(), (Refused, T)> {
         let mut state = self.lock();
         if state.finishing || state.stopped {
-            return Err(Refused::Closed);
+            return Err((Refused::Closed, item));
         }
         if state.pending.len() >= capacity {
-            return Err(Refused::Full);
+            return Err((Refused::Full, item));
         }
         state.pending.push(item);
         if state.sleeping > 0 {

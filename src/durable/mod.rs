@@ -103,6 +103,15 @@ pub mod pg;
 mod sqlite;
 pub mod url;
 
+/// What a client waiting for a commit is told.
+pub type Answer = Result<Submitted, SubmitError>;
+
+/// Answers a client from the thread that has the answer (PostgreSQL mode:
+/// the committer writes the HTTP answer itself, so that the connection's
+/// thread is not woken for it; see `http/handlers.rs`). Called exactly
+/// once; a reply dropped uncalled answers its client 500.
+pub type Reply = Box<dyn FnOnce(Answer) + Send>;
+
 /// A store opened and read at startup, before the service serves:
 /// [`Recovered::restore`] puts its state into the store and the intake,
 /// [`Recovered::start`] starts its threads. One variant per backend built
@@ -190,21 +199,25 @@ impl Recovered {
 }
 
 impl Durable {
-    /// `POST /events`: returns once the event is committed (or refused).
+    /// `POST /events`: `reply` is called with the answer once the event is
+    /// committed (or refused). PostgreSQL: by the committer, so that the
+    /// connection's thread is not woken for it (see `http/handlers.rs`);
+    /// SQLite: here, on the connection's thread, once it is.
     #[cfg_attr(
         not(any(feature = "sqlite", feature = "postgres")),
         allow(unused_variables)
     )]
-    pub fn submit(
+    pub fn submit_with_reply(
         &self,
         update: ProductUpdate,
         request_id: OwnedRequestId,
-    ) -> Result<Submitted, SubmitError> {
+        reply: Reply,
+    ) {
         match *self {
             #[cfg(feature = "sqlite")]
-            Durable::Sqlite(ref d) => d.submit(update, request_id),
+            Durable::Sqlite(ref d) => reply(d.submit(update, request_id)),
             #[cfg(feature = "postgres")]
-            Durable::Postgres(ref d) => d.submit(update, request_id),
+            Durable::Postgres(ref d) => d.submit_with_reply(update, request_id, reply),
         }
     }
 

@@ -6,7 +6,10 @@
 //!
 //! Handlers run on the connection's thread. `POST /events` answers as
 //! soon as the event is in the queue (202) or the queue refuses it (503):
-//! it never waits for a worker. `GET /products/{id}?min_seq=N` may wait,
+//! it never waits for a worker. In a durable mode the 202 waits for the
+//! event's commit instead: the answer is deferred (`Later`), and the
+//! committer writes it, so that the connection's thread is woken once per
+//! request (by the next one) rather than twice. `GET /products/{id}?min_seq=N` may wait,
 //! up to `wait` seconds, for the workers; that holds only its own
 //! connection.
 
@@ -15,8 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tiny_http::inline::{Request, Response};
+use tiny_http::inline::{Deferred, Request, Response};
 
+use super::answer::{self, Asked};
+use super::route::Route;
 use super::wire;
 use crate::config::Config;
 use crate::durable::Durable;
@@ -24,8 +29,8 @@ use crate::metrics::Metrics;
 use crate::model::{self, Product};
 use crate::problem::{ApiError, NotReady};
 use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError};
-use crate::request_id::RequestId;
+use crate::queue::{Intake, SubmitError, Submitted};
+use crate::request_id::OwnedRequestId;
 use crate::stats::Stats;
 use crate::store::{Seq, Store};
 use crate::worker::WorkerCounters;
@@ -61,6 +66,10 @@ pub struct Api {
     /// Set when shutdown begins: `/readyz` says so, every answer asks the
     /// client to close.
     pub(crate) draining: AtomicBool,
+    /// Whether the access log is on. Fixed for the life of the process
+    /// (RUST_LOG is read once), so asked once: the access line costs
+    /// nothing when it is off.
+    pub(crate) access_log: bool,
 }
 
 impl Api {
@@ -112,38 +121,62 @@ impl Api {
     }
 
     /// `POST /events`: check, read and decode the body, queue the event.
+    /// In durable mode the answer waits for the commit: it is deferred,
+    /// and the committer that committed the event writes it (see
+    /// [`Later`]), so that this thread goes on to read the connection's
+    /// next request instead of sleeping until then.
     pub fn post_event(
-        &self,
+        api: &Arc<Api>,
         request: &mut Request<'_>,
-        request_id: RequestId<'_>,
+        asked: &Asked<'_>,
         response: &mut Response,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Answered, ApiError> {
         wire::check_content_type(request)?;
-        let body = wire::read_body(request, &self.config)?;
+        let body = wire::read_body(request, &api.config)?;
         let update = model::decode_event(body).map_err(ApiError::Event)?;
         // The count is a lock-free read; the map is only consulted at the limit.
-        let max_products = self.config.max_products;
-        if self.store.len() >= max_products && !self.store.contains(&update.product_id) {
+        let max_products = api.config.max_products;
+        if api.store.len() >= max_products && !api.store.contains(&update.product_id) {
             return Err(ApiError::ProductLimit {
                 limit: max_products,
             });
         }
         let product_id = update.product_id.clone();
         let event_id = update.event_id.clone();
-        let request_id = request_id.to_owned();
-        let submitted = match &self.durable {
-            Some(durable) => durable.submit(update, request_id),
-            None => self.intake.submit(update, request_id),
+        let request_id = asked.request_id.to_owned();
+        let Some(durable) = &api.durable else {
+            let submitted = api
+                .intake
+                .submit(update, request_id)
+                .map_err(|e| refused(e, event_id.as_deref()))?;
+            api.accepted(&submitted, &product_id, event_id.is_some(), response);
+            return Ok(Answered::Now);
         };
-        let submitted = submitted.map_err(|e| match e {
-            SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
-            SubmitError::ShuttingDown => ApiError::ShuttingDown,
-            SubmitError::StorageUnavailable => ApiError::StorageUnavailable,
-            SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
-                event_id: event_id.as_deref().unwrap_or_default().to_owned(),
-                seq,
-            },
-        })?;
+        let later = Later {
+            api: Arc::clone(api),
+            deferred: request.defer(),
+            product_id,
+            event_id,
+            request_id: request_id.clone(),
+            url: asked.url.into(),
+            started: asked.started,
+        };
+        durable.submit_with_reply(
+            update,
+            request_id,
+            Box::new(move |answer| later.answer(answer)),
+        );
+        Ok(Answered::Later)
+    }
+
+    /// Fills in the 202 (or, for a duplicate `event_id`, the 200).
+    fn accepted(
+        &self,
+        submitted: &Submitted,
+        product_id: &str,
+        with_id: bool,
+        response: &mut Response,
+    ) {
         let (status, word) = if submitted.duplicate {
             self.metrics.duplicate();
             (200, "duplicate")
@@ -156,12 +189,11 @@ impl Api {
             &Accepted {
                 status: word,
                 seq: submitted.seq,
-                product_id: &product_id,
+                product_id,
                 // Only meaningful (and only sent) when the client gave an id.
-                duplicate: event_id.is_some().then_some(submitted.duplicate),
+                duplicate: with_id.then_some(submitted.duplicate),
             },
         );
-        Ok(())
     }
 
     /// `GET /products/{id}`: the product, with an `ETag`; `If-None-Match`
@@ -385,6 +417,72 @@ fn tag_is(text: &str, tag: &crate::store::Tag) -> bool {
 }
 
 /// A JSON answer: status, content type, body serialized in place.
+/// How a handler answered.
+pub enum Answered {
+    /// It filled in the response.
+    Now,
+    /// The answer is deferred: another thread writes it, and completes it
+    /// (`answer.rs`) there.
+    Later,
+}
+
+/// A `POST /events` whose answer waits for its commit: what the answer
+/// needs, carried to the committer in the event's reply.
+struct Later {
+    api: Arc<Api>,
+    deferred: Deferred,
+    product_id: Box<str>,
+    event_id: Option<Box<str>>,
+    request_id: OwnedRequestId,
+    url: Box<str>,
+    started: Instant,
+}
+
+impl Later {
+    /// On the committer's thread: the same answer the connection's thread
+    /// would have written, written from here (the fork never blocks on the
+    /// client: see `tiny_http::inline::Deferred`).
+    fn answer(self, answer: crate::durable::Answer) {
+        let Later {
+            api,
+            deferred,
+            product_id,
+            event_id,
+            request_id,
+            url,
+            started,
+        } = self;
+        deferred.answer(|response| {
+            let result = answer
+                .map(|submitted| {
+                    api.accepted(&submitted, &product_id, event_id.is_some(), response)
+                })
+                .map_err(|e| refused(e, event_id.as_deref()));
+            let asked = Asked {
+                route: Route::PostEvent,
+                method: "POST",
+                url: &url,
+                request_id: request_id.borrow(),
+                started,
+            };
+            answer::complete(&api, &asked, result, response);
+        });
+    }
+}
+
+/// The problem a refused event is answered with.
+fn refused(error: SubmitError, event_id: Option<&str>) -> ApiError {
+    match error {
+        SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
+        SubmitError::ShuttingDown => ApiError::ShuttingDown,
+        SubmitError::StorageUnavailable => ApiError::StorageUnavailable,
+        SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
+            event_id: event_id.unwrap_or_default().to_owned(),
+            seq,
+        },
+    }
+}
+
 fn reply_json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
     response.set_status(status);
     response.add_header("Content-Type", JSON);

@@ -22,6 +22,7 @@
 //!
 //! Every error is an `ApiError` rendered as problem details.
 
+pub mod answer;
 pub mod handlers;
 pub mod route;
 pub mod server;

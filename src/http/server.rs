@@ -4,7 +4,8 @@
 //! [`Dispatch`]: its connection threads (see `tiny_http::inline`) call
 //! [`Dispatch::handle`] for each request, on the thread that read it. That
 //! function gives the request its id, routes it once, calls the handler,
-//! renders an error as problem details, and counts and logs the answer.
+//! and has the answer completed (`answer.rs`: problem details for an
+//! error, counts, the access line).
 //! [`HttpServer::stop`] is step 5 of the shutdown sequence.
 
 use std::io;
@@ -14,12 +15,12 @@ use std::time::Instant;
 
 use tiny_http::inline::{self, Handler, Rejection, Request, Response};
 
-use super::handlers::Api;
+use super::answer::{self, Asked};
+use super::handlers::{Answered, Api};
 use super::route::Route;
 use super::wire;
-use crate::metrics::RejectReason;
-use crate::problem::{ApiError, NotReady};
-use crate::request_id::{RequestId, RequestIds};
+use crate::problem::ApiError;
+use crate::request_id::RequestIds;
 
 /// The running HTTP server.
 pub struct HttpServer {
@@ -43,9 +44,6 @@ impl HttpServer {
         let dispatch = Dispatch {
             api: Arc::clone(api),
             request_ids: RequestIds::default(),
-            // Fixed for the life of the process (RUST_LOG is read once), so
-            // asked once: the access line costs nothing when it is off.
-            access_log: log::log_enabled!(target: "access", log::Level::Info),
         };
         let server = inline::Server::start(listener, limits, Arc::new(dispatch))?;
         Ok(HttpServer { server })
@@ -67,55 +65,24 @@ impl HttpServer {
 struct Dispatch {
     api: Arc<Api>,
     request_ids: RequestIds,
-    access_log: bool,
 }
 
 impl Handler for Dispatch {
     fn handle(&self, request: &mut Request<'_>, response: &mut Response) {
-        let started = Instant::now();
-        let request_id = self.request_ids.for_request(request.header("X-Request-Id"));
-        let route = Route::parse(request.method(), request.url());
-        let result = self.route(route, request, request_id, response);
-        if let Err(error) = &result {
-            log::debug!(
-                "{} {} -> {} {}: {error} request_id={request_id}",
-                request.method(),
-                request.url(),
-                error.status(),
-                error.code()
-            );
-            if route == Route::PostEvent {
-                self.api.metrics.reject(reject_reason(error));
-            }
-            // The one refusal code a handler can answer too: a body is read
-            // by the handler, so its timeout is noticed there.
-            if let ApiError::BodyTimeout { .. } = error {
-                self.api.metrics.http_rejected(error.code());
-            }
-            problem(error, request_id, response);
-        }
-        response.add_header("X-Request-Id", request_id.as_str(&mut [0; 25]));
-        if self.api.is_draining() {
-            // Keep-alive clients should move to another instance.
-            response.close_after();
-        }
-        let took = started.elapsed();
-        let status = response.status();
-        self.api
-            .metrics
-            .request(route.label(), request.method().as_str(), status, took);
-        if self.access_log {
-            // One line per request, under its own target so it can be turned
-            // off on its own (RUST_LOG=info,access=off).
-            log::info!(
-                target: "access",
-                "{} {} {status} {}B {}us request_id={request_id}",
-                request.method(),
-                request.url(),
-                response.body().len(),
-                took.as_micros()
-            );
-        }
+        let asked = Asked {
+            route: Route::parse(request.method(), request.url()),
+            method: request.method().as_str(),
+            url: request.url(),
+            request_id: self.request_ids.for_request(request.header("X-Request-Id")),
+            started: Instant::now(),
+        };
+        let result = match self.route(&asked, request, response) {
+            // Answered, counted and logged by whoever has the answer.
+            Ok(Answered::Later) => return,
+            Ok(Answered::Now) => Ok(()),
+            Err(error) => Err(error),
+        };
+        answer::complete(&self.api, &asked, result, response);
     }
 
     /// The answer to a request the server refused before routing it: the
@@ -150,7 +117,7 @@ impl Handler for Dispatch {
         };
         let request_id = self.request_ids.for_request(None);
         self.api.metrics.http_rejected(error.code());
-        if self.access_log {
+        if self.api.access_log {
             log::info!(
                 target: "access",
                 "- - {} {} request_id={request_id}",
@@ -158,7 +125,7 @@ impl Handler for Dispatch {
                 error.code()
             );
         }
-        problem(&error, request_id, response);
+        answer::problem(&error, request_id, response);
         response.add_header("X-Request-Id", request_id.as_str(&mut [0; 25]));
     }
 }
@@ -166,22 +133,22 @@ impl Handler for Dispatch {
 impl Dispatch {
     fn route(
         &self,
-        route: Route<'_>,
+        asked: &Asked<'_>,
         request: &mut Request<'_>,
-        request_id: RequestId<'_>,
         response: &mut Response,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Answered, ApiError> {
         let api = &self.api;
-        match route {
-            Route::PostEvent => api.post_event(request, request_id, response),
+        let now = |done: Result<(), ApiError>| done.map(|()| Answered::Now);
+        match asked.route {
+            Route::PostEvent => Api::post_event(api, request, asked, response),
             Route::GetProduct { raw_id, query } => {
-                api.get_product(raw_id, query, request, response)
+                now(api.get_product(raw_id, query, request, response))
             }
-            Route::ListProducts { query } => api.list_products(query, response),
-            Route::Healthz => api.healthz(response),
-            Route::Readyz => api.readyz(response),
-            Route::Metrics => api.metrics(response),
-            Route::OpenApi => api.openapi(response),
+            Route::ListProducts { query } => now(api.list_products(query, response)),
+            Route::Healthz => now(api.healthz(response)),
+            Route::Readyz => now(api.readyz(response)),
+            Route::Metrics => now(api.metrics(response)),
+            Route::OpenApi => now(api.openapi(response)),
             Route::MethodNotAllowed { allow, .. } => Err(ApiError::MethodNotAllowed {
                 method: request.method().to_string(),
                 allow,
@@ -190,42 +157,5 @@ impl Dispatch {
                 path: path.to_owned(),
             }),
         }
-    }
-}
-
-/// Renders `error` as problem details, with the headers its status calls
-/// for (`Retry-After`, `Allow`). Headers a handler added before it failed
-/// stay: `X-Caught-Up` on a 404 after a `min_seq` wait is meant. (Handlers
-/// add their success headers only once they cannot fail.)
-fn problem(error: &ApiError, request_id: RequestId<'_>, response: &mut Response) {
-    response.set_status(error.status());
-    response.add_header("Content-Type", "application/problem+json");
-    match error {
-        ApiError::QueueFull { .. }
-        | ApiError::TooManyConnections { .. }
-        | ApiError::StorageUnavailable
-        | ApiError::NotReady(NotReady::StorageUnavailable { .. }) => {
-            response.add_header("Retry-After", "1");
-        }
-        ApiError::MethodNotAllowed { allow, .. } => {
-            response.add_header("Allow", allow);
-        }
-        _ => {}
-    }
-    let body = response.body_mut();
-    body.clear();
-    error.write_json(&request_id, body);
-}
-
-/// The `events_rejected_total` reason for an error answered on `/events`.
-fn reject_reason(error: &ApiError) -> RejectReason {
-    match error {
-        ApiError::PayloadTooLarge { .. } => RejectReason::TooLarge,
-        ApiError::UnsupportedMediaType { .. } => RejectReason::UnsupportedType,
-        ApiError::QueueFull { .. } => RejectReason::QueueFull,
-        ApiError::ShuttingDown => RejectReason::ShuttingDown,
-        ApiError::StorageUnavailable => RejectReason::StorageUnavailable,
-        ApiError::ProductLimit { .. } => RejectReason::ProductLimit,
-        _ => RejectReason::Validation,
     }
 }

@@ -18,9 +18,11 @@
 //! the ones standing by, so that when no connection works they take (and
 //! refuse with 503 `storage_unavailable`) what was posted just before;
 //! from then on `POST /events` answers 503 at once without posting (see
-//! `Durable::submit`), and `/readyz` 503 with the reason.
+//! `Durable::submit_with_reply`), and `/readyz` 503 with the reason.
 //!
-//! Every ticket is answered, whatever happens: after the commit, after a
+//! Each event's client is answered from here (its `Reply` writes the HTTP
+//! answer on this thread; the connection's thread meanwhile reads the
+//! connection's next request), whatever happens: after the commit, after a
 //! failed one (503 `storage_unavailable`: the events may or may not have
 //! been committed, and a client that retries with its `event_id` gets
 //! `duplicate` if they were), at shutdown (503 `shutting_down`), and if
@@ -113,7 +115,7 @@ pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
         SubmitError::ShuttingDown
     };
     for pending in shared.mailbox.stop() {
-        pending.ticket.answer(Err(answer));
+        pending.waiter.answer(Err(answer));
     }
     committed
 }
@@ -184,11 +186,11 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             shared.mailbox.put_back(batch);
             continue;
         }
-        let (submissions, tickets): (Vec<Submission>, Vec<_>) =
-            batch.into_iter().map(|p| (p.submission, p.ticket)).unzip();
+        let (submissions, waiters): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.waiter)).unzip();
         // From here on every one of these threads gets an answer, even if
         // this cycle panics.
-        let waiting = Waiting(tickets);
+        let waiting = Waiting(waiters);
         let refuse = |e: SubmitError| submissions.iter().map(|_| Err(e)).collect();
 
         let answers = if submissions.is_empty() {

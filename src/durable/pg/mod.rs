@@ -41,14 +41,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::commit::{Health, lock, post_and_wait};
+use super::commit::{Health, Reply, lock, post_with_reply};
 use super::handoff::Mailbox;
 use super::{Committed, StorageError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::ProductUpdate;
 use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError, Submitted};
+use crate::queue::{Intake, SubmitError};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 use database::{Database, Snapshot};
@@ -237,26 +237,29 @@ pub struct Durable {
 }
 
 impl Durable {
-    /// `POST /events`: waits until the event is committed, or refuses it at
-    /// once while commits fail.
-    pub fn submit(
+    /// `POST /events`: `reply` is called once the event is committed (by
+    /// the committer that committed it), or at once, here, while commits
+    /// fail or the committers are behind.
+    pub fn submit_with_reply(
         &self,
         update: ProductUpdate,
         request_id: OwnedRequestId,
-    ) -> Result<Submitted, SubmitError> {
+        reply: Reply,
+    ) {
         let shared = &self.committer;
         if shared.health.is_failing() {
-            return Err(SubmitError::StorageUnavailable);
+            return reply(Err(SubmitError::StorageUnavailable));
         }
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();
-        post_and_wait(
+        post_with_reply(
             &shared.mailbox,
             &shared.health,
             capacity,
             update,
             request_id,
-        )
+            reply,
+        );
     }
 
     /// Why commits, or reads of the journal, fail right now.

@@ -1,7 +1,7 @@
 //! PATCHED (product-update-service): the inline server (`tiny_http::inline`)
 //! over real sockets: keep-alive and closing, pipelining, bodies (length,
 //! chunked, `Expect: 100-continue`, unread), every refusal, the limits, a
-//! panicking handler, and stopping.
+//! panicking handler, stopping, and answers deferred to another thread.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tiny_http::inline::{self, BodyError, Handler, Rejection, Request, Response};
+use tiny_http::inline::{self, BodyError, Deferred, Handler, Rejection, Request, Response};
 
 /// The longest any test waits for something before failing.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -19,11 +19,15 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// Answers `METHOD URL` and the body it read, as plain text. Paths:
 /// `/panic` panics; `/noread` answers without reading the body; `/gate`
 /// waits until the test opens the gate; `/body-limit` reads at most 10
-/// bytes.
+/// bytes; `/defer...` reads the body and defers the answer, handing it to
+/// the test (`deferred`), and `/defer-panic` panics after that.
 struct Echo {
     gate: Mutex<Option<mpsc::Receiver<()>>>,
     entered: Mutex<Option<mpsc::Sender<()>>>,
     refusals: Mutex<Vec<Rejection>>,
+    deferred: Mutex<Option<mpsc::Sender<(Deferred, String)>>>,
+    /// The URL of every request handled, in order.
+    handled: Mutex<Vec<String>>,
 }
 
 impl Echo {
@@ -32,6 +36,8 @@ impl Echo {
             gate: Mutex::new(None),
             entered: Mutex::new(None),
             refusals: Mutex::new(Vec::new()),
+            deferred: Mutex::new(None),
+            handled: Mutex::new(Vec::new()),
         }
     }
 }
@@ -39,6 +45,25 @@ impl Echo {
 impl Handler for Echo {
     fn handle(&self, request: &mut Request<'_>, response: &mut Response) {
         let line = format!("{} {}", request.method(), request.url());
+        self.handled.lock().unwrap().push(request.url().to_owned());
+        if request.url().starts_with("/defer") {
+            let body = request.read_body(1 << 20).map(<[u8]>::to_vec).unwrap();
+            let deferred = request.defer();
+            let text = format!("{line}\n{}", String::from_utf8(body).unwrap());
+            let to = self
+                .deferred
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("a test taking deferred answers");
+            to.send((deferred, text)).unwrap();
+            if request.url() == "/defer-panic" {
+                panic!("a deliberate handler panic after deferring");
+            }
+            // Ignored: the answer is the deferred one.
+            response.set_status(418);
+            return;
+        }
         let body = match request.url() {
             "/panic" => panic!("a deliberate handler panic"),
             "/noread" => Ok(Vec::new()),
@@ -85,6 +110,23 @@ struct TestServer {
     server: inline::Server,
     echo: Arc<Echo>,
     open: Arc<AtomicUsize>,
+}
+
+impl TestServer {
+    /// Where `/defer` requests hand their answers.
+    fn take_deferred(&self) -> mpsc::Receiver<(Deferred, String)> {
+        let (to, from) = mpsc::channel();
+        *self.echo.deferred.lock().unwrap() = Some(to);
+        from
+    }
+}
+
+/// Answers a deferred request with 200 and `text`, as the handler would.
+fn answer_text(deferred: Deferred, text: &str) {
+    deferred.answer(|response| {
+        response.add_header("Content-Type", "text/plain");
+        response.set_body(text.as_bytes());
+    });
 }
 
 fn start(config: inline::Config) -> TestServer {
@@ -495,4 +537,193 @@ fn stop_closes_idle_connections_finishes_requests_in_hand_and_refuses_new_ones()
         "a new connection was accepted after stop"
     );
     busy.shutdown(Shutdown::Both).ok();
+}
+
+#[test]
+fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
+    let t = start(quick());
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    // Keep-alive: answered from this thread, and the connection goes on.
+    for i in 0..3 {
+        write!(s, "POST /defer HTTP/1.1\r\nContent-Length: 1\r\n\r\n{i}").unwrap();
+        let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+        answer_text(answer, &text);
+        let a = read_answer(&mut s);
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, format!("POST /defer\n{i}").as_str())
+        );
+        assert_eq!(a.header("Connection"), None);
+        assert!(a.header("Date").is_some());
+    }
+    // Pipelined behind a deferred answer: a request is handled, and
+    // answered, only after it.
+    s.write_all(b"GET /a HTTP/1.1\r\n\r\nPOST /defer HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET /b HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(read_answer(&mut s).body, "GET /a\n");
+    assert!(
+        !t.echo.handled.lock().unwrap().contains(&"/b".to_owned()),
+        "a request was handled before the deferred answer ahead of it"
+    );
+    answer_text(answer, &text);
+    assert_eq!(read_answer(&mut s).body, "POST /defer\nx");
+    assert_eq!(read_answer(&mut s).body, "GET /b\n");
+    // HEAD: the length, no body.
+    s.write_all(b"HEAD /defer HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
+    answer_text(answer, "12345");
+    let mut head = [0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("GET /c\n") {
+        let n = s.read(&mut head).unwrap();
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&head[..n]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.contains("Content-Length: 5\r\n"),
+        "{got}"
+    );
+    assert!(
+        !got.contains("12345"),
+        "a body in the answer to HEAD: {got}"
+    );
+    // HTTP/1.0 with keep-alive keeps it; the last request closes.
+    s.write_all(b"POST /defer HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    answer_text(answer, &text);
+    assert_eq!(read_answer(&mut s).header("Connection"), Some("keep-alive"));
+    s.write_all(b"POST /defer HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    answer_text(answer, &text);
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
+    assert!(closed(&mut s));
+    t.server.stop();
+}
+
+#[test]
+fn an_answer_that_asks_to_close_closes_and_one_given_at_once_is_written_too() {
+    let t = start(quick());
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    // Answered before the handler has even returned.
+    let (to, from) = mpsc::channel();
+    *t.echo.deferred.lock().unwrap() = Some(to);
+    let answerer = thread::spawn(move || {
+        let (answer, text) = from.recv_timeout(DEADLINE).unwrap();
+        answer_text(answer, &text);
+        let (answer, text) = from.recv_timeout(DEADLINE).unwrap();
+        answer.answer(|response| {
+            response.set_body(text.as_bytes());
+            response.close_after();
+        });
+    });
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).status, 200);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
+    assert!(closed(&mut s));
+    answerer.join().unwrap();
+    drop(deferred);
+    t.server.stop();
+}
+
+#[test]
+fn a_deferred_answer_dropped_unanswered_is_a_500_and_a_handler_panic_cancels_it() {
+    let t = start(quick());
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
+    drop(answer);
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (500, Some("close")));
+    assert!(closed(&mut s));
+
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer-panic HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (500, Some("close")));
+    assert!(closed(&mut s));
+    // Too late: dropped, nothing more is written.
+    answer_text(answer, &text);
+    t.server.stop();
+}
+
+#[test]
+fn a_client_that_does_not_read_never_blocks_the_answering_thread() {
+    // Longer than DEADLINE: a write that blocked on the client would fail
+    // the test rather than time out and let it pass.
+    let t = start(inline::Config {
+        socket_timeout: DEADLINE * 2,
+        ..quick()
+    });
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
+    // Far more than the socket buffers on both sides hold.
+    let big = "z".repeat(64 << 20);
+    let (done, answered) = mpsc::channel();
+    let answerer = thread::spawn(move || {
+        answer_text(answer, &big);
+        done.send(()).unwrap();
+    });
+    answered
+        .recv_timeout(DEADLINE)
+        .expect("answer() to return while the client reads nothing");
+    answerer.join().unwrap();
+    // The connection's thread writes the rest, then closes.
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.body.len()), (200, 64 << 20));
+    assert!(closed(&mut s));
+    t.server.stop();
+}
+
+#[test]
+fn stop_waits_for_a_released_answer_then_closes_its_connection() {
+    let t = start(quick());
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    // Released: the connection's thread is reading again by now, or soon.
+    let server = t.server;
+    let stopper = thread::spawn(move || server.stop());
+    assert!(!stopper.is_finished(), "stop returned with an answer owed");
+    answer_text(answer, &text);
+    let a = read_answer(&mut s);
+    assert_eq!(a.body, "POST /defer\n");
+    assert!(closed(&mut s));
+    stopper.join().unwrap();
+}
+
+#[test]
+fn a_connection_whose_deferred_answer_was_written_is_idle_for_stop() {
+    // Longer than DEADLINE: a connection left busy after its answer would
+    // keep `stop` (and the read below) waiting past it.
+    let t = start(inline::Config {
+        keep_alive_timeout: DEADLINE * 2,
+        ..quick()
+    });
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    answer_text(answer, &text);
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (200, None));
+    // Closed by `stop` (or, if it came between the write and the mark, by
+    // the answerer), long before the keep-alive timeout.
+    let stopped = t.server.stop();
+    assert!(stopped.idle_closed <= 1);
+    assert!(closed(&mut s), "the connection stayed open after stop");
 }

@@ -7,6 +7,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::deferred::{Finished, Released, Slot};
 use super::gate;
 use super::head::{self, Head};
 use super::io::{Io, Wait};
@@ -39,8 +40,8 @@ enum NoHead {
 }
 
 pub(crate) fn serve(
-    shared: &Shared,
-    entry: &Entry,
+    shared: &Arc<Shared>,
+    entry: &Arc<Entry>,
     stream: Arc<TcpStream>,
     remote_addr: Option<SocketAddr>,
     buffers: &mut Buffers,
@@ -57,8 +58,24 @@ pub(crate) fn serve(
         config.socket_timeout,
         config.keep_alive_timeout,
     );
+    // An answer released to another thread (see `deferred.rs`): written
+    // by it while this thread reads the next request.
+    let mut released: Option<Arc<Slot>> = None;
     let linger = loop {
-        let head_len = match read_head(&mut io, config.max_head_bytes, config.head_timeout) {
+        let head = read_head(&mut io, config.max_head_bytes, config.head_timeout);
+        // Nothing goes out, and the connection does not close, before the
+        // released answer is written.
+        if let Some(slot) = released.take() {
+            match slot.finish() {
+                Finished::KeepOpen => {}
+                Finished::Close => break false,
+                Finished::Rest(rest) => {
+                    io.output().extend_from_slice(&rest);
+                    break false;
+                }
+            }
+        }
+        let head_len = match head {
             Ok(len) => len,
             Err(NoHead::Quiet) => break false,
             Err(NoHead::Refuse(rejection)) => {
@@ -100,31 +117,61 @@ pub(crate) fn serve(
             continue_pending: framing.expect_continue,
             scratch: &mut buffers.scratch,
             remote_addr,
+            shared,
+            entry,
+            deferred: None,
         };
         let handled = panic::catch_unwind(AssertUnwindSafe(|| {
             shared.handler.handle(&mut request, response)
         }));
         let body_done = request.body_done();
+        let deferred = request.deferred.take();
         let with_body = *head.method() != Method::Head;
-        let close = framing.last_request
+        let mut close = framing.last_request
             || !body_done
             || handled.is_err()
             || response.wants_close()
             || shared.gate.is_stopping();
-        if handled.is_err() {
-            log::error!(
-                "inline server: the handler panicked; answering 500 and closing the connection"
-            );
-            response.reset();
-            response.set_status(500);
-        }
-        let connection = if close {
-            Some("close")
-        } else if framing.keep_alive_1_0 {
+        let keep_alive = if framing.keep_alive_1_0 {
             Some("keep-alive")
         } else {
             None
         };
+        if handled.is_err() {
+            log::error!(
+                "inline server: the handler panicked; answering 500 and closing the connection"
+            );
+            if let Some(slot) = &deferred {
+                slot.cancel();
+            }
+            response.reset();
+            response.set_status(500);
+        } else if let Some(slot) = deferred {
+            // Answered later, by another thread (see `deferred.rs`). When
+            // the connection ends with this answer, or cannot be written
+            // to without blocking from there, this thread waits for it.
+            let given = if close || !cfg!(unix) {
+                slot.wait()
+            } else {
+                // Earlier pipelined answers go first.
+                if io.flush().is_err() {
+                    slot.cancel();
+                    break false;
+                }
+                match slot.release(keep_alive) {
+                    Released::ToAnswerer => {
+                        // Still busy for `stop` until the answerer has
+                        // written it and marked the connection idle.
+                        released = Some(slot);
+                        continue;
+                    }
+                    Released::Given(given) => given,
+                }
+            };
+            *response = given;
+            close = close || response.wants_close() || shared.gate.is_stopping();
+        }
+        let connection = if close { Some("close") } else { keep_alive };
         response.write_to(io.output(), with_body, connection);
         if close {
             break !body_done;

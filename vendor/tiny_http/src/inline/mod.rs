@@ -46,6 +46,7 @@
 
 mod chunked;
 mod connection;
+mod deferred;
 mod gate;
 mod head;
 mod io;
@@ -58,6 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::chunked::ChunkedReader;
+pub use self::deferred::Deferred;
 pub use self::request::{Body, BodyError, Request};
 pub use self::response::Response;
 pub use self::server::{Server, Stopped};

@@ -14,11 +14,14 @@ use std::convert::TryFrom;
 use std::fmt;
 use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::chunked::Chunked;
+use super::deferred::{Deferred, Slot};
 use super::head::Head;
 use super::io::{Io, Wait};
+use super::server::{Entry, Shared};
 use crate::common::{HTTPVersion, Method};
 
 /// How far the body has been read.
@@ -48,6 +51,10 @@ pub struct Request<'c> {
     /// Where `read_body` collects a body that is not all buffered already.
     pub(crate) scratch: &'c mut Vec<u8>,
     pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) shared: &'c Arc<Shared>,
+    pub(crate) entry: &'c Arc<Entry>,
+    /// Set by [`Request::defer`].
+    pub(crate) deferred: Option<Arc<Slot>>,
 }
 
 /// Why [`Request::read_body`] could not return the body.
@@ -138,6 +145,24 @@ impl<'c> Request<'c> {
     /// True once the body has been read to its end (or there is none).
     pub fn body_done(&self) -> bool {
         self.body == BodyState::Done
+    }
+
+    /// Answers this request later, from any thread, with
+    /// [`Deferred::answer`] (see `deferred.rs`): the handler returns at
+    /// once and what it put in its `response` is not used. Read the body
+    /// first: with a body left unread the connection closes after the
+    /// answer. A request is deferred at most once (a second call panics:
+    /// a bug in the handler, answered 500 like any panic).
+    pub fn defer(&mut self) -> Deferred {
+        assert!(self.deferred.is_none(), "a request deferred twice");
+        let slot = Arc::new(Slot::new(
+            Arc::clone(&self.io.stream),
+            Arc::clone(self.entry),
+            Arc::clone(self.shared),
+            *self.head.method() != Method::Head,
+        ));
+        self.deferred = Some(Arc::clone(&slot));
+        Deferred::new(slot)
     }
 
     pub fn remote_addr(&self) -> Option<&SocketAddr> {

@@ -17,7 +17,7 @@ use super::head::{has_control, is_token};
 use crate::common::StatusCode;
 
 /// An answer being built. See the module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Response {
     status: u16,
     headers: Vec<u8>,
