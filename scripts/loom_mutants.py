@@ -44,15 +44,6 @@ MUTANTS = [
         SERVICE,
     ),
     (
-        "handoff: answer wakes the thread before the answer is in",
-        "src/durable/handoff.rs",
-        [(
-            "        *self.slot() = Some(answer);\n        self.thread.unpark();\n",
-            "        self.thread.unpark();\n        *self.slot() = Some(answer);\n",
-        )],
-        SERVICE,
-    ),
-    (
         "handoff: finish wakes only one of two sleeping committers",
         "src/durable/handoff.rs",
         [(

@@ -85,15 +85,6 @@ pub fn wait_for_bell<'a, T>(
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres", loom))]
-/// `thread::park`.
-pub fn park() {
-    #[cfg(not(loom))]
-    std::thread::park();
-    #[cfg(loom)]
-    loom::thread::park();
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `thread::yield_now`.
 pub fn yield_now() {
     #[cfg(not(loom))]

@@ -330,3 +330,156 @@ fn versions_decide_which_write_wins_and_stale_ones_are_skipped_and_counted() {
     }
     server.shutdown();
 }
+
+// How answers reach their clients. In the durable suites every 202 below
+// is written by the committer, not by the connection's thread (see
+// `tiny_http::inline::Deferred`); these hold in every mode.
+
+/// A POST as one pipelined request on a raw connection.
+fn raw_post(body: &str) -> String {
+    format!(
+        "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The answers in `text`, in order: each status and, for a 202, its seq.
+fn answers(text: &str) -> Vec<(u16, Option<u64>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("HTTP/1.1 ") {
+        let reply = &rest[start..];
+        let (head, after) = reply.split_once("\r\n\r\n").expect("a whole head");
+        let status: u16 = head[9..12].parse().expect("a status");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |n| n.trim().parse().expect("a length"));
+        let body = &after[..length];
+        let seq = (status == 202).then(|| {
+            serde_json::from_str::<serde_json::Value>(body).expect("JSON")["seq"]
+                .as_u64()
+                .expect("seq")
+        });
+        out.push((status, seq));
+        rest = &after[length..];
+    }
+    out
+}
+
+#[test]
+fn pipelined_posts_are_answered_in_order() {
+    let server = TestServer::start(test_config());
+    let mut requests: String = (0..20)
+        .map(|i| raw_post(&format!(r#"{{"product_id":"pipe","stock":{i}}}"#)))
+        .collect();
+    requests.push_str("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let text = common::raw_exchange(server.running.local_addr(), requests.as_bytes());
+    let got = answers(&text);
+    assert_eq!(got.len(), 21, "{text}");
+    assert!(
+        got[..20].iter().all(|(status, _)| *status == 202),
+        "{got:?}"
+    );
+    assert_eq!(got[20].0, 200, "the GET after the POSTs: {got:?}");
+    let seqs: Vec<u64> = got[..20].iter().filter_map(|(_, seq)| *seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "answers out of order: {seqs:?}"
+    );
+    let last = seqs[19];
+    let r = server.get(&format!("/products/pipe?min_seq={last}"));
+    assert_eq!(r.json()["stock"], 19, "{}", r.body);
+    server.shutdown();
+}
+
+/// A client that pipelines POSTs and reads none of the answers: its
+/// answers pile up in its own connection, and nobody else waits for them
+/// (in the durable modes the committer, which answers every client, never
+/// blocks on this one's socket).
+#[test]
+fn a_client_that_reads_no_answers_holds_up_nobody() {
+    let server = TestServer::start(Config {
+        // Longer than the test's deadline: anything that blocked on the
+        // client's socket would fail the test rather than time out.
+        socket_timeout: DEADLINE * 3,
+        ..test_config()
+    });
+    let mut hostile = std::net::TcpStream::connect(server.running.local_addr()).expect("connect");
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let batch = raw_post(r#"{"product_id":"deaf","stock":1}"#).repeat(200);
+    let mut sent = 0usize;
+    let started = Instant::now();
+    // Until the service stops reading it: the answers fill the socket's
+    // buffers, its thread is stuck writing them, and the requests back up.
+    while sent < 256 * 1024 * 1024 && started.elapsed() < DEADLINE {
+        match std::io::Write::write(&mut hostile, batch.as_bytes()) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let accepted = server.post_event(r#"{"product_id":"other","stock":2}"#);
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    assert_eq!(server.get("/healthz").status, 200);
+    drop(hostile);
+    server.shutdown();
+}
+
+/// Shutdown while POSTs are in flight on several connections: every
+/// connection gets whole answers and is closed, and every 202 a client
+/// read is one the service counts as accepted.
+#[test]
+fn shutdown_in_the_middle_of_pipelined_posts_answers_every_one_it_took() {
+    let server = TestServer::start(test_config());
+    let addr = server.running.local_addr();
+    let (first_answer, started) = mpsc::channel();
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let first_answer = first_answer.clone();
+            thread::spawn(move || {
+                let requests: String = (0..200)
+                    .map(|i| raw_post(&format!(r#"{{"product_id":"s{c}","stock":{i}}}"#)))
+                    .collect();
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                std::io::Write::write_all(&mut stream, requests.as_bytes()).expect("send");
+                let mut text = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match std::io::Read::read(&mut stream, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if text.is_empty() {
+                                let _ = first_answer.send(());
+                            }
+                            text.extend_from_slice(&buf[..n]);
+                        }
+                        Err(e) => panic!("client {c}: not closed by shutdown: {e}"),
+                    }
+                }
+                answers(&String::from_utf8(text).expect("UTF-8"))
+            })
+        })
+        .collect();
+    for _ in 0..6 {
+        started.recv_timeout(DEADLINE).expect("a first answer");
+    }
+    let report = server.shutdown();
+    let mut accepted = 0;
+    for client in clients {
+        let got = client.join().expect("a client");
+        assert!(
+            got.iter()
+                .all(|(status, _)| *status == 202 || *status == 503),
+            "{got:?}"
+        );
+        accepted += got.iter().filter(|(status, _)| *status == 202).count() as u64;
+    }
+    assert!(accepted > 0);
+    assert_eq!(
+        report.accepted, accepted,
+        "202s read by the clients against the service's count"
+    );
+}

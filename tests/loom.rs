@@ -21,10 +21,42 @@ use std::time::{Duration, Instant};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
-use product_update_service::durable::handoff::{Mailbox, Refused, Ticket};
+use product_update_service::durable::handoff::{Mailbox, Refused};
 use product_update_service::model::ProductUpdate;
 use product_update_service::progress::{DoneOnDrop, Progress};
 use product_update_service::queue::{Intake, SubmitError};
+
+/// What the models post: a ticket its poster parks on until a committer
+/// (or the stop) puts the answer in. (The service posts an event with the
+/// reply that answers its client; the mailbox's protocol is the same.)
+struct Ticket<T> {
+    answer: loom::sync::Mutex<Option<T>>,
+    thread: thread::Thread,
+}
+
+impl<T> Ticket<T> {
+    fn new() -> Ticket<T> {
+        Ticket {
+            answer: loom::sync::Mutex::new(None),
+            thread: thread::current(),
+        }
+    }
+
+    /// Parks until the answer is in (an unpark before the park is kept).
+    fn wait(&self) -> T {
+        loop {
+            if let Some(answer) = self.answer.lock().unwrap().take() {
+                return answer;
+            }
+            thread::park();
+        }
+    }
+
+    fn answer(&self, answer: T) {
+        *self.answer.lock().unwrap() = Some(answer);
+        self.thread.unpark();
+    }
+}
 
 fn event(product_id: &str) -> ProductUpdate {
     ProductUpdate {

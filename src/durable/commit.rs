@@ -1,89 +1,49 @@
-//! What a connection thread waiting for a commit shares with a committer,
-//! in both durable backends: its [`Pending`] event and who is told the
-//! answer (a [`Waiter`]: the ticket a connection thread parks on, or a
-//! [`Reply`] that answers the client from the committer's thread), the
-//! [`Waiting`] guard that answers every event of a batch whatever happens,
-//! and [`Health`], which says whether writes work.
+//! What a client waiting for a commit shares with a committer, in both
+//! durable backends: its [`Pending`] event and the [`Reply`] that answers
+//! it (from the committer's thread: the connection's thread has gone on
+//! reading its connection), the [`Waiting`] guard that answers every event
+//! of a batch whatever happens, and [`Health`], which says whether writes
+//! work.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use std::time::Instant;
 
 use super::RETRY_INTERVAL;
-use super::handoff::{Mailbox, Refused, Ticket};
+use super::handoff::{Mailbox, Refused};
 use crate::model::ProductUpdate;
 use crate::queue::{Submission, SubmitError};
 use crate::request_id::OwnedRequestId;
 
 pub use super::{Answer, Reply};
 
-/// Who is told an event's answer.
-pub enum Waiter {
-    /// A connection thread parked on this ticket.
-    Parked(Arc<Ticket<Answer>>),
-    /// A connection thread that went on reading its connection.
-    Reply(Reply),
-}
-
-impl Waiter {
-    pub fn answer(self, answer: Answer) {
-        match self {
-            Waiter::Parked(ticket) => ticket.answer(answer),
-            Waiter::Reply(reply) => reply(answer),
-        }
-    }
-}
-
-/// An event and who waits for its answer.
+/// An event and the reply that answers its client.
 pub struct Pending {
     pub submission: Submission,
-    pub waiter: Waiter,
+    pub reply: Reply,
 }
 
-/// Why a post was refused, as the client is told.
-fn refusal(refused: Refused, health: &Health, capacity: usize) -> SubmitError {
-    match refused {
-        Refused::Full => SubmitError::Full { capacity },
-        Refused::Closed if health.is_failing() => SubmitError::StorageUnavailable,
-        Refused::Closed => SubmitError::ShuttingDown,
-    }
-}
-
-fn submission(update: ProductUpdate, request_id: OwnedRequestId) -> Submission {
-    Submission {
-        update,
-        request_id,
-        accepted_at: Instant::now(),
+/// Calls `reply` with `answer`. A reply renders and writes an HTTP answer
+/// on the committer's thread; a bug there must cost that one answer (its
+/// client gets a 500: the reply's deferred answer is dropped), not the
+/// committer.
+pub fn answer(reply: Reply, answer: Answer) {
+    if panic::catch_unwind(AssertUnwindSafe(|| reply(answer))).is_err() {
+        log::error!(
+            "storage: answering a client panicked (a bug; see the panic above); it was answered 500"
+        );
     }
 }
 
 /// A connection thread's side of the hand-off: posts the event in the
-/// committers' `mailbox` and parks until it is answered. Refused at once
+/// committers' `mailbox`; `reply` is called with the answer by the
+/// committer that commits it, or at once, here, if the post is refused:
 /// when `capacity` events wait already (503 `queue_full`: the committer is
 /// behind) or after shutdown began (`shutting_down`, or
 /// `storage_unavailable` if writes were failing).
-pub fn post_and_wait(
-    mailbox: &Mailbox<Pending>,
-    health: &Health,
-    capacity: usize,
-    update: ProductUpdate,
-    request_id: OwnedRequestId,
-) -> Answer {
-    let ticket = Arc::new(Ticket::new());
-    let pending = Pending {
-        submission: submission(update, request_id),
-        waiter: Waiter::Parked(Arc::clone(&ticket)),
-    };
-    match mailbox.post(pending, capacity) {
-        Ok(()) => ticket.wait(),
-        Err(refused) => Err(refusal(refused, health, capacity)),
-    }
-}
-
-/// As [`post_and_wait`], without waiting: `reply` is called with the
-/// answer, by a committer, or at once here if the post is refused.
-pub fn post_with_reply(
+pub fn post(
     mailbox: &Mailbox<Pending>,
     health: &Health,
     capacity: usize,
@@ -92,13 +52,20 @@ pub fn post_with_reply(
     reply: Reply,
 ) {
     let pending = Pending {
-        submission: submission(update, request_id),
-        waiter: Waiter::Reply(reply),
+        submission: Submission {
+            update,
+            request_id,
+            accepted_at: Instant::now(),
+        },
+        reply,
     };
     if let Err((refused, pending)) = mailbox.offer(pending, capacity) {
-        pending
-            .waiter
-            .answer(Err(refusal(refused, health, capacity)));
+        let refusal = match refused {
+            Refused::Full => SubmitError::Full { capacity },
+            Refused::Closed if health.is_failing() => SubmitError::StorageUnavailable,
+            Refused::Closed => SubmitError::ShuttingDown,
+        };
+        answer(pending.reply, Err(refusal));
     }
 }
 
@@ -221,25 +188,25 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Who waits for the events of the batch being committed: answered with
-/// their results by [`Waiting::answer`], or, if the cycle unwinds from a
-/// panic first, with 503 `storage_unavailable` (the events may have been
-/// committed: the next start applies them, and a client that retries them
-/// with their `event_id` gets `duplicate`).
-pub struct Waiting(pub Vec<Waiter>);
+/// The replies of the batch being committed: answered with their results
+/// by [`Waiting::answer`], or, if the cycle unwinds from a panic first,
+/// with 503 `storage_unavailable` (the events may have been committed: the
+/// next start applies them, and a client that retries them with their
+/// `event_id` gets `duplicate`).
+pub struct Waiting(pub Vec<Reply>);
 
 impl Waiting {
     pub fn answer(mut self, answers: Vec<Answer>) {
-        for (waiter, answer) in self.0.drain(..).zip(answers) {
-            waiter.answer(answer);
+        for (reply, result) in self.0.drain(..).zip(answers) {
+            answer(reply, result);
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        for waiter in self.0.drain(..) {
-            waiter.answer(Err(SubmitError::StorageUnavailable));
+        for reply in self.0.drain(..) {
+            answer(reply, Err(SubmitError::StorageUnavailable));
         }
     }
 }

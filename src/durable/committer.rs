@@ -2,8 +2,11 @@
 //! with the connection threads and the workers:
 //!
 //! - the [`Mailbox`] (commit and fsync modes): a connection thread posts
-//!   its event with a [`Ticket`] and parks until the ticket has an answer
-//!   (the hand-off protocol is in `handoff.rs`, model-checked);
+//!   its event with the reply that answers its client, and goes on to read
+//!   its connection's next request; this thread calls the reply, which
+//!   writes the HTTP answer, once the event is committed (the hand-off
+//!   protocol is in `handoff.rs`, model-checked; the deferred answer in
+//!   the vendored tiny_http's `inline/deferred.rs`);
 //! - `applied`: workers put the id of each product they applied, before
 //!   they report the seq done to the watermark;
 //! - in async mode, the intake's idempotency window, read at each products
@@ -19,7 +22,7 @@
 //! is written once, and a commit of events in between writes only the
 //! journal's last page.
 //!
-//! Every ticket is answered, whatever happens: after the commit, after a
+//! Every event is answered, whatever happens: after the commit, after a
 //! failed one (503 `storage_unavailable`), at shutdown (503
 //! `shutting_down`), and if the committer itself panics (503
 //! `storage_unavailable`, and the store reports itself unavailable for
@@ -30,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::commit::{Health, Pending, Waiting, lock};
+use super::commit::{self, Health, Pending, Waiting, lock};
 use super::database::{Cycle, Database, JournalRow, WindowRow};
 use super::handoff::{Collected, Mailbox};
 use super::{Committed, FLUSH_INTERVAL, RETRY_INTERVAL, WAL_LIMIT};
@@ -84,7 +87,7 @@ pub fn run(shared: &Shared, mut db: Database) -> Committed {
         SubmitError::ShuttingDown
     };
     for pending in left {
-        pending.waiter.answer(Err(answer));
+        commit::answer(pending.reply, Err(answer));
     }
     committed
 }
@@ -100,11 +103,11 @@ fn cycles(shared: &Shared, db: &mut Database) -> Committed {
         let Collected { batch, finishing } = shared
             .mailbox
             .collect(last_flush + FLUSH_INTERVAL, GATHER_ROUNDS);
-        let (submissions, waiters): (Vec<Submission>, Vec<_>) =
-            batch.into_iter().map(|p| (p.submission, p.waiter)).unzip();
+        let (submissions, replies): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
         // From here on every one of these threads gets an answer, even if
         // this cycle panics.
-        let waiting = Waiting(waiters);
+        let waiting = Waiting(replies);
         let flush = finishing || last_flush.elapsed() >= FLUSH_INTERVAL;
         // The watermark before `applied`: every event up to it has put its
         // product there already (see `mod.rs`).

@@ -1,4 +1,4 @@
-//! The hand-off between the connection threads that wait for a commit and
+//! The hand-off between the connection threads that post events to commit and
 //! the committer threads that make it (SQLite's `commit` and `fsync`
 //! modes: one committer; PostgreSQL: one per connection of the pool), as
 //! a protocol of its own, with no database in it, so that `tests/loom.rs`
@@ -25,10 +25,9 @@
 //!   [`rouse`](Mailbox::rouse), and the stand-by looks again; the count of
 //!   rousings it read before deciding to wait makes a rouse in between
 //!   count too.
-//! - [`Ticket`]: where the committer puts one waiting thread's answer. The
-//!   answer is stored before the thread is unparked; the thread looks for
-//!   its answer before each park, and an unpark that comes before the park
-//!   is kept by the thread, so the answer is never missed.
+//! - What a post carries is up to the caller: the service's is the event
+//!   and the reply that answers its client (`commit.rs`); the models'
+//!   is a ticket a thread parks on.
 //!
 //! Models in `tests/loom.rs`:
 //! `a_posted_event_is_answered_whatever_the_committer_is_doing`,
@@ -39,7 +38,7 @@
 
 use std::time::Instant;
 
-use crate::sync::{self, Condvar, Mutex, MutexGuard, Thread};
+use crate::sync::{self, Condvar, Mutex, MutexGuard};
 
 /// What a connection thread leaves for the committer, and what the
 /// committer collects.
@@ -250,50 +249,5 @@ impl<T> Mailbox<T> {
 impl<T> Default for Mailbox<T> {
     fn default() -> Self {
         Mailbox::new()
-    }
-}
-
-/// Where the committer puts a waiting connection thread's answer.
-pub struct Ticket<T> {
-    answer: Mutex<Option<T>>,
-    thread: Thread,
-}
-
-impl<T> Ticket<T> {
-    /// A ticket for the calling thread.
-    pub fn new() -> Ticket<T> {
-        Ticket {
-            answer: Mutex::new(None),
-            thread: sync::current(),
-        }
-    }
-
-    fn slot(&self) -> MutexGuard<'_, Option<T>> {
-        self.answer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Parks until the answer is in. (An `unpark` before the `park` is
-    /// kept, and a spurious wake-up finds no answer and parks again.)
-    pub fn wait(&self) -> T {
-        loop {
-            if let Some(answer) = self.slot().take() {
-                return answer;
-            }
-            sync::park();
-        }
-    }
-
-    /// Gives the waiting thread its answer and wakes it.
-    pub fn answer(&self, answer: T) {
-        *self.slot() = Some(answer);
-        self.thread.unpark();
-    }
-}
-
-impl<T> Default for Ticket<T> {
-    fn default() -> Self {
-        Ticket::new()
     }
 }

@@ -106,10 +106,10 @@ pub mod url;
 /// What a client waiting for a commit is told.
 pub type Answer = Result<Submitted, SubmitError>;
 
-/// Answers a client from the thread that has the answer (PostgreSQL mode:
-/// the committer writes the HTTP answer itself, so that the connection's
-/// thread is not woken for it; see `http/handlers.rs`). Called exactly
-/// once; a reply dropped uncalled answers its client 500.
+/// Answers a client from the thread that has the answer (the committer
+/// writes the HTTP answer itself, so that the connection's thread is not
+/// woken for it; see `http/handlers.rs`). Called exactly once; a reply
+/// dropped uncalled answers its client 500.
 pub type Reply = Box<dyn FnOnce(Answer) + Send>;
 
 /// A store opened and read at startup, before the service serves:
@@ -200,9 +200,9 @@ impl Recovered {
 
 impl Durable {
     /// `POST /events`: `reply` is called with the answer once the event is
-    /// committed (or refused). PostgreSQL: by the committer, so that the
-    /// connection's thread is not woken for it (see `http/handlers.rs`);
-    /// SQLite: here, on the connection's thread, once it is.
+    /// committed (or refused): by the committer, so that the connection's
+    /// thread is not woken for it (see `http/handlers.rs`); SQLite's async
+    /// mode, which does not wait for the commit: here.
     #[cfg_attr(
         not(any(feature = "sqlite", feature = "postgres")),
         allow(unused_variables)
@@ -215,7 +215,7 @@ impl Durable {
     ) {
         match *self {
             #[cfg(feature = "sqlite")]
-            Durable::Sqlite(ref d) => reply(d.submit(update, request_id)),
+            Durable::Sqlite(ref d) => d.submit_with_reply(update, request_id, reply),
             #[cfg(feature = "postgres")]
             Durable::Postgres(ref d) => d.submit_with_reply(update, request_id, reply),
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use super::commit::{Health, lock, post_and_wait};
+use super::commit::{self, Health, Reply, lock};
 use super::committer::{self, Shared};
 use super::database::{Database, Loaded};
 use super::handoff::Mailbox;
@@ -18,7 +18,7 @@ use crate::config::{Config, Durability};
 use crate::metrics::Metrics;
 use crate::model::ProductUpdate;
 use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError, Submitted};
+use crate::queue::{Intake, SubmitError};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 
@@ -206,30 +206,35 @@ impl Checkpoints {
 }
 
 impl Durable {
-    /// `POST /events` in durable mode. Commit and fsync: waits until the
-    /// event is committed (or refused). Async: queues it as in memory mode,
-    /// unless writes are failing.
-    pub fn submit(
+    /// `POST /events` in durable mode. Commit and fsync: `reply` is called
+    /// by the committer once the event is committed (or at once if it is
+    /// refused). Async: queued as in memory mode, unless writes are
+    /// failing, and `reply` is called here.
+    pub fn submit_with_reply(
         &self,
         update: ProductUpdate,
         request_id: OwnedRequestId,
-    ) -> Result<Submitted, SubmitError> {
+        reply: Reply,
+    ) {
         let shared = &self.shared;
         if shared.mode == Durability::Async {
-            if shared.health.is_failing() {
-                return Err(SubmitError::StorageUnavailable);
-            }
-            return shared.intake.submit(update, request_id);
+            let queued = if shared.health.is_failing() {
+                Err(SubmitError::StorageUnavailable)
+            } else {
+                shared.intake.submit(update, request_id)
+            };
+            return commit::answer(reply, queued);
         }
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();
-        post_and_wait(
+        commit::post(
             &shared.mailbox,
             &shared.health,
             capacity,
             update,
             request_id,
-        )
+            reply,
+        );
     }
 
     /// A worker applied an event for `product_id`; call before reporting

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::commit::{Answer, Health, Pending, Waiting};
+use super::super::commit::{self, Answer, Health, Pending, Waiting};
 use super::super::handoff::{Collected, Mailbox};
 use super::super::url::DatabaseUrl;
 use super::super::{Committed, RETRY_INTERVAL};
@@ -115,7 +115,7 @@ pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
         SubmitError::ShuttingDown
     };
     for pending in shared.mailbox.stop() {
-        pending.waiter.answer(Err(answer));
+        commit::answer(pending.reply, Err(answer));
     }
     committed
 }
@@ -186,11 +186,11 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             shared.mailbox.put_back(batch);
             continue;
         }
-        let (submissions, waiters): (Vec<Submission>, Vec<_>) =
-            batch.into_iter().map(|p| (p.submission, p.waiter)).unzip();
+        let (submissions, replies): (Vec<Submission>, Vec<_>) =
+            batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
         // From here on every one of these threads gets an answer, even if
         // this cycle panics.
-        let waiting = Waiting(waiters);
+        let waiting = Waiting(replies);
         let refuse = |e: SubmitError| submissions.iter().map(|_| Err(e)).collect();
 
         let answers = if submissions.is_empty() {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::commit::{Health, Reply, lock, post_with_reply};
+use super::commit::{self, Health, Reply, lock};
 use super::handoff::Mailbox;
 use super::{Committed, StorageError};
 use crate::config::Config;
@@ -252,7 +252,7 @@ impl Durable {
         }
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();
-        post_with_reply(
+        commit::post(
             &shared.mailbox,
             &shared.health,
             capacity,
