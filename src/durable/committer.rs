@@ -69,7 +69,7 @@ pub struct Shared {
 }
 
 /// The committer thread's body. Returns what it committed; a panic inside
-/// is caught, every waiting thread answered, and the store marked
+/// is caught, every waiting client answered, and the store marked
 /// unavailable.
 pub fn run(shared: &Shared, mut db: Database) -> Committed {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, &mut db)));

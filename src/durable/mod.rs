@@ -27,7 +27,7 @@
 //! intake to admit the batch: under the intake lock each event gets its
 //! seq, the batch is written to the `journal` table in one transaction and
 //! committed, and only then are the events queued for the workers and the
-//! waiting threads answered 202. A failed commit answers them all 503
+//! clients answered 202 (from the committer's thread). A failed commit answers them all 503
 //! `storage_unavailable`, and no seq is used up.
 //!
 //! # What the workers write

@@ -1,7 +1,7 @@
 //! The PostgreSQL committer threads (`DB_POOL_SIZE` of them, each with its
 //! connection): each takes the events that connection threads have posted
 //! to the [`Mailbox`] as one batch, commits it (`Database::accept`), and
-//! answers every waiting thread. With two, one batch is on its way to the
+//! answers every client of the batch. With two, one batch is on its way to the
 //! database (or waiting for the seq counter) while the other commits, so
 //! the counter is never idle waiting for a round trip. Once a second the
 //! first committer also records this instance in `instances` and prunes
