@@ -451,11 +451,15 @@ fn three_instances_one_killed_agree_on_every_field() {
     );
 }
 
-/// The database stopped in the middle of a load and started again: while
-/// it is down, POST answers 503 `storage_unavailable` with `Retry-After`
-/// at once, `/readyz` 503 with the reason, `/healthz` 200; once it is back
-/// the instance carries on by itself; no acknowledged event is lost (each
-/// event is retried with its id until acknowledged, and then read back).
+/// The database crashes in the middle of a load (immediate shutdown: what
+/// its processes had not written out is gone, as in a power loss) and
+/// starts again: while it is down, POST answers 503
+/// `storage_unavailable` with `Retry-After` at once, `/readyz` 503 with
+/// the reason, `/healthz` 200; once it is back the instance carries on by
+/// itself; no acknowledged event is lost (each event is retried with its
+/// id until acknowledged, and then read back). (A change that committed
+/// asynchronously and answered after a "flush" that did not really flush
+/// lost acknowledged events here.)
 #[test]
 fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
     let server = Postgres::start();
@@ -526,7 +530,7 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
             (acked_count.load(std::sync::atomic::Ordering::SeqCst) >= 50).then_some(())
         });
         phase.store(1, std::sync::atomic::Ordering::SeqCst);
-        server.stop();
+        server.crash();
         common::wait_until("a 503 while the database is down", || {
             (refused_quickly.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(())
         });

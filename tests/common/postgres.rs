@@ -178,6 +178,16 @@ impl Postgres {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
     }
 
+    /// Crashes the server: immediate shutdown, as if the machine lost
+    /// power as far as PostgreSQL knows (no checkpoint; WAL not yet
+    /// written by its processes is gone; the next start recovers).
+    pub fn crash(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
     /// Starts it again on the same data and port.
     pub fn restart(&self) {
         self.pg_start();
