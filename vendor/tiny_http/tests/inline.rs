@@ -727,3 +727,26 @@ fn a_connection_whose_deferred_answer_was_written_is_idle_for_stop() {
     assert!(stopped.idle_closed <= 1);
     assert!(closed(&mut s), "the connection stayed open after stop");
 }
+
+#[test]
+fn an_answer_slower_than_the_keep_alive_timeout_keeps_the_connection() {
+    let keep_alive = Duration::from_millis(150);
+    let t = start(inline::Config {
+        keep_alive_timeout: keep_alive,
+        ..quick()
+    });
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+    // The answer takes longer than the keep-alive timeout (a slow
+    // commit): the connection's idle clock must not run out meanwhile.
+    thread::sleep(keep_alive * 4);
+    answer_text(answer, &text);
+    let a = read_answer(&mut s);
+    assert_eq!((a.status, a.header("Connection")), (200, None));
+    // Kept open: the next request on it is answered.
+    s.write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).body, "GET /after\n");
+    t.server.stop();
+}

@@ -32,9 +32,10 @@ const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// How reading a head ended, when it did not produce one.
 enum NoHead {
-    /// The client closed, went silent while idle, or the read failed:
-    /// nothing to answer.
+    /// The client closed, or the read failed: nothing to answer.
     Quiet,
+    /// No request began within the keep-alive timeout: nothing to answer.
+    Idle,
     /// Answer this, then close.
     Refuse(Rejection),
 }
@@ -67,17 +68,22 @@ pub(crate) fn serve(
         // released answer is written.
         if let Some(slot) = released.take() {
             match slot.finish() {
+                // The keep-alive clock started while the answer was still
+                // being made: it starts again now that the client has it.
+                Finished::KeepOpen if matches!(head, Err(NoHead::Idle)) => continue,
                 Finished::KeepOpen => {}
-                Finished::Close => break false,
+                // Lingering: input left unread when the socket closes would
+                // reset the connection, and with it the answer just sent.
+                Finished::Close => break true,
                 Finished::Rest(rest) => {
                     io.output().extend_from_slice(&rest);
-                    break false;
+                    break true;
                 }
             }
         }
         let head_len = match head {
             Ok(len) => len,
-            Err(NoHead::Quiet) => break false,
+            Err(NoHead::Quiet | NoHead::Idle) => break false,
             Err(NoHead::Refuse(rejection)) => {
                 answer_refusal(shared, &mut io, rejection, &mut buffers.response);
                 break true;
@@ -224,10 +230,13 @@ fn read_head(
         match io.fill(wait, max_head_bytes) {
             Ok(0) => return Err(NoHead::Quiet),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && deadline.is_some() => {
-                return Err(NoHead::Refuse(Rejection::HeadTimeout))
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(match deadline {
+                    Some(_) => NoHead::Refuse(Rejection::HeadTimeout),
+                    None => NoHead::Idle,
+                })
             }
-            // Idle too long, or the connection failed: nothing to answer.
+            // The connection failed: nothing to answer.
             Err(_) => return Err(NoHead::Quiet),
         }
     }

@@ -35,7 +35,12 @@
 //! The connection's thread, having read the next request's head (or its
 //! end, or a timeout), first [`Slot::finish`]es: waits, parked, until the
 //! answer is written, so answers leave in the order of the requests and a
-//! connection never closes under an answer not yet written.
+//! connection never closes under an answer not yet written. If it was the
+//! keep-alive timeout that ran out, it ran while the answer was still
+//! being made: the wait for the next request starts again. When the
+//! connection ends after a released answer, it lingers as after an unread
+//! body, so that request bytes left unread do not reset the connection
+//! and the answer with it.
 //!
 //! A `Deferred` dropped unanswered (a panic on the answering thread, a
 //! lost message) is answered with a bare 500 and the connection closed: a
@@ -47,6 +52,7 @@ use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::mem;
 use std::net::{Shutdown, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
 
@@ -62,7 +68,8 @@ pub struct Deferred {
 /// What the connection's thread and the answerer share.
 pub(crate) struct Slot {
     stage: Mutex<Stage>,
-    /// The connection's thread, unparked when the answer is in.
+    /// The connection's thread, unparked when the answer is in (the
+    /// entry's, not the caller's: `defer` may be called on another).
     thread: Thread,
     stream: Arc<TcpStream>,
     entry: Arc<Entry>,
@@ -165,7 +172,7 @@ impl Slot {
     ) -> Slot {
         Slot {
             stage: Mutex::new(Stage::Held),
-            thread: thread::current(),
+            thread: entry.thread.clone(),
             stream,
             entry,
             shared,
@@ -178,7 +185,16 @@ impl Slot {
         let mut stage = lock(self);
         match mem::replace(&mut *stage, Stage::Cancelled) {
             Stage::Held => *stage = Stage::Kept(response.clone()),
-            Stage::Released { connection } => *stage = self.write(response, connection, out),
+            Stage::Released { connection } => {
+                // The connection's thread waits for a final stage: a bug
+                // here must not leave it waiting for ever.
+                let written =
+                    panic::catch_unwind(AssertUnwindSafe(|| self.write(response, connection, out)));
+                *stage = written.unwrap_or_else(|_| {
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    Stage::Written { close: true }
+                });
+            }
             // Cancelled: the connection's thread answered already. (Kept,
             // Written and Rest cannot be: a `Deferred` answers once.)
             other => *stage = other,

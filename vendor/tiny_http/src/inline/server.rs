@@ -40,6 +40,8 @@ pub(crate) struct Entry {
     /// it.
     pub(crate) state: gate::State,
     pub(crate) stream: Arc<TcpStream>,
+    /// The thread serving it (woken when a deferred answer is written).
+    pub(crate) thread: thread::Thread,
 }
 
 pub(crate) struct Shared {
@@ -248,6 +250,7 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mu
     let entry = Arc::new(Entry {
         state: gate::new_state(),
         stream: Arc::clone(&stream),
+        thread: thread::current(),
     });
     lock(&shared.connections).insert(id, Arc::clone(&entry));
     // Idle until its first head: announced (registered), now look.
