@@ -1,6 +1,6 @@
 //! What every answer gets before it is written, whoever writes it: the
 //! connection's thread (`server.rs`, for almost every request) or the
-//! thread that had the answer (PostgreSQL mode's committer, for
+//! thread that had the answer (a durable mode's committer, for
 //! `POST /events`; see `handlers.rs`). An error becomes problem details;
 //! every answer gets its `X-Request-Id`, `Connection: close` while the
 //! service drains, its count and latency in `/metrics`, and its access

@@ -416,7 +416,6 @@ fn tag_is(text: &str, tag: &crate::store::Tag) -> bool {
     compare.same && compare.rest.is_empty()
 }
 
-/// A JSON answer: status, content type, body serialized in place.
 /// How a handler answered.
 pub enum Answered {
     /// It filled in the response.
@@ -483,6 +482,7 @@ fn refused(error: SubmitError, event_id: Option<&str>) -> ApiError {
     }
 }
 
+/// A JSON answer: status, content type, body serialized in place.
 fn reply_json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
     response.set_status(status);
     response.add_header("Content-Type", JSON);

@@ -248,7 +248,7 @@ impl Durable {
     ) {
         let shared = &self.committer;
         if shared.health.is_failing() {
-            return reply(Err(SubmitError::StorageUnavailable));
+            return commit::answer(reply, Err(SubmitError::StorageUnavailable));
         }
         // Bounded like the queue: past it the committer is behind.
         let capacity = shared.intake.capacity();

@@ -54,7 +54,7 @@ use std::mem;
 use std::net::{Shutdown, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Thread};
+use std::thread;
 
 use super::response::Response;
 use super::server::{Entry, Shared};
@@ -68,10 +68,9 @@ pub struct Deferred {
 /// What the connection's thread and the answerer share.
 pub(crate) struct Slot {
     stage: Mutex<Stage>,
-    /// The connection's thread, unparked when the answer is in (the
-    /// entry's, not the caller's: `defer` may be called on another).
-    thread: Thread,
-    stream: Arc<TcpStream>,
+    /// The connection: its socket, its state for `stop`, and its thread,
+    /// unparked when the answer is in (the entry's, not whoever called
+    /// `defer`).
     entry: Arc<Entry>,
     shared: Arc<Shared>,
     /// False for an answer to `HEAD`.
@@ -164,16 +163,9 @@ impl Drop for Deferred {
 }
 
 impl Slot {
-    pub(crate) fn new(
-        stream: Arc<TcpStream>,
-        entry: Arc<Entry>,
-        shared: Arc<Shared>,
-        with_body: bool,
-    ) -> Slot {
+    pub(crate) fn new(entry: Arc<Entry>, shared: Arc<Shared>, with_body: bool) -> Slot {
         Slot {
             stage: Mutex::new(Stage::Held),
-            thread: entry.thread.clone(),
-            stream,
             entry,
             shared,
             with_body,
@@ -191,7 +183,7 @@ impl Slot {
                 let written =
                     panic::catch_unwind(AssertUnwindSafe(|| self.write(response, connection, out)));
                 *stage = written.unwrap_or_else(|_| {
-                    let _ = self.stream.shutdown(Shutdown::Both);
+                    let _ = self.entry.stream.shutdown(Shutdown::Both);
                     Stage::Written { close: true }
                 });
             }
@@ -200,7 +192,7 @@ impl Slot {
             other => *stage = other,
         }
         drop(stage);
-        self.thread.unpark();
+        self.entry.thread.unpark();
     }
 
     /// Writes a released answer without blocking; what the connection's
@@ -213,14 +205,14 @@ impl Slot {
         response.write_to(out, self.with_body, connection);
         let mut sent = 0;
         while sent < out.len() {
-            match send_now(&self.stream, &out[sent..]) {
+            match send_now(&self.entry.stream, &out[sent..]) {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 // The client is gone: nothing more to write, ever.
                 Err(_) => {
-                    let _ = self.stream.shutdown(Shutdown::Both);
+                    let _ = self.entry.stream.shutdown(Shutdown::Both);
                     return Stage::Written { close: true };
                 }
             }
@@ -229,13 +221,13 @@ impl Slot {
             // A client that has left a socket buffer of answers unread:
             // its own thread writes the rest, bounded by the socket
             // timeout, and closes. Shutting down the read side wakes it.
-            let _ = self.stream.shutdown(Shutdown::Read);
+            let _ = self.entry.stream.shutdown(Shutdown::Read);
             return Stage::Rest(out[sent..].to_vec());
         }
         // What the connection's thread does after an answer: idle for
         // `stop` (see `gate.rs`), or woken to close.
         if close || !self.shared.gate.go_idle(&self.entry.state) {
-            let _ = self.stream.shutdown(Shutdown::Read);
+            let _ = self.entry.stream.shutdown(Shutdown::Read);
             return Stage::Written { close: true };
         }
         Stage::Written { close: false }

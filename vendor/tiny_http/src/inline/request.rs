@@ -156,7 +156,6 @@ impl<'c> Request<'c> {
     pub fn defer(&mut self) -> Deferred {
         assert!(self.deferred.is_none(), "a request deferred twice");
         let slot = Arc::new(Slot::new(
-            Arc::clone(&self.io.stream),
             Arc::clone(self.entry),
             Arc::clone(self.shared),
             *self.head.method() != Method::Head,
