@@ -201,7 +201,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             let started = Instant::now();
             let window = (shared.window_len > 0).then_some(shared.window_ttl);
             match connection.accept(&submissions, window, &shared.instance) {
-                Ok((answers, products)) => {
+                Ok(answers) => {
                     shared.health.ok(part);
                     let new = answers
                         .iter()
@@ -216,7 +216,6 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
                     let storage = &shared.metrics.storage;
                     storage.commit_seconds.observe(started.elapsed());
                     storage.commit_events.observe_count(new as u64);
-                    storage.record_products_written(products as u64);
                     answers
                 }
                 Err(e) => {

@@ -71,7 +71,7 @@ use crate::queue::{Submission, SubmitError, Submitted};
 use crate::store::{Seq, Store, Stored, WriteKey};
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// `pg_advisory_xact_lock` key of the schema preparation ("PUS1").
 const SCHEMA_LOCK: i64 = 0x5055_5331;
@@ -100,6 +100,7 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(600);
 /// values, only on the arrays' lengths.
 const SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
 
+/// The tables every version has (version 1's `events` table aside).
 const SCHEMA: &str = r#"
 CREATE TABLE schema_version (
     version    integer     NOT NULL,
@@ -110,19 +111,6 @@ CREATE TABLE seq_counter (
     last_seq bigint  NOT NULL
 );
 INSERT INTO seq_counter (last_seq) VALUES (0);
-CREATE TABLE events (
-    seq         bigint PRIMARY KEY,
-    product_id  text COLLATE "C" NOT NULL,
-    price       text,
-    stock       bigint,
-    version     numeric(20, 0),
-    event_id    text COLLATE "C",
-    request_id  text NOT NULL,
-    accepted_by text NOT NULL,
-    accepted_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX events_accepted_at ON events (accepted_at);
-CREATE INDEX events_event_id ON events (event_id) WHERE event_id IS NOT NULL;
 CREATE TABLE products (
     product_id  text COLLATE "C" PRIMARY KEY,
     price       text,
@@ -150,6 +138,48 @@ CREATE TABLE instances (
 );
 "#;
 
+/// Version 2's journal: one row per committed batch, the compaction's
+/// position, and `events`, a view with one row per event (for people
+/// and psql; the service reads `journal`). Run on a new database after
+/// `SCHEMA`, and by the upgrade from version 1, whose `products` table
+/// already holds every committed event: `through` starts at the counter.
+const JOURNAL: &str = r#"
+CREATE TABLE journal (
+    first_seq   bigint PRIMARY KEY,
+    product_ids text[] NOT NULL,
+    prices      text[] NOT NULL,
+    stocks      bigint[] NOT NULL,
+    versions    numeric(20, 0)[] NOT NULL,
+    event_ids   text[] NOT NULL,
+    request_ids text[] NOT NULL,
+    accepted_by text NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX journal_accepted_at ON journal (accepted_at);
+CREATE TABLE compaction (
+    only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    through      bigint NOT NULL,
+    compacted_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO compaction (through) SELECT last_seq FROM seq_counter;
+CREATE VIEW events AS
+SELECT j.first_seq + e.i - 1 AS seq, e.product_id, e.price, e.stock, e.version,
+       e.event_id, e.request_id, j.accepted_by, j.accepted_at
+FROM journal j,
+     unnest(j.product_ids, j.prices, j.stocks, j.versions, j.event_ids, j.request_ids)
+     WITH ORDINALITY AS e(product_id, price, stock, version, event_id, request_id, i);
+"#;
+
+/// From version 1 (one `events` row per event, `products` written by
+/// every commit) to version 2. The counter is locked first, so that no
+/// version-1 commit is in flight when `through` is read; a version-1
+/// instance still running then fails its commits (no `events` table) and
+/// reports it (`/readyz`): stop them before upgrading.
+const UPGRADE_FROM_1: &str = "
+LOCK TABLE seq_counter IN EXCLUSIVE MODE;
+DROP TABLE events;
+";
+
 /// Before a batch with event ids: which of them the window knows (and,
 /// in the same statement, the expired entries of those ids deleted, so
 /// that the write's plain INSERT does not trip on them).
@@ -162,44 +192,46 @@ SELECT event_id, seq, fingerprint FROM idempotency
 WHERE event_id = ANY($1::text[]) AND accepted_at > now() - make_interval(secs => $2::float8)";
 
 /// The commit of a batch: one statement, run on its own (its own
-/// transaction). `$1..$7` are the new events (`i` = 1, 2, ... in batch
-/// order; seq = base + i), `$8` their fingerprints, `$9` this instance,
-/// `$10..$17` the products folded from them (each field's winning event
-/// as its `i`, 0 for none), `$18` the number of events, `$19` the event
-/// ids to remember (NULL where none, or with the window off).
+/// transaction). `$1..$6` are the new events' columns (batch order: seq =
+/// base + 1, base + 2, ...), `$7` this instance, and `$8..$10` the event
+/// ids to remember (NULL where none, or with the window off) with their
+/// events' numbers `i` (seq = base + i) and fingerprints.
 const WRITE: &str = r#"
 WITH counter AS (
-    UPDATE seq_counter SET last_seq = last_seq + $18::bigint
-    RETURNING last_seq - $18::bigint AS base
-), new_events AS (
-    INSERT INTO events (seq, product_id, price, stock, version, event_id, request_id, accepted_by)
-    SELECT c.base + t.i, t.p, t.pr, t.st, t.v::numeric, t.e, t.r, $9
-    FROM counter c,
-         unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
-         AS t(i, p, pr, st, v, e, r)
+    UPDATE seq_counter SET last_seq = last_seq + cardinality($1::text[])
+    RETURNING last_seq - cardinality($1::text[]) AS base
+), journaled AS (
+    INSERT INTO journal (first_seq, product_ids, prices, stocks, versions, event_ids, request_ids, accepted_by)
+    SELECT c.base + 1, $1::text[], $2::text[], $3::bigint[], $4::text[]::numeric[], $5::text[], $6::text[], $7
+    FROM counter c
 ), new_ids AS (
     -- A plain INSERT: an id that another instance committed meanwhile
     -- fails the statement, and the committer looks the batch up again.
     INSERT INTO idempotency (event_id, seq, fingerprint)
     SELECT t.e, c.base + t.i, t.f
-    FROM counter c, unnest($19::text[], $1::bigint[], $8::bigint[]) AS t(e, i, f)
+    FROM counter c, unnest($8::text[], $9::bigint[], $10::bigint[]) AS t(e, i, f)
     WHERE t.e IS NOT NULL
-), folded AS (
-    SELECT t.id, t.pr,
-           t.prk::numeric AS price_rank,
-           CASE WHEN t.pi = 0 THEN 0 WHEN t.prk = '0' THEN c.base + t.pi ELSE -(c.base + t.pi) END AS price_order,
-           t.st,
-           t.srk::numeric AS stock_rank,
-           CASE WHEN t.si = 0 THEN 0 WHEN t.srk = '0' THEN c.base + t.si ELSE -(c.base + t.si) END AS stock_order,
-           c.base + t.li AS last_seq
-    FROM counter c,
-         unnest($10::text[], $11::text[], $12::text[], $13::bigint[],
-                $14::bigint[], $15::text[], $16::bigint[], $17::bigint[])
-         AS t(id, pr, prk, pi, st, srk, si, li)
+)
+SELECT base, pg_notify('product_update_events', (base + cardinality($1::text[]))::text) FROM counter"#;
+
+/// The compaction of journal rows into `products`: `$1..$9` the products
+/// folded from them (each field's value and write key as `(rank, order)`,
+/// the product's last seq, and the `first_seq` of the journal row that
+/// holds that event, for `updated_at` and `updated_by`), `$10` the last
+/// seq folded. The guards keep whatever is newer per field, whichever order
+/// compactions run in.
+const COMPACT: &str = r#"
+WITH folded AS (
+    SELECT t.id, t.pr, t.prk::numeric AS price_rank, t.po, t.st, t.srk::numeric AS stock_rank, t.so, t.ls,
+           j.accepted_at, j.accepted_by
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+         AS t(id, pr, prk, po, st, srk, so, ls, lb)
+    JOIN journal j ON j.first_seq = t.lb
 ), upserted AS (
     INSERT INTO products AS p (product_id, price, price_rank, price_order,
                                stock, stock_rank, stock_order, last_seq, updated_at, updated_by)
-    SELECT id, pr, price_rank, price_order, st, stock_rank, stock_order, last_seq, now(), $9
+    SELECT id, pr, price_rank, po, st, stock_rank, so, ls, accepted_at, accepted_by
     FROM folded
     ON CONFLICT (product_id) DO UPDATE SET
         price       = CASE WHEN (excluded.price_rank, excluded.price_order) > (p.price_rank, p.price_order)
@@ -215,20 +247,25 @@ WITH counter AS (
         stock_order = CASE WHEN (excluded.stock_rank, excluded.stock_order) > (p.stock_rank, p.stock_order)
                            THEN excluded.stock_order ELSE p.stock_order END,
         last_seq    = greatest(p.last_seq, excluded.last_seq),
-        updated_at  = now(),
-        updated_by  = excluded.updated_by
+        updated_at  = greatest(p.updated_at, excluded.updated_at),
+        updated_by  = CASE WHEN excluded.last_seq > p.last_seq THEN excluded.updated_by ELSE p.updated_by END
 )
-SELECT base, pg_notify('product_update_events', (base + $18::bigint)::text) FROM counter"#;
+UPDATE compaction SET through = greatest(through, $10), compacted_at = now()"#;
 
-/// The tailer's read: the counter and the journal rows after `$1`, in one
-/// snapshot.
+/// The journal rows that hold seqs after `$1`, from the one holding
+/// `$1 + 1` up to the one starting at `$1 + $2` at most, and the counter,
+/// in one snapshot (no rows: the one holding `$1 + 1` is pruned, or not
+/// committed yet).
 const TAIL: &str = "
-SELECT c.last_seq, e.seq, e.product_id, e.price, e.stock, e.version::text, e.request_id
+SELECT c.last_seq, j.first_seq, j.product_ids, j.prices, j.stocks, j.versions::text[], j.request_ids
 FROM seq_counter c
 LEFT JOIN LATERAL (
-    SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
-) e ON true
-ORDER BY e.seq";
+    SELECT * FROM journal
+    WHERE first_seq >= (SELECT max(first_seq) FROM journal WHERE first_seq <= $1::bigint + 1)
+      AND first_seq <= $1::bigint + $2::bigint
+    ORDER BY first_seq
+) j ON true
+ORDER BY j.first_seq";
 
 const PRODUCTS: &str = "
 SELECT product_id, price, price_rank::text, price_order, stock, stock_rank::text, stock_order
@@ -246,12 +283,22 @@ struct Statements {
     look_up: Statement,
     write: Statement,
     tail: Statement,
+    compact: Statement,
 }
 
 /// A consistent copy of the state: every product, and the seq it reflects.
 pub struct Snapshot {
     pub last_seq: Seq,
     pub products: Vec<(Box<str>, Stored)>,
+}
+
+/// What a compaction round did: journal rows and their events folded into
+/// product rows.
+#[derive(Default)]
+pub struct Compacted {
+    pub rows: usize,
+    pub events: usize,
+    pub products: usize,
 }
 
 /// What the tailer read: the journal rows after its position, and the
@@ -333,6 +380,19 @@ impl Database {
                 .get(0);
             return match found {
                 Some(SCHEMA_VERSION) => tx.commit().map_err(error),
+                Some(1) => {
+                    tx.batch_execute(UPGRADE_FROM_1).map_err(error)?;
+                    tx.batch_execute(JOURNAL).map_err(error)?;
+                    tx.execute(
+                        "INSERT INTO schema_version (version) VALUES ($1)",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .map_err(error)?;
+                    log::info!(
+                        "storage: postgres {url}: schema upgraded from version 1 to {SCHEMA_VERSION} (the journal is now one row per batch)"
+                    );
+                    tx.commit().map_err(error)
+                }
                 Some(found) if found > SCHEMA_VERSION => Err(PgError::UnknownSchema {
                     url: url.to_string(),
                     found,
@@ -347,6 +407,7 @@ impl Database {
             };
         }
         tx.batch_execute(SCHEMA).map_err(error)?;
+        tx.batch_execute(JOURNAL).map_err(error)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -365,12 +426,15 @@ impl Database {
             look_up: self.client.prepare(LOOK_UP)?,
             write: self.client.prepare(WRITE)?,
             tail: self.client.prepare(TAIL)?,
+            compact: self.client.prepare(COMPACT)?,
         };
         self.statements = Some(statements.clone());
         Ok(statements)
     }
 
-    /// Every product and the seq they reflect, in one snapshot.
+    /// Every product and the seq they reflect, in one snapshot: the
+    /// `products` table, as compacted through some seq, with the journal
+    /// rows after it folded in.
     pub fn snapshot(&mut self) -> Result<Snapshot, PgError> {
         let url = self.url.clone();
         let error = |e: postgres::Error| PgError::Query {
@@ -384,21 +448,63 @@ impl Database {
             .read_only(true)
             .start()
             .map_err(error)?;
-        let last: i64 = tx
-            .query_one("SELECT last_seq FROM seq_counter", &[])
-            .map_err(error)?
-            .get(0);
+        let row = tx
+            .query_one(
+                "SELECT c.last_seq, k.through FROM seq_counter c, compaction k",
+                &[],
+            )
+            .map_err(error)?;
+        let (last, through): (i64, i64) = (row.get(0), row.get(1));
         let rows = tx.query(PRODUCTS, &[]).map_err(error)?;
+        let journal = tx
+            .query(
+                "SELECT first_seq, product_ids, prices, stocks, versions::text[], request_ids
+                 FROM journal WHERE first_seq > $1 ORDER BY first_seq",
+                &[&through],
+            )
+            .map_err(error)?;
         tx.commit().map_err(error)?;
-        let mut products = Vec::with_capacity(rows.len());
+        let bad = |what: String| PgError::Query {
+            url: url.to_string(),
+            detail: what,
+        };
+        let mut compacted = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.get(0);
-            let stored = stored_from(&row).map_err(|what| PgError::Query {
-                url: url.to_string(),
-                detail: format!("products row {id:?}: {what}"),
-            })?;
-            products.push((id.into_boxed_str(), stored));
+            let stored =
+                stored_from(&row).map_err(|what| bad(format!("products row {id:?}: {what}")))?;
+            compacted.push((id.into_boxed_str(), stored));
         }
+        let mut ids: Vec<Box<str>> = compacted.iter().map(|(id, _)| id.clone()).collect();
+        let store = Store::new();
+        store.restore(compacted);
+        let mut next = through as Seq + 1;
+        for row in journal {
+            let batch = batch_from(&row, 0).map_err(bad)?;
+            if batch.first != next {
+                return Err(bad(format!(
+                    "the journal after the compaction (through seq {through}) starts at seq {} instead of {next}: a journal row is missing",
+                    batch.first
+                )));
+            }
+            for (update, _) in &batch.events {
+                store.apply(next, update);
+                ids.push(update.product_id.clone());
+                next += 1;
+            }
+        }
+        if next != last as Seq + 1 {
+            return Err(bad(format!(
+                "the journal after the compaction (through seq {through}) ends at seq {}, the counter at {last}",
+                next - 1
+            )));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let products = ids
+            .into_iter()
+            .filter_map(|id| store.stored(&id).map(|stored| (id, stored)))
+            .collect();
         Ok(Snapshot {
             last_seq: last as Seq,
             products,
@@ -407,14 +513,14 @@ impl Database {
 
     /// Commits one batch (see the module docs) and returns each event's
     /// answer, in the batch's order (a new seq, a duplicate's original
-    /// seq, or a conflict), and how many product rows it wrote.
+    /// seq, or a conflict).
     /// `accepted_by` names this instance.
     pub fn accept(
         &mut self,
         batch: &[Submission],
         window: Option<Duration>,
         accepted_by: &str,
-    ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
+    ) -> Result<Vec<Result<Submitted, SubmitError>>, postgres::Error> {
         // An id another instance commits between the look-up and the write
         // fails the write (see WRITE); the second look-up then finds it.
         let mut attempts = 0;
@@ -432,7 +538,7 @@ impl Database {
         batch: &[Submission],
         window: Option<Duration>,
         accepted_by: &str,
-    ) -> Result<(Vec<Result<Submitted, SubmitError>>, usize), postgres::Error> {
+    ) -> Result<Vec<Result<Submitted, SubmitError>>, postgres::Error> {
         let Statements { look_up, write, .. } = self.statements()?;
         // The window off (`IDEMPOTENCY_WINDOW=0`): ids are journaled, not
         // remembered, and no retry is recognised.
@@ -514,10 +620,9 @@ impl Database {
                 .collect()
         };
         if fresh.is_empty() {
-            return Ok((settle(0), 0));
+            return Ok(settle(0));
         }
 
-        let numbers: Vec<i64> = fresh.iter().map(|(i, ..)| *i).collect();
         let product_ids: Vec<&str> = fresh
             .iter()
             .map(|(_, s, _)| &*s.update.product_id)
@@ -538,62 +643,137 @@ impl Database {
             .iter()
             .map(|(_, s, _)| s.update.event_id.as_deref())
             .collect();
-        // Only remembered ids go into `idempotency` ($19).
-        let remembered_ids: Vec<Option<&str>> =
-            fresh.iter().map(|(_, s, _)| remembered(s)).collect();
         let request_ids: Vec<String> = fresh
             .iter()
             .map(|(_, s, _)| s.request_id.to_string())
             .collect();
-        let fingerprints: Vec<i64> = fresh.iter().map(|(.., f)| *f as i64).collect();
-
-        // The batch folded into one row per product by the store's own
-        // rule, with i standing in for the seq (which is base + i: the
-        // same order), so that the upsert touches each row once.
-        let folded = Store::new();
-        let mut last_of: HashMap<&str, i64> = HashMap::new();
-        for (i, submission, _) in &fresh {
-            folded.apply(*i as Seq, &submission.update);
-            last_of.insert(&submission.update.product_id, *i);
-        }
-        let mut products = Products::default();
-        for (id, last) in last_of {
-            if let Some(stored) = folded.stored(id) {
-                products.push(id, &stored, last);
+        // Only remembered ids go into `idempotency`.
+        let (mut remembered_ids, mut numbers, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, submission, fingerprint) in &fresh {
+            if let Some(event_id) = remembered(submission) {
+                remembered_ids.push(event_id);
+                numbers.push(*i);
+                fingerprints.push(*fingerprint as i64);
             }
         }
-        let rows = self.client.query_one(
+        let row = self.client.query_one(
             &write,
             &[
-                &numbers,
                 &product_ids,
                 &prices,
                 &stocks,
                 &versions,
                 &event_ids,
                 &request_ids,
-                &fingerprints,
                 &accepted_by,
-                &products.ids,
-                &products.price,
-                &products.price_rank,
-                &products.price_event,
-                &products.stock,
-                &products.stock_rank,
-                &products.stock_event,
-                &products.last_event,
-                &(fresh.len() as i64),
                 &remembered_ids,
+                &numbers,
+                &fingerprints,
             ],
         )?;
         // `query_one`: exactly one row (the counter's), or an error, never
         // a 202 with made-up seqs.
-        let base: i64 = rows.get(0);
-        Ok((settle(base), products.ids.len()))
+        let base: i64 = row.get(0);
+        Ok(settle(base))
     }
 
-    /// The journal rows after `after` (at most `limit`), in seq order, and
-    /// the counter in the same snapshot.
+    /// Folds the journal rows after the compaction's position (at most
+    /// `limit` rows) into `products`, in one transaction (nothing, if
+    /// another instance is compacting right now).
+    pub fn compact(&mut self, limit: usize) -> Result<Compacted, PgError> {
+        let statement = match self.statements() {
+            Ok(s) => s.compact,
+            Err(e) => return Err(self.error(&e)),
+        };
+        let url = self.url.clone();
+        let error = |e: postgres::Error| PgError::Query {
+            url: url.to_string(),
+            detail: url.mask_in(&describe(&e)),
+        };
+        let mut tx = self.client.transaction().map_err(error)?;
+        // The row lock makes compactions take turns; whoever finds it
+        // taken leaves this round to the instance holding it.
+        let Some(row) = tx
+            .query_opt(
+                "SELECT through FROM compaction FOR UPDATE SKIP LOCKED",
+                &[],
+            )
+            .map_err(error)?
+        else {
+            return Ok(Compacted::default());
+        };
+        let through: i64 = row.get(0);
+        let journal = tx
+            .query(
+                "SELECT first_seq, product_ids, prices, stocks, versions::text[], request_ids
+                 FROM journal WHERE first_seq > $1 ORDER BY first_seq LIMIT $2",
+                &[&through, &(limit as i64)],
+            )
+            .map_err(error)?;
+        let folded = Store::new();
+        // Each product's last event: its seq and its journal row.
+        let mut last_of: HashMap<Box<str>, (Seq, Seq)> = HashMap::new();
+        let mut next = through as Seq + 1;
+        for row in &journal {
+            let batch = batch_from(row, 0).map_err(|what| PgError::Query {
+                url: url.to_string(),
+                detail: what,
+            })?;
+            if batch.first != next {
+                return Err(PgError::Query {
+                    url: url.to_string(),
+                    detail: format!(
+                        "the journal after the compaction (through seq {through}) has no row starting at seq {next}"
+                    ),
+                });
+            }
+            for (update, _) in batch.events {
+                folded.apply(next, &update);
+                last_of.insert(update.product_id, (next, batch.first));
+                next += 1;
+            }
+        }
+        let events = (next - 1 - through as Seq) as usize;
+        if events == 0 {
+            return Ok(Compacted::default());
+        }
+        let mut products = Products::default();
+        let mut ids: Vec<&str> = last_of.keys().map(|id| &**id).collect();
+        // In one order, so that two compactions would lock rows alike.
+        ids.sort_unstable();
+        for id in ids {
+            let (last, row) = last_of[id];
+            if let Some(stored) = folded.stored(id) {
+                products.push(id, &stored, last, row);
+            }
+        }
+        tx.execute(
+            &statement,
+            &[
+                &products.ids,
+                &products.price,
+                &products.price_rank,
+                &products.price_order,
+                &products.stock,
+                &products.stock_rank,
+                &products.stock_order,
+                &products.last_seq,
+                &products.last_row,
+                &((next - 1) as i64),
+            ],
+        )
+        .map_err(error)?;
+        tx.commit().map_err(error)?;
+        Ok(Compacted {
+            rows: journal.len(),
+            events,
+            products: products.ids.len(),
+        })
+    }
+
+    /// The journal's events after `after` (those of the rows starting at
+    /// most `limit` seqs after it), in seq order, and the counter in the
+    /// same snapshot.
     pub fn tail(&mut self, after: Seq, limit: usize) -> Result<Tail, PgError> {
         let statement = match self.statements() {
             Ok(s) => s.tail.clone(),
@@ -607,19 +787,21 @@ impl Database {
             last_seq: rows
                 .first()
                 .map_or(after, |row| row.get::<_, i64>(0) as Seq),
-            rows: Vec::with_capacity(rows.len()),
+            rows: Vec::new(),
         };
         for row in rows {
-            let Some(seq) = row.get::<_, Option<i64>>(1) else {
+            if row.get::<_, Option<i64>>(1).is_none() {
                 continue;
-            };
-            let seq = seq as Seq;
-            let update = update_from(&row).map_err(|what| PgError::Query {
+            }
+            let batch = batch_from(&row, 1).map_err(|what| PgError::Query {
                 url: self.url.to_string(),
-                detail: format!("events row seq={seq}: {what}"),
+                detail: what,
             })?;
-            let request_id: String = row.get(6);
-            tail.rows.push((seq, update, request_id));
+            for (seq, event) in (batch.first..).zip(batch.events) {
+                if seq > after {
+                    tail.rows.push((seq, event.0, event.1));
+                }
+            }
         }
         Ok(tail)
     }
@@ -680,13 +862,17 @@ impl Database {
                 &[&window_ttl.as_secs_f64(), &(window_len as i64)],
             )?;
             // A prefix by seq (the tailers rely on the journal having no
-            // holes): everything below the oldest row still within the
-            // retention. (`accepted_at` alone is not in seq order: it is
-            // when each statement began.)
+            // holes), of whole rows: every row before the oldest one still
+            // within the retention (`accepted_at` alone is not in seq
+            // order: it is when each statement began), and only rows the
+            // compaction has folded into `products`.
             tx.execute(
-                "DELETE FROM events WHERE seq < coalesce(
-                    (SELECT min(seq) FROM events WHERE accepted_at >= now() - make_interval(secs => $1::float8)),
-                    (SELECT last_seq + 1 FROM seq_counter))",
+                "DELETE FROM journal WHERE first_seq < least(
+                    (SELECT through + 1 FROM compaction),
+                    coalesce(
+                        (SELECT min(first_seq) FROM journal WHERE accepted_at >= now() - make_interval(secs => $1::float8)),
+                        (SELECT last_seq + 1 FROM seq_counter)))
+                  AND first_seq + cardinality(product_ids) - 1 <= (SELECT through FROM compaction)",
                 &[&EVENT_RETENTION.as_secs_f64()],
             )?;
             // Instances not seen for a day are gone for good.
@@ -737,51 +923,40 @@ fn describe(e: &postgres::Error) -> String {
     }
 }
 
-/// The folded products of a batch, as the write's columns: each field's
-/// value, its rank, and its winning event's number in the batch (0: the
-/// batch does not set it).
+/// Folded products, as the compaction's columns: each field's value and
+/// write key (see the module docs), the product's last seq, and the
+/// journal row that holds that event.
 #[derive(Default)]
 struct Products<'a> {
     ids: Vec<&'a str>,
     price: Vec<Option<String>>,
     price_rank: Vec<String>,
-    price_event: Vec<i64>,
+    price_order: Vec<i64>,
     stock: Vec<Option<i64>>,
     stock_rank: Vec<String>,
-    stock_event: Vec<i64>,
-    last_event: Vec<i64>,
+    stock_order: Vec<i64>,
+    last_seq: Vec<i64>,
+    last_row: Vec<i64>,
 }
 
 impl<'a> Products<'a> {
-    fn push(&mut self, id: &'a str, stored: &Stored, last: i64) {
-        let (price_rank, price_event) = rank_and_event(stored.price_key);
-        let (stock_rank, stock_event) = rank_and_event(stored.stock_key);
+    fn push(&mut self, id: &'a str, stored: &Stored, last: Seq, row: Seq) {
+        let (price_rank, price_order) = key_columns(stored.price_key);
+        let (stock_rank, stock_order) = key_columns(stored.stock_key);
         self.ids.push(id);
         self.price
             .push(stored.price.as_ref().map(Number::to_string));
         self.price_rank.push(price_rank);
-        self.price_event.push(price_event);
+        self.price_order.push(price_order);
         self.stock.push(stored.stock.map(|v| v as i64));
         self.stock_rank.push(stock_rank);
-        self.stock_event.push(stock_event);
-        self.last_event.push(last);
+        self.stock_order.push(stock_order);
+        self.last_seq.push(last as i64);
+        self.last_row.push(row as i64);
     }
 }
 
-/// A key made from a batch number (`WriteKey::new(i, version)`) as its
-/// rank and that number; the write turns the number into the order
-/// column (`base + i`, negated for a versioned write).
-fn rank_and_event(key: WriteKey) -> (String, i64) {
-    match key.parts() {
-        None => ("0".to_owned(), 0),
-        Some((i, None)) => ("0".to_owned(), i as i64),
-        Some((i, Some(version))) => ((u128::from(version) + 1).to_string(), i as i64),
-    }
-}
-
-/// A write key as its `(rank, order)` columns (see the module docs): what
-/// WRITE computes from `rank_and_event` and the batch's base.
-#[cfg(test)]
+/// A write key as its `(rank, order)` columns (see the module docs).
 fn key_columns(key: WriteKey) -> (String, i64) {
     match key.parts() {
         None => ("0".to_owned(), 0),
@@ -831,18 +1006,51 @@ fn stored_from(row: &postgres::Row) -> Result<Stored, String> {
     })
 }
 
-fn update_from(row: &postgres::Row) -> Result<ProductUpdate, String> {
-    let version: Option<String> = row.get(5);
-    Ok(ProductUpdate {
-        product_id: row.get::<_, String>(2).into_boxed_str(),
-        price: price_from(row.get(3))?,
-        stock: stock_from(row.get(4))?,
-        // The database has already told duplicates apart.
-        event_id: None,
-        version: version
-            .map(|v| v.parse().map_err(|_| format!("version {v:?}")))
-            .transpose()?,
-    })
+/// One journal row: its events, with their request ids, from seq `first`.
+struct JournalRow {
+    first: Seq,
+    events: Vec<(ProductUpdate, String)>,
+}
+
+/// A journal row from `row`'s columns `at..`: `first_seq, product_ids,
+/// prices, stocks, versions::text[], request_ids`.
+fn batch_from(row: &postgres::Row, at: usize) -> Result<JournalRow, String> {
+    let first: i64 = row.get(at);
+    let ids: Vec<String> = row.get(at + 1);
+    let prices: Vec<Option<String>> = row.get(at + 2);
+    let stocks: Vec<Option<i64>> = row.get(at + 3);
+    let versions: Vec<Option<String>> = row.get(at + 4);
+    let request_ids: Vec<String> = row.get(at + 5);
+    let n = ids.len();
+    if [prices.len(), stocks.len(), versions.len(), request_ids.len()] != [n; 4] {
+        return Err(format!(
+            "journal row first_seq={first}: its arrays differ in length"
+        ));
+    }
+    let first = Seq::try_from(first).map_err(|_| format!("journal row first_seq={first}"))?;
+    let mut events = Vec::with_capacity(n);
+    for (i, (((id, price), stock), (version, request_id))) in ids
+        .into_iter()
+        .zip(prices)
+        .zip(stocks)
+        .zip(versions.into_iter().zip(request_ids))
+        .enumerate()
+    {
+        let seq = first + i as Seq;
+        let what = |what: String| format!("journal event seq={seq}: {what}");
+        let update = ProductUpdate {
+            product_id: id.into_boxed_str(),
+            price: price_from(price).map_err(what)?,
+            stock: stock_from(stock).map_err(what)?,
+            // The database has already told duplicates apart.
+            event_id: None,
+            version: version
+                .map(|v| v.parse().map_err(|_| what(format!("version {v:?}"))))
+                .transpose()?,
+        };
+        events.push((update, request_id));
+    }
+    Ok(JournalRow { first, events })
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@
 //!   reflects in one snapshot, and tails from there.
 
 mod committer;
+mod compactor;
 mod database;
+mod stop;
 mod tailer;
 
 pub use database::{EVENT_RETENTION, SCHEMA_VERSION};
@@ -52,6 +54,7 @@ use crate::queue::{Intake, SubmitError};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 use database::{Database, Snapshot};
+use stop::Stop;
 
 /// How long the startup waits to connect.
 const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,7 +153,7 @@ impl Recovered {
             instance: instance.clone(),
             intake: Arc::clone(&intake),
             progress: Arc::clone(&progress),
-            metrics,
+            metrics: Arc::clone(&metrics),
             window_ttl: self.window_ttl,
             window_len: self.window_len,
             mailbox: Mailbox::with_collectors(1 + self.more_dbs.len()),
@@ -160,12 +163,12 @@ impl Recovered {
             handed: Arc::clone(&handed),
         });
         let tailer = Arc::new(tailer::Shared {
-            url,
+            url: url.clone(),
             intake,
             store,
             progress,
             health: Health::of_reads(),
-            stop: (Mutex::new(false), Condvar::new()),
+            stop: Stop::default(),
             position: (Mutex::new(self.last_seq), Condvar::new()),
             handed,
         });
@@ -175,6 +178,24 @@ impl Recovered {
             thread::Builder::new()
                 .name("tailer".to_owned())
                 .spawn(move || tailer::run(&shared, db, last))?
+        };
+        let compactor = Arc::new(compactor::Shared {
+            url,
+            metrics: Arc::clone(&metrics),
+            stop: Stop::default(),
+        });
+        let compactor_thread = {
+            let shared = Arc::clone(&compactor);
+            thread::Builder::new()
+                .name("compactor".to_owned())
+                .spawn(move || compactor::run(&shared))
+        };
+        let compactor_thread = match compactor_thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                stop_tailer(&tailer, tailer_thread);
+                return Err(e);
+            }
         };
         let mut committer_threads = Vec::new();
         let dbs = std::iter::once(committer_db).chain(self.more_dbs);
@@ -191,6 +212,7 @@ impl Recovered {
                         let _ = thread.join();
                     }
                     stop_tailer(&tailer, tailer_thread);
+                    stop_compactor(&compactor, compactor_thread);
                     return Err(e);
                 }
             }
@@ -199,6 +221,8 @@ impl Recovered {
         Ok(Durable {
             committer,
             tailer,
+            compactor,
+            compactor_thread: Mutex::new(Some(compactor_thread)),
             committer_threads: Mutex::new(committer_threads),
             tailer_thread: Mutex::new(Some(tailer_thread)),
             committed: Mutex::new(None),
@@ -219,10 +243,16 @@ fn instance_name(local_addr: SocketAddr) -> String {
 }
 
 fn stop_tailer(tailer: &tailer::Shared, thread: JoinHandle<()>) {
-    *lock(&tailer.stop.0) = true;
-    tailer.stop.1.notify_all();
+    tailer.stop.stop();
     if thread.join().is_err() {
         log::error!("storage: the tailer thread had panicked");
+    }
+}
+
+fn stop_compactor(compactor: &compactor::Shared, thread: JoinHandle<()>) {
+    compactor.stop.stop();
+    if thread.join().is_err() {
+        log::error!("storage: the compactor thread had panicked");
     }
 }
 
@@ -230,6 +260,8 @@ fn stop_tailer(tailer: &tailer::Shared, thread: JoinHandle<()>) {
 pub struct Durable {
     committer: Arc<committer::Shared>,
     tailer: Arc<tailer::Shared>,
+    compactor: Arc<compactor::Shared>,
+    compactor_thread: Mutex<Option<JoinHandle<()>>>,
     committer_threads: Mutex<Vec<JoinHandle<Committed>>>,
     tailer_thread: Mutex<Option<JoinHandle<()>>>,
     /// What the committer returned, once `stop_accepting` joined it.
@@ -318,6 +350,10 @@ impl Durable {
             .take();
         if let Some(thread) = tailer {
             stop_tailer(&self.tailer, thread);
+        }
+        let compactor = lock(&self.compactor_thread).take();
+        if let Some(thread) = compactor {
+            stop_compactor(&self.compactor, thread);
         }
         // Joined by `stop_accepting` already, normally.
         let committed = match lock(&self.committed).take() {

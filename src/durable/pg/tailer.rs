@@ -29,6 +29,7 @@ use super::super::url::DatabaseUrl;
 use super::super::{PgError, RETRY_INTERVAL};
 use super::committer::CONNECT_TIMEOUT;
 use super::database::{Database, EVENT_RETENTION, Tail};
+use super::stop::Stop;
 use crate::model::ProductUpdate;
 use crate::progress::Progress;
 use crate::queue::{Intake, SubmitError};
@@ -102,8 +103,8 @@ pub struct Shared {
     pub progress: Arc<Progress>,
     /// Whether reading the journal works (`/readyz`).
     pub health: Health,
-    /// Set by `finish`; the condvar wakes a tailer waiting to reconnect.
-    pub stop: (Mutex<bool>, Condvar),
+    /// Set by `finish`; wakes a tailer waiting to reconnect.
+    pub stop: Stop,
     /// The last seq queued for the workers; the condvar rings when it
     /// moves (shutdown waits for it to reach this instance's last commit).
     pub position: (Mutex<Seq>, Condvar),
@@ -133,27 +134,6 @@ impl Shared {
         *lock(&self.position.0) = seq;
         self.position.1.notify_all();
     }
-
-    fn stopped(&self) -> bool {
-        *lock(&self.stop.0)
-    }
-
-    /// Sleeps `pause`, or less if told to stop. True if stopped.
-    fn pause(&self, pause: Duration) -> bool {
-        let (stopped, bell) = &self.stop;
-        let deadline = Instant::now() + pause;
-        let mut stopped = lock(stopped);
-        while !*stopped {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            stopped = bell
-                .wait_timeout(stopped, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        *stopped
-    }
 }
 
 /// The tailer thread's body: `db` is listening already, `last` is the
@@ -178,13 +158,13 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
     // owed regardless (at the start, after a reconnection).
     let mut announced: Seq = 0;
     let mut must_read = true;
-    while !shared.stopped() {
+    while !shared.stop.is_stopped() {
         // This instance's own commits need no connection.
         if let Read::Closed = take_handed(shared, &mut last) {
             return;
         }
         let Some(connection) = db.as_mut() else {
-            if shared.pause(RETRY_INTERVAL) {
+            if shared.stop.pause(RETRY_INTERVAL) {
                 return;
             }
             match Database::connect(&shared.url, CONNECT_TIMEOUT, "tailer").and_then(|mut c| {
@@ -221,7 +201,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
                 }
                 Ok(Read::QueueFull) => {
                     // Workers are behind; read again once they have room.
-                    if shared.pause(Duration::from_millis(1)) {
+                    if shared.stop.pause(Duration::from_millis(1)) {
                         return;
                     }
                     continue;
