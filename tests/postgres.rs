@@ -107,6 +107,155 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     );
 }
 
+/// Version 1's schema (one `events` row per event, `products` written by
+/// every commit), as a database made by an earlier release holds it.
+const SCHEMA_1: &str = r#"
+CREATE TABLE schema_version (version integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO schema_version (version) VALUES (1);
+CREATE TABLE seq_counter (only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), last_seq bigint NOT NULL);
+INSERT INTO seq_counter (last_seq) VALUES (2);
+CREATE TABLE events (seq bigint PRIMARY KEY, product_id text COLLATE "C" NOT NULL, price text, stock bigint,
+    version numeric(20, 0), event_id text COLLATE "C", request_id text NOT NULL, accepted_by text NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO events (seq, product_id, price, stock, version, event_id, request_id, accepted_by)
+    VALUES (1, 'old', '1.5', NULL, NULL, NULL, 'r-1', 'v1'), (2, 'old', NULL, 7, NULL, 'e-old', 'r-2', 'v1');
+CREATE TABLE products (product_id text COLLATE "C" PRIMARY KEY, price text, price_rank numeric(20, 0) NOT NULL,
+    price_order bigint NOT NULL, stock bigint, stock_rank numeric(20, 0) NOT NULL, stock_order bigint NOT NULL,
+    last_seq bigint NOT NULL, updated_at timestamptz NOT NULL, updated_by text NOT NULL);
+INSERT INTO products VALUES ('old', '1.5', 0, 1, 7, 0, 2, 2, now(), 'v1');
+CREATE TABLE idempotency (event_id text COLLATE "C" PRIMARY KEY, seq bigint NOT NULL, fingerprint bigint NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX idempotency_seq ON idempotency (seq);
+INSERT INTO idempotency (event_id, seq, fingerprint) VALUES ('e-old', 2, 1);
+CREATE TABLE instances (instance text PRIMARY KEY, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL,
+    applied_through bigint NOT NULL DEFAULT 0);
+"#;
+
+/// A database of version 1 is upgraded at startup: its products and
+/// idempotency entries kept, the seqs continued, the journal one row per
+/// batch from then on (and `events` a view of it).
+#[test]
+fn a_version_1_schema_is_upgraded_and_keeps_its_products() {
+    let server = Postgres::start();
+    server.psql(SCHEMA_1);
+    let a = instance(&server);
+    assert_eq!(
+        server.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
+        format!("1,{SCHEMA_VERSION}")
+    );
+    let read = get(&a.base(), "/products/old");
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        (read.json()["price"].clone(), read.json()["stock"].clone()),
+        (1.5.into(), 7.into())
+    );
+    let http = agent();
+    let posted = post_event(&http, &a.base(), r#"{"product_id":"old","price":2}"#);
+    assert_eq!(posted.status, 202, "{}", posted.body);
+    assert_eq!(posted.json()["seq"], 3);
+    // The id the old release remembered is still a conflict (another body).
+    let retried = post_event(
+        &http,
+        &a.base(),
+        r#"{"product_id":"old","stock":8,"event_id":"e-old"}"#,
+    );
+    assert_eq!(retried.status, 409, "{}", retried.body);
+    assert_eq!(
+        server.psql("SELECT seq, product_id, price FROM events"),
+        "3|old|2"
+    );
+    common::wait_until("the new event compacted", || {
+        (server.psql("SELECT price, stock, last_seq FROM products") == "2|7|3").then_some(())
+    });
+}
+
+/// The products table follows the journal (compaction), never ahead of
+/// what it may drop: journal rows past the retention are pruned only once
+/// compacted, and an instance that starts while rows are not compacted
+/// yet folds them in. Compaction is held back here by a session holding
+/// the `compaction` row's lock, which every instance's compactor skips.
+#[test]
+fn the_journal_is_pruned_only_once_compacted_and_a_start_folds_the_rest() {
+    let server = Postgres::start();
+    let a = instance(&server);
+    let http = agent();
+    let post = |body: &str| {
+        let posted = post_event(&http, &a.base(), body);
+        assert_eq!(posted.status, 202, "{}", posted.body);
+        posted.json()["seq"].as_u64().expect("seq")
+    };
+    let through = || -> u64 {
+        server
+            .psql("SELECT through FROM compaction")
+            .parse()
+            .expect("through")
+    };
+    assert_eq!(post(r#"{"product_id":"p1","price":1}"#), 1);
+    common::wait_until("seq 1 compacted", || (through() == 1).then_some(()));
+
+    let held = server.hold("SELECT * FROM compaction FOR UPDATE");
+    assert_eq!(post(r#"{"product_id":"p1","price":2}"#), 2);
+    assert_eq!(post(r#"{"product_id":"p2","stock":5,"version":3}"#), 3);
+    // Every row older than the retention now; then two housekeeping rounds
+    // of instance a (the second starts after the first has pruned).
+    server.psql("UPDATE journal SET accepted_at = now() - interval '1 hour'");
+    let since = server.psql("SELECT now()");
+    common::wait_until("two housekeeping rounds", || {
+        let seen = server.psql(&format!(
+            "SELECT seen_at > '{since}'::timestamptz FROM instances"
+        ));
+        (seen == "t").then_some(())
+    });
+    let since = server.psql("SELECT now()");
+    common::wait_until("two housekeeping rounds", || {
+        let seen = server.psql(&format!(
+            "SELECT seen_at > '{since}'::timestamptz FROM instances"
+        ));
+        (seen == "t").then_some(())
+    });
+    assert_eq!(through(), 1);
+    assert_eq!(
+        server.psql("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM events"),
+        "2,3",
+        "the compacted row pruned, the others kept"
+    );
+    assert_eq!(
+        server.psql("SELECT product_id, price FROM products"),
+        "p1|1"
+    );
+
+    // A new instance: the products table and the journal after it.
+    let b = instance(&server);
+    let p1 = get(&b.base(), "/products/p1");
+    assert_eq!(p1.status, 200, "{}", p1.body);
+    assert_eq!(p1.json()["price"], 2);
+    let p2 = get(&b.base(), "/products/p2");
+    assert_eq!(p2.status, 200, "{}", p2.body);
+    assert_eq!(p2.json()["stock"], 5);
+    let etags = |base: &str| {
+        ["p1", "p2"].map(|id| {
+            get(base, &format!("/products/{id}"))
+                .header("etag")
+                .map(str::to_owned)
+        })
+    };
+    assert_eq!(etags(&b.base()), etags(&a.base()));
+
+    // Let go: compacted, then pruned.
+    drop(held);
+    common::wait_until("seq 3 compacted", || (through() == 3).then_some(()));
+    assert_eq!(
+        server.psql("SELECT product_id, price, stock FROM products ORDER BY 1"),
+        "p1|2|\np2||5"
+    );
+    common::wait_until("the journal pruned", || {
+        (server.psql("SELECT count(*) FROM journal") == "0").then_some(())
+    });
+    let c = instance(&server);
+    assert_eq!(etags(&c.base()), etags(&a.base()));
+    assert_eq!(get(&c.base(), "/products/p1").json()["price"], 2);
+}
+
 /// A server that is down at startup: exit 1 within the connect bound, and
 /// the password never printed.
 #[test]

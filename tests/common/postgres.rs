@@ -11,9 +11,10 @@
 //! PostgreSQL refuses to run as root; as root (CI containers), the server
 //! runs as the owner of the data directory, `nobody`, through `setpriv`.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
 use super::scratch_dir;
 
@@ -171,6 +172,50 @@ impl Postgres {
             ],
         );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Opens a psql session that runs `sql` in a transaction and keeps it
+    /// open (with its locks) until the returned [`Held`] is dropped, which
+    /// rolls it back.
+    pub fn hold(&self, sql: &str) -> Held {
+        let port = self.port.to_string();
+        let mut child = self
+            .command("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                &self.user,
+                "-d",
+                "products",
+            ])
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run psql: {e}"));
+        let mut stdin = child.stdin.take().expect("psql's stdin");
+        writeln!(stdin, "BEGIN;\n{sql};\n\\echo held").expect("write to psql");
+        stdin.flush().expect("write to psql");
+        // Held once psql has run the statement and echoed the marker.
+        let stdout = child.stdout.take().expect("psql's stdout");
+        let held = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "held");
+        assert!(held, "psql exited before holding {sql:?}");
+        Held {
+            child,
+            stdin: Some(stdin),
+        }
     }
 
     /// Stops the server (fast shutdown: open connections are cut).
@@ -403,5 +448,20 @@ fn remove_orphans() {
         if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// A psql session holding a transaction open (see [`Postgres::hold`]).
+pub struct Held {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // End of input: psql exits, and the server rolls the transaction
+        // back.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }

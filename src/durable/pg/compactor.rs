@@ -88,7 +88,10 @@ fn rounds(shared: &Shared) {
                 if events > 0 {
                     log::debug!("storage: compacted {events} events into {products} products");
                 }
-                shared.metrics.storage.record_products_written(products as u64);
+                shared
+                    .metrics
+                    .storage
+                    .record_products_written(products as u64);
                 rows == ROUND_ROWS
             }
             Err(e) => {

@@ -648,7 +648,8 @@ impl Database {
             .map(|(_, s, _)| s.request_id.to_string())
             .collect();
         // Only remembered ids go into `idempotency`.
-        let (mut remembered_ids, mut numbers, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut remembered_ids, mut numbers, mut fingerprints) =
+            (Vec::new(), Vec::new(), Vec::new());
         for (i, submission, fingerprint) in &fresh {
             if let Some(event_id) = remembered(submission) {
                 remembered_ids.push(event_id);
@@ -694,10 +695,7 @@ impl Database {
         // The row lock makes compactions take turns; whoever finds it
         // taken leaves this round to the instance holding it.
         let Some(row) = tx
-            .query_opt(
-                "SELECT through FROM compaction FOR UPDATE SKIP LOCKED",
-                &[],
-            )
+            .query_opt("SELECT through FROM compaction FOR UPDATE SKIP LOCKED", &[])
             .map_err(error)?
         else {
             return Ok(Compacted::default());
@@ -1022,7 +1020,13 @@ fn batch_from(row: &postgres::Row, at: usize) -> Result<JournalRow, String> {
     let versions: Vec<Option<String>> = row.get(at + 4);
     let request_ids: Vec<String> = row.get(at + 5);
     let n = ids.len();
-    if [prices.len(), stocks.len(), versions.len(), request_ids.len()] != [n; 4] {
+    if [
+        prices.len(),
+        stocks.len(),
+        versions.len(),
+        request_ids.len(),
+    ] != [n; 4]
+    {
         return Err(format!(
             "journal row first_seq={first}: its arrays differ in length"
         ));
