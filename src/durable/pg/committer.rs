@@ -52,7 +52,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// What the committer shares with the connection threads.
 pub struct Shared {
     pub url: DatabaseUrl,
-    /// This instance's name in `events.accepted_by` and `instances`.
+    /// This instance's name in `journal.accepted_by` and `instances`.
     pub instance: String,
     pub intake: Arc<Intake>,
     pub progress: Arc<Progress>,

@@ -1,16 +1,21 @@
 //! The PostgreSQL database: the connection, the versioned schema, and the
 //! few statements the service runs. Nothing here has a thread of its own;
-//! the committer and the tailer (`committer.rs`, `tailer.rs`) each own one
-//! [`Database`].
+//! the committers, the tailer and the compactor (`committer.rs`,
+//! `tailer.rs`, `compactor.rs`) each own one [`Database`].
 //!
-//! # The schema (version 1)
+//! # The schema (version 2)
 //!
 //! ```sql
 //! schema_version (version, created_at)
 //! seq_counter    (last_seq)                  -- one row: the last seq given out
-//! events         (seq PRIMARY KEY, product_id, price, stock, version,
-//!                 event_id, request_id,
-//!                 accepted_by, accepted_at)  -- the journal, kept EVENT_RETENTION
+//! journal        (first_seq PRIMARY KEY,     -- one row per committed batch: its events are
+//!                 product_ids[], prices[],   -- seqs first_seq, first_seq + 1, ... (arrays
+//!                 stocks[], versions[],      -- in batch order); kept EVENT_RETENTION, and
+//!                 event_ids[], request_ids[],-- until compacted
+//!                 accepted_by, accepted_at)
+//! events         VIEW: one row per journal event (seq, product_id, price, stock,
+//!                version, event_id, request_id, accepted_by, accepted_at)
+//! compaction     (through, compacted_at)     -- one row: `products` holds every event up to `through`
 //! products       (product_id PRIMARY KEY,
 //!                 price, price_rank, price_order,
 //!                 stock, stock_rank, stock_order,
@@ -19,6 +24,9 @@
 //! instances      (instance PRIMARY KEY, started_at, seen_at, applied_through)
 //! ```
 //!
+//! Version 1 had an `events` table (a row per event) and wrote `products`
+//! in every commit; `prepare_schema` upgrades it (`UPGRADE_FROM_1`).
+//!
 //! # One statement per batch, in seq order
 //!
 //! [`Database::accept`] commits a batch of events with one statement,
@@ -26,31 +34,42 @@
 //!
 //! 0. (only if the batch has `event_id`s) look them up in `idempotency`;
 //!    in Rust, the known ones are answered as duplicates or conflicts, the
-//!    new ones numbered 1, 2, ... and folded per product by the store's
-//!    own rule;
+//!    new ones numbered 1, 2, ...;
 //! 1. `UPDATE seq_counter SET last_seq = last_seq + n RETURNING base`:
 //!    this takes the counter row's lock, and gives the new events the
 //!    seqs `base + 1 ..= base + n`;
-//! 2. insert them into `events` and `idempotency`, upsert their products
-//!    with the per-field guards, `NOTIFY` the other instances;
+//! 2. insert them as one `journal` row (and their ids into
+//!    `idempotency`), `NOTIFY` the other instances;
 //! 3. commit (and flush the WAL), which releases the lock.
 //!
 //! The counter row's lock is held until the commit, so batches commit one
 //! after another in seq order, across every instance: seqs are gap-free
 //! (a failed statement also rolls back its counter), and every snapshot
-//! of `events` holds a prefix of them. An `event_id` another instance
+//! of `journal` holds a prefix of them. An `event_id` another instance
 //! commits between steps 0 and 2 makes the `idempotency` insert fail, and
 //! the batch is looked up and written again. That is what lets each instance's
 //! tailer read the journal by `seq > last` and keep a plain "applied
 //! through N" watermark, the same as one instance's. The price is that
-//! commits do not overlap; ARCHITECTURE.md ("Several instances") has the
-//! figures and the way past it.
+//! commits do not overlap, so the statement holds the lock for as little
+//! as it can: one row, whatever the batch's size, and no product rows.
+//! ARCHITECTURE.md ("Several instances") has the figures.
+//!
+//! # Products: compacted from the journal
+//!
+//! [`Database::compact`] (the compactor thread of any instance,
+//! `compactor.rs`) folds the journal rows after `compaction.through` into
+//! `products` with the store's own rule, upserts each product once with the
+//! per-field guards, and moves `through`, in one transaction that holds
+//! the `compaction` row. [`Database::snapshot`] reads `products` and the
+//! journal rows after `through` in one snapshot and folds them, so that a
+//! starting instance sees every committed event; pruning keeps every row
+//! after `through`.
 //!
 //! Each field's write key (`WriteKey` in `store.rs`) is stored as a
 //! `(rank, order)` pair that compares the same way as the key: rank 0 and
 //! order `seq` for an unversioned write, rank `version + 1` and order
-//! `-seq` for a versioned one, `(0, 0)` for never set. The guard in SQL is
-//! then one row comparison, `(excluded.price_rank, excluded.price_order) >
+//! `-seq` for a versioned one, `(0, 0)` for never set. The guard in SQL
+//! (`COMPACT`) is then one row comparison, `(excluded.price_rank, excluded.price_order) >
 //! (p.price_rank, p.price_order)`. `rank` is `numeric(20)` because a client
 //! version reaches 2^64 - 2, beyond `bigint`. Prices are kept as the JSON
 //! number the client wrote (`text`), so that `5` and `5.0` read back as

@@ -4,18 +4,19 @@
 //! ```text
 //!  POST:  connection ──post()──▶ mailbox ──▶ committer: [look up event ids], then one  ──▶ 202 (seq from the database)
 //!         thread waits ◀───────────────────  statement per batch: lock seq_counter,
-//!                                            INSERT events, UPSERT products (guarded), NOTIFY
-//!  reads: every instance's tailer ◀─NOTIFY── SELECT events WHERE seq > last ──▶ queue ──▶ workers ──▶ store ──▶ GET
+//!                                            INSERT one journal row, NOTIFY
+//!  reads: every instance's tailer ◀─NOTIFY── SELECT journal rows after last ──▶ queue ──▶ workers ──▶ store ──▶ GET
+//!  products table: any instance's compactor, once a second: journal after `through` ──fold──▶ UPSERT (guarded)
 //! ```
 //!
 //! - **The 202 follows the commit.** The committer (`committer.rs`) takes
 //!   the events connection threads post while it commits the previous
 //!   batch (group commit) and commits them with one statement
-//!   (`database.rs`), which gives them their seqs, records their
-//!   `event_id`s, and applies them to the `products` table with the
-//!   per-field guards in SQL. An event is applied in the transaction that
-//!   journals it: there is no "acknowledged but not applied" state for a
-//!   dead instance to leave behind.
+//!   (`database.rs`), which gives them their seqs, writes them as one
+//!   journal row and records their `event_id`s. Once committed, an event
+//!   is in the journal, which every instance reads: there is no
+//!   "acknowledged but held by one instance" state for a dead instance to
+//!   leave behind.
 //! - **One global order.** The seq counter is a row locked until the
 //!   commit, so seqs are gap-free and commit in order across every
 //!   instance (`database.rs` says why, and what it costs).
@@ -25,8 +26,11 @@
 //!   watermark is the same "every seq up to N is applied" as on one
 //!   instance, so `GET /products/{id}?min_seq=N` on any instance waits
 //!   until the event with seq N (from any instance) is applied there.
-//! - **At startup** an instance loads the `products` table and the seq it
-//!   reflects in one snapshot, and tails from there.
+//! - **The products table is the journal, compacted** (`compactor.rs`):
+//!   it is not on the path of a POST, and lets the journal be pruned.
+//! - **At startup** an instance reads the `products` table, the journal
+//!   rows not compacted into it yet and the seq they reach, in one
+//!   snapshot, and tails from there.
 
 mod committer;
 mod compactor;

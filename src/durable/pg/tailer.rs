@@ -1,11 +1,11 @@
 //! The tailer thread: this instance's copy of what every instance
-//! committed. It reads the journal (`events`) in seq order, from where the
+//! committed. It reads the journal (`journal`) in seq order, from where the
 //! store is, and puts each event into this instance's queue, where the
 //! workers apply it to the in-memory store as in every other mode; so the
 //! watermark, `min_seq` reads and the ETags work as on one instance.
 //!
 //! ```text
-//!  any instance's commit ──NOTIFY──▶ tailer: SELECT events WHERE seq > last ──submit()──▶ queue ──▶ workers ──▶ store
+//!  any instance's commit ──NOTIFY──▶ tailer: SELECT journal rows after last ──submit()──▶ queue ──▶ workers ──▶ store
 //! ```
 //!
 //! Commits are in seq order (see `database.rs`), so `seq > last` misses
@@ -19,7 +19,8 @@
 //!
 //! If the rows after `last` are gone (pruned after `EVENT_RETENTION`, when
 //! this instance was stopped or stalled for longer), it reloads every
-//! product from the `products` table instead and continues from there.
+//! product instead (`Database::snapshot`: the `products` table and the
+//! journal rows not compacted into it yet) and continues from there.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -288,7 +289,9 @@ fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgEr
         reload(shared, db, last)?;
         return Ok(Read::More);
     }
-    let full = rows.len() == room;
+    // The rows reach seq `last + room` if the journal does (and a batch
+    // may go past it): fewer, and the journal has no more.
+    let full = rows.len() >= room;
     for (seq, update, request_id) in rows {
         if seq != *last + 1 {
             // Rows missing (pruned): the products table has their effect.
