@@ -366,7 +366,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "DB_POOL_SIZE",
-        help: "with DATABASE_URL: connections that commit events (each with its thread); one more reads the journal",
+        help: "with DATABASE_URL: connections that commit events (each with its thread); two more read the journal and compact it",
         kind: Kind::Number {
             min: 1,
             max: 32,

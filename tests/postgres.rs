@@ -173,7 +173,8 @@ fn a_version_1_schema_is_upgraded_and_keeps_its_products() {
 /// what it may drop: journal rows past the retention are pruned only once
 /// compacted, and an instance that starts while rows are not compacted
 /// yet folds them in. Compaction is held back here by a session holding
-/// the `compaction` row's lock, which every instance's compactor skips.
+/// the compaction's advisory lock (`pg_try_advisory_lock(0x50555343)`),
+/// which every instance's compactor then leaves to it.
 #[test]
 fn the_journal_is_pruned_only_once_compacted_and_a_start_folds_the_rest() {
     let server = Postgres::start();
@@ -193,7 +194,7 @@ fn the_journal_is_pruned_only_once_compacted_and_a_start_folds_the_rest() {
     assert_eq!(post(r#"{"product_id":"p1","price":1}"#), 1);
     common::wait_until("seq 1 compacted", || (through() == 1).then_some(()));
 
-    let held = server.hold("SELECT * FROM compaction FOR UPDATE");
+    let held = server.hold("SELECT pg_advisory_lock(x'50555343'::int)");
     assert_eq!(post(r#"{"product_id":"p1","price":2}"#), 2);
     assert_eq!(post(r#"{"product_id":"p2","stock":5,"version":3}"#), 3);
     // Every row older than the retention now; then two housekeeping rounds

@@ -9,14 +9,14 @@
 //! Commits write only the journal (`database.rs`): the products table is
 //! not on the path of a `POST`, and every instance's reads come from its
 //! own memory store anyway. Each instance runs a compactor; they take
-//! turns on the `compaction` row's lock (`FOR UPDATE SKIP LOCKED`), so
-//! whoever holds it does the round and the others skip it: no leader to
-//! elect, and an instance that dies (its transaction, and the lock, go
-//! with its connection) leaves the work to the others' next round. A
-//! round folds the rows after `through` in seq order and upserts each
-//! product once, with the same per-field guards as ever, in one
-//! transaction with the new `through`: products and position move
-//! together, or not at all.
+//! turns on an advisory lock (`pg_try_advisory_lock`), so whoever holds it
+//! does the round and the others skip it: no leader to elect, and an
+//! instance that dies (the lock goes with its connection) leaves the work
+//! to the others' next round. A round folds the rows after `through` in
+//! seq order, upserts each product once, with the same per-field guards
+//! as ever, a slice of products per statement, and then moves `through`:
+//! products may get ahead of `through`, never behind it
+//! (`Database::compact` says why that is enough).
 //!
 //! Failures only delay it (the journal is kept until it is compacted):
 //! they are logged, the connection is made again, and `/readyz` does not
@@ -39,6 +39,10 @@ pub const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 /// The most journal rows one round folds.
 const ROUND_ROWS: usize = 2000;
+
+/// The most products one statement of a round upserts (each is its own
+/// transaction: see `Database::compact`).
+const SLICE_PRODUCTS: usize = 256;
 
 pub struct Shared {
     pub url: DatabaseUrl,
@@ -65,7 +69,9 @@ fn rounds(shared: &Shared) {
     while !shared.stop.is_stopped() {
         let connection = match db.as_mut() {
             Some(connection) => connection,
-            None => match Database::connect(&shared.url, CONNECT_TIMEOUT, "compactor") {
+            None => match Database::connect(&shared.url, CONNECT_TIMEOUT, "compactor")
+                .and_then(|mut c| c.for_compaction().map(|()| c))
+            {
                 Ok(connection) => db.insert(connection),
                 Err(e) => {
                     report(&mut failing, e.to_string());
@@ -76,7 +82,7 @@ fn rounds(shared: &Shared) {
                 }
             },
         };
-        let more = match connection.compact(ROUND_ROWS) {
+        let more = match connection.compact(ROUND_ROWS, SLICE_PRODUCTS) {
             Ok(Compacted {
                 rows,
                 events,

@@ -59,8 +59,8 @@
 //! [`Database::compact`] (the compactor thread of any instance,
 //! `compactor.rs`) folds the journal rows after `compaction.through` into
 //! `products` with the store's own rule, upserts each product once with the
-//! per-field guards, and moves `through`, in one transaction that holds
-//! the `compaction` row. [`Database::snapshot`] reads `products` and the
+//! per-field guards, and then moves `through`, under an advisory lock that
+//! makes the instances take turns. [`Database::snapshot`] reads `products` and the
 //! journal rows after `through` in one snapshot and folds them, so that a
 //! starting instance sees every committed event; pruning keeps every row
 //! after `through`.
@@ -97,6 +97,9 @@ const SCHEMA_LOCK: i64 = 0x5055_5331;
 
 /// `pg_try_advisory_xact_lock` key of the pruning: one instance at a time.
 const PRUNE_LOCK: i64 = 0x5055_5350;
+
+/// `pg_try_advisory_lock` key of the compaction: one instance at a time.
+const COMPACT_LOCK: i64 = 0x5055_5343;
 
 /// The channel the committers notify after each commit, and the tailers
 /// listen on.
@@ -233,12 +236,12 @@ WITH counter AS (
 )
 SELECT base, pg_notify('product_update_events', (base + cardinality($1::text[]))::text) FROM counter"#;
 
-/// The compaction of journal rows into `products`: `$1..$9` the products
-/// folded from them (each field's value and write key as `(rank, order)`,
-/// the product's last seq, and the `first_seq` of the journal row that
-/// holds that event, for `updated_at` and `updated_by`), `$10` the last
-/// seq folded. The guards keep whatever is newer per field, whichever order
-/// compactions run in.
+/// A slice of a compaction into `products`: `$1..$9` products folded from
+/// journal rows (each field's value and write key as `(rank, order)`, the
+/// product's last seq, and the `first_seq` of the journal row that holds
+/// that event, for `updated_at` and `updated_by`). The guards keep
+/// whatever is newer per field, whichever order slices and compactions
+/// run in, and however often one is repeated.
 const COMPACT: &str = r#"
 WITH folded AS (
     SELECT t.id, t.pr, t.prk::numeric AS price_rank, t.po, t.st, t.srk::numeric AS stock_rank, t.so, t.ls,
@@ -247,12 +250,12 @@ WITH folded AS (
                 $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
          AS t(id, pr, prk, po, st, srk, so, ls, lb)
     JOIN journal j ON j.first_seq = t.lb
-), upserted AS (
-    INSERT INTO products AS p (product_id, price, price_rank, price_order,
-                               stock, stock_rank, stock_order, last_seq, updated_at, updated_by)
-    SELECT id, pr, price_rank, po, st, stock_rank, so, ls, accepted_at, accepted_by
-    FROM folded
-    ON CONFLICT (product_id) DO UPDATE SET
+)
+INSERT INTO products AS p (product_id, price, price_rank, price_order,
+                           stock, stock_rank, stock_order, last_seq, updated_at, updated_by)
+SELECT id, pr, price_rank, po, st, stock_rank, so, ls, accepted_at, accepted_by
+FROM folded
+ON CONFLICT (product_id) DO UPDATE SET
         price       = CASE WHEN (excluded.price_rank, excluded.price_order) > (p.price_rank, p.price_order)
                            THEN excluded.price ELSE p.price END,
         price_rank  = CASE WHEN (excluded.price_rank, excluded.price_order) > (p.price_rank, p.price_order)
@@ -267,9 +270,7 @@ WITH folded AS (
                            THEN excluded.stock_order ELSE p.stock_order END,
         last_seq    = greatest(p.last_seq, excluded.last_seq),
         updated_at  = greatest(p.updated_at, excluded.updated_at),
-        updated_by  = CASE WHEN excluded.last_seq > p.last_seq THEN excluded.updated_by ELSE p.updated_by END
-)
-UPDATE compaction SET through = greatest(through, $10), compacted_at = now()"#;
+        updated_by  = CASE WHEN excluded.last_seq > p.last_seq THEN excluded.updated_by ELSE p.updated_by END"#;
 
 /// The journal rows that hold seqs after `$1`, from the one holding
 /// `$1 + 1` up to the one starting at `$1 + $2` at most, and the counter,
@@ -697,11 +698,46 @@ impl Database {
         Ok(settle(base))
     }
 
+    /// Sets this connection up for compaction: its commits do not wait
+    /// for the WAL flush (see `compact`).
+    pub fn for_compaction(&mut self) -> Result<(), PgError> {
+        self.client
+            .batch_execute("SET synchronous_commit = off")
+            .map_err(|e| self.error(&e))
+    }
+
     /// Folds the journal rows after the compaction's position (at most
-    /// `limit` rows) into `products`, in one transaction (nothing, if
-    /// another instance is compacting right now).
-    pub fn compact(&mut self, limit: usize) -> Result<Compacted, PgError> {
-        let statement = match self.statements() {
+    /// `limit` rows) into `products`, `slice` products per statement, and
+    /// then moves the position; nothing, if another instance is compacting
+    /// right now (the session advisory lock `COMPACT_LOCK`).
+    ///
+    /// Each statement is its own transaction, so that no commit of a batch
+    /// waits behind one large write: a round stopped half-way (an error,
+    /// a crash) leaves products ahead of `through`, which the next round
+    /// (or a snapshot's fold) re-applies without changing them, by the
+    /// per-field keys. The commits need no flush of their own
+    /// (`for_compaction`): what a crash takes of them is redone from the
+    /// journal, and the WAL keeps their order, so `through` never survives
+    /// the products it covers.
+    pub fn compact(&mut self, limit: usize, slice: usize) -> Result<Compacted, PgError> {
+        let ours: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&COMPACT_LOCK])
+            .map_err(|e| self.error(&e))?
+            .get(0);
+        if !ours {
+            return Ok(Compacted::default());
+        }
+        let outcome = self.compact_holding(limit, slice);
+        // (A connection that failed is dropped, and the lock with it.)
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&COMPACT_LOCK]);
+        outcome
+    }
+
+    fn compact_holding(&mut self, limit: usize, slice: usize) -> Result<Compacted, PgError> {
+        let upsert = match self.statements() {
             Ok(s) => s.compact,
             Err(e) => return Err(self.error(&e)),
         };
@@ -710,17 +746,13 @@ impl Database {
             url: url.to_string(),
             detail: url.mask_in(&describe(&e)),
         };
-        let mut tx = self.client.transaction().map_err(error)?;
-        // The row lock makes compactions take turns; whoever finds it
-        // taken leaves this round to the instance holding it.
-        let Some(row) = tx
-            .query_opt("SELECT through FROM compaction FOR UPDATE SKIP LOCKED", &[])
+        let through: i64 = self
+            .client
+            .query_one("SELECT through FROM compaction", &[])
             .map_err(error)?
-        else {
-            return Ok(Compacted::default());
-        };
-        let through: i64 = row.get(0);
-        let journal = tx
+            .get(0);
+        let journal = self
+            .client
             .query(
                 "SELECT first_seq, product_ids, prices, stocks, versions::text[], request_ids
                  FROM journal WHERE first_seq > $1 ORDER BY first_seq LIMIT $2",
@@ -754,37 +786,44 @@ impl Database {
         if events == 0 {
             return Ok(Compacted::default());
         }
-        let mut products = Products::default();
         let mut ids: Vec<&str> = last_of.keys().map(|id| &**id).collect();
         // In one order, so that two compactions would lock rows alike.
         ids.sort_unstable();
-        for id in ids {
-            let (last, row) = last_of[id];
-            if let Some(stored) = folded.stored(id) {
-                products.push(id, &stored, last, row);
+        for ids in ids.chunks(slice.max(1)) {
+            let mut products = Products::default();
+            for &id in ids {
+                let (last, row) = last_of[id];
+                if let Some(stored) = folded.stored(id) {
+                    products.push(id, &stored, last, row);
+                }
             }
+            self.client
+                .execute(
+                    &upsert,
+                    &[
+                        &products.ids,
+                        &products.price,
+                        &products.price_rank,
+                        &products.price_order,
+                        &products.stock,
+                        &products.stock_rank,
+                        &products.stock_order,
+                        &products.last_seq,
+                        &products.last_row,
+                    ],
+                )
+                .map_err(error)?;
         }
-        tx.execute(
-            &statement,
-            &[
-                &products.ids,
-                &products.price,
-                &products.price_rank,
-                &products.price_order,
-                &products.stock,
-                &products.stock_rank,
-                &products.stock_order,
-                &products.last_seq,
-                &products.last_row,
-                &((next - 1) as i64),
-            ],
-        )
-        .map_err(error)?;
-        tx.commit().map_err(error)?;
+        self.client
+            .execute(
+                "UPDATE compaction SET through = greatest(through, $1), compacted_at = now()",
+                &[&((next - 1) as i64)],
+            )
+            .map_err(error)?;
         Ok(Compacted {
             rows: journal.len(),
             events,
-            products: products.ids.len(),
+            products: last_of.len(),
         })
     }
 
