@@ -3,9 +3,11 @@
 //!
 //! Exit codes: 0 after a shutdown (the log says if events were not applied),
 //! 1 if the service could not start (a port in use, a durable store that is
-//! locked, damaged or from a newer release) or a thread had panicked, 2 for
-//! a bad setting or argument (`DATA_DIR` that cannot be written, or set in a
-//! build without the `sqlite` feature, included), 130 on a second signal.
+//! locked, damaged or from a newer release, a PostgreSQL database that
+//! cannot be reached or has a newer schema) or a thread had panicked, 2 for
+//! a bad setting or argument (`DATA_DIR` that cannot be written, `DATA_DIR`
+//! or `DATABASE_URL` set in a build without its feature, both set at once,
+//! included), 130 on a second signal.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -723,6 +723,74 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
     );
 }
 
+/// A server that stops answering without closing its connections (frozen
+/// with SIGSTOP, as a hung host looks): the POST whose commit it holds is
+/// answered 503 `storage_unavailable` once the commit has waited the
+/// watchdog's 3 s, later POSTs at once, `/readyz` 503 with the reason,
+/// `/healthz` 200. Thawed, the instance commits again by itself, and the
+/// held event retried with its event id is either the one committed (a
+/// duplicate) or new: applied once either way.
+#[test]
+fn a_frozen_database_is_given_up_on_within_seconds_and_recovers_by_itself() {
+    let server = Postgres::start();
+    let a = instance(&server);
+    let (base, http) = (a.base(), agent());
+    let first = post_event(
+        &http,
+        &base,
+        r#"{"product_id":"f","stock":1,"event_id":"f-1"}"#,
+    );
+    assert_eq!(first.status, 202, "{}", first.body);
+
+    let frozen = server.freeze();
+    let held_body = r#"{"product_id":"f","stock":2,"event_id":"f-2"}"#;
+    let started = Instant::now();
+    let held = post_event(&http, &base, held_body);
+    let waited = started.elapsed();
+    held.assert_problem(503, "storage_unavailable");
+    assert!(held.header("retry-after").is_some(), "{:?}", held.headers);
+    // Given up on by the watchdog (3 s), not by a TCP or statement timeout
+    // (the kernel still takes what is sent: none would come for minutes).
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    let started = Instant::now();
+    let later = post_event(&http, &base, r#"{"product_id":"g","stock":1}"#);
+    later.assert_problem(503, "storage_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = get(&base, "/readyz");
+    let problem = ready.assert_problem(503, "not_ready");
+    assert_eq!(problem["reason"], "storage_unavailable", "{}", ready.body);
+    assert!(
+        ready.body.contains("has not answered for"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(get(&base, "/healthz").status, 200);
+
+    drop(frozen);
+    let seq = common::wait_until("a POST accepted after the thaw", || {
+        let retried = post_event(&http, &base, held_body);
+        matches!(retried.status, 200 | 202).then(|| retried.json()["seq"].as_u64().expect("seq"))
+    });
+    common::wait_until("ready again", || {
+        (get(&base, "/readyz").status == 200).then_some(())
+    });
+    let read = get(&base, &format!("/products/f?min_seq={seq}&wait=5"));
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["stock"], 2, "{}", read.body);
+    assert_eq!(
+        server.psql("SELECT count(*) FROM events WHERE event_id = 'f-2'"),
+        "1",
+        "the held event is in the journal once"
+    );
+}
+
 /// A pool (`DB_POOL_SIZE=2`) whose second connection is lost again and
 /// again (its backend terminated each time it comes back) keeps
 /// committing on the first: at most one event per loss is refused (the

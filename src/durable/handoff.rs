@@ -175,6 +175,13 @@ impl<T> Mailbox<T> {
         }
     }
 
+    /// Takes whatever is posted, for a watchdog to refuse while every
+    /// committer is stuck at the database (nobody collects it meanwhile).
+    #[cfg(feature = "postgres")]
+    pub fn take_pending(&self) -> Vec<T> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
     /// Gives back a batch that this committer cannot commit (its
     /// connection is down) while another can: it goes before anything
     /// posted since, and a sleeping committer is rung.

@@ -27,7 +27,7 @@ impl DatabaseUrl {
 
     /// `text` with whatever stands where a URL's password would be
     /// replaced by `***`, whether or not it is a usable URL: for quoting a
-    /// refused value.
+    /// refused value (a `host=… password=…` string included).
     pub fn masked(text: &str) -> String {
         DatabaseUrl(text.to_owned()).to_string()
     }
@@ -37,36 +37,102 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// Replaces this URL's password, wherever it appears in `text`, by
-    /// `***` (a driver's error message may quote it).
+    /// Replaces this URL's secrets, wherever they appear in `text`, by
+    /// `***` (a driver's error message may quote them), as written in the
+    /// URL and percent-decoded.
     pub fn mask_in(&self, text: &str) -> String {
-        match self.password() {
-            Some(range) if !range.is_empty() => text.replace(&self.0[range], "***"),
-            _ => text.to_owned(),
+        let mut masked = text.to_owned();
+        for range in self.secrets() {
+            let raw = &self.0[range];
+            let decoded = percent_decoded(raw);
+            for secret in [raw, decoded.as_str()] {
+                if !secret.is_empty() {
+                    masked = masked.replace(secret, "***");
+                }
+            }
         }
+        masked
     }
 
-    /// The password's byte range in the URL, if it has one.
-    fn password(&self) -> Option<std::ops::Range<usize>> {
-        let after_scheme = self.0.find("://")? + 3;
-        let authority_end = self.0[after_scheme..]
-            .find(['/', '?'])
-            .map_or(self.0.len(), |i| after_scheme + i);
-        let at = self.0[after_scheme..authority_end].rfind('@')? + after_scheme;
-        let colon = self.0[after_scheme..at].find(':')? + after_scheme;
-        Some(colon + 1..at)
+    /// The byte ranges of the secrets in the URL, in order: the password
+    /// of its user part, and the value of every `password=` parameter.
+    ///
+    /// The user part is read as the driver reads it (up to the first
+    /// `@`), and wider where that would be ambiguous: the password runs
+    /// from the first `:` to the last `@`, so that an unescaped `@`, `/` or
+    /// `?` in it is masked with the rest (a driver error may quote what it
+    /// took for the host).
+    fn secrets(&self) -> Vec<std::ops::Range<usize>> {
+        let text = &self.0;
+        let mut secrets = Vec::new();
+        let mut params_from = 0;
+        if let Some(scheme) = text.find("://") {
+            let after_scheme = scheme + 3;
+            params_from = after_scheme;
+            if let (Some(first_at), Some(last_at)) = (text.find('@'), text.rfind('@'))
+                && first_at > after_scheme
+                && let Some(colon) = text[after_scheme..first_at].find(':')
+            {
+                secrets.push(after_scheme + colon + 1..last_at);
+                params_from = last_at;
+            }
+        }
+        // `?password=…&…` in a URL, `password=…` (or `'…'`) in a key-value
+        // string.
+        let lower = text.to_ascii_lowercase();
+        let mut at = params_from;
+        while let Some(found) = lower[at..].find("password=") {
+            let start = at + found + "password=".len();
+            let end = if text[start..].starts_with('\'') {
+                text[start + 1..]
+                    .find('\'')
+                    .map_or(text.len(), |i| start + 1 + i + 1)
+            } else {
+                text[start..]
+                    .find(|c: char| c == '&' || c.is_whitespace())
+                    .map_or(text.len(), |i| start + i)
+            };
+            if end > start {
+                secrets.push(start..end);
+            }
+            at = end;
+        }
+        secrets
     }
+}
+
+/// `%XX` sequences decoded (as the driver decodes a password); anything
+/// that is not one is kept as is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = &self.0;
-        match self.password() {
-            Some(range) => {
-                write!(f, "{}***{}", &text[..range.start], &text[range.end..])
-            }
-            None => f.write_str(text),
+        let mut shown = 0;
+        for range in self.secrets() {
+            write!(f, "{}***", &self.0[shown..range.start])?;
+            shown = range.end;
         }
+        f.write_str(&self.0[shown..])
     }
 }
 
@@ -109,6 +175,66 @@ mod tests {
         assert_eq!(
             odd.mask_in("password p:a@ss rejected"),
             "password *** rejected"
+        );
+    }
+
+    #[test]
+    fn every_secret_the_driver_would_read_is_masked() {
+        for (url, shown, secret) in [
+            // An unescaped '/' or '?' in the password: the driver reads
+            // the user part up to the first '@'.
+            (
+                "postgres://app:pa/ss@h/db",
+                "postgres://app:***@h/db",
+                "pa/ss",
+            ),
+            (
+                "postgres://app:pa?ss@h:5432/db",
+                "postgres://app:***@h:5432/db",
+                "pa?ss",
+            ),
+            // The password as a parameter, alone or among others.
+            (
+                "postgres://app@h/db?password=hunter2",
+                "postgres://app@h/db?password=***",
+                "hunter2",
+            ),
+            (
+                "postgresql://h/db?sslmode=disable&Password=hunter2&application_name=x",
+                "postgresql://h/db?sslmode=disable&Password=***&application_name=x",
+                "hunter2",
+            ),
+            // Both at once.
+            (
+                "postgres://h/db?password=hunter2&application_name=a@b",
+                "postgres://h/db?password=***&application_name=a@b",
+                "hunter2",
+            ),
+            (
+                "postgres://app:one@h/db?password=two",
+                "postgres://app:***@h/db?password=***",
+                "one",
+            ),
+        ] {
+            let parsed = DatabaseUrl::parse(url).expect("a postgres URL");
+            assert_eq!(parsed.to_string(), shown);
+            assert_eq!(format!("{parsed:?}"), format!("DatabaseUrl({shown})"));
+            assert_eq!(
+                parsed.mask_in(&format!("the server said: {secret} is wrong")),
+                "the server said: *** is wrong"
+            );
+        }
+        // Percent-encoded in the URL, quoted decoded by a driver.
+        let encoded = DatabaseUrl::parse("postgres://u:s3cr%40t@h/db").expect("valid");
+        assert_eq!(encoded.mask_in("s3cr@t and s3cr%40t"), "*** and ***");
+        // A key-value string, refused as a setting, is quoted masked.
+        assert_eq!(
+            DatabaseUrl::masked("host=db user=app password=hunter2 dbname=x"),
+            "host=db user=app password=*** dbname=x"
+        );
+        assert_eq!(
+            DatabaseUrl::masked("host=db password='hunter 2' dbname=x"),
+            "host=db password=*** dbname=x"
         );
     }
 

@@ -233,6 +233,33 @@ impl Postgres {
         );
     }
 
+    /// Freezes the server (SIGSTOP to it and every backend), as a hung
+    /// host looks to its clients: connections stay open, the kernel still
+    /// takes what they send, nothing answers. Thawed when the returned
+    /// [`Frozen`] is dropped.
+    pub fn freeze(&self) -> Frozen {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .unwrap_or_else(|e| panic!("read postmaster.pid: {e}"));
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .unwrap_or_else(|e| panic!("run pgrep: {e}"));
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        assert!(signal("-STOP", &pids), "kill -STOP {pids:?} failed");
+        Frozen { pids }
+    }
+
     /// Starts it again on the same data and port.
     pub fn restart(&self) {
         self.pg_start();
@@ -323,8 +350,7 @@ fn free_port() -> u16 {
 /// test in a database of its own ([`Shared::database`]). `postgres` runs
 /// as a child of a thread that lives as long as the test process, with
 /// `setpriv --pdeathsig KILL`: when the process exits, the kernel kills the
-/// server. The next run removes the directories of servers whose test
-/// process is gone.
+/// server, and a reaper process ([`reap`]) then removes its directory.
 pub struct Shared {
     bin: PathBuf,
     port: u16,
@@ -342,13 +368,30 @@ impl Shared {
             std::thread::Builder::new()
                 .name("postgres-parent".to_owned())
                 .spawn(move || {
-                    let (shared, mut child) = Shared::spawn();
-                    tx.send(shared).expect("the test waits");
-                    // The server's parent: it must outlive every test.
-                    let _ = child.wait();
+                    // A failure to start (no binaries, say) is the test's
+                    // message, not this thread's.
+                    let started = std::panic::catch_unwind(Shared::spawn).map_err(|panic| {
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "starting the shared server panicked".to_owned())
+                    });
+                    match started {
+                        Ok((shared, mut child)) => {
+                            tx.send(Ok(shared)).expect("the test waits");
+                            // The server's parent: it must outlive every test.
+                            let _ = child.wait();
+                        }
+                        Err(message) => tx.send(Err(message)).expect("the test waits"),
+                    }
                 })
                 .expect("spawn the server's thread");
-            rx.recv().expect("the server started")
+            match rx.recv() {
+                Ok(Ok(shared)) => shared,
+                Ok(Err(message)) => panic!("{message}"),
+                Err(_) => panic!("the shared PostgreSQL server's thread ended"),
+            }
         })
     }
 
@@ -379,6 +422,7 @@ impl Shared {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let child = command.spawn().expect("start postgres");
+        reap(&server.dir, child.id());
         let shared = Shared {
             bin,
             port: server.port,
@@ -434,7 +478,30 @@ impl Shared {
     }
 }
 
-/// Removes the directories of shared servers whose test process has exited.
+/// Once this test process has exited (and with it the server, by
+/// `--pdeathsig`), removes the server's directory: a reaper process reads
+/// a pipe whose writing end only this process holds, so its end of input
+/// is this process's exit; it then waits for the server to be gone.
+fn reap(dir: &std::path::Path, server: u32) {
+    let reaper = Command::new("sh")
+        .args([
+            "-c",
+            r#"cat >/dev/null; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; rm -rf "$0""#,
+        ])
+        .arg(dir)
+        .arg(server.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut reaper) = reaper {
+        // Held open until the process exits.
+        std::mem::forget(reaper.stdin.take());
+    }
+}
+
+/// Removes the directories of shared servers whose test process has
+/// exited (left by a run whose reaper could not run).
 fn remove_orphans() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -464,4 +531,25 @@ impl Drop for Held {
         drop(self.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// A frozen server (see [`Postgres::freeze`]): thawed on drop.
+pub struct Frozen {
+    pids: Vec<String>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Whatever of it still runs.
+        signal("-CONT", &self.pids);
+    }
+}
+
+/// Sends `signal` to `pids` with kill(1); whether every one got it.
+fn signal(signal: &str, pids: &[String]) -> bool {
+    Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .is_ok_and(|status| status.success())
 }

@@ -29,15 +29,16 @@
 //! this thread panics (the `Waiting` guard).
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::super::commit::{self, Answer, Health, Pending, Waiting};
+use super::super::commit::{self, Answer, Health, Pending, Waiting, lock};
 use super::super::handoff::{Collected, Mailbox};
 use super::super::url::DatabaseUrl;
 use super::super::{Committed, RETRY_INTERVAL};
 use super::database::{self, Database};
+use super::stop::Stop;
 use super::tailer::{Batch, Handed};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
@@ -48,6 +49,67 @@ const GATHER_ROUNDS: usize = 8;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the database may leave a commit unanswered before it counts
+/// as unreachable (a frozen server, a network that drops packets without
+/// a reset: the connection stays open and nothing fails by itself).
+pub const COMMIT_PATIENCE: Duration = Duration::from_secs(3);
+
+/// How often the watchdog looks at the commits in flight.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// What one committer has at the database right now (a batch's commit,
+/// or the housekeeping), since when, and the batch's clients unless the
+/// watchdog has answered them already.
+#[derive(Default)]
+pub struct InFlight(Mutex<Option<Busy>>);
+
+struct Busy {
+    since: Instant,
+    waiting: Option<Waiting>,
+    /// The watchdog has given up on it (once).
+    given_up: bool,
+}
+
+impl InFlight {
+    /// The committer: a statement goes to the database now, for the
+    /// clients in `waiting` (none for the housekeeping).
+    fn begin(&self, waiting: Option<Waiting>) {
+        *lock(&self.0) = Some(Busy {
+            since: Instant::now(),
+            waiting,
+            given_up: false,
+        });
+    }
+
+    /// The committer: the database answered. The clients, to answer with
+    /// the outcome, or `None` if the watchdog answered them meanwhile.
+    fn end(&self) -> Option<Waiting> {
+        lock(&self.0).take().and_then(|busy| busy.waiting)
+    }
+
+    /// The watchdog: if the statement has waited `patience`, gives up on
+    /// it (once): calls `give_up` with how long it has been, and returns
+    /// its clients. Under the lock, so that `give_up` (which fails the
+    /// committer's part of the health) never runs after `end`, whose
+    /// caller then marks the part working.
+    fn overdue(&self, patience: Duration, give_up: impl FnOnce(Duration)) -> Option<Waiting> {
+        let mut slot = lock(&self.0);
+        let busy = slot.as_mut()?;
+        let waited = busy.since.elapsed();
+        if waited < patience || busy.given_up {
+            return None;
+        }
+        busy.given_up = true;
+        give_up(waited);
+        busy.waiting.take()
+    }
+
+    /// Whether the watchdog has given up on what is at the database.
+    fn given_up(&self) -> bool {
+        lock(&self.0).as_ref().is_some_and(|busy| busy.given_up)
+    }
+}
 
 /// What the committer shares with the connection threads.
 pub struct Shared {
@@ -68,6 +130,8 @@ pub struct Shared {
     pub last_committed: AtomicU64,
     /// Where committed batches go to this instance's tailer.
     pub handed: Arc<Handed>,
+    /// Each committer's batch while the database has it (by part).
+    pub in_flight: Vec<InFlight>,
 }
 
 /// Gives the tailer this batch's new events, in seq order (they have
@@ -99,6 +163,8 @@ fn hand_over(shared: &Shared, submissions: &[Submission], answers: &[Answer]) {
 pub fn run(shared: &Shared, db: Database, part: usize) -> Committed {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| cycles(shared, Some(db), part)));
     let committed = outcome.unwrap_or_else(|_| {
+        // The batch the panic interrupted, if it was at the database.
+        drop(shared.in_flight[part].end());
         log::error!(
             "storage: committer-{part} panicked (a bug; see the panic above) and commits no more; restart the service"
         );
@@ -190,7 +256,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
         // From here on every one of these threads gets an answer, even if
         // this cycle panics.
-        let waiting = Waiting(replies);
+        let mut waiting = Some(Waiting(replies));
         let refuse = |e: SubmitError| submissions.iter().map(|_| Err(e)).collect();
 
         let answers = if submissions.is_empty() {
@@ -200,7 +266,14 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
         } else if let Some(connection) = db.as_mut() {
             let started = Instant::now();
             let window = (shared.window_len > 0).then_some(shared.window_ttl);
-            match connection.accept(&submissions, window, &shared.instance) {
+            let in_flight = &shared.in_flight[part];
+            in_flight.begin(waiting.take());
+            let outcome = connection.accept(&submissions, window, &shared.instance);
+            // `None`: the commit outlasted COMMIT_PATIENCE, and the watchdog
+            // has answered its clients 503 (what they get when a commit
+            // fails: committed or not, a retry with the event id tells).
+            waiting = in_flight.end();
+            match outcome {
                 Ok(answers) => {
                     shared.health.ok(part);
                     let new = answers
@@ -211,7 +284,9 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
                     if let Some(last) = answers.iter().filter_map(|a| a.ok()).map(|s| s.seq).max() {
                         shared.last_committed.fetch_max(last, Ordering::AcqRel);
                     }
-                    shared.accepted.fetch_add(new as u64, Ordering::Relaxed);
+                    if waiting.is_some() {
+                        shared.accepted.fetch_add(new as u64, Ordering::Relaxed);
+                    }
                     hand_over(shared, &submissions, &answers);
                     let storage = &shared.metrics.storage;
                     storage.commit_seconds.observe(started.elapsed());
@@ -238,7 +313,9 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
         };
         // Answered only now, so that a 503 is already in `/readyz` when
         // the client sees it.
-        waiting.answer(answers);
+        if let Some(waiting) = waiting {
+            waiting.answer(answers);
+        }
 
         if db.is_none() {
             db = reconnect(shared, part, &mut last_connect);
@@ -251,12 +328,16 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             && (due || finishing)
         {
             last_housekeeping = Some(Instant::now());
+            // Watched like a commit: a batch posted meanwhile waits for it.
+            let in_flight = &shared.in_flight[part];
+            in_flight.begin(None);
             let done = connection.housekeeping(
                 &shared.instance,
                 shared.progress.through(),
                 shared.window_ttl,
                 shared.window_len,
             );
+            in_flight.end();
             match done {
                 Ok(()) => shared.health.ok(part),
                 Err(e) => {
@@ -275,6 +356,42 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
         if finishing {
             committed.clean = !shared.health.is_failing();
             return committed;
+        }
+    }
+}
+
+/// The watchdog thread's body: a commit (or housekeeping) that the
+/// database leaves unanswered for [`COMMIT_PATIENCE`] fails its
+/// committer's part of the health, and its clients are answered 503
+/// `storage_unavailable` (they
+/// may retry with their event ids: the commit may still succeed). Once
+/// every part fails, what is posted is refused too, and later POSTs are
+/// answered 503 at once, until a commit returns (the database answers
+/// again: the committer marks its part working) or fails (and the
+/// connection is made again, as after any failure).
+pub fn watch(shared: &Shared, stop: &Stop) {
+    while !stop.pause(WATCH_EVERY) {
+        let mut stalled = false;
+        for (part, in_flight) in shared.in_flight.iter().enumerate() {
+            let stuck = in_flight.overdue(COMMIT_PATIENCE, |waited| {
+                failed(
+                    shared,
+                    part,
+                    format!(
+                        "the database has not answered for {} s (a frozen server, or a network that drops packets)",
+                        waited.as_secs()
+                    ),
+                );
+            });
+            drop(stuck);
+            stalled |= in_flight.given_up();
+        }
+        // Nobody collects while every committer is stuck: what was posted
+        // before the health failed is answered here.
+        if stalled && shared.health.is_failing() {
+            for pending in shared.mailbox.take_pending() {
+                commit::answer(pending.reply, Err(SubmitError::StorageUnavailable));
+            }
         }
     }
 }

@@ -120,7 +120,14 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(600);
 /// execution (pg_stat_statements: plans = calls, 0.18 ms of planning per
 /// batch beside 0.45 ms of execution); its plan does not depend on the
 /// values, only on the arrays' lengths.
-const SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
+/// The server's keepalives: a client host that vanishes without closing
+/// its connections (a power loss) is noticed by the server within about
+/// 11 s, so that its session's locks (the compaction's) go with it.
+const SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET default_transaction_isolation = 'read committed'; SET lock_timeout = '5s'; SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'; SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3";
+
+/// How long sent bytes may go unacknowledged before a connection counts
+/// as lost (`tcp_user_timeout`).
+const UNANSWERED: Duration = Duration::from_secs(3);
 
 /// The tables every version has (version 1's `events` table aside).
 const SCHEMA: &str = r#"
@@ -342,10 +349,14 @@ impl Database {
                     reason: url.mask_in(&e.to_string()),
                 })?;
         config.connect_timeout(timeout);
-        // A server that stops answering (a dropped network, a frozen host)
-        // fails the connection after this, instead of hanging a commit.
-        config.tcp_user_timeout(timeout);
-        config.keepalives_idle(timeout);
+        // A network that stops carrying what this side sends fails the
+        // connection after this (3 s, also for the connections made at
+        // startup with a longer `timeout`), instead of hanging a commit;
+        // a server that takes it and never answers (a frozen host) is the
+        // committers' watchdog's (`committer::COMMIT_PATIENCE`).
+        let unanswered = timeout.min(UNANSWERED);
+        config.tcp_user_timeout(unanswered);
+        config.keepalives_idle(unanswered);
         config.application_name(&format!("product-update-service {role}"));
         let mut client = config.connect(NoTls).map_err(|e| PgError::Connect {
             url: url.to_string(),
@@ -379,7 +390,7 @@ impl Database {
 
     /// Creates the schema if the database has none, or checks its version.
     /// Under a transaction-scoped advisory lock: instances starting at once
-    /// take turns, the first creates, the others find version 1.
+    /// take turns, the first creates (or upgrades), the others find it done.
     pub fn prepare_schema(&mut self) -> Result<(), PgError> {
         let url = self.url.clone();
         let error = |e: postgres::Error| PgError::Query {

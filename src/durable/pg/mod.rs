@@ -165,6 +165,9 @@ impl Recovered {
             accepted: AtomicU64::new(0),
             last_committed: AtomicU64::new(0),
             handed: Arc::clone(&handed),
+            in_flight: (0..1 + self.more_dbs.len())
+                .map(|_| committer::InFlight::default())
+                .collect(),
         });
         let tailer = Arc::new(tailer::Shared {
             url: url.clone(),
@@ -201,6 +204,21 @@ impl Recovered {
                 return Err(e);
             }
         };
+        let watchdog = Arc::new(Stop::default());
+        let watchdog_thread = {
+            let (shared, stop) = (Arc::clone(&committer), Arc::clone(&watchdog));
+            thread::Builder::new()
+                .name("watchdog".to_owned())
+                .spawn(move || committer::watch(&shared, &stop))
+        };
+        let watchdog_thread = match watchdog_thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                stop_tailer(&tailer, tailer_thread);
+                stop_compactor(&compactor, compactor_thread);
+                return Err(e);
+            }
+        };
         let mut committer_threads = Vec::new();
         let dbs = std::iter::once(committer_db).chain(self.more_dbs);
         for (n, db) in dbs.enumerate() {
@@ -217,6 +235,7 @@ impl Recovered {
                     }
                     stop_tailer(&tailer, tailer_thread);
                     stop_compactor(&compactor, compactor_thread);
+                    stop_watchdog(&watchdog, watchdog_thread);
                     return Err(e);
                 }
             }
@@ -227,6 +246,8 @@ impl Recovered {
             tailer,
             compactor,
             compactor_thread: Mutex::new(Some(compactor_thread)),
+            watchdog,
+            watchdog_thread: Mutex::new(Some(watchdog_thread)),
             committer_threads: Mutex::new(committer_threads),
             tailer_thread: Mutex::new(Some(tailer_thread)),
             committed: Mutex::new(None),
@@ -260,12 +281,22 @@ fn stop_compactor(compactor: &compactor::Shared, thread: JoinHandle<()>) {
     }
 }
 
+fn stop_watchdog(stop: &Stop, thread: JoinHandle<()>) {
+    stop.stop();
+    if thread.join().is_err() {
+        log::error!("storage: the watchdog thread had panicked");
+    }
+}
+
 /// The running PostgreSQL store.
 pub struct Durable {
     committer: Arc<committer::Shared>,
     tailer: Arc<tailer::Shared>,
     compactor: Arc<compactor::Shared>,
     compactor_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the watchdog (`committer::watch`).
+    watchdog: Arc<Stop>,
+    watchdog_thread: Mutex<Option<JoinHandle<()>>>,
     committer_threads: Mutex<Vec<JoinHandle<Committed>>>,
     tailer_thread: Mutex<Option<JoinHandle<()>>>,
     /// What the committer returned, once `stop_accepting` joined it.
@@ -364,6 +395,10 @@ impl Durable {
             Some(committed) => committed,
             None => self.join_committers(),
         };
+        let watchdog = lock(&self.watchdog_thread).take();
+        if let Some(thread) = watchdog {
+            stop_watchdog(&self.watchdog, thread);
+        }
         log::info!(
             "storage: {} events committed to {} by this instance",
             committed.events,
