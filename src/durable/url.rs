@@ -5,6 +5,7 @@
 //! [`DatabaseUrl::expose`] is the one way to the real text, for connecting.
 
 use std::fmt;
+use std::ops::Range;
 
 /// A PostgreSQL connection URL (`postgres://user:password@host:port/db`).
 /// Prints with the password replaced by `***`.
@@ -55,50 +56,106 @@ impl DatabaseUrl {
     }
 
     /// The byte ranges of the secrets in the URL, in order: the password
-    /// of its user part, and the value of every `password=` parameter.
-    ///
-    /// The user part is read as the driver reads it (up to the first
-    /// `@`), and wider where that would be ambiguous: the password runs
-    /// from the first `:` to the last `@`, so that an unescaped `@`, `/` or
-    /// `?` in it is masked with the rest (a driver error may quote what it
-    /// took for the host).
-    fn secrets(&self) -> Vec<std::ops::Range<usize>> {
+    /// of its user part and the value of a `password` parameter (any
+    /// case); in a
+    /// key-value string (`host=db password=…`, refused as a setting but
+    /// quoted in the refusal), the `password` value.
+    fn secrets(&self) -> Vec<Range<usize>> {
         let text = &self.0;
-        let mut secrets = Vec::new();
-        let mut params_from = 0;
-        if let Some(scheme) = text.find("://") {
-            let after_scheme = scheme + 3;
-            params_from = after_scheme;
-            if let (Some(first_at), Some(last_at)) = (text.find('@'), text.rfind('@'))
-                && first_at > after_scheme
-                && let Some(colon) = text[after_scheme..first_at].find(':')
-            {
-                secrets.push(after_scheme + colon + 1..last_at);
-                params_from = last_at;
-            }
+        // A URL of any scheme (one refused as not postgres:// is quoted
+        // too), or else key-value.
+        let scheme = text.find("://").filter(|&end| {
+            end > 0
+                && text[..end]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        match scheme {
+            Some(end) => url_secrets(text, end + 3),
+            None => key_value_secrets(text),
         }
-        // `?password=…&…` in a URL, `password=…` (or `'…'`) in a key-value
-        // string.
-        let lower = text.to_ascii_lowercase();
-        let mut at = params_from;
-        while let Some(found) = lower[at..].find("password=") {
-            let start = at + found + "password=".len();
-            let end = if text[start..].starts_with('\'') {
-                text[start + 1..]
-                    .find('\'')
-                    .map_or(text.len(), |i| start + 1 + i + 1)
-            } else {
-                text[start..]
-                    .find(|c: char| c == '&' || c.is_whitespace())
-                    .map_or(text.len(), |i| start + i)
-            };
-            if end > start {
-                secrets.push(start..end);
-            }
-            at = end;
-        }
-        secrets
     }
+}
+
+/// A URL's secrets, read as the driver reads the URL, and wider where that
+/// would be ambiguous. The user part runs up to the first `@` (its
+/// password after its first `:`), and the password here up to the last
+/// `@` before the host's end, so that an unescaped `@`, `/` or `?` in it
+/// is masked with the rest (a driver error may quote what it took for the
+/// host). Parameters are split on `&` and `=`, their names
+/// percent-decoded (`pass%77ord` is `password` to the driver).
+fn url_secrets(text: &str, after_scheme: usize) -> Vec<Range<usize>> {
+    let mut secrets = Vec::new();
+    let mut params_from = after_scheme;
+    if let Some(at) = text[after_scheme..].find('@').map(|i| after_scheme + i)
+        && let Some(colon) = text[after_scheme..at].find(':')
+    {
+        let host_end = text[at..].find(['/', '?']).map_or(text.len(), |i| at + i);
+        let last_at = text[at..host_end].rfind('@').map_or(at, |i| at + i);
+        secrets.push(after_scheme + colon + 1..last_at);
+        params_from = last_at;
+    }
+    if let Some(question) = text[params_from..].find('?').map(|i| params_from + i) {
+        let mut start = question + 1;
+        for pair in text[question + 1..].split('&') {
+            if let Some(equals) = pair.find('=')
+                && percent_decoded(&pair[..equals]).eq_ignore_ascii_case("password")
+                && equals + 1 < pair.len()
+            {
+                secrets.push(start + equals + 1..start + pair.len());
+            }
+            start += pair.len() + 1;
+        }
+    }
+    secrets
+}
+
+/// The `password` values of a key-value connection string, tokenized as
+/// the driver does: spaces allowed around `=`, a value either quoted
+/// (`'…'`, with `\` escapes) or running to the next space (with `\`
+/// escapes).
+fn key_value_secrets(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let space = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_whitespace);
+    let mut secrets = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        while space(i) {
+            i += 1;
+        }
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !space(i) {
+            i += 1;
+        }
+        let key = &text[key_start..i];
+        while space(i) {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b'=') {
+            // A word without a value: on to the next.
+            continue;
+        }
+        i += 1;
+        while space(i) {
+            i += 1;
+        }
+        let value_start = i;
+        let quoted = bytes.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        while i < bytes.len() && !(if quoted { bytes[i] == b'\'' } else { space(i) }) {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        if quoted {
+            i += 1;
+        }
+        i = i.min(bytes.len());
+        if key.eq_ignore_ascii_case("password") && i > value_start {
+            secrets.push(value_start..i);
+        }
+    }
+    secrets
 }
 
 /// `%XX` sequences decoded (as the driver decodes a password); anything
@@ -227,15 +284,47 @@ mod tests {
         // Percent-encoded in the URL, quoted decoded by a driver.
         let encoded = DatabaseUrl::parse("postgres://u:s3cr%40t@h/db").expect("valid");
         assert_eq!(encoded.mask_in("s3cr@t and s3cr%40t"), "*** and ***");
+        // A parameter name percent-encoded; a '@' in a parameter's value;
+        // a space in a parameter's value (the driver reads to '&').
+        for (url, shown) in [
+            (
+                "postgres://u@h/db?pass%77ord=s3cret",
+                "postgres://u@h/db?pass%77ord=***",
+            ),
+            (
+                "postgres://u:p@h/db?password=x@y",
+                "postgres://u:***@h/db?password=***",
+            ),
+            (
+                "postgres://h/db?password=hunter 2&x=1",
+                "postgres://h/db?password=***&x=1",
+            ),
+        ] {
+            assert_eq!(DatabaseUrl::parse(url).expect("valid").to_string(), shown);
+        }
         // A key-value string, refused as a setting, is quoted masked.
         assert_eq!(
             DatabaseUrl::masked("host=db user=app password=hunter2 dbname=x"),
             "host=db user=app password=*** dbname=x"
         );
-        assert_eq!(
-            DatabaseUrl::masked("host=db password='hunter 2' dbname=x"),
-            "host=db password=*** dbname=x"
-        );
+        for (text, shown) in [
+            (
+                "host=db password='hunter 2' dbname=x",
+                "host=db password=*** dbname=x",
+            ),
+            (
+                r"host=db password='it\'s x' dbname=x",
+                "host=db password=*** dbname=x",
+            ),
+            (r"password=a\ b host=db", "password=*** host=db"),
+            ("password = hunter2 host=db", "password = *** host=db"),
+            (
+                "password=hunter2 application_name=a://b",
+                "password=*** application_name=a://b",
+            ),
+        ] {
+            assert_eq!(DatabaseUrl::masked(text), shown, "{text}");
+        }
     }
 
     #[test]

@@ -246,18 +246,27 @@ impl Postgres {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        // Thawed on drop from here on, whatever fails below. The postmaster
+        // first: stopped, it starts no new backend while they are listed.
+        let mut frozen = Frozen {
+            pids: vec![postmaster.clone()],
+        };
+        assert!(
+            signal("-STOP", &frozen.pids),
+            "kill -STOP {postmaster} failed"
+        );
         let children = Command::new("pgrep")
             .args(["-P", &postmaster])
             .output()
             .unwrap_or_else(|e| panic!("run pgrep: {e}"));
-        let mut pids = vec![postmaster];
-        pids.extend(
-            String::from_utf8_lossy(&children.stdout)
-                .split_whitespace()
-                .map(str::to_owned),
-        );
-        assert!(signal("-STOP", &pids), "kill -STOP {pids:?} failed");
-        Frozen { pids }
+        let children: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        // A backend that exited meanwhile is not an error.
+        signal("-STOP", &children);
+        frozen.pids.extend(children);
+        frozen
     }
 
     /// Starts it again on the same data and port.
@@ -348,9 +357,8 @@ fn free_port() -> u16 {
 /// One server for a whole test binary (`tests/postgres_suite.rs`; one per
 /// included file, since each has its own copy of this module), each
 /// test in a database of its own ([`Shared::database`]). `postgres` runs
-/// as a child of a thread that lives as long as the test process, with
-/// `setpriv --pdeathsig KILL`: when the process exits, the kernel kills the
-/// server, and a reaper process ([`reap`]) then removes its directory.
+/// under a shell that stops it and removes its directory once the test
+/// process has exited (see [`Shared::spawn`]).
 pub struct Shared {
     bin: PathBuf,
     port: u16,
@@ -401,8 +409,22 @@ impl Shared {
         // foreground instead of through pg_ctl.
         let server = Postgres::start_stopped();
         let bin = server.bin.clone();
-        let mut command = Command::new("setpriv");
-        command.arg("--pdeathsig").arg("KILL");
+        // The server's parent is a shell that reads a pipe whose writing
+        // end only this process holds: its end of input is this process's
+        // exit (however it exits), on which it shuts the server down
+        // (immediate shutdown: the backends go with it), waits for it,
+        // and removes its directory.
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            r#"dir=$1; shift; "$@" </dev/null >/dev/null 2>&1 & server=$!; cat >/dev/null; kill -QUIT "$server" 2>/dev/null; wait "$server"; rm -rf "$dir""#,
+            "sh",
+        ]);
+        command
+            .arg(&server.dir)
+            .arg("setpriv")
+            .arg("--pdeathsig")
+            .arg("KILL");
         if server.as_root {
             command.args([
                 "--reuid",
@@ -418,11 +440,12 @@ impl Shared {
             .arg("-D")
             .arg(server.data())
             .args(server.options().split(' '))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let child = command.spawn().expect("start postgres");
-        reap(&server.dir, child.id());
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().expect("start postgres");
+        // Held open until the process exits.
+        std::mem::forget(child.stdin.take());
         let shared = Shared {
             bin,
             port: server.port,
@@ -430,7 +453,8 @@ impl Shared {
             as_root: server.as_root,
             next: std::sync::atomic::AtomicUsize::new(0),
         };
-        // Not dropped: the server and its directory live until the process ends.
+        // Not dropped: the server and its directory live until the process
+        // ends (then the shell above removes them).
         std::mem::forget(server);
         let deadline = std::time::Instant::now() + super::DEADLINE;
         while !shared.ready() {
@@ -478,30 +502,8 @@ impl Shared {
     }
 }
 
-/// Once this test process has exited (and with it the server, by
-/// `--pdeathsig`), removes the server's directory: a reaper process reads
-/// a pipe whose writing end only this process holds, so its end of input
-/// is this process's exit; it then waits for the server to be gone.
-fn reap(dir: &std::path::Path, server: u32) {
-    let reaper = Command::new("sh")
-        .args([
-            "-c",
-            r#"cat >/dev/null; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; rm -rf "$0""#,
-        ])
-        .arg(dir)
-        .arg(server.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    if let Ok(mut reaper) = reaper {
-        // Held open until the process exits.
-        std::mem::forget(reaper.stdin.take());
-    }
-}
-
 /// Removes the directories of shared servers whose test process has
-/// exited (left by a run whose reaper could not run).
+/// exited (left by a run that was killed before its shell could clean up).
 fn remove_orphans() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;

@@ -53,7 +53,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the database may leave a commit unanswered before it counts
 /// as unreachable (a frozen server, a network that drops packets without
 /// a reset: the connection stays open and nothing fails by itself).
-pub const COMMIT_PATIENCE: Duration = Duration::from_secs(3);
+const COMMIT_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The same for the housekeeping, whose deletes may legitimately run
+/// longer after a backlog: longer than the session's `statement_timeout`
+/// (10 s), by which a working server has ended them one way or the other.
+const HOUSEKEEPING_PATIENCE: Duration = Duration::from_secs(12);
 
 /// How often the watchdog looks at the commits in flight.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -66,6 +71,8 @@ pub struct InFlight(Mutex<Option<Busy>>);
 
 struct Busy {
     since: Instant,
+    /// How long it may take before the watchdog gives up on it.
+    patience: Duration,
     waiting: Option<Waiting>,
     /// The watchdog has given up on it (once).
     given_up: bool,
@@ -73,10 +80,12 @@ struct Busy {
 
 impl InFlight {
     /// The committer: a statement goes to the database now, for the
-    /// clients in `waiting` (none for the housekeeping).
-    fn begin(&self, waiting: Option<Waiting>) {
+    /// clients in `waiting` (none for the housekeeping), to be answered
+    /// within `patience`.
+    fn begin(&self, waiting: Option<Waiting>, patience: Duration) {
         *lock(&self.0) = Some(Busy {
             since: Instant::now(),
+            patience,
             waiting,
             given_up: false,
         });
@@ -88,16 +97,16 @@ impl InFlight {
         lock(&self.0).take().and_then(|busy| busy.waiting)
     }
 
-    /// The watchdog: if the statement has waited `patience`, gives up on
-    /// it (once): calls `give_up` with how long it has been, and returns
-    /// its clients. Under the lock, so that `give_up` (which fails the
-    /// committer's part of the health) never runs after `end`, whose
+    /// The watchdog: if the statement has waited its patience, gives up
+    /// on it (once): calls `give_up` with how long it has been, and
+    /// returns its clients. Under the lock, so that `give_up` (which fails
+    /// the committer's part of the health) never runs after `end`, whose
     /// caller then marks the part working.
-    fn overdue(&self, patience: Duration, give_up: impl FnOnce(Duration)) -> Option<Waiting> {
+    fn overdue(&self, give_up: impl FnOnce(Duration)) -> Option<Waiting> {
         let mut slot = lock(&self.0);
         let busy = slot.as_mut()?;
         let waited = busy.since.elapsed();
-        if waited < patience || busy.given_up {
+        if waited < busy.patience || busy.given_up {
             return None;
         }
         busy.given_up = true;
@@ -267,7 +276,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             let started = Instant::now();
             let window = (shared.window_len > 0).then_some(shared.window_ttl);
             let in_flight = &shared.in_flight[part];
-            in_flight.begin(waiting.take());
+            in_flight.begin(waiting.take(), COMMIT_PATIENCE);
             let outcome = connection.accept(&submissions, window, &shared.instance);
             // `None`: the commit outlasted COMMIT_PATIENCE, and the watchdog
             // has answered its clients 503 (what they get when a commit
@@ -330,7 +339,7 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
             last_housekeeping = Some(Instant::now());
             // Watched like a commit: a batch posted meanwhile waits for it.
             let in_flight = &shared.in_flight[part];
-            in_flight.begin(None);
+            in_flight.begin(None, HOUSEKEEPING_PATIENCE);
             let done = connection.housekeeping(
                 &shared.instance,
                 shared.progress.through(),
@@ -360,9 +369,10 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
     }
 }
 
-/// The watchdog thread's body: a commit (or housekeeping) that the
-/// database leaves unanswered for [`COMMIT_PATIENCE`] fails its
-/// committer's part of the health, and its clients are answered 503
+/// The watchdog thread's body: a commit that the database leaves
+/// unanswered for [`COMMIT_PATIENCE`] (the housekeeping: for
+/// [`HOUSEKEEPING_PATIENCE`]) fails its committer's part of the health,
+/// and its clients are answered 503
 /// `storage_unavailable` (they
 /// may retry with their event ids: the commit may still succeed). Once
 /// every part fails, what is posted is refused too, and later POSTs are
@@ -373,7 +383,7 @@ pub fn watch(shared: &Shared, stop: &Stop) {
     while !stop.pause(WATCH_EVERY) {
         let mut stalled = false;
         for (part, in_flight) in shared.in_flight.iter().enumerate() {
-            let stuck = in_flight.overdue(COMMIT_PATIENCE, |waited| {
+            let stuck = in_flight.overdue(|waited| {
                 failed(
                     shared,
                     part,
