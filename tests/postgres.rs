@@ -279,6 +279,55 @@ fn an_unreachable_server_fails_the_start_without_showing_the_password() {
     assert!(log.contains("postgres://app:***@127.0.0.1"), "{log}");
 }
 
+/// A port that takes the connection and never answers (a frozen host, or
+/// not PostgreSQL): the start gives up after its 10 s, exit 1, saying so.
+#[test]
+fn a_server_that_never_answers_fails_the_start_within_its_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    // Connections wait in the listener's backlog: accepted by the kernel,
+    // never answered.
+    let url = format!("postgres://app:hunter2@127.0.0.1:{port}/products");
+    let started = Instant::now();
+    // Waited for with a deadline (and killed past it): a start that hangs
+    // fails the test instead of holding it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut service = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+            .env_clear()
+            .envs([
+                ("PORT", "0"),
+                ("BIND_ADDR", "127.0.0.1"),
+                ("DATABASE_URL", url.as_str()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the binary"),
+    );
+    let status = common::wait_until("the start to give up", || {
+        service.0.try_wait().expect("wait for the binary")
+    });
+    let took = started.elapsed();
+    let mut log = String::new();
+    std::io::Read::read_to_string(service.0.stderr.as_mut().expect("piped stderr"), &mut log)
+        .expect("read its log");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(log.contains("did not answer within 10 s"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    drop(silent);
+}
+
 /// One event a client sent, and what became of it.
 #[derive(Clone, Debug)]
 struct Sent {

@@ -56,10 +56,9 @@ impl DatabaseUrl {
     }
 
     /// The byte ranges of the secrets in the URL, in order: the password
-    /// of its user part and the value of a `password` parameter (any
-    /// case); in a
-    /// key-value string (`host=db password=…`, refused as a setting but
-    /// quoted in the refusal), the `password` value.
+    /// of its user part and the value of a `password` parameter (in any
+    /// case); in a key-value string (`host=db password=…`, refused as a
+    /// setting but quoted in the refusal), the `password` value.
     fn secrets(&self) -> Vec<Range<usize>> {
         let text = &self.0;
         // A URL of any scheme (one refused as not postgres:// is quoted

@@ -18,7 +18,10 @@
 //! the ones standing by, so that when no connection works they take (and
 //! refuse with 503 `storage_unavailable`) what was posted just before;
 //! from then on `POST /events` answers 503 at once without posting (see
-//! `Durable::submit_with_reply`), and `/readyz` 503 with the reason.
+//! `Durable::submit_with_reply`), and `/readyz` 503 with the reason. A
+//! database that takes a commit and never answers is the watchdog's
+//! ([`watch`], its own thread): it answers that batch 503 after
+//! [`COMMIT_PATIENCE`] and fails the committer's part of the health.
 //!
 //! Each event's client is answered from here (its `Reply` writes the HTTP
 //! answer on this thread; the connection's thread meanwhile reads the

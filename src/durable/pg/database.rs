@@ -375,6 +375,38 @@ impl Database {
         })
     }
 
+    /// [`Database::connect`], given up on after `timeout` however far it
+    /// got: a server that takes the TCP connection and never answers (a
+    /// frozen host, a port that is not PostgreSQL's) would otherwise hold
+    /// it for ever, since the driver's `connect_timeout` bounds only the
+    /// TCP connect. For startup only: the attempt's thread is left behind
+    /// if it never returns, and the service then exits.
+    pub fn connect_within(
+        url: &DatabaseUrl,
+        timeout: Duration,
+        role: &str,
+    ) -> Result<Database, PgError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (attempt_url, attempt_role) = (url.clone(), role.to_owned());
+        let given_up = |detail: String| PgError::Connect {
+            url: url.to_string(),
+            detail,
+        };
+        std::thread::Builder::new()
+            .name(format!("connect-{role}"))
+            .spawn(move || {
+                // The receiver may have given up: nobody to tell then.
+                let _ = tx.send(Database::connect(&attempt_url, timeout, &attempt_role));
+            })
+            .map_err(|e| given_up(format!("cannot start a thread to connect: {e}")))?;
+        rx.recv_timeout(timeout).unwrap_or_else(|_| {
+            Err(given_up(format!(
+                "the server took the connection but did not answer within {} s (a frozen server, or not PostgreSQL on that port)",
+                timeout.as_secs()
+            )))
+        })
+    }
+
     /// The masked URL, for messages.
     pub fn url(&self) -> &DatabaseUrl {
         &self.url

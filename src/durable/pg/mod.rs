@@ -28,6 +28,9 @@
 //!   until the event with seq N (from any instance) is applied there.
 //! - **The products table is the journal, compacted** (`compactor.rs`):
 //!   it is not on the path of a POST, and lets the journal be pruned.
+//! - **A database that stops answering** (a hung host: connections stay
+//!   open, nothing fails by itself) is given up on by the `watchdog`
+//!   thread (`committer::watch`) once a commit has waited 3 s.
 //! - **At startup** an instance reads the `products` table, the journal
 //!   rows not compacted into it yet and the seq they reach, in one
 //!   snapshot, and tails from there.
@@ -85,16 +88,19 @@ impl Recovered {
             return Ok(None);
         };
         let started = Instant::now();
-        let mut committer_db = Database::connect(url, STARTUP_CONNECT_TIMEOUT, "committer-0")
-            .map_err(StorageError::Postgres)?;
+        let mut committer_db =
+            Database::connect_within(url, STARTUP_CONNECT_TIMEOUT, "committer-0")
+                .map_err(StorageError::Postgres)?;
         committer_db
             .prepare_schema()
             .map_err(StorageError::Postgres)?;
         let more_dbs = (1..config.db_pool_size.max(1))
-            .map(|n| Database::connect(url, STARTUP_CONNECT_TIMEOUT, &format!("committer-{n}")))
+            .map(|n| {
+                Database::connect_within(url, STARTUP_CONNECT_TIMEOUT, &format!("committer-{n}"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StorageError::Postgres)?;
-        let mut tailer_db = Database::connect(url, STARTUP_CONNECT_TIMEOUT, "tailer")
+        let mut tailer_db = Database::connect_within(url, STARTUP_CONNECT_TIMEOUT, "tailer")
             .map_err(StorageError::Postgres)?;
         tailer_db.listen().map_err(StorageError::Postgres)?;
         let snapshot = committer_db.snapshot().map_err(StorageError::Postgres)?;
