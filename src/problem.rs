@@ -340,7 +340,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::NotReady(NotReady::StorageUnavailable { detail }) => write!(
                 f,
-                "writes to the durable store fail: {detail}; events are refused until they succeed again"
+                "the durable store fails: {detail}; this instance should get no traffic until it works again"
             ),
             ApiError::NotReady(NotReady::Draining) => write!(
                 f,
