@@ -576,11 +576,14 @@ impl Config {
              Settings (environment variables):\n",
         );
         for s in SETTINGS {
+            let mut default = s.kind.default_text();
+            if default.is_empty() {
+                default = "unset".to_owned();
+            }
             out.push_str(&format!(
-                "  {:<18} {} (default {}; allowed {})\n",
+                "  {:<18} {} (default {default}; allowed {})\n",
                 s.name,
                 s.help,
-                s.kind.default_text(),
                 s.kind.allowed()
             ));
         }

@@ -336,7 +336,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::StorageUnavailable => write!(
                 f,
-                "the event could not be written to the durable store (DATA_DIR or DATABASE_URL); it was not accepted: retry after 1 second (GET /readyz says why)"
+                "the event could not be committed to the durable store (DATA_DIR or DATABASE_URL) and is not acknowledged; if the store failed in the middle of its commit it may be stored all the same: retry after 1 second with the same event_id to be told which (GET /readyz says why the store fails)"
             ),
             ApiError::NotReady(NotReady::StorageUnavailable { detail }) => write!(
                 f,

@@ -298,6 +298,14 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
                     }
                     if waiting.is_some() {
                         shared.accepted.fetch_add(new as u64, Ordering::Relaxed);
+                    } else if new > 0 {
+                        let seqs = answers.iter().filter_map(|a| a.ok()).map(|s| s.seq);
+                        log::warn!(
+                            "storage: a commit given up on after {COMMIT_PATIENCE:?} went through after all, {:.1?} after it started: {new} events, seqs {} to {}, are committed and applied although their clients were answered 503 (a retry with the same event_id is told it is a duplicate)",
+                            started.elapsed(),
+                            seqs.clone().min().unwrap_or_default(),
+                            seqs.max().unwrap_or_default()
+                        );
                     }
                     hand_over(shared, &submissions, &answers);
                     let storage = &shared.metrics.storage;
