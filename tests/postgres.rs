@@ -289,36 +289,10 @@ fn a_server_that_never_answers_fails_the_start_within_its_deadline() {
     // never answered.
     let url = format!("postgres://app:hunter2@127.0.0.1:{port}/products");
     let started = Instant::now();
-    // Waited for with a deadline (and killed past it): a start that hangs
-    // fails the test instead of holding it.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut service = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_product-update-service"))
-            .env_clear()
-            .envs([
-                ("PORT", "0"),
-                ("BIND_ADDR", "127.0.0.1"),
-                ("DATABASE_URL", url.as_str()),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run the binary"),
-    );
-    let status = common::wait_until("the start to give up", || {
-        service.0.try_wait().expect("wait for the binary")
-    });
+    // `failed_start` waits with a deadline: a start that hangs fails.
+    let (code, log) = failed_start(&[("DATABASE_URL", url.as_str())]);
     let took = started.elapsed();
-    let mut log = String::new();
-    std::io::Read::read_to_string(service.0.stderr.as_mut().expect("piped stderr"), &mut log)
-        .expect("read its log");
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(code, Some(1), "{log}");
     assert!(
         took >= Duration::from_secs(10) && took < Duration::from_secs(20),
         "{took:?}"

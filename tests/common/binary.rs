@@ -122,17 +122,36 @@ impl Drop for Binary {
 }
 
 /// The binary's exit code and stderr when it does not start (it must exit
-/// by itself, at startup).
+/// by itself, at startup, within [`DEADLINE`]: a start that hangs fails the
+/// test, and the process is killed).
 pub fn failed_start(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_product-update-service"))
-        .env_clear()
-        .env("PORT", "0")
-        .env("BIND_ADDR", "127.0.0.1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the binary");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+            .env_clear()
+            .env("PORT", "0")
+            .env("BIND_ADDR", "127.0.0.1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the binary"),
+    );
+    // Read meanwhile, so that a long log cannot fill the pipe and stall it.
+    let mut stderr = child.0.stderr.take().expect("piped stderr");
+    let log = thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
+    let status = super::wait_until("the binary to exit at startup", || {
+        child.0.try_wait().expect("wait for the binary")
+    });
+    (status.code(), log.join().expect("the log reader"))
 }
