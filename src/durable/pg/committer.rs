@@ -383,9 +383,8 @@ fn cycles(shared: &Shared, mut db: Option<Database>, part: usize) -> Committed {
 /// The watchdog thread's body: a commit that the database leaves
 /// unanswered for [`COMMIT_PATIENCE`] (the housekeeping: for
 /// [`HOUSEKEEPING_PATIENCE`]) fails its committer's part of the health,
-/// and its clients are answered 503
-/// `storage_unavailable` (they
-/// may retry with their event ids: the commit may still succeed). Once
+/// and its clients are answered 503 `storage_unavailable` (they may retry
+/// with their event ids: the commit may still succeed). Once
 /// every part fails, what is posted is refused too, and later POSTs are
 /// answered 503 at once, until a commit returns (the database answers
 /// again: the committer marks its part working) or fails (and the
