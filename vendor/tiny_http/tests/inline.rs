@@ -750,3 +750,99 @@ fn an_answer_slower_than_the_keep_alive_timeout_keeps_the_connection() {
     assert_eq!(read_answer(&mut s).body, "GET /after\n");
     t.server.stop();
 }
+
+/// Every connection is parked between requests (see `inline/lot.rs`).
+fn parking() -> inline::Config {
+    inline::Config {
+        park_above: 0,
+        ..quick()
+    }
+}
+
+fn get(stream: &mut TcpStream, url: &str) -> Answer {
+    write!(stream, "GET {url} HTTP/1.1\r\n\r\n").unwrap();
+    read_answer(stream)
+}
+
+#[test]
+fn parked_connections_are_served_closed_when_idle_and_closed_by_stop() {
+    let t = start(inline::Config {
+        keep_alive_timeout: Duration::from_millis(300),
+        ..parking()
+    });
+    let mut streams: Vec<TcpStream> = (0..3).map(|_| connect(&t)).collect();
+    for round in 0..3 {
+        for (i, s) in streams.iter_mut().enumerate() {
+            let a = get(s, &format!("/r{round}c{i}"));
+            assert_eq!(
+                (a.status, a.body.as_str()),
+                (200, format!("GET /r{round}c{i}\n").as_str())
+            );
+        }
+    }
+    // Parked connections that send nothing are closed quietly after the
+    // keep-alive timeout, like those that hold their threads.
+    for s in &mut streams {
+        assert!(closed(s), "a parked idle connection was answered or kept");
+    }
+    wait_until("the closed connections are no longer counted", || {
+        t.open.load(Ordering::SeqCst) == 0
+    });
+    t.server.stop();
+
+    // Parked connections are idle for `stop`: closed at once.
+    let t = start(parking());
+    let mut streams: Vec<TcpStream> = (0..2).map(|_| connect(&t)).collect();
+    for s in &mut streams {
+        assert_eq!(get(s, "/again").status, 200);
+    }
+    let stopped = t.server.stop();
+    assert_eq!(stopped.idle_closed, 2);
+    for s in &mut streams {
+        assert!(closed(s), "stop left a parked connection open");
+    }
+}
+
+#[test]
+fn a_parked_connection_is_served_while_the_lot_threads_are_held() {
+    let t = start(parking());
+    let (open_gate, gate) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
+    *t.echo.gate.lock().unwrap() = Some(gate);
+    *t.echo.entered.lock().unwrap() = Some(entered_tx);
+    let mut held = connect(&t);
+    let mut other = connect(&t);
+    // Both parked after a first answer; then one holds the thread that
+    // took it up, in the handler.
+    assert_eq!(get(&mut held, "/first").status, 200);
+    assert_eq!(get(&mut other, "/first").status, 200);
+    held.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    entered
+        .recv_timeout(DEADLINE)
+        .expect("the handler to be entered");
+    // The other connection is answered while that thread is held (the
+    // lot starts another thread when none is free to watch).
+    for i in 0..3 {
+        assert_eq!(get(&mut other, &format!("/other{i}")).status, 200);
+    }
+    open_gate.send(()).unwrap();
+    assert_eq!(read_answer(&mut held).status, 200);
+    assert_eq!(get(&mut held, "/after").status, 200);
+    t.server.stop();
+}
+
+#[test]
+fn deferred_answers_on_parked_connections_reach_the_thread_that_serves_them() {
+    let t = start(parking());
+    let deferred = t.take_deferred();
+    let mut s = connect(&t);
+    for i in 0..5 {
+        assert_eq!(get(&mut s, &format!("/plain{i}")).status, 200);
+        write!(s, "GET /defer{i} HTTP/1.1\r\n\r\n").unwrap();
+        let (answer, text) = deferred.recv_timeout(DEADLINE).expect("a deferred request");
+        answer_text(answer, &text);
+        let a = read_answer(&mut s);
+        assert_eq!((a.status, a.body), (200, format!("GET /defer{i}\n")));
+    }
+    t.server.stop();
+}

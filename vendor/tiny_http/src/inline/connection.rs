@@ -2,18 +2,21 @@
 //! head, hand the request to the handler, write the answer, and again,
 //! until the client or the server ends it.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::deferred::{Finished, Released, Slot};
 use super::gate;
 use super::head::{self, Head};
 use super::io::{Io, Wait};
+use super::lot::Parked;
 use super::request::{BodyState, Request};
 use super::response::Response;
-use super::server::{Entry, Shared};
+use super::server::{self, Conn, Shared};
 use super::Rejection;
 use crate::common::Method;
 
@@ -40,29 +43,57 @@ enum NoHead {
     Refuse(Rejection),
 }
 
+/// Serves `conn` until it ends, or until it is parked between requests
+/// (see `lot.rs`). `resumed`: it comes from the lot, its socket's read
+/// timeout as it was left.
 pub(crate) fn serve(
     shared: &Arc<Shared>,
-    entry: &Arc<Entry>,
-    stream: Arc<TcpStream>,
-    remote_addr: Option<SocketAddr>,
+    mut conn: Conn,
+    resumed: Option<Option<Duration>>,
     buffers: &mut Buffers,
 ) {
     let config = &shared.config;
-    // Reads are bounded per phase (see `io.rs`); writes by the socket timeout.
-    let _ = stream.set_write_timeout(Some(config.socket_timeout));
-    // One write per answer: nothing for Nagle's algorithm to coalesce.
-    let _ = stream.set_nodelay(true);
-    let mut io = Io::new(
-        stream,
-        std::mem::take(&mut buffers.input),
-        std::mem::take(&mut buffers.output),
-        config.socket_timeout,
-        config.keep_alive_timeout,
-    );
+    if resumed.is_none() {
+        // Reads are bounded per phase (see `io.rs`); writes by the socket
+        // timeout.
+        let _ = conn
+            .entry
+            .stream
+            .set_write_timeout(Some(config.socket_timeout));
+        // One write per answer: nothing for Nagle's algorithm to coalesce.
+        let _ = conn.entry.stream.set_nodelay(true);
+    }
+    let this_thread = thread::current();
+    let mut io = open(shared, &conn, buffers, resumed.flatten());
     // An answer released to another thread (see `deferred.rs`): written
     // by it while this thread reads the next request.
     let mut released: Option<Arc<Slot>> = None;
+    // An answer has gone out since this thread took the connection: from
+    // then on, between requests, it may park.
+    let mut answered = false;
     let linger = loop {
+        if answered && released.is_none() && io.buffered().is_empty() && should_park(shared) {
+            if let Some(lot) = &shared.lot {
+                if io.flush().is_err() {
+                    break false;
+                }
+                let read_timeout = io.read_timeout();
+                give_back(io, buffers);
+                let parked = Parked {
+                    conn,
+                    read_timeout,
+                    since: Instant::now(),
+                };
+                match lot.park(parked) {
+                    Ok(()) => return,
+                    Err(back) => {
+                        conn = back.conn;
+                        io = open(shared, &conn, buffers, back.read_timeout);
+                        answered = false;
+                    }
+                }
+            }
+        }
         let head = read_head(&mut io, config.max_head_bytes, config.head_timeout);
         // Nothing goes out, and the connection does not close, before the
         // released answer is written.
@@ -91,7 +122,7 @@ pub(crate) fn serve(
         };
         // IDLE -> BUSY: from here the request is answered even if the
         // server stops meanwhile; `stop` may have closed it already.
-        if !gate::begin(&entry.state) {
+        if !gate::begin(&conn.entry.state) {
             answer_refusal(
                 shared,
                 &mut io,
@@ -106,6 +137,7 @@ pub(crate) fn serve(
             answer_refusal(shared, &mut io, rejection, &mut buffers.response);
             break true;
         }
+        let entry = &conn.entry;
         let head = &buffers.head;
         let framing = head.framing;
         let response = &mut buffers.response;
@@ -122,9 +154,10 @@ pub(crate) fn serve(
             body_timeout: config.body_timeout,
             continue_pending: framing.expect_continue,
             scratch: &mut buffers.scratch,
-            remote_addr,
+            remote_addr: conn.peer,
             shared,
             entry,
+            thread: &this_thread,
             deferred: None,
         };
         let handled = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -194,11 +227,35 @@ pub(crate) fn serve(
         if !shared.gate.go_idle(&entry.state) {
             break false;
         }
+        answered = true;
     };
     io.close(linger);
+    give_back(io, buffers);
+    server::end(shared, &conn);
+}
+
+/// The connection's socket with this thread's buffers.
+fn open(shared: &Shared, conn: &Conn, buffers: &mut Buffers, read_timeout: Option<Duration>) -> Io {
+    let mut io = Io::new(
+        Arc::clone(&conn.entry.stream),
+        std::mem::take(&mut buffers.input),
+        std::mem::take(&mut buffers.output),
+        shared.config.socket_timeout,
+        shared.config.keep_alive_timeout,
+    );
+    io.resume(read_timeout);
+    io
+}
+
+fn give_back(io: Io, buffers: &mut Buffers) {
     let (input, output) = io.into_buffers();
     buffers.input = input;
     buffers.output = output;
+}
+
+/// Whether a connection between requests goes to the lot now.
+fn should_park(shared: &Shared) -> bool {
+    shared.lot.is_some() && shared.config.open_connections.load(Relaxed) > shared.config.park_above
 }
 
 /// Reads until `io` holds a whole head; returns its length.

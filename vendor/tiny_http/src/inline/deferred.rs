@@ -68,10 +68,11 @@ pub struct Deferred {
 /// What the connection's thread and the answerer share.
 pub(crate) struct Slot {
     stage: Mutex<Stage>,
-    /// The connection: its socket, its state for `stop`, and its thread,
-    /// unparked when the answer is in (the entry's, not whoever called
-    /// `defer`).
+    /// The connection: its socket and its state for `stop`.
     entry: Arc<Entry>,
+    /// The thread serving the connection, unparked when the answer is in
+    /// (not whoever answers).
+    thread: thread::Thread,
     shared: Arc<Shared>,
     /// False for an answer to `HEAD`.
     with_body: bool,
@@ -163,10 +164,16 @@ impl Drop for Deferred {
 }
 
 impl Slot {
-    pub(crate) fn new(entry: Arc<Entry>, shared: Arc<Shared>, with_body: bool) -> Slot {
+    pub(crate) fn new(
+        entry: Arc<Entry>,
+        thread: thread::Thread,
+        shared: Arc<Shared>,
+        with_body: bool,
+    ) -> Slot {
         Slot {
             stage: Mutex::new(Stage::Held),
             entry,
+            thread,
             shared,
             with_body,
         }
@@ -192,7 +199,7 @@ impl Slot {
             other => *stage = other,
         }
         drop(stage);
-        self.entry.thread.unpark();
+        self.thread.unpark();
     }
 
     /// Writes a released answer without blocking; what the connection's

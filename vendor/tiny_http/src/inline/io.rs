@@ -73,6 +73,16 @@ impl Io {
         }
     }
 
+    /// The read timeout this set on the socket, if any (for [`Io::resume`]).
+    pub(crate) fn read_timeout(&self) -> Option<Duration> {
+        self.applied
+    }
+
+    /// Takes up a connection whose socket has this read timeout already.
+    pub(crate) fn resume(&mut self, read_timeout: Option<Duration>) {
+        self.applied = read_timeout;
+    }
+
     /// Gives back the buffers, emptied, for the thread's next connection.
     pub(crate) fn into_buffers(mut self) -> (Vec<u8>, Vec<u8>) {
         self.output.clear();

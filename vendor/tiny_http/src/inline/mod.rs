@@ -50,6 +50,11 @@ mod deferred;
 mod gate;
 mod head;
 mod io;
+#[cfg(unix)]
+mod lot;
+#[cfg(not(unix))]
+#[path = "lot_none.rs"]
+mod lot;
 mod request;
 mod response;
 mod server;
@@ -103,6 +108,10 @@ pub struct Config {
     /// Threads allowed to wait in `accept` before one whose connection
     /// ended exits.
     pub max_idle_threads: usize,
+    /// Open connections above which one that waits for its next request
+    /// is parked (watched by epoll) instead of holding its thread; see
+    /// `lot.rs`. `usize::MAX`: never (and no poller thread).
+    pub park_above: usize,
     /// Connections being served: the server keeps the count, a caller may
     /// keep a clone to read it.
     pub open_connections: Arc<AtomicUsize>,
@@ -119,6 +128,7 @@ impl Default for Config {
             max_head_bytes: 32 * 1024,
             spare_threads: 2,
             max_idle_threads: 64,
+            park_above: 8,
             open_connections: Arc::default(),
         }
     }

@@ -53,6 +53,9 @@ pub struct Request<'c> {
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) shared: &'c Arc<Shared>,
     pub(crate) entry: &'c Arc<Entry>,
+    /// The thread serving the connection now (woken when a deferred
+    /// answer is written).
+    pub(crate) thread: &'c std::thread::Thread,
     /// Set by [`Request::defer`].
     pub(crate) deferred: Option<Arc<Slot>>,
 }
@@ -157,6 +160,7 @@ impl<'c> Request<'c> {
         assert!(self.deferred.is_none(), "a request deferred twice");
         let slot = Arc::new(Slot::new(
             Arc::clone(self.entry),
+            self.thread.clone(),
             Arc::clone(self.shared),
             *self.head.method() != Method::Head,
         ));

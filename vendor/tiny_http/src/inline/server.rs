@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::connection::{self, Buffers};
 use super::gate::{self, Gate};
+#[cfg(unix)]
+use super::lot;
+use super::lot::Lot;
 use super::{Config, Handler, Rejection};
 
 /// A running inline server. Dropping it without [`Server::stop`] leaves its
@@ -40,8 +43,16 @@ pub(crate) struct Entry {
     /// it.
     pub(crate) state: gate::State,
     pub(crate) stream: Arc<TcpStream>,
-    /// The thread serving it (woken when a deferred answer is written).
-    pub(crate) thread: thread::Thread,
+}
+
+/// One open connection, as the thread serving it (or the lot) holds it.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) peer: Option<SocketAddr>,
+    /// Known to the lot's epoll: registered when first parked, re-armed
+    /// when parked again.
+    pub(crate) registered: bool,
 }
 
 pub(crate) struct Shared {
@@ -56,6 +67,9 @@ pub(crate) struct Shared {
     exited: Condvar,
     connections: Mutex<HashMap<u64, Arc<Entry>>>,
     next_id: AtomicU64,
+    /// Where connections wait between requests once more than
+    /// `config.park_above` are open (see `lot.rs`); None if never.
+    pub(crate) lot: Option<Lot>,
 }
 
 impl Server {
@@ -68,6 +82,14 @@ impl Server {
     ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let spare = config.spare_threads.max(1);
+        #[cfg(unix)]
+        let (lot, poll) = if config.park_above == usize::MAX {
+            (None, None)
+        } else {
+            (Some(Lot::new()?), Some(()))
+        };
+        #[cfg(not(unix))]
+        let lot: Option<Lot> = None;
         let shared = Arc::new(Shared {
             listener,
             local_addr,
@@ -78,10 +100,32 @@ impl Server {
             exited: Condvar::new(),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            lot,
         });
+        #[cfg(unix)]
+        if let (Some(lot), Some(())) = (&shared.lot, poll) {
+            let keeper_shared = Arc::clone(&shared);
+            spawn(&shared, "http-keeper", move || keep_lot(&keeper_shared))?;
+            // One lot thread from the start, so the first connection parked
+            // is watched at once.
+            lot.reserve();
+            let lot_shared = Arc::clone(&shared);
+            if let Err(e) = spawn(&shared, "http-lot", move || serve_parked(&lot_shared)) {
+                lot.unreserve();
+                log::warn!(
+                    "inline server: cannot start a lot thread ({e}); the keeper tries again"
+                );
+            }
+        }
         for i in 0..spare {
-            if let Err(e) = spawn(&shared) {
+            let thread_shared = Arc::clone(&shared);
+            if let Err(e) = spawn(&shared, "http", move || run(&thread_shared)) {
                 if i == 0 {
+                    // The poller, if started, exits once it sees the stop.
+                    shared.gate.stop();
+                    if let Some(lot) = &shared.lot {
+                        lot.wake();
+                    }
                     return Err(e);
                 }
                 log::warn!("inline server: started {i} of {spare} spare threads: {e}");
@@ -122,6 +166,10 @@ impl Server {
                 let _ = entry.stream.shutdown(Shutdown::Read);
                 idle_closed += 1;
             }
+        }
+        // The poller exits once nothing is parked.
+        if let Some(lot) = &shared.lot {
+            lot.wake();
         }
         let mut live = lock(&shared.live);
         while *live > 0 {
@@ -164,16 +212,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 static THREAD_NUMBER: AtomicU64 = AtomicU64::new(0);
 
-fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
+/// Starts one of the server's threads, counted in `live` until it exits.
+fn spawn(shared: &Arc<Shared>, name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
     *lock(&shared.live) += 1;
     let thread_shared = Arc::clone(shared);
     let n = THREAD_NUMBER.fetch_add(1, Relaxed);
     let spawned = thread::Builder::new()
-        .name(format!("http-{n}"))
+        .name(format!("{name}-{n}"))
         .spawn(move || {
             // A panic outside the handler (which is caught) is a bug here;
             // the thread must still be counted out, or `stop` would wait.
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&thread_shared)));
+            let _ = panic::catch_unwind(AssertUnwindSafe(body));
             let mut live = lock(&thread_shared.live);
             *live -= 1;
             drop(live);
@@ -185,6 +234,45 @@ fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(unix)]
+/// The lot's keeper (see `lot.rs`): closes parked connections that waited
+/// too long, and starts lot threads when there are none, too few, or all
+/// are stuck.
+fn keep_lot(shared: &Arc<Shared>) {
+    let Some(lot) = &shared.lot else { return };
+    let mut keeper = lot::Keeper::new();
+    loop {
+        let tick = lot.tick(&mut keeper, &shared.config, &|| shared.gate.is_stopping());
+        for parked in tick.expired {
+            // No request began within the keep-alive timeout: a quiet close.
+            let _ = parked.conn.entry.stream.shutdown(Shutdown::Write);
+            end(shared, &parked.conn);
+        }
+        if tick.spawn {
+            lot.reserve();
+            let thread_shared = Arc::clone(shared);
+            if let Err(e) = spawn(shared, "http-lot", move || serve_parked(&thread_shared)) {
+                lot.unreserve();
+                log::warn!("inline server: cannot start another thread ({e}); parked connections wait for a free one");
+            }
+        }
+        if tick.done {
+            return;
+        }
+    }
+}
+
+#[cfg(unix)]
+/// A lot thread: serves ready parked connections until the lot lets it go.
+fn serve_parked(shared: &Arc<Shared>) {
+    let Some(lot) = &shared.lot else { return };
+    let mut buffers = Buffers::default();
+    let stopping = || shared.gate.is_stopping();
+    while let Some(parked) = lot.take(&stopping) {
+        connection::serve(shared, parked.conn, Some(parked.read_timeout), &mut buffers);
+    }
 }
 
 /// One thread: accept, serve, repeat.
@@ -211,7 +299,8 @@ fn run(shared: &Arc<Shared>) {
             return;
         }
         if others_waiting < shared.config.spare_threads.max(1) {
-            if let Err(e) = spawn(shared) {
+            let thread_shared = Arc::clone(shared);
+            if let Err(e) = spawn(shared, "http", move || run(&thread_shared)) {
                 log::warn!("inline server: cannot start another thread ({e}); new connections wait for a free one");
             }
         }
@@ -222,7 +311,6 @@ fn run(shared: &Arc<Shared>) {
             continue;
         }
         serve(shared, stream, peer, &mut buffers);
-        open.fetch_sub(1, SeqCst);
         if shared.gate.waiting_in_accept() >= shared.config.max_idle_threads {
             return;
         }
@@ -250,16 +338,28 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mu
     let entry = Arc::new(Entry {
         state: gate::new_state(),
         stream: Arc::clone(&stream),
-        thread: thread::current(),
     });
     lock(&shared.connections).insert(id, Arc::clone(&entry));
+    let conn = Conn {
+        id,
+        entry,
+        peer: Some(peer),
+        registered: false,
+    };
     // Idle until its first head: announced (registered), now look.
-    if shared.gate.go_idle(&entry.state) {
-        connection::serve(shared, &entry, stream, Some(peer), buffers);
+    if shared.gate.go_idle(&conn.entry.state) {
+        connection::serve(shared, conn, None, buffers);
     } else {
         connection::refuse(shared, &stream, Rejection::ShuttingDown, buffers);
+        end(shared, &conn);
     }
-    lock(&shared.connections).remove(&id);
+}
+
+/// A connection has ended (closed by whoever held it last): no longer
+/// open, nor for `stop` to close.
+pub(crate) fn end(shared: &Shared, conn: &Conn) {
+    lock(&shared.connections).remove(&conn.id);
+    shared.config.open_connections.fetch_sub(1, SeqCst);
 }
 
 /// Answers a connection the server will not serve, from the accepting
