@@ -99,8 +99,8 @@ struct State {
     threads: usize,
     free: usize,
     leading: bool,
-    /// Counts every connection taken and every return for more: the
-    /// keeper's sign that the lot's threads are not all stuck.
+    /// Counts every return of a lot thread for more work: the keeper's
+    /// sign that the lot's threads are not all stuck.
     progress: u64,
     /// Stopped: nothing parks any more, the lot's threads exit.
     closed: bool,
@@ -202,7 +202,6 @@ impl Lot {
         state.progress += 1;
         loop {
             if let Some(parked) = state.ready.pop_front() {
-                state.progress += 1;
                 // Whoever is free takes the rest, or leads in our stead.
                 if state.free > 0 && (!state.ready.is_empty() || !state.leading) {
                     self.work.notify_one();

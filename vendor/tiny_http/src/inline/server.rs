@@ -83,10 +83,10 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let spare = config.spare_threads.max(1);
         #[cfg(unix)]
-        let (lot, poll) = if config.park_above == usize::MAX {
-            (None, None)
+        let lot = if config.park_above == usize::MAX {
+            None
         } else {
-            (Some(Lot::new()?), Some(()))
+            Some(Lot::new()?)
         };
         #[cfg(not(unix))]
         let lot: Option<Lot> = None;
@@ -103,7 +103,7 @@ impl Server {
             lot,
         });
         #[cfg(unix)]
-        if let (Some(lot), Some(())) = (&shared.lot, poll) {
+        if let Some(lot) = &shared.lot {
             let keeper_shared = Arc::clone(&shared);
             spawn(&shared, "http-keeper", move || keep_lot(&keeper_shared))?;
             // One lot thread from the start, so the first connection parked
@@ -121,7 +121,7 @@ impl Server {
             let thread_shared = Arc::clone(&shared);
             if let Err(e) = spawn(&shared, "http", move || run(&thread_shared)) {
                 if i == 0 {
-                    // The poller, if started, exits once it sees the stop.
+                    // The lot's keeper, if started, exits once it sees the stop.
                     shared.gate.stop();
                     if let Some(lot) = &shared.lot {
                         lot.wake();
@@ -167,7 +167,7 @@ impl Server {
                 idle_closed += 1;
             }
         }
-        // The poller exits once nothing is parked.
+        // The lot closes once nothing is parked: wake its leader and keeper.
         if let Some(lot) = &shared.lot {
             lot.wake();
         }
