@@ -846,3 +846,62 @@ fn deferred_answers_on_parked_connections_reach_the_thread_that_serves_them() {
     }
     t.server.stop();
 }
+
+#[test]
+fn stop_closes_many_parked_connections_and_finishes_those_taken_up_again() {
+    let t = start(parking());
+    let (open_gate, gate) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
+    *t.echo.gate.lock().unwrap() = Some(gate);
+    *t.echo.entered.lock().unwrap() = Some(entered_tx);
+    let deferred = t.take_deferred();
+    let addr = t.server.local_addr();
+    // Each answered once, so parked (or about to park) between requests.
+    let mut idle: Vec<TcpStream> = (0..32).map(|_| connect(&t)).collect();
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert_eq!(get(s, &format!("/first{i}")).status, 200);
+    }
+    // Two more, parked and then taken up again by lot threads: one held
+    // in the handler, one whose deferred answer is owed.
+    let mut busy = connect(&t);
+    let mut owed = connect(&t);
+    assert_eq!(get(&mut busy, "/first").status, 200);
+    assert_eq!(get(&mut owed, "/first").status, 200);
+    busy.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    entered
+        .recv_timeout(DEADLINE)
+        .expect("the handler to be entered");
+    owed.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
+
+    let server = t.server;
+    let stopper = thread::spawn(move || server.stop());
+    // The parked ones are closed at once, without an answer.
+    for s in &mut idle {
+        assert!(closed(s), "stop left a parked connection open");
+    }
+    assert!(!stopper.is_finished(), "stop returned with an answer owed");
+    // The owed answer is still written, and its connection closed.
+    answer_text(answer, &text);
+    let a = read_answer(&mut owed);
+    assert_eq!(
+        (a.body.as_str(), a.header("Connection")),
+        ("POST /defer\n", Some("close"))
+    );
+    assert!(closed(&mut owed));
+    assert!(
+        !stopper.is_finished(),
+        "stop returned with a request in hand"
+    );
+    // So is the one in the handler.
+    open_gate.send(()).unwrap();
+    let a = read_answer(&mut busy);
+    assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
+    assert!(closed(&mut busy));
+    let stopped = stopper.join().unwrap();
+    assert_eq!(stopped.idle_closed, idle.len());
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a new connection was accepted after stop"
+    );
+}
