@@ -274,7 +274,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "MAX_CONNECTIONS",
-        help: "client connections served at once (a thread each); more get 503 and are closed",
+        help: "client connections open at once (a thread each while a request is read or answered); more get 503 and are closed",
         kind: Kind::Number {
             min: 1,
             max: 100_000,
