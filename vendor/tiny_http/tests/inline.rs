@@ -439,6 +439,41 @@ fn an_idle_connection_is_closed_quietly_after_the_keep_alive_timeout() {
 }
 
 #[test]
+fn the_only_connection_polls_for_its_next_request_then_blocks_as_before() {
+    // A spin window of 5 ms: requests sent at once land in it; the pauses
+    // below (30 ms, the 300 ms timeout) are far past it, where the thread
+    // must be blocking on a blocking socket again.
+    let t = start(inline::Config {
+        spin: Duration::from_millis(5),
+        keep_alive_timeout: Duration::from_millis(300),
+        ..quick()
+    });
+    let mut s = connect(&t);
+    for i in 0..50 {
+        write!(s, "GET /spin{i} HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_answer(&mut s).body, format!("GET /spin{i}\n"));
+    }
+    // A request that starts inside the window and ends after it.
+    s.write_all(b"GET /split HTTP/1.1\r\n").unwrap();
+    thread::sleep(Duration::from_millis(30));
+    s.write_all(b"\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).body, "GET /split\n");
+    // Past the window: a socket left non-blocking would fail the next
+    // read at once and close the connection.
+    thread::sleep(Duration::from_millis(30));
+    s.write_all(b"GET /later HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut s).body, "GET /later\n");
+    let idle = Instant::now();
+    assert!(closed(&mut s), "an idle connection was answered or kept");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(250),
+        "closed {:?} after its last answer, before the keep-alive timeout",
+        idle.elapsed()
+    );
+    t.server.stop();
+}
+
+#[test]
 fn past_max_connections_the_accepting_thread_refuses() {
     let t = start(inline::Config {
         max_connections: 2,

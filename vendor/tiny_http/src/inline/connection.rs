@@ -94,6 +94,15 @@ pub(crate) fn serve(
                 }
             }
         }
+        // The only connection open, its client likely to send again at
+        // once (a test, a benchmark, a proxy's one upstream connection):
+        // poll briefly rather than sleep (see `Io::poll_for_input`). Never
+        // with more: pollers would take the cores the others need.
+        if released.is_none() && io.buffered().is_empty() && alone(shared) {
+            if io.poll_for_input(config.spin).is_err() {
+                break false;
+            }
+        }
         let head = read_head(&mut io, config.max_head_bytes, config.head_timeout);
         // Nothing goes out, and the connection does not close, before the
         // released answer is written.
@@ -256,6 +265,11 @@ fn give_back(io: Io, buffers: &mut Buffers) {
 /// Whether a connection between requests goes to the lot now.
 fn should_park(shared: &Shared) -> bool {
     shared.lot.is_some() && shared.config.open_connections.load(Relaxed) > shared.config.park_above
+}
+
+/// Whether this connection is the only one open, and polling is on.
+fn alone(shared: &Shared) -> bool {
+    !shared.config.spin.is_zero() && shared.config.open_connections.load(Relaxed) == 1
 }
 
 /// Reads until `io` holds a whole head; returns its length.

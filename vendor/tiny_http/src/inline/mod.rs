@@ -26,6 +26,12 @@
 //! [`Config::max_connections`] (past it a connection is answered 503 by
 //! the thread that accepted it, and closed).
 //!
+//! While a connection is the only one open, its thread polls for the next
+//! request for [`Config::spin`] before it blocks: a client that sends at
+//! once is answered without a thread (or a core) going to sleep and being
+//! woken (see `Io::poll_for_input`). With more connections open nothing
+//! polls; past [`Config::park_above`] they park (see `lot.rs`).
+//!
 //! # Limits
 //!
 //! Every read waits for something with a deadline (see `io.rs`): the first
@@ -112,6 +118,9 @@ pub struct Config {
     /// is parked (watched by epoll) instead of holding its thread; see
     /// `lot.rs`. `usize::MAX`: never (and no poller thread).
     pub park_above: usize,
+    /// While a connection is the only one open, how long its thread polls
+    /// for the next request before it blocks (see `io.rs`). Zero: never.
+    pub spin: Duration,
     /// Connections being served: the server keeps the count, a caller may
     /// keep a clone to read it.
     pub open_connections: Arc<AtomicUsize>,
@@ -129,6 +138,7 @@ impl Default for Config {
             spare_threads: 2,
             max_idle_threads: 64,
             park_above: 8,
+            spin: Duration::from_micros(50),
             open_connections: Arc::default(),
         }
     }
