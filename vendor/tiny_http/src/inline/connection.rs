@@ -96,12 +96,15 @@ pub(crate) fn serve(
         }
         // The only connection open, its client likely to send again at
         // once (a test, a benchmark, a proxy's one upstream connection):
-        // poll briefly rather than sleep (see `Io::poll_for_input`). Never
-        // with more: pollers would take the cores the others need.
-        if released.is_none() && io.buffered().is_empty() && alone(shared) {
-            if io.poll_for_input(config.spin).is_err() {
-                break false;
-            }
+        // poll briefly rather than sleep (see `Io::poll_for_input`), until
+        // a second one opens: pollers would take the cores the others
+        // need. Not while another thread writes the last answer.
+        if released.is_none()
+            && io.buffered().is_empty()
+            && alone(shared)
+            && io.poll_for_input(config.spin, &|| alone(shared)).is_err()
+        {
+            break false;
         }
         let head = read_head(&mut io, config.max_head_bytes, config.head_timeout);
         // Nothing goes out, and the connection does not close, before the

@@ -11,6 +11,9 @@
 //! timeout is skipped when the value is unchanged, so a keep-alive client
 //! that sends each request in one packet costs none: the idle timeout stays
 //! set between requests, and the rest of a request is already buffered.
+//! The one exception is [`Io::poll_for_input`], which reads without
+//! blocking for a bounded moment before the idle read (and whose time the
+//! keep-alive clock, started by that read, does not count).
 //!
 //! Answers are appended to `output` and written when the connection would
 //! otherwise wait for the client (before any read that reaches the
@@ -166,9 +169,11 @@ impl Io {
         Ok(n)
     }
 
-    /// Polls the socket for input for at most `limit` without blocking:
-    /// true once bytes were read, false if none came (or the socket could
-    /// not be polled). Writes pending answers first, as [`Io::fill`] does.
+    /// Polls the socket for input without blocking, for at most `limit`
+    /// (and never past the idle timeout) and while `worth` holds: true
+    /// once bytes were read, false if none came, the client closed (the
+    /// blocking read that follows sees it too), or the socket could not be
+    /// polled. Writes pending answers first, as [`Io::fill`] does.
     ///
     /// Why: a thread that blocks for the next request sleeps, and so may
     /// its core; the client's next request must then wake both, which on a
@@ -176,40 +181,44 @@ impl Io {
     /// halts). A client that sends its next request within `limit` is
     /// answered with neither asleep. The caller decides when this is
     /// worth a core's time (see `connection.rs`).
-    pub(crate) fn poll_for_input(&mut self, limit: Duration) -> io::Result<bool> {
+    pub(crate) fn poll_for_input(
+        &mut self,
+        limit: Duration,
+        worth: &dyn Fn() -> bool,
+    ) -> io::Result<bool> {
         self.flush()?;
+        if self.input.is_empty() {
+            self.input.resize(4096, 0);
+        }
         if self.end == self.input.len() || self.stream.set_nonblocking(true).is_err() {
             return Ok(false);
         }
-        let until = Instant::now() + limit;
+        let started = Instant::now();
+        let limit = limit.min(self.idle);
         let read = loop {
             match (&*self.stream).read(&mut self.input[self.end..]) {
                 Ok(n) => break Ok(n),
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
                 {
-                    if Instant::now() >= until {
-                        break Err(e);
+                    if started.elapsed() >= limit || !worth() {
+                        break Ok(0);
                     }
                     std::hint::spin_loop();
                 }
                 Err(e) => break Err(e),
             }
         };
-        // Left non-blocking, every later read would fail at once.
-        self.stream.set_nonblocking(false)?;
-        match read {
-            // Ok(0): the client closed; the blocking read that follows
-            // sees it too.
-            Ok(n) => {
-                self.end += n;
-                Ok(n > 0)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        if let Ok(n) = read {
+            self.end += n;
         }
+        // Left non-blocking, every later read would fail at once: the
+        // connection is unusable then.
+        if let Err(e) = self.stream.set_nonblocking(false) {
+            self.broken = true;
+            return Err(e);
+        }
+        read.map(|n| n > 0)
     }
 
     fn set_timeout(&mut self, wait: Wait) -> io::Result<()> {
@@ -279,5 +288,89 @@ impl Io {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A connected pair: the server's side in an `Io` (idle timeout
+    /// `idle`), and the client's socket.
+    fn pair(idle: Duration) -> (Io, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let stall = Duration::from_secs(10);
+        let io = Io::new(Arc::new(server), Vec::new(), Vec::new(), stall, idle);
+        (io, client)
+    }
+
+    /// The socket blocks again: a read that must wait 50 ms does.
+    fn blocks(io: &mut Io) -> bool {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        let timed_out = matches!(io.fill(Wait::Until(deadline), 4096),
+            Err(e) if e.kind() == ErrorKind::TimedOut);
+        timed_out && started.elapsed() >= Duration::from_millis(40)
+    }
+
+    #[test]
+    fn input_that_comes_within_the_window_is_read_and_the_socket_blocks_again() {
+        let (mut io, mut client) = pair(Duration::from_secs(10));
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(2));
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            client
+        });
+        assert!(io
+            .poll_for_input(Duration::from_secs(10), &|| true)
+            .unwrap());
+        let _client = sender.join().unwrap();
+        // One segment on loopback: all of it in one read.
+        assert_eq!(io.buffered(), b"GET / HTTP/1.1\r\n\r\n");
+        io.consume(io.buffered().len());
+        assert!(blocks(&mut io), "the socket was left non-blocking");
+    }
+
+    #[test]
+    fn no_input_ends_the_poll_at_the_window_at_the_idle_timeout_or_when_not_worth_it() {
+        let (mut io, _client) = pair(Duration::from_secs(10));
+        let started = Instant::now();
+        assert!(!io
+            .poll_for_input(Duration::from_millis(10), &|| true)
+            .unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(10));
+        assert!(blocks(&mut io), "the socket was left non-blocking");
+
+        // `worth` turning false (a second connection opened) ends it.
+        let (mut io, _client) = pair(Duration::from_secs(60));
+        let started = Instant::now();
+        assert!(!io
+            .poll_for_input(Duration::from_secs(60), &|| false)
+            .unwrap());
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // Never longer than the idle timeout.
+        let (mut io, _client) = pair(Duration::from_millis(20));
+        let started = Instant::now();
+        assert!(!io
+            .poll_for_input(Duration::from_secs(60), &|| true)
+            .unwrap());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_client_that_closed_reads_as_no_input() {
+        let (mut io, client) = pair(Duration::from_secs(10));
+        client.shutdown(Shutdown::Write).unwrap();
+        assert!(!io
+            .poll_for_input(Duration::from_secs(10), &|| true)
+            .unwrap());
+        assert!(io.buffered().is_empty());
+        // ... and the read that follows sees the end at once.
+        assert_eq!(io.fill(Wait::Idle, 4096).unwrap(), 0);
     }
 }

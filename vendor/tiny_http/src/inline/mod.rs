@@ -26,11 +26,14 @@
 //! [`Config::max_connections`] (past it a connection is answered 503 by
 //! the thread that accepted it, and closed).
 //!
-//! While a connection is the only one open, its thread polls for the next
-//! request for [`Config::spin`] before it blocks: a client that sends at
-//! once is answered without a thread (or a core) going to sleep and being
-//! woken (see `Io::poll_for_input`). With more connections open nothing
-//! polls; past [`Config::park_above`] they park (see `lot.rs`).
+//! While a connection is the only one open, its thread polls for up to
+//! [`Config::spin`] before each blocking read of a request head (after an
+//! answer, and on a connection just accepted): a client that sends at once
+//! is answered without a thread (or a core) going to sleep and being woken
+//! (see `Io::poll_for_input`). Not while another thread writes the
+//! connection's last answer (`deferred.rs`); a poll under way ends when a
+//! second connection opens, and none starts with two or more; past
+//! [`Config::park_above`] they park (see `lot.rs`).
 //!
 //! # Limits
 //!
@@ -119,7 +122,8 @@ pub struct Config {
     /// `lot.rs`. `usize::MAX`: never (and no poller thread).
     pub park_above: usize,
     /// While a connection is the only one open, how long its thread polls
-    /// for the next request before it blocks (see `io.rs`). Zero: never.
+    /// for the next request before it blocks (see `io.rs`; at most the
+    /// keep-alive timeout). Zero: never, as on a machine with one core.
     pub spin: Duration,
     /// Connections being served: the server keeps the count, a caller may
     /// keep a clone to read it.

@@ -77,10 +77,15 @@ impl Server {
     /// `config.spare_threads` threads wait in `accept`.
     pub fn start(
         listener: TcpListener,
-        config: Config,
+        mut config: Config,
         handler: Arc<dyn Handler>,
     ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
+        // On one core a poller would only keep the client (and the
+        // handler's own threads) from it.
+        if thread::available_parallelism().map_or(true, |n| n.get() < 2) {
+            config.spin = Duration::ZERO;
+        }
         let spare = config.spare_threads.max(1);
         #[cfg(unix)]
         let lot = if config.park_above == usize::MAX {
