@@ -127,18 +127,8 @@ impl Io {
     /// the client closed its side (or the buffer holds `max` already).
     pub(crate) fn fill(&mut self, wait: Wait, max: usize) -> io::Result<usize> {
         self.flush()?;
-        if self.end == self.input.len() {
-            if self.start > 0 {
-                self.input.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else {
-                let grown = (self.input.len() * 2).max(4096).min(max);
-                if grown <= self.input.len() {
-                    return Ok(0);
-                }
-                self.input.resize(grown, 0);
-            }
+        if !self.make_room(max) {
+            return Ok(0);
         }
         self.set_timeout(wait)?;
         loop {
@@ -155,6 +145,25 @@ impl Io {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Makes room to read into, moving unconsumed bytes to the front or
+    /// growing the buffer up to `max`; false if it holds `max` already.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.end == self.input.len() {
+            if self.start > 0 {
+                self.input.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let grown = (self.input.len() * 2).max(4096).min(max);
+                if grown <= self.input.len() {
+                    return false;
+                }
+                self.input.resize(grown, 0);
+            }
+        }
+        true
     }
 
     /// Copies buffered bytes into `buf`, reading from the socket first if
@@ -187,10 +196,7 @@ impl Io {
         worth: &dyn Fn() -> bool,
     ) -> io::Result<bool> {
         self.flush()?;
-        if self.input.is_empty() {
-            self.input.resize(4096, 0);
-        }
-        if self.end == self.input.len() || self.stream.set_nonblocking(true).is_err() {
+        if !self.make_room(4096) || self.stream.set_nonblocking(true).is_err() {
             return Ok(false);
         }
         let started = Instant::now();
