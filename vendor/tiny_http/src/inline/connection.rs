@@ -237,6 +237,7 @@ pub(crate) fn serve(
         }
         // BUSY -> IDLE: announce, then look (see `gate.rs`).
         if !shared.gate.go_idle(&entry.state) {
+            server::closed_at_stop(shared, entry);
             break false;
         }
         answered = true;

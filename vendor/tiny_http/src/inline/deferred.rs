@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use super::response::Response;
-use super::server::{Entry, Shared};
+use super::server::{self, Entry, Shared};
 
 /// The promise of an answer to one request, to be kept from any thread.
 /// See the module docs.
@@ -233,7 +233,11 @@ impl Slot {
         }
         // What the connection's thread does after an answer: idle for
         // `stop` (see `gate.rs`), or woken to close.
-        if close || !self.shared.gate.go_idle(&self.entry.state) {
+        let stopping = !close && !self.shared.gate.go_idle(&self.entry.state);
+        if stopping {
+            server::closed_at_stop(&self.shared, &self.entry);
+        }
+        if close || stopping {
             let _ = self.entry.stream.shutdown(Shutdown::Read);
             return Stage::Written { close: true };
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,7 +30,9 @@ pub struct Server {
 /// What [`Server::stop`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopped {
-    /// Connections closed between requests (or in the middle of a head).
+    /// Connections closed between requests (or in the middle of a head):
+    /// by `stop`, or by their own thread, which had just finished an
+    /// answer when `stop` looked.
     pub idle_closed: usize,
     /// Time from the call to the last thread's exit.
     pub elapsed: Duration,
@@ -67,6 +69,9 @@ pub(crate) struct Shared {
     exited: Condvar,
     connections: Mutex<HashMap<u64, Arc<Entry>>>,
     next_id: AtomicU64,
+    /// Connections found idle during the stop by their own thread rather
+    /// than by `stop` (see [`closed_at_stop`]).
+    closed_at_stop: AtomicUsize,
     /// Where connections wait between requests once more than
     /// `config.park_above` are open (see `lot.rs`); None if never.
     pub(crate) lot: Option<Lot>,
@@ -105,6 +110,7 @@ impl Server {
             exited: Condvar::new(),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            closed_at_stop: AtomicUsize::new(0),
             lot,
         });
         #[cfg(unix)]
@@ -184,6 +190,7 @@ impl Server {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         drop(live);
+        idle_closed += shared.closed_at_stop.load(SeqCst);
         log::debug!(
             "inline server on {} stopped ({idle_closed} idle connections closed)",
             shared.local_addr
@@ -357,6 +364,15 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mu
     } else {
         connection::refuse(shared, &stream, Rejection::ShuttingDown, buffers);
         end(shared, &conn);
+    }
+}
+
+/// A connection whose answer is finished found the server stopping (its
+/// `go_idle` failed): closed between requests, and counted once, by
+/// whichever of it and `stop` marks it closed.
+pub(crate) fn closed_at_stop(shared: &Shared, entry: &Entry) {
+    if gate::close_if_idle(&entry.state) {
+        shared.closed_at_stop.fetch_add(1, SeqCst);
     }
 }
 
