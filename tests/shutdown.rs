@@ -309,6 +309,30 @@ fn port_in_use_is_a_clear_startup_error() {
 }
 
 #[test]
+fn a_shutdown_that_no_client_sees_logs_no_refusal() {
+    // The HTTP server wakes its threads waiting in `accept` with
+    // connections of its own: they are no clients, and get no 503 (which
+    // would be logged, and counted in http_rejections_total).
+    let mut binary = Binary::start(&[]);
+    let reply = common::read_reply(agent().get(format!("{}/healthz", binary.base())).call());
+    assert_eq!(reply.status, 200);
+    binary.wait_for_log("GET /healthz 200");
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+    assert!(
+        binary.lines.iter().any(|l| l.contains("shutdown complete")),
+        "{:?}",
+        binary.lines
+    );
+    let refused: Vec<_> = binary
+        .lines
+        .iter()
+        .filter(|l| l.contains(" 503 "))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+#[test]
 fn one_update_can_be_traced_by_its_request_id_from_access_log_to_worker() {
     let mut binary = Binary::start(&[("RUST_LOG", "debug")]);
     let reply = common::read_reply(

@@ -577,6 +577,23 @@ fn stop_closes_idle_connections_finishes_requests_in_hand_and_refuses_new_ones()
 }
 
 #[test]
+fn stop_wakes_the_accepting_threads_without_refusing_anyone() {
+    // `stop` wakes the threads waiting in `accept` with connections of its
+    // own. No client sent those, so none is answered `ShuttingDown`, which
+    // the handler would log and count as a refused client.
+    let t = start(quick());
+    let mut stream = connect(&t);
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).status, 200);
+    assert!(closed(&mut stream));
+    let echo = Arc::clone(&t.echo);
+    t.server.stop();
+    assert_eq!(*echo.refusals.lock().unwrap(), []);
+}
+
+#[test]
 fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
     let t = start(quick());
     let deferred = t.take_deferred();

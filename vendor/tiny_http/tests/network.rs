@@ -124,7 +124,7 @@ fn server_crash_results_in_response() {
 /// PATCHED (product-update-service): upstream's test answered the second of
 /// two pipelined requests before the first, and checked that the answers
 /// still went out in order. This fork hands out one request of a connection
-/// at a time (vendor/README.md, change 14), so the second is not received
+/// at a time (README.md of this fork, change 14), so the second is not received
 /// until the first is answered; the answers are still in order.
 #[test]
 fn responses_reordered() {

@@ -52,7 +52,7 @@ mod prompt_pipelining {
         req_writer: impl FnOnce(&mut dyn Write) + Send + 'static,
     ) {
         // PATCHED (product-update-service): this fork hands out one request
-        // of a connection at a time (vendor/README.md, change 14), so the
+        // of a connection at a time (README.md of this fork, change 14), so the
         // next pipelined request is received once the previous one is
         // answered, not while a slow answer is still being written as
         // upstream's test had it. The answers here are quick; what stays

@@ -75,6 +75,11 @@ pub(crate) struct Shared {
     /// Where connections wait between requests once more than
     /// `config.park_above` are open (see `lot.rs`); None if never.
     pub(crate) lot: Option<Lot>,
+    /// The client ends of `stop`'s own connections, made to wake the
+    /// threads in `accept`: no client sent them, so they are closed
+    /// without the `ShuttingDown` answer a client connecting meanwhile
+    /// gets (which the handler would log and count).
+    wake_ups: Mutex<Vec<SocketAddr>>,
 }
 
 impl Server {
@@ -112,6 +117,7 @@ impl Server {
             next_id: AtomicU64::new(0),
             closed_at_stop: AtomicUsize::new(0),
             lot,
+            wake_ups: Mutex::new(Vec::new()),
         });
         #[cfg(unix)]
         if let Some(lot) = &shared.lot {
@@ -163,12 +169,20 @@ impl Server {
     pub fn stop(self) -> Stopped {
         let started = Instant::now();
         let shared = &self.shared;
-        // Threads in accept: one connection wakes one of them.
+        // Threads in accept: one connection wakes one of them. The list
+        // is locked until every wake-up is in it, so a thread that accepts
+        // one finds it there (see `run`).
         let in_accept = shared.gate.stop();
         let wake = wake_address(shared.local_addr);
+        let mut wake_ups = lock(&shared.wake_ups);
         for _ in 0..in_accept {
-            let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+            if let Ok(stream) = TcpStream::connect_timeout(&wake, Duration::from_millis(200)) {
+                if let Ok(from) = stream.local_addr() {
+                    wake_ups.push(from);
+                }
+            }
         }
+        drop(wake_ups);
         // Connections waiting for a request: close their read side, so
         // the read their thread is blocked in returns at once.
         let mut idle_closed = 0;
@@ -307,7 +321,9 @@ fn run(shared: &Arc<Shared>) {
             }
         };
         if shared.gate.is_stopping() {
-            refuse(shared, stream, Rejection::ShuttingDown);
+            if !lock(&shared.wake_ups).contains(&peer) {
+                refuse(shared, stream, Rejection::ShuttingDown);
+            }
             return;
         }
         if others_waiting < shared.config.spare_threads.max(1) {

@@ -69,7 +69,7 @@ where
         // Upstream 0.12.0 allocates `vec![0; remaining_to_read]`, i.e. as many
         // bytes as the client *declared* in Content-Length, so one request
         // with a huge Content-Length aborts the process when its unread body
-        // is dropped. See vendor/README.md.
+        // is dropped. See README.md (of this fork), change 1.
         let mut buf = [0u8; 4096];
 
         while remaining_to_read > 0 {
