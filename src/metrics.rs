@@ -241,7 +241,7 @@ pub struct Metrics {
     /// One per `HTTP_REJECTION_CODES`.
     http_rejected: [AtomicU64; 9],
     /// `[route][method][status class]`.
-    requests: [[[AtomicU64; 4]; 4]; 7],
+    requests: [[[AtomicU64; CLASSES.len()]; METHODS.len()]; RouteLabel::ALL.len()],
     pub request_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
     pub storage: StorageMetrics,

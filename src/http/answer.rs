@@ -10,9 +10,8 @@ use std::time::Instant;
 
 use tiny_http::inline::Response;
 
-use super::handlers::Api;
 use super::route::Route;
-use crate::metrics::RejectReason;
+use crate::metrics::{Metrics, RejectReason};
 use crate::problem::{ApiError, NotReady};
 use crate::request_id::RequestId;
 
@@ -27,9 +26,19 @@ pub struct Asked<'a> {
     pub started: Instant,
 }
 
+/// What every answer needs of the service (`Api::finishing`).
+pub struct Finishing<'a> {
+    /// Where the answer is counted.
+    pub metrics: &'a Metrics,
+    /// Shutdown has begun: the client is asked to close.
+    pub draining: bool,
+    /// Whether the access line is written.
+    pub access_log: bool,
+}
+
 /// Finishes `response` (see the module docs): `result` is the handler's.
 pub fn complete(
-    api: &Api,
+    service: Finishing<'_>,
     asked: &Asked<'_>,
     result: Result<(), ApiError>,
     response: &mut Response,
@@ -44,25 +53,26 @@ pub fn complete(
             error.code()
         );
         if asked.route == Route::PostEvent {
-            api.metrics.reject(reject_reason(error));
+            service.metrics.reject(reject_reason(error));
         }
         // The one refusal code a handler can answer too: a body is read
         // by the handler, so its timeout is noticed there.
         if let ApiError::BodyTimeout { .. } = error {
-            api.metrics.http_rejected(error.code());
+            service.metrics.http_rejected(error.code());
         }
         problem(error, request_id, response);
     }
     response.add_header("X-Request-Id", request_id.as_str(&mut [0; 25]));
-    if api.is_draining() {
+    if service.draining {
         // Keep-alive clients should move to another instance.
         response.close_after();
     }
     let took = asked.started.elapsed();
     let status = response.status();
-    api.metrics
+    service
+        .metrics
         .request(asked.route.label(), asked.method, status, took);
-    if api.access_log {
+    if service.access_log {
         // One line per request, under its own target so it can be turned
         // off on its own (RUST_LOG=info,access=off).
         log::info!(

@@ -2,7 +2,7 @@
 //! (the intake to queue events, the store to read products, the watermark
 //! for `min_seq` reads, the counts for `/metrics`); each handler fills in
 //! the [`Response`] and returns `Ok`, or returns the [`ApiError`] that
-//! `server.rs` renders as problem details.
+//! `answer.rs` renders as problem details.
 //!
 //! Handlers run on the connection's thread. `POST /events` answers as
 //! soon as the event is in the queue (202) or the queue refuses it (503):
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tiny_http::inline::{Deferred, Request, Response};
 
-use super::answer::{self, Asked};
+use super::answer::{self, Asked, Finishing};
 use super::route::Route;
 use super::wire;
 use crate::config::Config;
@@ -92,6 +92,15 @@ impl Api {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// What `answer::complete` needs of the service, read now.
+    pub fn finishing(&self) -> Finishing<'_> {
+        Finishing {
+            metrics: &self.metrics,
+            draining: self.is_draining(),
+            access_log: self.access_log,
+        }
     }
 
     /// Every count, read now from its owner.
@@ -217,16 +226,7 @@ impl Api {
             });
         };
         let tag = product.tag;
-        let unchanged = request.header("If-None-Match").is_some_and(|tags| {
-            tags.split(',').any(|t| {
-                let t = t.trim();
-                let t = t.strip_prefix("W/").unwrap_or(t);
-                t == "*"
-                    || t.strip_prefix('"')
-                        .and_then(|t| t.strip_suffix('"'))
-                        .is_some_and(|t| tag_is(t, &tag))
-            })
-        });
+        let unchanged = wire::if_none_match_names(request, &tag);
         response.add_header_fmt("ETag", format_args!("\"{tag}\""));
         if unchanged {
             response.set_status(304);
@@ -391,31 +391,6 @@ impl Api {
     }
 }
 
-/// Whether the text of an entity tag (without its quotes) is `tag`,
-/// compared without formatting `tag` into a string.
-fn tag_is(text: &str, tag: &crate::store::Tag) -> bool {
-    use std::fmt::Write;
-    struct Compare<'a> {
-        rest: &'a str,
-        same: bool,
-    }
-    impl Write for Compare<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            match self.rest.strip_prefix(s) {
-                Some(rest) if self.same => self.rest = rest,
-                _ => self.same = false,
-            }
-            Ok(())
-        }
-    }
-    let mut compare = Compare {
-        rest: text,
-        same: true,
-    };
-    let _ = write!(compare, "{tag}");
-    compare.same && compare.rest.is_empty()
-}
-
 /// How a handler answered.
 pub enum Answered {
     /// It filled in the response.
@@ -464,7 +439,7 @@ impl Later {
                 request_id: request_id.borrow(),
                 started,
             };
-            answer::complete(&api, &asked, result, response);
+            answer::complete(api.finishing(), &asked, result, response);
         });
     }
 }

@@ -9,7 +9,11 @@
 //! 3. [`handlers`]: what each route answers, from the intake, the store and
 //!    the watermark the handlers share (`Api`).
 //! 4. [`wire`]: the small parsing jobs under the handlers (body with its
-//!    limit, `Content-Type`, percent-decoding, query, cursor).
+//!    limit, `Content-Type`, `If-None-Match`, percent-decoding, query,
+//!    cursor).
+//! 5. [`answer`]: what every answer gets before it is written, whoever
+//!    writes it (problem details for an error, `X-Request-Id`, the count
+//!    in `/metrics`, the access line).
 //!
 //! Routes:
 //!

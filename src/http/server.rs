@@ -82,7 +82,7 @@ impl Handler for Dispatch {
             Ok(Answered::Now) => Ok(()),
             Err(error) => Err(error),
         };
-        answer::complete(&self.api, &asked, result, response);
+        answer::complete(self.api.finishing(), &asked, result, response);
     }
 
     /// The answer to a request the server refused before routing it: the

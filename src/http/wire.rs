@@ -1,6 +1,7 @@
 //! Wire helpers: the small parsing and checking jobs between a raw request
 //! and a handler. The body with its limit, the `Content-Type` check,
-//! percent-decoding of a path segment, query parameters, the list cursor.
+//! `If-None-Match`, percent-decoding of a path segment, query parameters,
+//! the list cursor.
 //! No state, no I/O of their own.
 
 use std::borrow::Cow;
@@ -9,6 +10,7 @@ use tiny_http::inline::{BodyError, Request};
 
 use crate::config::Config;
 use crate::problem::ApiError;
+use crate::store::Tag;
 
 /// `application/json`, with any parameters and in any case, or no
 /// Content-Type at all. Anything else is a 415.
@@ -90,6 +92,46 @@ pub fn percent_decode(segment: &str) -> Result<Cow<'_, str>, ApiError> {
         .map_err(|_| ApiError::InvalidPath {
             detail: "the product id decodes to bytes that are not UTF-8".to_owned(),
         })
+}
+
+/// Whether `If-None-Match` names `tag`, or is `*`: the weak comparison of
+/// RFC 9110 (a `W/` prefix is ignored), over a comma-separated list.
+pub fn if_none_match_names(request: &Request<'_>, tag: &Tag) -> bool {
+    request.header("If-None-Match").is_some_and(|tags| {
+        tags.split(',').any(|t| {
+            let t = t.trim();
+            let t = t.strip_prefix("W/").unwrap_or(t);
+            t == "*"
+                || t.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .is_some_and(|t| tag_is(t, tag))
+        })
+    })
+}
+
+/// Whether the text of an entity tag (without its quotes) is `tag`,
+/// compared without formatting `tag` into a string.
+fn tag_is(text: &str, tag: &Tag) -> bool {
+    use std::fmt::Write;
+    struct Compare<'a> {
+        rest: &'a str,
+        same: bool,
+    }
+    impl Write for Compare<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match self.rest.strip_prefix(s) {
+                Some(rest) if self.same => self.rest = rest,
+                _ => self.same = false,
+            }
+            Ok(())
+        }
+    }
+    let mut compare = Compare {
+        rest: text,
+        same: true,
+    };
+    let _ = write!(compare, "{tag}");
+    compare.same && compare.rest.is_empty()
 }
 
 /// The `name=value` pairs of a query string, in order; empty pairs are
