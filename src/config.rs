@@ -78,12 +78,12 @@ pub struct Config {
 }
 
 /// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Its default is in `SETTINGS`, with every other setting's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// The 202 is sent once the event is committed (SQLite WAL, no fsync):
     /// it survives `kill -9` and any crash of the process; an OS crash or
     /// power cut may lose the last commits.
-    #[default]
     Commit,
     /// As `Commit`, and the commit is fsynced: survives an OS crash or a
     /// power cut too.
@@ -105,9 +105,9 @@ impl Durability {
 }
 
 /// `LOG_FORMAT`: human-readable lines, or one JSON object per line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Its default is in `SETTINGS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    #[default]
     Text,
     Json,
 }
