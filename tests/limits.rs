@@ -534,16 +534,79 @@ fn a_health_check_is_answered_while_slow_bodies_and_a_waiting_reader_are_held() 
     server.shutdown();
 }
 
+/// How many slow clients of each kind [`slow_clients_leave_others_served`]
+/// holds at once.
+struct Mix {
+    silent: usize,
+    heads: usize,
+    bodies: usize,
+    readers: usize,
+}
+
 /// Every kind of slow client at once, up to MAX_CONNECTIONS: silent
 /// connections, heads and bodies trickled a byte at a time, and `min_seq`
-/// readers waiting for a seq that will not come. Another client's ordinary
-/// requests are all answered before any slow one is done with, and a
-/// connection past the limit is refused at once.
+/// readers waiting for a seq that will not come.
 #[test]
 fn any_mix_of_slow_clients_up_to_max_connections_leaves_others_served() {
-    const EACH: usize = 12;
+    slow_clients_leave_others_served(Mix {
+        silent: 12,
+        heads: 12,
+        bodies: 12,
+        readers: 12,
+    });
+}
+
+/// MAX_CONNECTIONS but one taken by connections that never send a byte.
+#[test]
+fn silent_connections_up_to_max_connections_leave_others_served() {
+    slow_clients_leave_others_served(Mix {
+        silent: 48,
+        heads: 0,
+        bodies: 0,
+        readers: 0,
+    });
+}
+
+/// MAX_CONNECTIONS but one taken by heads trickled a byte at a time.
+#[test]
+fn trickled_heads_up_to_max_connections_leave_others_served() {
+    slow_clients_leave_others_served(Mix {
+        silent: 0,
+        heads: 48,
+        bodies: 0,
+        readers: 0,
+    });
+}
+
+/// MAX_CONNECTIONS but one taken by bodies trickled a byte at a time.
+#[test]
+fn trickled_bodies_up_to_max_connections_leave_others_served() {
+    slow_clients_leave_others_served(Mix {
+        silent: 0,
+        heads: 0,
+        bodies: 48,
+        readers: 0,
+    });
+}
+
+/// MAX_CONNECTIONS but one taken by `min_seq` readers waiting 5 s.
+#[test]
+fn min_seq_readers_up_to_max_connections_leave_others_served() {
+    slow_clients_leave_others_served(Mix {
+        silent: 0,
+        heads: 0,
+        bodies: 0,
+        readers: 48,
+    });
+}
+
+/// Holds `mix` and one more connection, the ordinary client's, which fill
+/// MAX_CONNECTIONS. That client's requests are all answered before any
+/// slow one is done with, and a connection past the limit is refused at
+/// once.
+fn slow_clients_leave_others_served(mix: Mix) {
     // The slow ones, and the ordinary client's one keep-alive connection.
-    let max_connections = 4 * EACH + 1;
+    let max_connections = mix.silent + mix.heads + mix.bodies + mix.readers + 1;
     let server = TestServer::start(Config {
         max_connections,
         // Long enough that no slow client is cut off during the test.
@@ -555,13 +618,13 @@ fn any_mix_of_slow_clients_up_to_max_connections_leaves_others_served() {
     });
     let addr = server.running.local_addr();
     let gap = Duration::from_millis(50);
-    let silent: Vec<TcpStream> = (0..EACH)
+    let silent: Vec<TcpStream> = (0..mix.silent)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    let head_tricklers: Vec<Trickler> = (0..EACH)
+    let head_tricklers: Vec<Trickler> = (0..mix.heads)
         .map(|_| Trickler::start(addr, b"GET /healthz HTTP/1.1\r\nX-Slow: ", gap))
         .collect();
-    let body_tricklers: Vec<Trickler> = (0..EACH)
+    let body_tricklers: Vec<Trickler> = (0..mix.bodies)
         .map(|_| {
             Trickler::start(
                 addr,
@@ -570,10 +633,12 @@ fn any_mix_of_slow_clients_up_to_max_connections_leaves_others_served() {
             )
         })
         .collect();
-    let readers: Vec<_> = (0..EACH).map(|_| far_ahead_reader(&server)).collect();
+    let readers: Vec<_> = (0..mix.readers)
+        .map(|_| far_ahead_reader(&server))
+        .collect();
     common::wait_until("every slow client to be connected and held", || {
         (gauge(&server, "http_connections_open") == max_connections as u64
-            && gauge(&server, "min_seq_readers_waiting") == EACH as u64)
+            && gauge(&server, "min_seq_readers_waiting") == mix.readers as u64)
             .then_some(())
     });
     // Past the limit: refused at once, by the thread that accepted it.
