@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use product_update_service::Config;
-use product_update_service::model::{self, ProductUpdate};
-use product_update_service::queue::{Intake, Job};
+use product_update_service::event::{self, ProductUpdate};
+use product_update_service::intake::{Intake, Job};
 use product_update_service::store::Store;
 use product_update_service::worker::{Control, Worker, WorkerCounters};
 
@@ -38,7 +38,7 @@ fn event(i: usize) -> ProductUpdate {
         i % 100,
         i % 10_000
     );
-    model::decode_event(body.as_bytes()).expect("a valid event")
+    event::decode_event(body.as_bytes()).expect("a valid event")
 }
 
 fn rate(events: usize, took: Duration) -> f64 {
@@ -69,7 +69,7 @@ fn drain(workers: usize, events: usize) -> Duration {
     let (intake, jobs) = Intake::new(events);
     for i in 0..events {
         intake
-            .submit(event(i), "bench".into())
+            .accept(event(i), "bench".into())
             .expect("the queue has room for every event");
     }
     // Closed before the workers start: they exit once the queue is empty.

@@ -27,7 +27,7 @@ FORK = ["-p", "product-update-tiny-http", "--lib", "gate"]
 MUTANTS = [
     (
         "handoff: post does not ring a sleeping committer",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "        state.pending.push(item);\n        if state.sleeping > 0 {\n            self.bell.notify_one();\n        }\n",
             "        state.pending.push(item);\n",
@@ -36,7 +36,7 @@ MUTANTS = [
     ),
     (
         "handoff: the committer decides to sleep after its last look, in another lock section",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "            state.sleeping += 1;\n            state = sync::wait_for_bell",
             "            drop(state);\n            state = self.lock();\n            state.sleeping += 1;\n            state = sync::wait_for_bell",
@@ -45,7 +45,7 @@ MUTANTS = [
     ),
     (
         "handoff: finish wakes only one of two sleeping committers",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "        state.finishing = true;\n        self.bell.notify_all();",
             "        state.finishing = true;\n        self.bell.notify_one();",
@@ -54,7 +54,7 @@ MUTANTS = [
     ),
     (
         "handoff: a committer without a connection waits on the bell that posts ring",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "            state = sync::wait_for_bell(&self.closing, state, left);",
             "            state = sync::wait_for_bell(&self.bell, state, left);",
@@ -63,7 +63,7 @@ MUTANTS = [
     ),
     (
         "handoff: a committer standing by ignores a rouse before its wait",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "        while !state.finishing && state.rousings == seen {",
             "        let _ = seen;\n        while !state.finishing {",
@@ -72,7 +72,7 @@ MUTANTS = [
     ),
     (
         "handoff: rouse wakes nobody",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
             "        state.rousings += 1;\n        self.closing.notify_all();\n    }",
             "        state.rousings += 1;\n    }",
@@ -81,16 +81,16 @@ MUTANTS = [
     ),
     (
         "handoff: post does not look at finishing",
-        "src/durable/handoff.rs",
+        "src/intake/mailbox.rs",
         [(
-            "        if state.finishing || state.stopped {\n            return Err(Refused::Closed);",
-            "        if state.stopped {\n            return Err(Refused::Closed);",
+            "        if state.finishing || state.stopped {\n            return Err((Refused::Closed, item));",
+            "        if state.stopped {\n            return Err((Refused::Closed, item));",
         )],
         SERVICE,
     ),
     (
         "doorbell: a worker counts itself as a sleeper after its last look",
-        "src/queue.rs",
+        "src/intake/queue.rs",
         [(
             "        self.sleepers.fetch_add(1, Ordering::SeqCst);\n",
             "        let waiting = work_waiting();\n"
@@ -103,7 +103,7 @@ MUTANTS = [
     ),
     (
         "doorbell: ring's fence removed",
-        "src/queue.rs",
+        "src/intake/queue.rs",
         [(
             "        fence(Ordering::SeqCst);\n        if self.lingerers.load",
             "        if self.lingerers.load",
@@ -112,7 +112,7 @@ MUTANTS = [
     ),
     (
         "doorbell: the waiting worker's fence removed",
-        "src/queue.rs",
+        "src/intake/queue.rs",
         [(
             "        fence(Ordering::SeqCst);\n        let _closed = match linger {",
             "        let _closed = match linger {",
@@ -121,7 +121,7 @@ MUTANTS = [
     ),
     (
         "doorbell: a lingerer sleeps untimed after its timed wait without looking again",
-        "src/queue.rs",
+        "src/intake/queue.rs",
         [(
             "Some(timeout) => sync::wait_timeout(&self.bell, closed, timeout),",
             "Some(timeout) => sync::wait(&self.bell, sync::wait_timeout(&self.bell, closed, timeout)),",
@@ -130,7 +130,7 @@ MUTANTS = [
     ),
     (
         "intake: close counts the accepted events and drops the sender in two steps",
-        "src/queue.rs",
+        "src/intake/mod.rs",
         [(
             "        let mut state = self.lock();\n"
             "        state.job_tx = None;\n"
@@ -147,7 +147,10 @@ MUTANTS = [
     (
         "watermark: done does not wake the readers it satisfies",
         "src/progress.rs",
-        [("            waiter.unpark();\n", "            let _ = waiter;\n")],
+        [(
+            "            waiter.unpark();\n        }\n    }\n\n    /// Every seq up to `seq` counts as done",
+            "            let _ = waiter;\n        }\n    }\n\n    /// Every seq up to `seq` counts as done",
+        )],
         SERVICE,
     ),
     (

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::durable::StorageError;
+use crate::backend::StorageError;
 use crate::stats::ShutdownReport;
 
 /// The service could not start.

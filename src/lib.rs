@@ -5,29 +5,37 @@
 //! # The pipeline
 //!
 //! ```text
-//!             vendored tiny_http (inline)                    bounded queue           WORKERS
-//! client ──▶ one thread per connection: ──submit()──▶ [QUEUE_SIZE] ──next()──▶ worker-0..N ──apply()──▶ Store
-//!            read, route, handle, answer                                                        (RwLock<HashMap>)
-//!                   └──────────────────────────────── get() ◀──────────────────────────────────────────┘
+//!            vendored tiny_http (inline)        the core                  bounded queue            WORKERS
+//! client ──▶ one thread per connection: ──accept()──▶ Service ──▶ Intake ──▶ [QUEUE_SIZE] ──Jobs──▶ worker-0..N ──apply()──▶ Store
+//!            read, route, handle, answer            │   (a durable backend may commit the event first: Backend)
+//!                   └──────────────── product() ◀───┴────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! A request is read, answered and written on its connection's thread:
 //! there is no hand-off between threads on the way from the socket to the
 //! queue, and a slow client holds only its own connection.
 //!
+//! The modules, from the front door down:
+//!
 //! - [`http`]: the connection threads' entry point, routing, the handlers
-//!   and their wire helpers. Validation runs there, so bad input never
-//!   reaches the queue. `POST /events` answers 202 as soon as the event is
-//!   queued, 503 at once when the queue is full.
-//! - [`queue`]: the intake: one lock that gives each accepted event its
-//!   sequence number and puts it in the bounded channel.
+//!   (HTTP to the service's operations and back) and their wire helpers.
+//!   Validation runs there, so bad input never reaches the core.
+//! - [`service`]: the core. [`Service`](service::Service) owns the intake,
+//!   the store, the watermark, the counts and the backend, and offers the
+//!   operations every front door needs.
+//! - [`backend`]: where the state is kept (memory, SQLite, PostgreSQL),
+//!   behind one interface.
+//! - [`intake`]: the one lock that gives each accepted event its sequence
+//!   number and puts it in the bounded channel; the committers' mailbox.
 //! - [`worker`]: threads that drain the channel into the store.
+//! - [`progress`]: the applied watermark, which `min_seq` reads wait on.
 //! - [`store`]: the product map, with per-field sequence guards so events
 //!   applied out of order still leave the newest value of each field.
+//! - [`event`]: the event and its rules.
 //! - [`shutdown`]: [`Running`], the handle that stops everything in order.
 //!
-//! ARCHITECTURE.md tells the whole story: who owns what, the ordering
-//! argument, and the shutdown sequence step by step.
+//! ARCHITECTURE.md tells the whole story: a reading order, who owns what,
+//! the ordering argument, and the shutdown sequence step by step.
 //!
 //! # Example
 //!
@@ -43,16 +51,16 @@
 //! README.md ("Using it from your tests") has a complete example with
 //! HTTP requests; it is compiled and run as a doc test below.
 
+pub mod backend;
 pub mod config;
-pub mod durable;
 pub mod error;
+pub mod event;
 pub mod http;
+pub mod intake;
 pub mod metrics;
-pub mod model;
-pub mod problem;
 pub mod progress;
-pub mod queue;
 pub mod request_id;
+pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod store;
@@ -60,19 +68,14 @@ mod sync;
 pub mod worker;
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 pub use config::{Config, ConfigError};
 pub use error::{ShutdownError, StartError};
 pub use shutdown::{PausedWorkers, Running};
 pub use stats::{ShutdownReport, Stats};
 
-use durable::Recovered;
-use http::{Api, HttpServer};
-use queue::Intake;
-use store::Store;
-use worker::{Control, Worker, WorkerCounters};
+use http::HttpServer;
+use service::Service;
 
 /// How many connections the kernel may hold until a thread accepts them.
 /// The kernel caps it at `net.core.somaxconn` (4096 on current Linux).
@@ -92,128 +95,45 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds the socket, starts the workers and the connection threads, and
-/// returns once the service is accepting requests.
+/// Opens the storage, binds the socket, starts the core (the backend's
+/// threads, then the workers) and the connection threads, and returns once
+/// the service is accepting requests.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    // Durable state first: a database that is locked, damaged or unknown
-    // stops the start before anything else happens.
-    let mut recovered = Recovered::open(&config).map_err(StartError::Storage)?;
+    // Storage first: a database that is locked, damaged or unknown stops
+    // the start before anything else happens.
+    let opened = backend::open(&config).map_err(StartError::Storage)?;
     let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
     };
     let listener = bind(config.bind).map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-
-    let store = Store::new();
-    // With a shared database, the database recognises retried event ids
-    // (whichever instance took them first): this process's window is off.
-    let window = match config.database_url {
-        Some(_) => 0,
-        None => config.idempotency_window,
-    };
-    let (intake, jobs) = Intake::with_window(config.queue_size, window, config.idempotency_ttl);
-    // Durable mode: the loaded products, the journal replayed, the seqs
-    // continued; every seq up to `through` is applied.
-    let through = recovered
-        .as_mut()
-        .map_or(0, |recovered| recovered.restore(&store, &intake));
-    let intake = Arc::new(intake);
-    let control = Arc::new(Control::default());
-    let counters = Arc::new(WorkerCounters::default());
-    let metrics = Arc::new(metrics::Metrics::default());
-    let progress = Arc::new(progress::Progress::starting_at(through));
-    let durable = match recovered {
-        None => None,
-        Some(recovered) => {
-            let started = recovered.start(
-                Arc::clone(&intake),
-                store.clone(),
-                Arc::clone(&progress),
-                Arc::clone(&metrics),
-                local_addr,
-            );
-            Some(Arc::new(started.map_err(|source| StartError::Spawn {
-                thread: "committer".to_owned(),
+    // The workers run before the first request is read.
+    let (service, workers) = Service::start(&config, opened, local_addr)?;
+    let http = match HttpServer::start(listener, &service, &config) {
+        Ok(http) => http,
+        Err(source) => {
+            // Nothing was accepted: stop what runs, in the shutdown's order.
+            service.drain(std::time::Instant::now());
+            workers.drain(std::time::Instant::now());
+            workers.join();
+            service.finish();
+            return Err(StartError::Spawn {
+                thread: "http".to_owned(),
                 source,
-            })?))
+            });
         }
     };
-
-    // Workers first, so the queue is being drained before the first request.
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    let apply = worker::apply_to(
-        store.clone(),
-        Arc::clone(&progress),
-        Arc::clone(&metrics),
-        durable.clone(),
-    );
-    let mut workers = Vec::with_capacity(config.workers);
-    for id in 0..config.workers {
-        let spawned = Worker::spawn(
-            id,
-            jobs.clone(),
-            done_tx.clone(),
-            Arc::clone(&control),
-            Arc::clone(&counters),
-            apply.clone(),
-        );
-        match spawned {
-            Ok(worker) => workers.push(worker),
-            Err(source) => {
-                // Closing the intake lets the workers already started exit.
-                intake.close();
-                control.abandon();
-                if let Some(durable) = &durable {
-                    durable.finish();
-                }
-                return Err(StartError::Spawn {
-                    thread: format!("worker-{id}"),
-                    source,
-                });
-            }
-        }
-    }
-    // Only the workers hold these now: the last worker to exit disconnects
-    // `done_rx`, and the channel is disconnected once the intake closes.
-    drop(done_tx);
-    drop(jobs);
-
-    let api = Arc::new(Api {
-        intake: Arc::clone(&intake),
-        durable,
-        store,
-        progress,
-        counters,
-        metrics,
-        config,
-        open_connections: Arc::new(AtomicUsize::new(0)),
-        draining: AtomicBool::new(false),
-        access_log: log::log_enabled!(target: "access", log::Level::Info),
-    });
-    let http = HttpServer::start(listener, &api).map_err(|source| {
-        intake.close();
-        if let Some(durable) = &api.durable {
-            durable.finish();
-        }
-        StartError::Spawn {
-            thread: "http".to_owned(),
-            source,
-        }
-    })?;
-
     log::info!(
-        "product-update-service {} listening on {local_addr} ({})",
+        "product-update-service {} listening on {local_addr} ({config})",
         env!("CARGO_PKG_VERSION"),
-        api.config
     );
     Ok(Running {
         local_addr,
-        http,
-        api,
+        config,
+        service,
         workers,
-        done_rx,
-        control,
+        http,
     })
 }
 

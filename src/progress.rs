@@ -1,7 +1,7 @@
 //! How far the workers have got: the applied watermark, and a way to wait
 //! for it.
 //!
-//! Seqs are gap-free (see `queue.rs`), but workers finish events out of
+//! Seqs are gap-free (see `intake/mod.rs`), but workers finish events out of
 //! order, so "applied through N" means every seq up to N is done. Each
 //! worker reports each finished seq; seqs that finish ahead of a gap wait in
 //! a set until the gap closes. A reader who wants to see its own write
@@ -39,19 +39,19 @@ use crate::store::Seq;
 use crate::sync::{self, Mutex, MutexGuard, Thread};
 
 pub struct Progress {
-    state: Mutex<State>,
+    state: Mutex<Watermark>,
 }
 
 impl Default for Progress {
     fn default() -> Progress {
         Progress {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Watermark::default()),
         }
     }
 }
 
 #[derive(Default)]
-struct State {
+struct Watermark {
     /// Every seq up to this one is done.
     through: Seq,
     /// Done seqs above `through + 1`, waiting for the gap to close.
@@ -156,7 +156,7 @@ impl Progress {
     }
 
     // Poisoning: plain counters and sets; nothing inside can panic midway.
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Watermark> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

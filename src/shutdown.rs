@@ -3,10 +3,12 @@
 //!
 //! # The shutdown sequence
 //!
-//! 1. **Close the intake.** `Api::begin_drain` drops the queue's only sender
-//!    under the intake lock. Every event answered 202 is already in the
-//!    queue; from now on `POST /events` answers 503 `shutting_down`, and
-//!    every response carries `Connection: close`. GETs are still answered.
+//! 1. **Stop taking events.** `Service::drain` has the backend commit what
+//!    was posted to it and let it reach the queue (the durable modes), then
+//!    closes the intake: it drops the queue's only sender under the intake
+//!    lock. Every event answered 202 is already in the queue; from now on
+//!    `POST /events` answers 503 `shutting_down`, and every response
+//!    carries `Connection: close`. GETs are still answered.
 //! 2. **Drain.** The workers keep applying what is queued. When the queue is
 //!    empty *and* its sender is gone, each worker's
 //!    `for job in jobs` ends, the worker exits and drops its
@@ -16,12 +18,13 @@
 //! 3. **Deadline.** If the deadline passes first, `Control::abandon` makes
 //!    each worker stop after at most the event it holds. The events left in
 //!    the queue are counted (accepted − applied − panicked) and logged.
-//! 4. **Join the workers.** In durable mode the committer then writes what
-//!    they applied and stops (`Durable::finish`).
+//! 4. **Join the workers.** In the durable modes the backend then writes
+//!    what they applied and stops its threads (`Service::finish`).
 //! 5. **Stop HTTP.** The server stops taking connections (the listening
 //!    socket closes), closes the connections waiting for a request, lets
 //!    the requests in hand finish (their answers say `Connection: close`)
-//!    and returns once every connection thread has exited.
+//!    and returns once every connection thread has exited; then the
+//!    answerer writes what it has and exits.
 //! 6. **Report** the counts.
 //!
 //! No step polls and nothing is joined in `Drop`: dropping a `Running`
@@ -33,25 +36,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-
 use crate::config::Config;
 use crate::error::ShutdownError;
-use crate::http::{Api, HttpServer};
+use crate::http::HttpServer;
+use crate::service::Service;
 use crate::stats::{ShutdownReport, Stats};
-use crate::worker::{Control, Worker};
+use crate::worker::{Control, Workers};
 
 /// A started service. Get its address with [`Running::local_addr`]; stop it
 /// with [`Running::shutdown`].
 pub struct Running {
     pub(crate) local_addr: SocketAddr,
+    pub(crate) config: Config,
+    /// The core: the intake, the store, the counts, the backend.
+    pub(crate) service: Arc<Service>,
+    pub(crate) workers: Workers,
     pub(crate) http: HttpServer,
-    /// What the handlers share: the intake, the store, the counts.
-    pub(crate) api: Arc<Api>,
-    pub(crate) workers: Vec<Worker>,
-    /// Never receives a message: it disconnects when the last worker exits.
-    pub(crate) done_rx: Receiver<()>,
-    pub(crate) control: Arc<Control>,
 }
 
 /// While this value lives, the workers apply nothing (events stay queued).
@@ -76,12 +76,12 @@ impl Running {
 
     /// The configuration the service runs with.
     pub fn config(&self) -> &Config {
-        &self.api.config
+        &self.config
     }
 
     /// Current counts (the same reading `/metrics` gives).
     pub fn stats(&self) -> Stats {
-        self.api.stats()
+        self.http.stats()
     }
 
     /// Holds the workers still until the returned value is dropped: each
@@ -89,10 +89,9 @@ impl Running {
     /// is finished, and each worker may hold one event taken from the queue).
     /// Useful to watch the queue fill and backpressure start.
     pub fn pause_workers(&self) -> PausedWorkers {
-        self.control.pause();
-        PausedWorkers {
-            control: Arc::clone(&self.control),
-        }
+        let control = Arc::clone(self.workers.control());
+        control.pause();
+        PausedWorkers { control }
     }
 
     /// Stops the service in the order described in the module docs and
@@ -102,43 +101,28 @@ impl Running {
     /// 5 s).
     pub fn shutdown(self) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
-        let timeout = self.api.config.shutdown_timeout;
+        let timeout = self.config.shutdown_timeout;
         let deadline = started + timeout;
 
-        // 1. Close the intake.
-        let queued = self.api.intake.depth();
-        let accepted = self.api.begin_drain(deadline);
+        // 1. Stop taking events.
+        let queued = self.service.stats().queue_depth;
+        let accepted = self.service.drain(deadline);
         log::info!(
             "shutdown: intake closed after {accepted} accepted events; draining about {queued} queued (deadline {timeout:?})"
         );
 
         // 2. and 3. Drain until the workers are done or the deadline passes.
-        let drained = match self.done_rx.recv_deadline(deadline) {
-            Err(RecvTimeoutError::Disconnected) => true,
-            Err(RecvTimeoutError::Timeout) | Ok(()) => {
-                log::warn!("shutdown: drain deadline of {timeout:?} passed; stopping workers");
-                self.control.abandon();
-                false
-            }
-        };
-
-        // 4. Join the workers (after `abandon`, each finishes at most one event).
-        let mut panicked = Vec::new();
-        for worker in self.workers {
-            let id = worker.id();
-            if worker.join().is_err() {
-                log::error!("shutdown: worker-{id} had panicked");
-                panicked.push("worker");
-            }
+        let drained = self.workers.drain(deadline);
+        if !drained {
+            log::warn!("shutdown: drain deadline of {timeout:?} passed; stopping workers");
         }
 
-        // 4b. Durable mode: write what the workers applied, stop the
-        // committer (POSTs from here on get 503 shutting_down).
-        let committed = self
-            .api
-            .durable
-            .as_ref()
-            .map(|durable| durable.finish().events);
+        // 4. Join the workers (after a missed deadline, each finishes at
+        // most one event), then let the backend write what they applied
+        // and stop.
+        let counters = Arc::clone(self.workers.counters());
+        let panicked = self.workers.join();
+        let committed = self.service.finish().map(|committed| committed.events);
 
         // 5. Stop the HTTP side and close the listening socket.
         let stopped = self.http.stop();
@@ -149,7 +133,6 @@ impl Running {
         );
 
         // 6. Report.
-        let counters = &self.api.counters;
         let applied = counters.applied.load(Ordering::Relaxed);
         let panics = counters.panics.load(Ordering::Relaxed);
         let report = ShutdownReport {
@@ -161,8 +144,7 @@ impl Running {
             elapsed: started.elapsed(),
             committed,
         };
-        let journaled = self.api.durable.as_ref().is_some_and(|d| d.journals());
-        if report.not_applied > 0 && journaled {
+        if report.not_applied > 0 && self.service.journals() {
             log::warn!(
                 "shutdown: {} accepted events were not applied (drain deadline passed); they are in the journal, and the next start applies them; {report}",
                 report.not_applied
@@ -175,10 +157,13 @@ impl Running {
         } else {
             log::info!("shutdown complete: {report}");
         }
-        if panicked.is_empty() {
+        if panicked == 0 {
             Ok(report)
         } else {
-            Err(ShutdownError { panicked, report })
+            Err(ShutdownError {
+                panicked: vec!["worker"; panicked],
+                report,
+            })
         }
     }
 }

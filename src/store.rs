@@ -9,7 +9,7 @@
 //! # Ordering: per-field sequence guards
 //!
 //! Each event carries the sequence number the intake gave it (see
-//! `queue.rs`), and each field of a [`Record`] remembers the sequence number
+//! `intake/mod.rs`), and each field of a [`Record`] remembers the sequence number
 //! of the event that last set it. A write only lands if its event is newer
 //! than the one that set the field. So the result does not depend on which
 //! worker applies which event, or in what order: once every accepted event is
@@ -21,6 +21,18 @@
 //! copy under the read lock, a reader can never see a field go back to an
 //! older value.
 //!
+//! # Which products changed
+//!
+//! A backend that copies products to a database asks the store to
+//! [`record_changes`](Store::record_changes); from then on each
+//! [`Store::apply`] notes its product's id *before* it writes (so an apply
+//! that panics half-way is noted too), and the backend takes the list with
+//! [`Store::take_changed`]. An apply returns before its worker reports the
+//! seq done to the watermark, so once the watermark has passed seq N,
+//! every event up to N has noted its product: a backend that reads the
+//! watermark first and then takes the list holds every product those
+//! events changed. Memory mode records nothing and pays one atomic load.
+//!
 //! # Poisoning policy
 //!
 //! A panic while holding the write guard poisons the lock. Every change here
@@ -31,13 +43,13 @@
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use std::fmt;
 
 use serde_json::Number;
 
-use crate::model::ProductUpdate;
+use crate::event::ProductUpdate;
 
 /// Sequence number given by the intake; the first accepted event has seq 1,
 /// so 0 can mean "never set".
@@ -62,7 +74,7 @@ impl WriteKey {
     pub fn new(seq: Seq, version: Option<u64>) -> WriteKey {
         match version {
             None => WriteKey(0, seq),
-            // `model.rs` keeps versions below u64::MAX, so `v + 1` fits.
+            // `event.rs` keeps versions below u64::MAX, so `v + 1` fits.
             Some(v) => WriteKey(v.saturating_add(1), u64::MAX - seq),
         }
     }
@@ -85,7 +97,7 @@ impl WriteKey {
 
 /// What a product holds (56 bytes): each field and the key of the write
 /// that set it. The price is the JSON number as the client wrote it (see
-/// `model.rs`).
+/// `event.rs`).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Record {
     price: Option<Number>,
@@ -153,6 +165,10 @@ pub struct Store {
     /// The number of products, kept beside the map so that reading it (on
     /// every `POST /events`, for `MAX_PRODUCTS`) takes no lock.
     count: Arc<AtomicUsize>,
+    /// Ids of the products applied to since the last [`Store::take_changed`]
+    /// (repeats allowed), once [`Store::record_changes`] was called. A lock
+    /// of its own, so that taking the list does not hold up readers.
+    changed: Arc<OnceLock<Mutex<Vec<Box<str>>>>>,
 }
 
 impl Store {
@@ -162,6 +178,9 @@ impl Store {
 
     /// Applies `update`, accepted with sequence number `seq`, field by field.
     pub fn apply(&self, seq: Seq, update: &ProductUpdate) -> ApplyOutcome {
+        if let Some(changed) = self.changed.get() {
+            lock(changed).push(update.product_id.clone());
+        }
         let mut products = self.write();
         let record = match products.get_mut(&*update.product_id) {
             Some(record) => record,
@@ -193,13 +212,43 @@ impl Store {
         outcome
     }
 
+    /// From now on, note the product of every apply (see the module docs).
+    pub fn record_changes(&self) {
+        let _ = self.changed.set(Mutex::new(Vec::new()));
+    }
+
+    /// The ids of the products applied to since the last call (each once,
+    /// sorted), and forgets them.
+    pub fn take_changed(&self) -> Vec<Box<str>> {
+        let Some(changed) = self.changed.get() else {
+            return Vec::new();
+        };
+        let mut ids = std::mem::take(&mut *lock(changed));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Puts back ids taken with [`Store::take_changed`] whose products
+    /// could not be written: the next take returns them again.
+    pub fn put_back_changed(&self, mut ids: Vec<Box<str>>) {
+        if let Some(changed) = self.changed.get() {
+            lock(changed).append(&mut ids);
+        }
+    }
+
+    /// Whether products were applied to since the last take.
+    pub fn has_changes(&self) -> bool {
+        self.changed.get().is_some_and(|c| !lock(c).is_empty())
+    }
+
     /// The current state of `product_id`, or `None` if no event for it has
     /// been applied yet. A copy: the lock is held only to copy it.
     pub fn get(&self, product_id: &str) -> Option<ProductState> {
         self.read().get(product_id).map(Record::state)
     }
 
-    /// `product_id`'s fields and their write keys, for the durable store.
+    /// `product_id`'s fields and their write keys, for a backend to save.
     pub fn stored(&self, product_id: &str) -> Option<Stored> {
         self.read().get(product_id).map(|r| Stored {
             price: r.price.clone(),
@@ -283,6 +332,11 @@ impl Store {
     }
 }
 
+/// Poisoning: a list of ids, changed by single pushes and takes.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +354,23 @@ mod tests {
             event_id: None,
             version: None,
         }
+    }
+
+    #[test]
+    fn changes_are_recorded_only_when_asked_and_taken_once() {
+        let store = Store::new();
+        store.apply(1, &update("a", Some(1.0), None));
+        assert!(store.take_changed().is_empty());
+        store.record_changes();
+        store.apply(2, &update("b", Some(1.0), None));
+        store.apply(3, &update("a", Some(1.0), None));
+        store.apply(4, &update("b", None, Some(2)));
+        assert!(store.has_changes());
+        let taken = store.take_changed();
+        assert_eq!(taken, [Box::from("a"), Box::from("b")]);
+        assert!(!store.has_changes());
+        store.put_back_changed(taken);
+        assert_eq!(store.take_changed().len(), 2);
     }
 
     #[test]

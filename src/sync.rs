@@ -1,6 +1,7 @@
-//! The synchronization the hand-made protocols use (the doorbell and the
-//! intake in `queue.rs`, the watermark in `progress.rs`, the committer's
-//! hand-off in `durable/handoff.rs`), in one place: std's
+//! The synchronization the hand-made protocols use (the intake in
+//! `intake/mod.rs`, the doorbell in `intake/queue.rs`, the committers'
+//! mailbox in `intake/mailbox.rs`, the watermark in `progress.rs`), in one
+//! place: std's
 //! types and crossbeam's channel, or, when the crate is built with
 //! `--cfg loom`, loom's, so that `tests/loom.rs` can model-check those
 //! protocols in every interleaving. The code under test is the production
@@ -63,7 +64,6 @@ pub fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a
     condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `Condvar::wait_timeout` where the timeout is not part of the protocol
 /// (the waiter has other work to do then) and a ring must never be missed:
 /// under loom it waits untimed, so that a missed ring shows as a deadlock
@@ -84,7 +84,6 @@ pub fn wait_for_bell<'a, T>(
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 /// `thread::yield_now`.
 pub fn yield_now() {
     #[cfg(not(loom))]

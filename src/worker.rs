@@ -28,12 +28,13 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::Sender;
+use std::time::Instant;
 
-use crate::durable::Durable;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::intake::{Job, Jobs};
 use crate::metrics::Metrics;
 use crate::progress::{DoneOnDrop, Progress};
-use crate::queue::{Job, Jobs};
 use crate::store::{ApplyOutcome, Store};
 
 /// Counts kept by the workers, read by shutdown (and, later, metrics).
@@ -90,42 +91,23 @@ impl Worker {
 }
 
 /// What the service's workers do with each event: apply it to the store,
-/// record how long it waited in the queue, tell the durable store (if any)
-/// which product changed, and report its seq to the watermark, also when
-/// the apply panics (so `min_seq` readers behind it are not stalled). The
-/// durable store hears of the product *before* the seq is done: its
-/// committer relies on that order (see `durable/mod.rs`).
+/// record how long it waited in the queue, and report its seq to the
+/// watermark, also when the apply panics (so `min_seq` readers behind it are
+/// not stalled).
 pub fn apply_to(
     store: Store,
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
-    durable: Option<Arc<Durable>>,
 ) -> impl Fn(&Job) -> ApplyOutcome + Send + Clone + 'static {
     move |job| {
         // Reports the seq as done when dropped: after the apply, or while
         // unwinding from a panic in it.
         let _done = DoneOnDrop(&progress, job.seq);
-        // Declared after `_done`, so dropped before it: in durable mode the
-        // product is handed to the committer before the watermark passes
-        // its seq, also when the apply panics (see `durable/mod.rs`).
-        let _written = WrittenOnDrop(durable.as_deref(), &job.update.product_id);
         let outcome = store.apply(job.seq, &job.update);
         metrics
             .queue_wait_seconds
             .observe(job.accepted_at.elapsed());
         outcome
-    }
-}
-
-/// Durable mode: tells the committer which product an event changed, when
-/// dropped.
-struct WrittenOnDrop<'a>(Option<&'a Durable>, &'a str);
-
-impl Drop for WrittenOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(durable) = self.0 {
-            durable.applied(self.1);
-        }
     }
 }
 
@@ -173,6 +155,95 @@ where
                 );
             }
         }
+    }
+}
+
+/// The pool: every worker, the end of the channel that tells when all have
+/// exited, and the switch that pauses or abandons them. Owned by
+/// [`Running`](crate::Running), which waits for it at shutdown.
+pub struct Workers {
+    workers: Vec<Worker>,
+    /// Never receives a message: it disconnects when the last worker exits.
+    done_rx: Receiver<()>,
+    control: Arc<Control>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl Workers {
+    /// Starts `count` workers named `worker-0` .. on the queue's receiving
+    /// end. If the OS refuses a thread, the ones started are abandoned (they
+    /// exit once `jobs`'s intake closes) and the error names the thread.
+    pub fn spawn<F>(count: usize, jobs: Jobs, apply: F) -> Result<Workers, (String, io::Error)>
+    where
+        F: Fn(&Job) -> ApplyOutcome + Send + Clone + 'static,
+    {
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let control = Arc::new(Control::default());
+        let counters = Arc::new(WorkerCounters::default());
+        let mut workers = Vec::with_capacity(count);
+        for id in 0..count {
+            let spawned = Worker::spawn(
+                id,
+                jobs.clone(),
+                done_tx.clone(),
+                Arc::clone(&control),
+                Arc::clone(&counters),
+                apply.clone(),
+            );
+            match spawned {
+                Ok(worker) => workers.push(worker),
+                Err(source) => {
+                    control.abandon();
+                    return Err((format!("worker-{id}"), source));
+                }
+            }
+        }
+        // Only the workers hold `done_tx` now: the last one to exit
+        // disconnects `done_rx`.
+        Ok(Workers {
+            workers,
+            done_rx,
+            control,
+            counters,
+        })
+    }
+
+    /// What the workers count (applied events, stale fields, panics).
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+
+    /// The switch that pauses the workers (for tests and demonstrations).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Shutdown, once the intake is closed: waits until every worker has
+    /// drained the queue and exited, or `deadline` passes, in which case
+    /// each is told to stop after at most the event it holds. True if
+    /// drained.
+    pub fn drain(&self, deadline: Instant) -> bool {
+        match self.done_rx.recv_deadline(deadline) {
+            Err(RecvTimeoutError::Disconnected) => true,
+            Err(RecvTimeoutError::Timeout) | Ok(()) => {
+                self.control.abandon();
+                false
+            }
+        }
+    }
+
+    /// Joins every worker thread; returns how many had panicked outside an
+    /// apply (a bug in the loop itself), each logged.
+    pub fn join(self) -> usize {
+        let mut panicked = 0;
+        for worker in self.workers {
+            let id = worker.id();
+            if worker.join().is_err() {
+                log::error!("shutdown: worker-{id} had panicked");
+                panicked += 1;
+            }
+        }
+        panicked
     }
 }
 
@@ -251,11 +322,10 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::Intake;
-    use crossbeam_channel::Receiver;
-    use std::time::{Duration, Instant};
+    use crate::intake::Intake;
+    use std::time::Duration;
 
-    use crate::model::price_update as event;
+    use crate::event::price_update as event;
 
     struct Harness {
         intake: Intake,
@@ -301,7 +371,7 @@ mod tests {
             stale: 0,
         });
         for _ in 0..10 {
-            h.intake.submit(event("a"), "test".into()).unwrap();
+            h.intake.accept(event("a"), "test".into()).unwrap();
         }
         h.intake.close();
         wait_done(&h.done_rx);
@@ -321,9 +391,9 @@ mod tests {
                 stale: 1,
             }
         });
-        h.intake.submit(event("a"), "test".into()).unwrap();
-        h.intake.submit(event("boom"), "test".into()).unwrap();
-        h.intake.submit(event("b"), "test".into()).unwrap();
+        h.intake.accept(event("a"), "test".into()).unwrap();
+        h.intake.accept(event("boom"), "test".into()).unwrap();
+        h.intake.accept(event("b"), "test".into()).unwrap();
         h.intake.close();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();
@@ -340,8 +410,8 @@ mod tests {
             ApplyOutcome::default()
         });
         h.control.pause();
-        h.intake.submit(event("a"), "test".into()).unwrap();
-        h.intake.submit(event("a"), "test".into()).unwrap();
+        h.intake.accept(event("a"), "test".into()).unwrap();
+        h.intake.accept(event("a"), "test".into()).unwrap();
         // Paused: nothing is applied. (A bounded wait for something that must
         // not happen; the positive case below proves the worker is alive.)
         assert!(seen_rx.recv_timeout(Duration::from_millis(100)).is_err());
@@ -350,8 +420,8 @@ mod tests {
         assert_eq!(seen_rx.recv_timeout(Duration::from_secs(10)), Ok(2));
 
         h.control.pause();
-        h.intake.submit(event("a"), "test".into()).unwrap();
-        h.intake.submit(event("a"), "test".into()).unwrap();
+        h.intake.accept(event("a"), "test".into()).unwrap();
+        h.intake.accept(event("a"), "test".into()).unwrap();
         h.control.abandon();
         wait_done(&h.done_rx);
         h.worker.join().unwrap();

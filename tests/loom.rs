@@ -7,8 +7,8 @@
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom
 //! ```
 //!
-//! The code under test is the production code (`queue.rs`, `progress.rs`,
-//! `durable/handoff.rs`);
+//! The code under test is the production code (`intake/mod.rs`,
+//! `intake/queue.rs`, `intake/mailbox.rs`, `progress.rs`);
 //! `src/sync.rs` gives it loom's mutexes, condition variables, atomics and
 //! a loom-visible channel in this build. What each model checks, and the
 //! broken variant it was seen to catch, is in ARCHITECTURE.md (the section
@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
-use product_update_service::durable::handoff::{Mailbox, Refused};
-use product_update_service::model::ProductUpdate;
+use product_update_service::event::ProductUpdate;
+use product_update_service::intake::mailbox::{Mailbox, Refused};
+use product_update_service::intake::{Intake, Refusal};
 use product_update_service::progress::{DoneOnDrop, Progress};
-use product_update_service::queue::{Intake, SubmitError};
 
 /// What the models post: a ticket its poster parks on until a committer
 /// (or the stop) puts the answer in. (The service posts an event with the
@@ -81,13 +81,13 @@ fn a_sleeping_worker_always_takes_a_submitted_event() {
             let mut jobs = jobs;
             jobs.next().map(|job| job.seq)
         });
-        assert_eq!(intake.submit(event("a"), "m".into()).map(|s| s.seq), Ok(1));
+        assert_eq!(intake.accept(event("a"), "m".into()).map(|s| s.seq), Ok(1));
         assert_eq!(worker.join().unwrap(), Some(1));
     });
 }
 
 /// The doorbell, a lingering worker: after an event the worker lingers (a
-/// timed wait that `submit` does not ring for; in this build it times out
+/// timed wait that `accept` does not ring for; in this build it times out
 /// at once) and then sleeps; the next event arrives at any point of that.
 /// The worker takes both, in order. Caught: a lingerer that sleeps untimed
 /// after its timed wait without looking at the queue again.
@@ -95,14 +95,14 @@ fn a_sleeping_worker_always_takes_a_submitted_event() {
 fn a_lingering_worker_always_takes_the_next_event() {
     loom::model(|| {
         let (intake, jobs) = Intake::new(4);
-        intake.submit(event("a"), "m".into()).unwrap();
+        intake.accept(event("a"), "m".into()).unwrap();
         let worker = thread::spawn(move || {
             let mut jobs = jobs;
             let first = jobs.next().map(|job| job.seq);
             let second = jobs.next().map(|job| job.seq);
             (first, second)
         });
-        assert_eq!(intake.submit(event("b"), "m".into()).map(|s| s.seq), Ok(2));
+        assert_eq!(intake.accept(event("b"), "m".into()).map(|s| s.seq), Ok(2));
         assert_eq!(worker.join().unwrap(), (Some(1), Some(2)));
     });
 }
@@ -120,7 +120,7 @@ fn of_two_waiting_workers_one_takes_the_event_and_both_end_at_close() {
             })
             .collect();
         drop(jobs);
-        intake.submit(event("a"), "m".into()).unwrap();
+        intake.accept(event("a"), "m".into()).unwrap();
         intake.close();
         let mut seen: Vec<u64> = workers
             .into_iter()
@@ -131,10 +131,10 @@ fn of_two_waiting_workers_one_takes_the_event_and_both_end_at_close() {
     });
 }
 
-/// The intake, close racing with submit: an event that got its seq (a 202)
+/// The intake, close racing with accept: an event that got its seq (a 202)
 /// is always delivered to a worker, `close` counts exactly the events
-/// accepted before it, and a submit after it is refused. Caught: closing
-/// with a flag checked before the intake lock (a submit that saw the flag
+/// accepted before it, and an accept after it is refused. Caught: closing
+/// with a flag checked before the intake lock (an accept that saw the flag
 /// open could send after the close had counted).
 #[test]
 fn close_racing_with_submit_never_loses_an_accepted_event() {
@@ -143,9 +143,9 @@ fn close_racing_with_submit_never_loses_an_accepted_event() {
         let intake = Arc::new(intake);
         let submitter = {
             let intake = Arc::clone(&intake);
-            thread::spawn(move || match intake.submit(event("a"), "m".into()) {
-                Ok(submitted) => Some(submitted.seq),
-                Err(SubmitError::ShuttingDown) => None,
+            thread::spawn(move || match intake.accept(event("a"), "m".into()) {
+                Ok(accepted) => Some(accepted.seq),
+                Err(Refusal::ShuttingDown) => None,
                 Err(other) => panic!("unexpected {other:?}"),
             })
         };
@@ -161,8 +161,8 @@ fn close_racing_with_submit_never_loses_an_accepted_event() {
         assert_eq!(delivered, accepted.into_iter().collect::<Vec<_>>());
         // Closed for good: nothing is accepted afterwards.
         assert_eq!(
-            intake.submit(event("b"), "m".into()),
-            Err(SubmitError::ShuttingDown)
+            intake.accept(event("b"), "m".into()),
+            Err(Refusal::ShuttingDown)
         );
     });
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::binary::{Binary, failed_start};
 use common::postgres::Postgres;
 use common::{agent, post_event, read_reply};
-use product_update_service::durable::pg::SCHEMA_VERSION;
+use product_update_service::backend::postgres::SCHEMA_VERSION;
 
 fn instance(server: &Postgres) -> Binary {
     let url = server.url();

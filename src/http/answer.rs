@@ -1,19 +1,25 @@
 //! What every answer gets before it is written, whoever writes it: the
 //! connection's thread (`server.rs`, for almost every request) or the
-//! thread that had the answer (a durable mode's committer, for
-//! `POST /events`; see `handlers.rs`). An error becomes problem details;
-//! every answer gets its `X-Request-Id`, `Connection: close` while the
-//! service drains, its count and latency in `/metrics`, and its access
-//! line.
+//! answerer (`answerer.rs`, for a `POST /events` that waited for its
+//! commit). An error becomes problem details; every answer gets its
+//! `X-Request-Id`, `Connection: close` while the service drains, its count
+//! and latency in `/metrics`, and its access line. And the body of an
+//! event's outcome, which both write.
 
 use std::time::Instant;
 
+use serde::Serialize;
 use tiny_http::inline::Response;
 
+use super::problem::ApiError;
 use super::route::Route;
+use crate::intake::Outcome;
 use crate::metrics::{Metrics, RejectReason};
-use crate::problem::{ApiError, NotReady};
 use crate::request_id::RequestId;
+use crate::service::NotReady;
+use crate::store::Seq;
+
+const JSON: &str = "application/json";
 
 /// The request an answer is for, as its epilogue needs it.
 pub struct Asked<'a> {
@@ -26,7 +32,7 @@ pub struct Asked<'a> {
     pub started: Instant,
 }
 
-/// What every answer needs of the service (`Api::finishing`).
+/// What every answer needs of the service, read when it is written.
 pub struct Finishing<'a> {
     /// Where the answer is counted.
     pub metrics: &'a Metrics,
@@ -121,4 +127,49 @@ fn reject_reason(error: &ApiError) -> RejectReason {
         ApiError::ProductLimit { .. } => RejectReason::ProductLimit,
         _ => RejectReason::Validation,
     }
+}
+
+/// Fills in the answer to an event: 202 (or, for a retried `event_id`,
+/// 200 `duplicate`), or the refusal as an error.
+pub fn event_outcome(
+    outcome: Outcome,
+    product_id: &str,
+    event_id: Option<&str>,
+    metrics: &Metrics,
+    response: &mut Response,
+) -> Result<(), ApiError> {
+    let accepted = outcome.map_err(|refusal| ApiError::refused(refusal, event_id))?;
+    let (status, word) = if accepted.duplicate {
+        metrics.duplicate();
+        (200, "duplicate")
+    } else {
+        (202, "accepted")
+    };
+    let body = Acknowledged {
+        status: word,
+        seq: accepted.seq,
+        product_id,
+        // Only meaningful (and only sent) when the client gave an id.
+        duplicate: event_id.is_some().then_some(accepted.duplicate),
+    };
+    json(response, status, &body);
+    Ok(())
+}
+
+/// A JSON answer: status, content type, body serialized in place.
+pub fn json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
+    response.set_status(status);
+    response.add_header("Content-Type", JSON);
+    // Our answers are structs of strings and numbers: cannot fail.
+    let _ = serde_json::to_writer(response.body_mut(), value);
+}
+
+/// The 202 acknowledgement.
+#[derive(Serialize)]
+struct Acknowledged<'a> {
+    status: &'static str,
+    seq: Seq,
+    product_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
 }

@@ -1,42 +1,34 @@
-//! The handlers: what each route answers. [`Api`] holds what they share
-//! (the intake to queue events, the store to read products, the watermark
-//! for `min_seq` reads, the counts for `/metrics`); each handler fills in
-//! the [`Response`] and returns `Ok`, or returns the [`ApiError`] that
-//! `answer.rs` renders as problem details.
+//! The handlers: what each route answers, translated to and from the
+//! service's operations (`service.rs`) and nothing else. [`Handlers`]
+//! holds what they share; each fills in the [`Response`] and returns `Ok`,
+//! or returns the [`ApiError`] that `answer.rs` renders as problem details.
 //!
 //! Handlers run on the connection's thread. `POST /events` answers as
-//! soon as the event is in the queue (202) or the queue refuses it (503):
-//! it never waits for a worker. In a durable mode the 202 waits for the
-//! event's commit instead: the answer is deferred (`Later`), and the
-//! committer writes it, so that the connection's thread is woken once per
-//! request (by the next one) rather than twice. `GET /products/{id}?min_seq=N` may wait,
-//! up to `wait` seconds, for the workers; that holds only its own
+//! soon as the service has queued the event (202) or refused it (503): it
+//! never waits for a worker. When the service must commit the event first
+//! (the durable modes), the answer is deferred and written by the answerer
+//! (`answerer.rs`) once the outcome comes back, so that this thread goes on
+//! reading the connection's next request. `GET /products/{id}?min_seq=N`
+//! may wait, up to `wait` seconds, for the workers; that holds only its own
 //! connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tiny_http::inline::{Deferred, Request, Response};
+use tiny_http::inline::{Request, Response};
 
-use super::answer::{self, Asked, Finishing};
-use super::route::Route;
+use super::answer::{self, Asked};
+use super::answerer::{Later, Replies};
+use super::problem::ApiError;
 use super::wire;
 use crate::config::Config;
-use crate::durable::Durable;
-use crate::metrics::Metrics;
-use crate::model::{self, Product};
-use crate::problem::{ApiError, NotReady};
-use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError, Submitted};
-use crate::request_id::OwnedRequestId;
+use crate::event::{self, Product};
+use crate::service::{Accept, Service};
 use crate::stats::Stats;
-use crate::store::{Seq, Store};
-use crate::worker::WorkerCounters;
+use crate::store::Seq;
 
-/// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
-pub const HIGH_WATER_PERCENT: usize = 90;
 /// Longest `wait` of a `min_seq` read (and its default).
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Products per page of `GET /products` unless `limit` says otherwise.
@@ -51,165 +43,87 @@ const OPENAPI: &str = include_str!("../openapi.json");
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the handlers share; one per service, behind an `Arc`.
-pub struct Api {
-    pub(crate) intake: Arc<Intake>,
-    /// Durable mode (`DATA_DIR`): the committer; `None` in memory mode.
-    pub(crate) durable: Option<Arc<Durable>>,
-    pub(crate) store: Store,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) counters: Arc<WorkerCounters>,
-    pub(crate) metrics: Arc<Metrics>,
+/// What the handlers share; one per HTTP server, behind an `Arc`.
+pub struct Handlers {
+    pub(crate) service: Arc<Service>,
+    /// The limits of a request (`MAX_BODY_BYTES`, the timeouts).
     pub(crate) config: Config,
+    /// Where deferred answers are addressed.
+    pub(crate) replies: Replies,
     /// Connections being served (the HTTP server keeps the count).
     pub(crate) open_connections: Arc<AtomicUsize>,
-    /// Set when shutdown begins: `/readyz` says so, every answer asks the
-    /// client to close.
-    pub(crate) draining: AtomicBool,
     /// Whether the access log is on. Fixed for the life of the process
     /// (RUST_LOG is read once), so asked once: the access line costs
     /// nothing when it is off.
     pub(crate) access_log: bool,
 }
 
-impl Api {
-    /// Shutdown step 1: close the intake (with a shared database, first stop
-    /// taking events and let the tailer queue this instance's last ones, by
-    /// `deadline`). From here on `POST /events` answers 503
-    /// `shutting_down`, `/readyz` 503 `draining`, and every answer says
-    /// `Connection: close`. Returns how many events were accepted in all.
-    pub fn begin_drain(&self, deadline: std::time::Instant) -> u64 {
-        self.draining.store(true, Ordering::Relaxed);
-        if let Some(durable) = &self.durable {
-            durable.stop_accepting(deadline);
-        }
-        let queued = self.intake.close();
-        self.durable
-            .as_ref()
-            .and_then(|d| d.accepted())
-            .unwrap_or(queued)
-    }
+/// How a handler answered.
+pub enum Answered {
+    /// It filled in the response.
+    Now,
+    /// The answer is deferred: the answerer writes it, and completes it
+    /// (`answer.rs`) there.
+    Later,
+}
 
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// What `answer::complete` needs of the service, read now.
-    pub fn finishing(&self) -> Finishing<'_> {
-        Finishing {
-            metrics: &self.metrics,
-            draining: self.is_draining(),
-            access_log: self.access_log,
-        }
-    }
-
-    /// Every count, read now from its owner.
+impl Handlers {
+    /// The core's counts and the HTTP server's own (connections).
     pub fn stats(&self) -> Stats {
         Stats {
-            accepted: self
-                .durable
-                .as_ref()
-                .and_then(|d| d.accepted())
-                .unwrap_or_else(|| self.intake.accepted()),
-            applied: self.counters.applied.load(Ordering::Relaxed),
-            panics: self.counters.panics.load(Ordering::Relaxed),
-            stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),
-            queue_depth: self.intake.depth(),
-            queue_capacity: self.intake.capacity(),
-            products: self.store.len(),
-            workers: self.config.workers,
-            waiting_readers: self.progress.waiting(),
-            idempotency_window: self.intake.window_len(),
             open_connections: self.open_connections.load(Ordering::Relaxed),
             max_connections: self.config.max_connections,
-            storage_unavailable: self
-                .durable
-                .as_ref()
-                .map(|durable| durable.unavailable().is_some()),
+            ..self.service.stats()
         }
     }
 
-    /// `POST /events`: check, read and decode the body, queue the event.
-    /// In durable mode the answer waits for the commit: it is deferred,
-    /// and the committer that committed the event writes it (see
-    /// [`Later`]), so that this thread goes on to read the connection's
-    /// next request instead of sleeping until then.
+    /// `POST /events`: check, read and decode the body, hand the event to
+    /// the service. An event that must be committed first is posted with a
+    /// deferred answer (see the module docs).
     pub fn post_event(
-        api: &Arc<Api>,
+        &self,
         request: &mut Request<'_>,
         asked: &Asked<'_>,
         response: &mut Response,
     ) -> Result<Answered, ApiError> {
         wire::check_content_type(request)?;
-        let body = wire::read_body(request, &api.config)?;
-        let update = model::decode_event(body).map_err(ApiError::Event)?;
-        // The count is a lock-free read; the map is only consulted at the limit.
-        let max_products = api.config.max_products;
-        if api.store.len() >= max_products && !api.store.contains(&update.product_id) {
-            return Err(ApiError::ProductLimit {
-                limit: max_products,
-            });
-        }
+        let body = wire::read_body(request, &self.config)?;
+        let update = event::decode_event(body).map_err(ApiError::Event)?;
         let product_id = update.product_id.clone();
         let event_id = update.event_id.clone();
         let request_id = asked.request_id.to_owned();
-        let Some(durable) = &api.durable else {
-            let submitted = api
-                .intake
-                .submit(update, request_id)
-                .map_err(|e| refused(e, event_id.as_deref()))?;
-            api.accepted(&submitted, &product_id, event_id.is_some(), response);
-            return Ok(Answered::Now);
-        };
-        let later = Later {
-            api: Arc::clone(api),
-            deferred: request.defer(),
-            product_id,
-            event_id,
-            request_id: request_id.clone(),
-            url: asked.url.into(),
-            started: asked.started,
-        };
-        durable.submit_with_reply(
-            update,
-            request_id,
-            Box::new(move |answer| later.answer(answer)),
-        );
-        Ok(Answered::Later)
-    }
-
-    /// Fills in the 202 (or, for a duplicate `event_id`, the 200).
-    fn accepted(
-        &self,
-        submitted: &Submitted,
-        product_id: &str,
-        with_id: bool,
-        response: &mut Response,
-    ) {
-        let (status, word) = if submitted.duplicate {
-            self.metrics.duplicate();
-            (200, "duplicate")
-        } else {
-            (202, "accepted")
-        };
-        reply_json(
-            response,
-            status,
-            &Accepted {
-                status: word,
-                seq: submitted.seq,
-                product_id,
-                // Only meaningful (and only sent) when the client gave an id.
-                duplicate: with_id.then_some(submitted.duplicate),
-            },
-        );
+        match self.service.accept(update, request_id) {
+            Accept::Done(outcome) => {
+                let metrics = self.service.metrics();
+                answer::event_outcome(
+                    outcome,
+                    &product_id,
+                    event_id.as_deref(),
+                    metrics,
+                    response,
+                )?;
+                Ok(Answered::Now)
+            }
+            Accept::Commit(commit) => {
+                let later = Later {
+                    deferred: request.defer(),
+                    product_id,
+                    event_id,
+                    request_id: commit.request_id().clone(),
+                    url: asked.url.into(),
+                    started: asked.started,
+                };
+                commit.post(self.replies.reply_to(later));
+                Ok(Answered::Later)
+            }
+        }
     }
 
     /// `GET /products/{id}`: the product, with an `ETag`; `If-None-Match`
     /// with that tag (or `*`) answers 304 without a body, so pollers pay
     /// almost nothing while nothing changes. With `min_seq`, first waits
-    /// for the watermark (see [`Api::wait_for_min_seq`]); its headers stay
-    /// on a 404 too.
+    /// for the watermark (see [`Handlers::wait_for_min_seq`]); its headers
+    /// stay on a 404 too.
     pub fn get_product(
         &self,
         raw_id: &str,
@@ -218,9 +132,9 @@ impl Api {
         response: &mut Response,
     ) -> Result<(), ApiError> {
         let id = wire::percent_decode(raw_id)?;
-        model::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
+        event::check_product_id(&id).map_err(|reason| ApiError::InvalidPathProductId { reason })?;
         self.wait_for_min_seq(query, response)?;
-        let Some(product) = self.store.get(&id) else {
+        let Some(product) = self.service.product(&id) else {
             return Err(ApiError::ProductNotFound {
                 product_id: id.into_owned(),
             });
@@ -231,25 +145,20 @@ impl Api {
         if unchanged {
             response.set_status(304);
         } else {
-            reply_json(
-                response,
-                200,
-                &Product {
-                    product_id: &id,
-                    price: product.price,
-                    stock: product.stock,
-                },
-            );
+            let product = Product {
+                product_id: &id,
+                price: product.price,
+                stock: product.stock,
+            };
+            answer::json(response, 200, &product);
         }
         Ok(())
     }
 
     /// Read-your-writes: with `min_seq=N` (and optionally `wait=S`, seconds,
-    /// at most [`MAX_WAIT`]), blocks until every event up to seq N is
+    /// at most [`MAX_WAIT`]), waits until every event up to seq N is
     /// applied or the wait runs out, and says which in `X-Caught-Up` and
-    /// `X-Applied-Through`. No polling: the thread parks until the
-    /// watermark reaches N (see `progress.rs`). Other query parameters are
-    /// ignored.
+    /// `X-Applied-Through`. Other query parameters are ignored.
     fn wait_for_min_seq(&self, query: &str, response: &mut Response) -> Result<(), ApiError> {
         let mut min_seq = None;
         let mut wait = MAX_WAIT;
@@ -281,10 +190,7 @@ impl Api {
         let Some(min_seq) = min_seq else {
             return Ok(());
         };
-        let mut through = self.progress.through();
-        if through < min_seq {
-            through = self.progress.wait_through(min_seq, Instant::now() + wait);
-        }
+        let through = self.service.wait_applied(min_seq, Instant::now() + wait);
         let caught_up = if through >= min_seq { "true" } else { "false" };
         response.add_header("X-Caught-Up", caught_up);
         response.add_header_fmt("X-Applied-Through", format_args!("{through}"));
@@ -325,7 +231,7 @@ impl Api {
                 }
             }
         }
-        let page = self.store.list_after(after.as_deref(), limit);
+        let page = self.service.products_after(after.as_deref(), limit);
         let next_cursor = (page.len() == limit)
             .then(|| page.last().map(|(id, _)| wire::cursor_encode(id)))
             .flatten();
@@ -337,7 +243,7 @@ impl Api {
                 stock: state.stock,
             })
             .collect();
-        reply_json(
+        answer::json(
             response,
             200,
             &Page {
@@ -350,27 +256,15 @@ impl Api {
 
     /// `/healthz`: the process can answer.
     pub fn healthz(&self, response: &mut Response) -> Result<(), ApiError> {
-        reply_json(response, 200, &Status { status: "ok" });
+        answer::json(response, 200, &Status { status: "ok" });
         Ok(())
     }
 
-    /// `/readyz`: ready unless draining or the queue is above its high-water
-    /// mark ([`HIGH_WATER_PERCENT`] of `QUEUE_SIZE`).
+    /// `/readyz`: ready unless draining, storage failing, or the queue
+    /// above its high-water mark.
     pub fn readyz(&self, response: &mut Response) -> Result<(), ApiError> {
-        if self.is_draining() {
-            return Err(ApiError::NotReady(NotReady::Draining));
-        }
-        if let Some(detail) = self.durable.as_ref().and_then(|d| d.unavailable()) {
-            return Err(ApiError::NotReady(NotReady::StorageUnavailable { detail }));
-        }
-        let (depth, capacity) = (self.intake.depth(), self.intake.capacity());
-        if depth * 100 >= capacity * HIGH_WATER_PERCENT {
-            return Err(ApiError::NotReady(NotReady::QueueAboveHighWater {
-                depth,
-                capacity,
-            }));
-        }
-        reply_json(response, 200, &Status { status: "ready" });
+        self.service.readiness().map_err(ApiError::NotReady)?;
+        answer::json(response, 200, &Status { status: "ready" });
         Ok(())
     }
 
@@ -378,7 +272,8 @@ impl Api {
     pub fn metrics(&self, response: &mut Response) -> Result<(), ApiError> {
         response.set_status(200);
         response.add_header("Content-Type", PROMETHEUS);
-        response.set_body(self.metrics.render(&self.stats()).as_bytes());
+        let text = self.service.metrics().render(&self.stats());
+        response.set_body(text.as_bytes());
         Ok(())
     }
 
@@ -389,90 +284,6 @@ impl Api {
         response.set_body(OPENAPI.as_bytes());
         Ok(())
     }
-}
-
-/// How a handler answered.
-pub enum Answered {
-    /// It filled in the response.
-    Now,
-    /// The answer is deferred: another thread writes it, and completes it
-    /// (`answer.rs`) there.
-    Later,
-}
-
-/// A `POST /events` whose answer waits for its commit: what the answer
-/// needs, carried to the committer in the event's reply.
-struct Later {
-    api: Arc<Api>,
-    deferred: Deferred,
-    product_id: Box<str>,
-    event_id: Option<Box<str>>,
-    request_id: OwnedRequestId,
-    url: Box<str>,
-    started: Instant,
-}
-
-impl Later {
-    /// On the committer's thread: the same answer the connection's thread
-    /// would have written, written from here (the fork never blocks on the
-    /// client: see `tiny_http::inline::Deferred`).
-    fn answer(self, answer: crate::durable::Answer) {
-        let Later {
-            api,
-            deferred,
-            product_id,
-            event_id,
-            request_id,
-            url,
-            started,
-        } = self;
-        deferred.answer(|response| {
-            let result = answer
-                .map(|submitted| {
-                    api.accepted(&submitted, &product_id, event_id.is_some(), response)
-                })
-                .map_err(|e| refused(e, event_id.as_deref()));
-            let asked = Asked {
-                route: Route::PostEvent,
-                method: "POST",
-                url: &url,
-                request_id: request_id.borrow(),
-                started,
-            };
-            answer::complete(api.finishing(), &asked, result, response);
-        });
-    }
-}
-
-/// The problem a refused event is answered with.
-fn refused(error: SubmitError, event_id: Option<&str>) -> ApiError {
-    match error {
-        SubmitError::Full { capacity } => ApiError::QueueFull { capacity },
-        SubmitError::ShuttingDown => ApiError::ShuttingDown,
-        SubmitError::StorageUnavailable => ApiError::StorageUnavailable,
-        SubmitError::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
-            event_id: event_id.unwrap_or_default().to_owned(),
-            seq,
-        },
-    }
-}
-
-/// A JSON answer: status, content type, body serialized in place.
-fn reply_json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
-    response.set_status(status);
-    response.add_header("Content-Type", JSON);
-    // Our answers are structs of strings and numbers: cannot fail.
-    let _ = serde_json::to_writer(response.body_mut(), value);
-}
-
-/// The 202 acknowledgement.
-#[derive(Serialize)]
-struct Accepted<'a> {
-    status: &'static str,
-    seq: Seq,
-    product_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duplicate: Option<bool>,
 }
 
 /// One page of `GET /products`.

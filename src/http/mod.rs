@@ -1,4 +1,5 @@
-//! The HTTP side, in the order a request meets it:
+//! The HTTP front door: HTTP in, the service's operations (`service.rs`),
+//! HTTP out. In the order a request meets it:
 //!
 //! 1. [`server`]: the connection threads' entry point. The vendored
 //!    tiny_http reads a request on its connection's thread and calls
@@ -6,14 +7,16 @@
 //!    id, routes it, answers it, and counts and logs the answer.
 //! 2. [`route`]: the method and path, parsed once into a `Route` that picks
 //!    the handler and is the metrics label.
-//! 3. [`handlers`]: what each route answers, from the intake, the store and
-//!    the watermark the handlers share (`Api`).
+//! 3. [`handlers`]: what each route answers, as calls to the service.
 //! 4. [`wire`]: the small parsing jobs under the handlers (body with its
 //!    limit, `Content-Type`, `If-None-Match`, percent-decoding, query,
 //!    cursor).
-//! 5. [`answer`]: what every answer gets before it is written, whoever
+//! 5. [`answerer`]: the thread that writes the answers to events that
+//!    waited for a commit.
+//! 6. [`answer`]: what every answer gets before it is written, whoever
 //!    writes it (problem details for an error, `X-Request-Id`, the count
-//!    in `/metrics`, the access line).
+//!    in `/metrics`, the access line), and the body of an event's outcome.
+//! 7. [`problem`]: every error as an RFC 9457 problem.
 //!
 //! Routes:
 //!
@@ -23,14 +26,13 @@
 //! | GET, HEAD | `/products/{id}` | 200 + the product, or 404               |
 //! | GET, HEAD | `/products`      | 200 + one page of products              |
 //! | GET, HEAD | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` | operability |
-//!
-//! Every error is an `ApiError` rendered as problem details.
 
 pub mod answer;
+pub mod answerer;
 pub mod handlers;
+pub mod problem;
 pub mod route;
 pub mod server;
 pub mod wire;
 
-pub use handlers::Api;
 pub use server::HttpServer;

@@ -1,36 +1,56 @@
 //! The HTTP server's life and the one function every request goes through.
 //!
-//! [`HttpServer::start`] hands the vendored tiny_http's inline server a
-//! [`Dispatch`]: its connection threads (see `tiny_http::inline`) call
-//! [`Dispatch::handle`] for each request, on the thread that read it. That
-//! function gives the request its id, routes it once, calls the handler,
-//! and has the answer completed (`answer.rs`: problem details for an
-//! error, counts, the access line).
+//! [`HttpServer::start`] starts the answerer (`answerer.rs`) and hands the
+//! vendored tiny_http's inline server a [`Dispatch`]: its connection
+//! threads (see `tiny_http::inline`) call [`Dispatch::handle`] for each
+//! request, on the thread that read it. That function gives the request its
+//! id, routes it once, calls the handler, and has the answer completed
+//! (`answer.rs`: problem details for an error, counts, the access line).
 //! [`HttpServer::stop`] is step 5 of the shutdown sequence.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use tiny_http::inline::{self, Handler, Rejection, Request, Response};
 
-use super::answer::{self, Asked};
-use super::handlers::{Answered, Api};
+use super::answer::{self, Asked, Finishing};
+use super::answerer::Answerer;
+use super::handlers::{Answered, Handlers};
+use super::problem::ApiError;
 use super::route::Route;
 use super::wire;
-use crate::problem::ApiError;
+use crate::config::Config;
 use crate::request_id::RequestIds;
+use crate::service::Service;
+use crate::stats::Stats;
 
 /// The running HTTP server.
 pub struct HttpServer {
     server: inline::Server,
+    answerer: Answerer,
+    handlers: Arc<Handlers>,
 }
 
 impl HttpServer {
-    /// Serves `listener` with `api`'s handlers until [`HttpServer::stop`].
-    pub fn start(listener: TcpListener, api: &Arc<Api>) -> io::Result<HttpServer> {
-        let config = &api.config;
+    /// Serves `listener` with the service's operations until
+    /// [`HttpServer::stop`].
+    pub fn start(
+        listener: TcpListener,
+        service: &Arc<Service>,
+        config: &Config,
+    ) -> io::Result<HttpServer> {
+        let access_log = log::log_enabled!(target: "access", log::Level::Info);
+        let answerer = Answerer::start(Arc::clone(service), access_log)?;
+        let handlers = Arc::new(Handlers {
+            service: Arc::clone(service),
+            config: config.clone(),
+            replies: answerer.replies(),
+            open_connections: Arc::new(AtomicUsize::new(0)),
+            access_log,
+        });
         let limits = inline::Config {
             max_connections: config.max_connections,
             socket_timeout: config.socket_timeout,
@@ -38,33 +58,71 @@ impl HttpServer {
             head_timeout: config.header_timeout,
             body_timeout: config.body_timeout,
             max_head_bytes: config.max_header_bytes,
-            open_connections: Arc::clone(&api.open_connections),
+            open_connections: Arc::clone(&handlers.open_connections),
             ..inline::Config::default()
         };
         let dispatch = Dispatch {
-            api: Arc::clone(api),
+            handlers: Arc::clone(&handlers),
             request_ids: RequestIds::default(),
         };
-        let server = inline::Server::start(listener, limits, Arc::new(dispatch))?;
-        Ok(HttpServer { server })
+        let server = match inline::Server::start(listener, limits, Arc::new(dispatch)) {
+            Ok(server) => server,
+            Err(e) => {
+                drop(handlers);
+                answerer.stop();
+                return Err(e);
+            }
+        };
+        Ok(HttpServer {
+            server,
+            answerer,
+            handlers,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
+    /// The service's counts with the server's own (connections).
+    pub fn stats(&self) -> Stats {
+        self.handlers.stats()
+    }
+
     /// Stops taking connections, closes the idle ones, lets the requests in
     /// hand finish (their answers say `Connection: close`), and returns once
-    /// every connection thread has exited.
+    /// every connection thread has exited; then the answerer, once it has
+    /// written what it has.
     pub fn stop(self) -> inline::Stopped {
-        self.server.stop()
+        let HttpServer {
+            server,
+            answerer,
+            handlers,
+        } = self;
+        let stopped = server.stop();
+        // The handlers hold a sender of the answerer's channel.
+        drop(handlers);
+        answerer.stop();
+        stopped
     }
 }
 
 /// What the connection threads call.
 struct Dispatch {
-    api: Arc<Api>,
+    handlers: Arc<Handlers>,
     request_ids: RequestIds,
+}
+
+impl Dispatch {
+    /// What every answer needs of the service, read now.
+    fn finishing(&self) -> Finishing<'_> {
+        let handlers = &self.handlers;
+        Finishing {
+            metrics: handlers.service.metrics(),
+            draining: handlers.service.is_draining(),
+            access_log: handlers.access_log,
+        }
+    }
 }
 
 impl Handler for Dispatch {
@@ -82,14 +140,15 @@ impl Handler for Dispatch {
             Ok(Answered::Now) => Ok(()),
             Err(error) => Err(error),
         };
-        answer::complete(self.api.finishing(), &asked, result, response);
+        answer::complete(self.finishing(), &asked, result, response);
     }
 
     /// The answer to a request the server refused before routing it: the
     /// same problem details as every other error, counted in
     /// `http_rejections_total` and logged as an access line.
     fn refuse(&self, rejection: Rejection, response: &mut Response) {
-        let config = &self.api.config;
+        let handlers = &self.handlers;
+        let config = &handlers.config;
         let error = match rejection {
             Rejection::MalformedRequestLine => ApiError::MalformedRequest {
                 detail: "the request line is not 'METHOD /path HTTP/1.1' in ASCII",
@@ -116,8 +175,8 @@ impl Handler for Dispatch {
             Rejection::ShuttingDown => ApiError::ShuttingDown,
         };
         let request_id = self.request_ids.for_request(None);
-        self.api.metrics.http_rejected(error.code());
-        if self.api.access_log {
+        handlers.service.metrics().http_rejected(error.code());
+        if handlers.access_log {
             log::info!(
                 target: "access",
                 "- - {} {} request_id={request_id}",
@@ -137,18 +196,18 @@ impl Dispatch {
         request: &mut Request<'_>,
         response: &mut Response,
     ) -> Result<Answered, ApiError> {
-        let api = &self.api;
+        let handlers = &self.handlers;
         let now = |done: Result<(), ApiError>| done.map(|()| Answered::Now);
         match asked.route {
-            Route::PostEvent => Api::post_event(api, request, asked, response),
+            Route::PostEvent => handlers.post_event(request, asked, response),
             Route::GetProduct { raw_id, query } => {
-                now(api.get_product(raw_id, query, request, response))
+                now(handlers.get_product(raw_id, query, request, response))
             }
-            Route::ListProducts { query } => now(api.list_products(query, response)),
-            Route::Healthz => now(api.healthz(response)),
-            Route::Readyz => now(api.readyz(response)),
-            Route::Metrics => now(api.metrics(response)),
-            Route::OpenApi => now(api.openapi(response)),
+            Route::ListProducts { query } => now(handlers.list_products(query, response)),
+            Route::Healthz => now(handlers.healthz(response)),
+            Route::Readyz => now(handlers.readyz(response)),
+            Route::Metrics => now(handlers.metrics(response)),
+            Route::OpenApi => now(handlers.openapi(response)),
             Route::MethodNotAllowed { allow, .. } => Err(ApiError::MethodNotAllowed {
                 method: request.method().to_string(),
                 allow,

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 
 use tiny_http::inline::{BodyError, Request};
 
+use super::problem::ApiError;
 use crate::config::Config;
-use crate::problem::ApiError;
 use crate::store::Tag;
 
 /// `application/json`, with any parameters and in any case, or no

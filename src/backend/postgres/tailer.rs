@@ -19,21 +19,22 @@
 //!
 //! If the rows after `last` are gone (pruned after `EVENT_RETENTION`, when
 //! this instance was stopped or stalled for longer), it reloads every
-//! product instead (`Database::snapshot`: the `products` table and the
+//! product instead (`PgSession::snapshot`: the `products` table and the
 //! journal rows not compacted into it yet) and continues from there.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::super::commit::{Health, lock};
-use super::super::url::DatabaseUrl;
-use super::super::{PgError, RETRY_INTERVAL};
-use super::committer::CONNECT_TIMEOUT;
-use super::database::{Database, EVENT_RETENTION, Tail};
-use super::stop::Stop;
-use crate::model::ProductUpdate;
+use super::error::PgError;
+use super::handover::{HANDOFF_WAIT, Handed, Taken};
+use super::session::{CONNECT_TIMEOUT, EVENT_RETENTION, PgSession, Tail};
+use crate::backend::health::Health;
+use crate::backend::health::{RETRY_INTERVAL, lock};
+use crate::backend::stop::StopSignal;
+use crate::config::DatabaseUrl;
+use crate::event::ProductUpdate;
+use crate::intake::{EnqueueError, Intake, Job};
 use crate::progress::Progress;
-use crate::queue::{Intake, SubmitError};
 use crate::request_id::OwnedRequestId;
 use crate::store::{Seq, Store};
 
@@ -45,59 +46,9 @@ const READ_ROWS: usize = 4096;
 const NOTIFY_WAIT: Duration = Duration::from_millis(100);
 const READ_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the tailer waits for a committer of this instance to hand over
-/// the batch a notification announced, before it reads the journal.
-const HANDOFF_WAIT: Duration = Duration::from_millis(2);
-
-/// The most batches waiting to be handed over; past it the committers stop
-/// handing them (the tailer reads them from the journal instead).
-const HANDED_LIMIT: usize = 256;
-
-/// One committed batch of this instance: its events, seqs `first`,
-/// `first + 1`, ...
-pub struct Batch {
-    pub first: Seq,
-    pub events: Vec<(ProductUpdate, OwnedRequestId)>,
-}
-
-/// Where the committers hand their committed batches to the tailer, so
-/// that this instance's own events need no read of the journal: only the
-/// other instances' events do. An optimization only: anything not handed
-/// over (or handed over out of order) is read from the journal.
-#[derive(Default)]
-pub struct Handed {
-    batches: Mutex<Vec<Batch>>,
-    bell: Condvar,
-}
-
-impl Handed {
-    /// A committer: `batch` is committed.
-    pub fn hand(&self, batch: Batch) {
-        let mut batches = lock(&self.batches);
-        if batches.len() < HANDED_LIMIT {
-            batches.push(batch);
-            self.bell.notify_one();
-        }
-    }
-
-    /// Waits until a batch starting at `first` is there, or `deadline`.
-    fn wait_for(&self, first: Seq, deadline: Instant) {
-        let mut batches = lock(&self.batches);
-        while !batches.iter().any(|b| b.first == first) {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return;
-            };
-            batches = self
-                .bell
-                .wait_timeout(batches, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-/// What the tailer shares with the service.
-pub struct Shared {
+/// The tailer's state, shared with the backend's handle (which stops it and
+/// waits on its position at shutdown).
+pub struct Tailer {
     pub url: DatabaseUrl,
     pub intake: Arc<Intake>,
     pub store: Store,
@@ -105,7 +56,7 @@ pub struct Shared {
     /// Whether reading the journal works (`/readyz`).
     pub health: Health,
     /// Set by `finish`; wakes a tailer waiting to reconnect.
-    pub stop: Stop,
+    pub stop: StopSignal,
     /// The last seq queued for the workers; the condvar rings when it
     /// moves (shutdown waits for it to reach this instance's last commit).
     pub position: (Mutex<Seq>, Condvar),
@@ -113,7 +64,7 @@ pub struct Shared {
     pub handed: Arc<Handed>,
 }
 
-impl Shared {
+impl Tailer {
     /// Waits until every seq up to `seq` is queued, or `deadline` passes.
     /// True if reached.
     pub fn wait_for(&self, seq: Seq, deadline: Instant) -> bool {
@@ -140,11 +91,11 @@ impl Shared {
 /// The tailer thread's body: `db` is listening already, `last` is the
 /// seq the store reflects. A panic inside (a bug) is caught and reported
 /// by `/readyz`, since this copy then no longer follows the journal.
-pub fn run(shared: &Shared, db: Database, last: Seq) {
+pub fn run(tailer: &Tailer, db: PgSession, last: Seq) {
     let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follow(shared, db, last)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follow(tailer, db, last)));
     if outcome.is_err() {
-        shared.health.fail(
+        tailer.health.fail(
             0,
             "the tailer thread panicked (a bug; see the log): reads here are stale; restart the service"
                 .to_owned(),
@@ -152,23 +103,23 @@ pub fn run(shared: &Shared, db: Database, last: Seq) {
     }
 }
 
-fn follow(shared: &Shared, db: Database, mut last: Seq) {
+fn follow(tailer: &Tailer, db: PgSession, mut last: Seq) {
     let mut db = Some(db);
     let mut last_read: Option<Instant> = None;
     // The highest seq a notification announced, and whether a read is
     // owed regardless (at the start, after a reconnection).
     let mut announced: Seq = 0;
     let mut must_read = true;
-    while !shared.stop.is_stopped() {
+    while !tailer.stop.is_stopped() {
         // This instance's own commits need no connection.
-        if let Read::Closed = take_handed(shared, &mut last) {
+        if let Read::Closed = take_handed(tailer, &mut last) {
             return;
         }
         let Some(connection) = db.as_mut() else {
-            if shared.stop.pause(RETRY_INTERVAL) {
+            if tailer.stop.pause(RETRY_INTERVAL) {
                 return;
             }
-            match Database::connect(&shared.url, CONNECT_TIMEOUT, "tailer").and_then(|mut c| {
+            match PgSession::connect(&tailer.url, CONNECT_TIMEOUT, "tailer").and_then(|mut c| {
                 c.listen()?;
                 Ok(c)
             }) {
@@ -176,7 +127,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
                     db = Some(connection);
                     must_read = true;
                 }
-                Err(e) => shared.health.fail(0, format!("reading the journal: {e}")),
+                Err(e) => tailer.health.fail(0, format!("reading the journal: {e}")),
             }
             continue;
         };
@@ -184,32 +135,33 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
         if announced > last && !must_read && !stale {
             // Most likely this instance's own commit, whose events the
             // committer is about to hand over: worth a moment's wait.
-            shared
+            tailer
                 .handed
                 .wait_for(last + 1, Instant::now() + HANDOFF_WAIT);
         }
-        match take_handed(shared, &mut last) {
+        match take_handed(tailer, &mut last) {
             Read::Closed => return,
-            Read::More | Read::UpToDate | Read::QueueFull => {}
+            Read::More | Read::UpToDate | Read::QueueFull | Read::OutOfStep => {}
         }
         if must_read || stale || announced > last {
-            match read(shared, connection, &mut last) {
+            match read(tailer, connection, &mut last) {
                 Ok(Read::More) => continue,
                 Ok(Read::UpToDate) => {
-                    shared.health.ok(0);
+                    tailer.health.ok(0);
                     last_read = Some(Instant::now());
                     must_read = false;
                 }
                 Ok(Read::QueueFull) => {
                     // Workers are behind; read again once they have room.
-                    if shared.stop.pause(Duration::from_millis(1)) {
+                    if tailer.stop.pause(Duration::from_millis(1)) {
                         return;
                     }
                     continue;
                 }
                 Ok(Read::Closed) => return,
+                Ok(Read::OutOfStep) => continue,
                 Err(e) => {
-                    shared.health.fail(0, format!("reading the journal: {e}"));
+                    tailer.health.fail(0, format!("reading the journal: {e}"));
                     db = None;
                     continue;
                 }
@@ -218,7 +170,7 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
         match connection.wait_for_notification(NOTIFY_WAIT) {
             Ok(seq) => announced = announced.max(seq.unwrap_or(0)),
             Err(e) => {
-                shared.health.fail(0, format!("reading the journal: {e}"));
+                tailer.health.fail(0, format!("reading the journal: {e}"));
                 db = None;
             }
         }
@@ -226,32 +178,52 @@ fn follow(shared: &Shared, db: Database, mut last: Seq) {
 }
 
 /// Queues the batches this instance's committers handed over that follow
-/// `last` directly (no read needed); forgets those a read has covered.
-fn take_handed(shared: &Shared, last: &mut Seq) -> Read {
-    let mut batches = lock(&shared.handed.batches);
-    batches.retain(|b| b.first + b.events.len() as Seq > *last + 1);
-    while let Some(at) = batches.iter().position(|b| b.first == *last + 1) {
-        let intake = &shared.intake;
-        let room = intake.capacity().saturating_sub(intake.depth());
-        if batches[at].events.len() > room {
-            return Read::QueueFull;
-        }
-        let batch = batches.swap_remove(at);
+/// `last` directly (no read needed).
+fn take_handed(tailer: &Tailer, last: &mut Seq) -> Read {
+    loop {
+        let batch = match tailer.handed.take(*last + 1, tailer.intake.room()) {
+            Taken::Batch(batch) => batch,
+            Taken::TooBig => return Read::QueueFull,
+            Taken::Missing => break,
+        };
         for (update, request_id) in batch.events {
-            let expected = *last + 1;
-            match intake.submit(update, request_id) {
-                Ok(submitted) if submitted.seq == expected => *last = expected,
-                // A bug if ever (only the tailer submits): the journal
-                // read that follows puts it right.
-                Ok(_) => return Read::More,
-                Err(SubmitError::ShuttingDown) => return Read::Closed,
-                Err(_) => return Read::QueueFull,
+            match queue_event(tailer, *last + 1, update, request_id) {
+                Ok(()) => *last += 1,
+                // A bug if ever: the journal read that follows puts it right.
+                Err(Read::OutOfStep) => return Read::More,
+                Err(read) => return read,
             }
         }
     }
-    drop(batches);
-    shared.moved_to(*last);
+    tailer.moved_to(*last);
     Read::UpToDate
+}
+
+/// Queues the event with `seq` for the workers.
+fn queue_event(
+    tailer: &Tailer,
+    seq: Seq,
+    update: ProductUpdate,
+    request_id: OwnedRequestId,
+) -> Result<(), Read> {
+    let job = Job {
+        seq,
+        update,
+        request_id,
+        accepted_at: Instant::now(),
+    };
+    match tailer.intake.enqueue(job) {
+        Ok(()) => Ok(()),
+        Err(EnqueueError::Closed) => Err(Read::Closed),
+        Err(EnqueueError::Full) => Err(Read::QueueFull),
+        Err(EnqueueError::OutOfOrder { expected }) => {
+            // Only the tailer queues in this mode, so this is a bug.
+            log::error!(
+                "storage: journal seq={seq} is not the next seq to queue ({expected}); reading again"
+            );
+            Err(Read::OutOfStep)
+        }
+    }
 }
 
 enum Read {
@@ -262,14 +234,13 @@ enum Read {
     QueueFull,
     /// The intake is closed: shutdown.
     Closed,
+    /// The intake expected another seq (a bug): read again from where the
+    /// store is.
+    OutOfStep,
 }
 
-fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgError> {
-    let intake = &shared.intake;
-    let room = intake
-        .capacity()
-        .saturating_sub(intake.depth())
-        .min(READ_ROWS);
+fn read(tailer: &Tailer, db: &mut PgSession, last: &mut Seq) -> Result<Read, PgError> {
+    let room = tailer.intake.room().min(READ_ROWS);
     if room == 0 {
         return Ok(Read::QueueFull);
     }
@@ -279,14 +250,14 @@ fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgEr
         // is not the one it followed (a fail-over to a replica that lacks
         // commits, a restore). Its copy cannot be trusted to merge.
         return Err(PgError::Query {
-            url: shared.url.to_string(),
+            url: tailer.url.to_string(),
             detail: format!(
                 "the seq counter went back from {last} to {last_seq} (a fail-over to a replica without the last commits, or a restore?); restart this instance to reload its copy"
             ),
         });
     }
     if rows.is_empty() && last_seq > *last {
-        reload(shared, db, last)?;
+        reload(tailer, db, last)?;
         return Ok(Read::More);
     }
     // The rows reach seq `last + room` if the journal does (and a batch
@@ -295,42 +266,36 @@ fn read(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<Read, PgEr
     for (seq, update, request_id) in rows {
         if seq != *last + 1 {
             // Rows missing (pruned): the products table has their effect.
-            reload(shared, db, last)?;
+            reload(tailer, db, last)?;
             return Ok(Read::More);
         }
-        match intake.submit(update, request_id.as_str().into()) {
-            Ok(submitted) if submitted.seq == seq => *last = seq,
-            Ok(submitted) => {
-                // Only the tailer submits in this mode, so this is a bug;
-                // reloading puts the store right whatever it is.
-                log::error!(
-                    "storage: journal seq={seq} was queued as seq={}; reloading the products",
-                    submitted.seq
-                );
-                reload(shared, db, last)?;
+        match queue_event(tailer, seq, update, request_id.as_str().into()) {
+            Ok(()) => *last = seq,
+            // Reloading puts the store right whatever the bug was.
+            Err(Read::OutOfStep) => {
+                reload(tailer, db, last)?;
                 return Ok(Read::More);
             }
-            Err(SubmitError::ShuttingDown) => return Ok(Read::Closed),
-            Err(_) => return Ok(Read::QueueFull),
+            Err(read) => return Ok(read),
         }
     }
-    shared.moved_to(*last);
+    tailer.moved_to(*last);
     Ok(if full { Read::More } else { Read::UpToDate })
 }
 
 /// Loads every product from the `products` table and continues from the
 /// seq they reflect.
-fn reload(shared: &Shared, db: &mut Database, last: &mut Seq) -> Result<(), PgError> {
+fn reload(tailer: &Tailer, db: &mut PgSession, last: &mut Seq) -> Result<(), PgError> {
     let snapshot = db.snapshot()?;
     log::warn!(
         "storage: the journal after seq {last} is gone (rows are kept {EVENT_RETENTION:?}); reloaded {} products as of seq {}",
         snapshot.products.len(),
         snapshot.last_seq
     );
-    shared.store.restore(snapshot.products);
-    shared.intake.skip_to(snapshot.last_seq + 1);
-    shared.progress.skip_to(snapshot.last_seq);
+    tailer.store.restore(snapshot.products);
+    tailer.intake.resume(snapshot.last_seq + 1, Vec::new());
+    tailer.progress.skip_to(snapshot.last_seq);
     *last = snapshot.last_seq;
-    shared.moved_to(*last);
+    tailer.moved_to(*last);
     Ok(())
 }

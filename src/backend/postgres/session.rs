@@ -1,7 +1,7 @@
 //! The PostgreSQL database: the connection, the versioned schema, and the
 //! few statements the service runs. Nothing here has a thread of its own;
 //! the committers, the tailer and the compactor (`committer.rs`,
-//! `tailer.rs`, `compactor.rs`) each own one [`Database`].
+//! `tailer.rs`, `compactor.rs`) each own one [`PgSession`].
 //!
 //! # The schema (version 2)
 //!
@@ -29,7 +29,7 @@
 //!
 //! # One statement per batch, in seq order
 //!
-//! [`Database::accept`] commits a batch of events with one statement,
+//! [`PgSession::accept`] commits a batch of events with one statement,
 //! which is its own transaction (one round trip):
 //!
 //! 0. (only if the batch has `event_id`s) look them up in `idempotency`;
@@ -56,11 +56,11 @@
 //!
 //! # Products: compacted from the journal
 //!
-//! [`Database::compact`] (the compactor thread of any instance,
+//! [`PgSession::compact`] (the compactor thread of any instance,
 //! `compactor.rs`) folds the journal rows after `compaction.through` into
 //! `products` with the store's own rule, upserts each product once with the
 //! per-field guards, and then moves `through`, under an advisory lock that
-//! makes the instances take turns. [`Database::snapshot`] reads `products` and the
+//! makes the instances take turns. [`PgSession::snapshot`] reads `products` and the
 //! journal rows after `through` in one snapshot and folds them, so that a
 //! starting instance sees every committed event; pruning keeps every row
 //! after `through`.
@@ -83,11 +83,16 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel, NoTls, Statement};
 use serde_json::Number;
 
-use super::super::PgError;
-use super::super::url::DatabaseUrl;
-use crate::model::ProductUpdate;
-use crate::queue::{Submission, SubmitError, Submitted};
+use super::error::PgError;
+use crate::config::DatabaseUrl;
+use crate::event::ProductUpdate;
+use crate::intake::mailbox::Submission;
+use crate::intake::{Accepted, Outcome, Refusal};
 use crate::store::{Seq, Store, Stored, WriteKey};
+
+/// How long a connection attempt may take (once serving; at startup the
+/// service waits longer: `postgres/mod.rs`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i32 = 2;
@@ -299,7 +304,7 @@ SELECT product_id, price, price_rank::text, price_order, stock, stock_rank::text
 FROM products";
 
 /// One connection and its prepared statements.
-pub struct Database {
+pub struct PgSession {
     client: Client,
     url: DatabaseUrl,
     statements: Option<Statements>,
@@ -335,12 +340,12 @@ pub struct Tail {
     pub rows: Vec<(Seq, ProductUpdate, String)>,
 }
 
-impl Database {
+impl PgSession {
     /// Connects, waiting at most `timeout` for the server, and bounds the
     /// session's waits (see `SESSION`). `role` (`committer-0`, `tailer`)
     /// names the connection in `pg_stat_activity.application_name`, as
     /// `product-update-service committer-0`.
-    pub fn connect(url: &DatabaseUrl, timeout: Duration, role: &str) -> Result<Database, PgError> {
+    pub fn connect(url: &DatabaseUrl, timeout: Duration, role: &str) -> Result<PgSession, PgError> {
         let mut config: postgres::Config =
             url.expose()
                 .parse()
@@ -368,14 +373,14 @@ impl Database {
                 url: url.to_string(),
                 detail: url.mask_in(&describe(&e)),
             })?;
-        Ok(Database {
+        Ok(PgSession {
             client,
             url: url.clone(),
             statements: None,
         })
     }
 
-    /// [`Database::connect`], given up on after `timeout` however far it
+    /// [`PgSession::connect`], given up on after `timeout` however far it
     /// got: a server that takes the TCP connection and never answers (a
     /// frozen host, a port that is not PostgreSQL's) would otherwise hold
     /// it for ever, since the driver's `connect_timeout` bounds only the
@@ -385,7 +390,7 @@ impl Database {
         url: &DatabaseUrl,
         timeout: Duration,
         role: &str,
-    ) -> Result<Database, PgError> {
+    ) -> Result<PgSession, PgError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (attempt_url, attempt_role) = (url.clone(), role.to_owned());
         let given_up = |detail: String| PgError::Connect {
@@ -396,7 +401,7 @@ impl Database {
             .name(format!("connect-{role}"))
             .spawn(move || {
                 // The receiver may have given up: nobody to tell then.
-                let _ = tx.send(Database::connect(&attempt_url, timeout, &attempt_role));
+                let _ = tx.send(PgSession::connect(&attempt_url, timeout, &attempt_role));
             })
             .map_err(|e| given_up(format!("cannot start a thread to connect: {e}")))?;
         rx.recv_timeout(timeout).unwrap_or_else(|_| {
@@ -583,7 +588,7 @@ impl Database {
         batch: &[Submission],
         window: Option<Duration>,
         accepted_by: &str,
-    ) -> Result<Vec<Result<Submitted, SubmitError>>, postgres::Error> {
+    ) -> Result<Vec<Outcome>, postgres::Error> {
         // An id another instance commits between the look-up and the write
         // fails the write (see WRITE); the second look-up then finds it.
         let mut attempts = 0;
@@ -601,144 +606,34 @@ impl Database {
         batch: &[Submission],
         window: Option<Duration>,
         accepted_by: &str,
-    ) -> Result<Vec<Result<Submitted, SubmitError>>, postgres::Error> {
+    ) -> Result<Vec<Outcome>, postgres::Error> {
         let Statements { look_up, write, .. } = self.statements()?;
         // The window off (`IDEMPOTENCY_WINDOW=0`): ids are journaled, not
         // remembered, and no retry is recognised.
-        let window_ttl = window.unwrap_or_default();
-        fn remembered_in(window: Option<Duration>, s: &Submission) -> Option<&str> {
-            window.and(s.update.event_id.as_deref())
-        }
-        let remembered = |s| remembered_in(window, s);
-        let ids: Vec<&str> = batch.iter().filter_map(remembered).collect();
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter_map(|s| window.and(s.update.event_id.as_deref()))
+            .collect();
         let mut known: HashMap<String, (Seq, u64)> = HashMap::new();
         if !ids.is_empty() {
-            for row in self
-                .client
-                .query(&look_up, &[&ids, &window_ttl.as_secs_f64()])?
-            {
+            let window_ttl = window.unwrap_or_default().as_secs_f64();
+            for row in self.client.query(&look_up, &[&ids, &window_ttl])? {
                 let (id, seq, fingerprint): (String, i64, i64) =
                     (row.get(0), row.get(1), row.get(2));
                 known.insert(id, (seq as Seq, fingerprint as u64));
             }
         }
-
-        // Each event: a duplicate (of a committed event), a conflict, or
-        // new, numbered i = 1, 2, ... (its seq is base + i, base known only
-        // once the write holds the counter). Repeats of an id within the
-        // batch answer like the first.
-        enum Answer {
-            Known(Result<Submitted, SubmitError>),
-            New(i64),
-            SameAs(i64, bool),
+        let numbered = NumberedBatch::number(batch, &known, window.is_some());
+        if numbered.fresh.is_empty() {
+            return Ok(numbered.settle(0));
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(i64, &Submission, u64)> = Vec::new();
-        let mut in_batch: HashMap<&str, (i64, u64)> = HashMap::new();
-        for submission in batch {
-            let update = &submission.update;
-            let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
-            if let Some(event_id) = remembered(submission) {
-                if let Some(&(seq, seen)) = known.get(event_id) {
-                    answers.push(Answer::Known(if seen == fingerprint {
-                        Ok(Submitted {
-                            seq,
-                            duplicate: true,
-                        })
-                    } else {
-                        Err(SubmitError::IdempotencyConflict { seq })
-                    }));
-                    continue;
-                }
-                if let Some(&(i, seen)) = in_batch.get(event_id) {
-                    answers.push(Answer::SameAs(i, seen == fingerprint));
-                    continue;
-                }
-            }
-            let i = fresh.len() as i64 + 1;
-            if let Some(event_id) = remembered(submission) {
-                in_batch.insert(event_id, (i, fingerprint));
-            }
-            fresh.push((i, submission, fingerprint));
-            answers.push(Answer::New(i));
-        }
-        let settle = |base: i64| -> Vec<Result<Submitted, SubmitError>> {
-            let seq = |i: i64| (base + i) as Seq;
-            answers
-                .iter()
-                .map(|answer| match *answer {
-                    Answer::Known(result) => result,
-                    Answer::New(i) => Ok(Submitted {
-                        seq: seq(i),
-                        duplicate: false,
-                    }),
-                    Answer::SameAs(i, true) => Ok(Submitted {
-                        seq: seq(i),
-                        duplicate: true,
-                    }),
-                    Answer::SameAs(i, false) => {
-                        Err(SubmitError::IdempotencyConflict { seq: seq(i) })
-                    }
-                })
-                .collect()
-        };
-        if fresh.is_empty() {
-            return Ok(settle(0));
-        }
-
-        let product_ids: Vec<&str> = fresh
-            .iter()
-            .map(|(_, s, _)| &*s.update.product_id)
-            .collect();
-        let prices: Vec<Option<String>> = fresh
-            .iter()
-            .map(|(_, s, _)| s.update.price.as_ref().map(Number::to_string))
-            .collect();
-        let stocks: Vec<Option<i64>> = fresh
-            .iter()
-            .map(|(_, s, _)| s.update.stock.map(|v| v as i64))
-            .collect();
-        let versions: Vec<Option<String>> = fresh
-            .iter()
-            .map(|(_, s, _)| s.update.version.map(|v| v.to_string()))
-            .collect();
-        let event_ids: Vec<Option<&str>> = fresh
-            .iter()
-            .map(|(_, s, _)| s.update.event_id.as_deref())
-            .collect();
-        let request_ids: Vec<String> = fresh
-            .iter()
-            .map(|(_, s, _)| s.request_id.to_string())
-            .collect();
-        // Only remembered ids go into `idempotency`.
-        let (mut remembered_ids, mut numbers, mut fingerprints) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for (i, submission, fingerprint) in &fresh {
-            if let Some(event_id) = remembered(submission) {
-                remembered_ids.push(event_id);
-                numbers.push(*i);
-                fingerprints.push(*fingerprint as i64);
-            }
-        }
-        let row = self.client.query_one(
-            &write,
-            &[
-                &product_ids,
-                &prices,
-                &stocks,
-                &versions,
-                &event_ids,
-                &request_ids,
-                &accepted_by,
-                &remembered_ids,
-                &numbers,
-                &fingerprints,
-            ],
-        )?;
+        let row = self
+            .client
+            .query_one(&write, &numbered.write_parameters(accepted_by).as_params())?;
         // `query_one`: exactly one row (the counter's), or an error, never
         // a 202 with made-up seqs.
         let base: i64 = row.get(0);
-        Ok(settle(base))
+        Ok(numbered.settle(base))
     }
 
     /// Sets this connection up for compaction: its commits do not wait
@@ -984,6 +879,153 @@ impl Database {
     }
 }
 
+/// A batch's events before the write: each a duplicate of a committed
+/// event, a conflict, a repeat of an id earlier in the batch, or new,
+/// numbered i = 1, 2, ... (its seq is `base + i`, `base` known only once
+/// the write holds the counter).
+struct NumberedBatch<'a> {
+    answers: Vec<Numbered>,
+    /// The new events, with their fingerprints and whether their ids go
+    /// into `idempotency`.
+    fresh: Vec<(&'a Submission, u64, bool)>,
+}
+
+enum Numbered {
+    Known(Outcome),
+    New(i64),
+    /// Like the new event `i`: a duplicate if the content is the same.
+    SameAs(i64, bool),
+}
+
+/// The write statement's parameters, owned (see [`NumberedBatch::write_parameters`]).
+struct WriteParameters<'a> {
+    product_ids: Vec<&'a str>,
+    prices: Vec<Option<String>>,
+    stocks: Vec<Option<i64>>,
+    versions: Vec<Option<String>>,
+    event_ids: Vec<Option<&'a str>>,
+    request_ids: Vec<String>,
+    accepted_by: &'a str,
+    remembered_ids: Vec<&'a str>,
+    numbers: Vec<i64>,
+    fingerprints: Vec<i64>,
+}
+
+impl<'a> NumberedBatch<'a> {
+    /// Numbers `batch`, given the ids `known` to the database; `remember`:
+    /// whether the window is on (ids are looked up and remembered).
+    fn number(
+        batch: &'a [Submission],
+        known: &HashMap<String, (Seq, u64)>,
+        remember: bool,
+    ) -> NumberedBatch<'a> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::new();
+        let mut in_batch: HashMap<&str, (i64, u64)> = HashMap::new();
+        for submission in batch {
+            let update = &submission.update;
+            let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
+            let remembered = update.event_id.as_deref().filter(|_| remember);
+            if let Some(event_id) = remembered {
+                if let Some(&(seq, seen)) = known.get(event_id) {
+                    answers.push(Numbered::Known(if seen == fingerprint {
+                        Ok(Accepted {
+                            seq,
+                            duplicate: true,
+                        })
+                    } else {
+                        Err(Refusal::IdempotencyConflict { seq })
+                    }));
+                    continue;
+                }
+                if let Some(&(i, seen)) = in_batch.get(event_id) {
+                    answers.push(Numbered::SameAs(i, seen == fingerprint));
+                    continue;
+                }
+            }
+            let i = fresh.len() as i64 + 1;
+            if let Some(event_id) = remembered {
+                in_batch.insert(event_id, (i, fingerprint));
+            }
+            fresh.push((submission, fingerprint, remembered.is_some()));
+            answers.push(Numbered::New(i));
+        }
+        NumberedBatch { answers, fresh }
+    }
+
+    /// The new events as the write statement's arrays (see `WRITE`).
+    fn write_parameters(&self, accepted_by: &'a str) -> WriteParameters<'a> {
+        let updates = || self.fresh.iter().map(|(s, _, _)| &s.update);
+        let mut parameters = WriteParameters {
+            product_ids: updates().map(|u| &*u.product_id).collect(),
+            prices: updates()
+                .map(|u| u.price.as_ref().map(Number::to_string))
+                .collect(),
+            stocks: updates().map(|u| u.stock.map(|v| v as i64)).collect(),
+            versions: updates()
+                .map(|u| u.version.map(|v| v.to_string()))
+                .collect(),
+            event_ids: updates().map(|u| u.event_id.as_deref()).collect(),
+            request_ids: self
+                .fresh
+                .iter()
+                .map(|(s, _, _)| s.request_id.to_string())
+                .collect(),
+            accepted_by,
+            remembered_ids: Vec::new(),
+            numbers: Vec::new(),
+            fingerprints: Vec::new(),
+        };
+        // Only remembered ids go into `idempotency`.
+        for (i, (submission, fingerprint, remembered)) in self.fresh.iter().enumerate() {
+            if let (true, Some(event_id)) = (*remembered, submission.update.event_id.as_deref()) {
+                parameters.remembered_ids.push(event_id);
+                parameters.numbers.push(i as i64 + 1);
+                parameters.fingerprints.push(*fingerprint as i64);
+            }
+        }
+        parameters
+    }
+
+    /// Each event's outcome, once the write gave the new ones `base + i`.
+    fn settle(&self, base: i64) -> Vec<Outcome> {
+        let seq = |i: i64| (base + i) as Seq;
+        self.answers
+            .iter()
+            .map(|answer| match *answer {
+                Numbered::Known(outcome) => outcome,
+                Numbered::New(i) => Ok(Accepted {
+                    seq: seq(i),
+                    duplicate: false,
+                }),
+                Numbered::SameAs(i, true) => Ok(Accepted {
+                    seq: seq(i),
+                    duplicate: true,
+                }),
+                Numbered::SameAs(i, false) => Err(Refusal::IdempotencyConflict { seq: seq(i) }),
+            })
+            .collect()
+    }
+}
+
+impl WriteParameters<'_> {
+    /// In the order of `WRITE`'s placeholders.
+    fn as_params(&self) -> [&(dyn postgres::types::ToSql + Sync); 10] {
+        [
+            &self.product_ids,
+            &self.prices,
+            &self.stocks,
+            &self.versions,
+            &self.event_ids,
+            &self.request_ids,
+            &self.accepted_by,
+            &self.remembered_ids,
+            &self.numbers,
+            &self.fingerprints,
+        ]
+    }
+}
+
 /// Whether the connection is to be dropped after `e`: closed, any error
 /// not from the server (I/O, or the client's own, after which the
 /// connection's state is not known), or a server error after which the
@@ -1106,14 +1148,14 @@ fn stored_from(row: &postgres::Row) -> Result<Stored, String> {
 }
 
 /// One journal row: its events, with their request ids, from seq `first`.
-struct JournalRow {
+struct BatchRow {
     first: Seq,
     events: Vec<(ProductUpdate, String)>,
 }
 
 /// A journal row from `row`'s columns `at..`: `first_seq, product_ids,
 /// prices, stocks, versions::text[], request_ids`.
-fn batch_from(row: &postgres::Row, at: usize) -> Result<JournalRow, String> {
+fn batch_from(row: &postgres::Row, at: usize) -> Result<BatchRow, String> {
     let first: i64 = row.get(at);
     let ids: Vec<String> = row.get(at + 1);
     let prices: Vec<Option<String>> = row.get(at + 2);
@@ -1155,7 +1197,7 @@ fn batch_from(row: &postgres::Row, at: usize) -> Result<JournalRow, String> {
         };
         events.push((update, request_id));
     }
-    Ok(JournalRow { first, events })
+    Ok(BatchRow { first, events })
 }
 
 #[cfg(test)]

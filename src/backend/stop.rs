@@ -1,18 +1,20 @@
-//! A stop flag that the background threads of this mode (the tailer, the
-//! compactor) sleep on between rounds, so that shutdown wakes them at once.
+//! A stop signal that a backend's background threads (the SQLite
+//! checkpointer and committer, the PostgreSQL tailer, compactor and
+//! watchdog) sleep on between rounds, so that shutdown wakes them at once
+//! instead of waiting out their pause.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::super::commit::lock;
+use super::health::lock;
 
 #[derive(Default)]
-pub struct Stop {
+pub struct StopSignal {
     stopped: Mutex<bool>,
     bell: Condvar,
 }
 
-impl Stop {
+impl StopSignal {
     /// Tells the thread to stop, and wakes it if it sleeps.
     pub fn stop(&self) {
         *lock(&self.stopped) = true;
@@ -25,7 +27,11 @@ impl Stop {
 
     /// Sleeps `pause`, or less if told to stop. True if stopped.
     pub fn pause(&self, pause: Duration) -> bool {
-        let deadline = Instant::now() + pause;
+        self.pause_until(Instant::now() + pause)
+    }
+
+    /// Sleeps until `deadline`, or less if told to stop. True if stopped.
+    pub fn pause_until(&self, deadline: Instant) -> bool {
         let mut stopped = lock(&self.stopped);
         while !*stopped {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {

@@ -1,8 +1,9 @@
-//! The hand-off between the connection threads that post events to commit and
-//! the committer threads that make it (SQLite's `commit` and `fsync`
-//! modes: one committer; PostgreSQL: one per connection of the pool), as
-//! a protocol of its own, with no database in it, so that `tests/loom.rs`
-//! can model-check it:
+//! The hand-off between the threads that post events to commit (a front
+//! door's, through the service) and the committer threads of a durable
+//! backend that commit them (SQLite's `commit` and `fsync` modes: one
+//! committer; PostgreSQL: one per connection of the pool), as a protocol of
+//! its own, with no database in it, so that `tests/loom.rs` can
+//! model-check it:
 //!
 //! - [`Mailbox`]: a connection thread [`post`](Mailbox::post)s its event;
 //!   the committer [`collect`](Mailbox::collect)s everything posted as one
@@ -12,9 +13,10 @@
 //!   the same lock as its last look at `pending`, so a post lands either
 //!   before that look (and is seen) or after `sleeping` is set (and rings).
 //!   Shutdown: [`finish`](Mailbox::finish) refuses later posts and wakes
-//!   the committer, which writes what is left, then
-//!   [`stop`](Mailbox::stop)s the mailbox and answers whatever is still in
-//!   it, so no poster waits forever. With several committers, each
+//!   the committer, which commits what is left, then
+//!   [`stop`](Mailbox::stop)s collecting and answers whatever is still in
+//!   the mailbox, so no poster waits forever; [`wait_stopped`](Mailbox::wait_stopped)
+//!   tells shutdown when every committer has. With several committers, each
 //!   collects on its own; `finish` wakes them all, and only the last one
 //!   to stop gets the leftovers.
 //! - Standing by: a committer of a pool whose connection is down, while
@@ -25,9 +27,10 @@
 //!   [`rouse`](Mailbox::rouse), and the stand-by looks again; the count of
 //!   rousings it read before deciding to wait makes a rouse in between
 //!   count too.
-//! - What a post carries is up to the caller: the service's is the event
-//!   and the reply that answers its client (`commit.rs`); the models'
-//!   is a ticket a thread parks on.
+//! - What a post carries is up to the caller: the service's is a
+//!   [`Posted`] event with the [`ReplyTo`] its outcome is sent to (and
+//!   [`Waiting`] makes sure every one of a batch gets one); the models' is
+//!   a ticket a thread parks on.
 //!
 //! Models in `tests/loom.rs`:
 //! `a_posted_event_is_answered_whatever_the_committer_is_doing`,
@@ -38,20 +41,25 @@
 
 use std::time::Instant;
 
+use super::outcome::{Outcome, Refusal, ReplyTo};
+use crate::event::ProductUpdate;
+use crate::request_id::OwnedRequestId;
 use crate::sync::{self, Condvar, Mutex, MutexGuard};
 
 /// What a connection thread leaves for the committer, and what the
 /// committer collects.
 pub struct Mailbox<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<Posts<T>>,
     /// Rung by `post` while the committer sleeps, and by `finish`.
     bell: Condvar,
     /// Rung by `finish` and `rouse`, for committers that stand by
     /// ([`Mailbox::wait_finishing`]).
     closing: Condvar,
+    /// Rung when the last committer stops, for [`Mailbox::wait_stopped`].
+    all_stopped: Condvar,
 }
 
-struct State<T> {
+struct Posts<T> {
     pending: Vec<T>,
     /// Committers asleep on `bell`.
     sleeping: usize,
@@ -91,7 +99,7 @@ impl<T> Mailbox<T> {
     /// [`Mailbox::stop`] when it stops.
     pub fn with_collectors(collectors: usize) -> Mailbox<T> {
         Mailbox {
-            state: Mutex::new(State {
+            state: Mutex::new(Posts {
                 pending: Vec::new(),
                 sleeping: 0,
                 collectors,
@@ -101,10 +109,11 @@ impl<T> Mailbox<T> {
             }),
             bell: Condvar::new(),
             closing: Condvar::new(),
+            all_stopped: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, Posts<T>> {
         // Poisoning: the state is plain data changed in single pushes and
         // assignments.
         self.state
@@ -177,7 +186,6 @@ impl<T> Mailbox<T> {
 
     /// Takes whatever is posted, for a watchdog to refuse while every
     /// committer is stuck at the database (nobody collects it meanwhile).
-    #[cfg(feature = "postgres")]
     pub fn take_pending(&self) -> Vec<T> {
         std::mem::take(&mut self.lock().pending)
     }
@@ -249,12 +257,77 @@ impl<T> Mailbox<T> {
             return Vec::new();
         }
         state.stopped = true;
+        self.all_stopped.notify_all();
         std::mem::take(&mut state.pending)
+    }
+
+    /// Shutdown, after [`Mailbox::finish`]: waits until every committer has
+    /// [`stop`](Mailbox::stop)ped collecting (having committed what it
+    /// took), or `deadline` passes. True if they all have.
+    pub fn wait_stopped(&self, deadline: Instant) -> bool {
+        let mut state = self.lock();
+        while !state.stopped {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                return false;
+            };
+            state = sync::wait_for_bell(&self.all_stopped, state, left);
+        }
+        true
     }
 }
 
 impl<T> Default for Mailbox<T> {
     fn default() -> Self {
         Mailbox::new()
+    }
+}
+
+/// An event as a front door submitted it.
+#[derive(Debug)]
+pub struct Submission {
+    pub update: ProductUpdate,
+    /// The id of the request that carried it.
+    pub request_id: OwnedRequestId,
+    /// When the front door handed it over (for the time spent queued).
+    pub accepted_at: Instant,
+}
+
+/// An event posted for a commit, with where its outcome goes.
+pub struct Posted {
+    pub submission: Submission,
+    pub reply: ReplyTo,
+}
+
+/// Splits a batch into its events and their replies, the replies in a
+/// [`Waiting`] guard: from here on every event gets an answer, whatever
+/// happens to the committer.
+pub fn split(batch: Vec<Posted>) -> (Vec<Submission>, Waiting) {
+    let (submissions, replies) = batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
+    (submissions, Waiting(replies))
+}
+
+/// The replies of the batch a committer is committing: each sent its
+/// outcome by [`Waiting::answer`], or, if the committer unwinds from a
+/// panic first, 503 `storage_unavailable` (the events may have been
+/// committed: the next start applies them, and a client that retries with
+/// its `event_id` is told it is a duplicate).
+pub struct Waiting(pub Vec<ReplyTo>);
+
+impl Waiting {
+    pub fn answer(mut self, outcomes: Vec<Outcome>) {
+        for (reply, outcome) in self.0.drain(..).zip(outcomes) {
+            reply.send(outcome);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        for reply in self.0.drain(..) {
+            reply.send(Err(Refusal::StorageUnavailable));
+        }
     }
 }

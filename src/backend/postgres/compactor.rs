@@ -16,7 +16,7 @@
 //! seq order, upserts each product once, with the same per-field guards
 //! as ever, a slice of products per statement, and then moves `through`:
 //! products may get ahead of `through`, never behind it
-//! (`Database::compact` says why that is enough).
+//! (`PgSession::compact` says why that is enough).
 //!
 //! Failures only delay it (the journal is kept until it is compacted):
 //! they are logged, the connection is made again, and `/readyz` does not
@@ -25,11 +25,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::RETRY_INTERVAL;
-use super::super::url::DatabaseUrl;
-use super::committer::CONNECT_TIMEOUT;
-use super::database::{Compacted, Database};
-use super::stop::Stop;
+use super::session::{CONNECT_TIMEOUT, Compacted, PgSession};
+use crate::backend::health::RETRY_INTERVAL;
+use crate::backend::stop::StopSignal;
+use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 
 /// How often a compaction round runs: what the products table lags behind
@@ -41,20 +40,22 @@ pub const COMPACT_EVERY: Duration = Duration::from_secs(1);
 const ROUND_ROWS: usize = 2000;
 
 /// The most products one statement of a round upserts (each is its own
-/// transaction: see `Database::compact`).
+/// transaction: see `PgSession::compact`).
 const SLICE_PRODUCTS: usize = 256;
 
-pub struct Shared {
+/// The compactor's settings and stop signal, shared with the backend's
+/// handle.
+pub struct Compactor {
     pub url: DatabaseUrl,
     pub metrics: Arc<Metrics>,
-    pub stop: Stop,
+    pub stop: StopSignal,
 }
 
 /// The compactor thread's body. A panic inside (a bug) is caught and
 /// logged: the products table then lags until a restart (another
 /// instance's compactor, if any, carries on).
-pub fn run(shared: &Shared) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rounds(shared)));
+pub fn run(compactor: &Compactor) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rounds(compactor)));
     if outcome.is_err() {
         log::error!(
             "storage: the compactor thread panicked (a bug; see the panic above); the products table is no longer compacted by this instance"
@@ -62,20 +63,20 @@ pub fn run(shared: &Shared) {
     }
 }
 
-fn rounds(shared: &Shared) {
-    let mut db: Option<Database> = None;
+fn rounds(compactor: &Compactor) {
+    let mut db: Option<PgSession> = None;
     // The last failure's message, so that a lasting one is logged once.
     let mut failing: Option<String> = None;
-    while !shared.stop.is_stopped() {
+    while !compactor.stop.is_stopped() {
         let connection = match db.as_mut() {
             Some(connection) => connection,
-            None => match Database::connect(&shared.url, CONNECT_TIMEOUT, "compactor")
+            None => match PgSession::connect(&compactor.url, CONNECT_TIMEOUT, "compactor")
                 .and_then(|mut c| c.for_compaction().map(|()| c))
             {
                 Ok(connection) => db.insert(connection),
                 Err(e) => {
                     report(&mut failing, e.to_string());
-                    if shared.stop.pause(RETRY_INTERVAL) {
+                    if compactor.stop.pause(RETRY_INTERVAL) {
                         return;
                     }
                     continue;
@@ -94,7 +95,7 @@ fn rounds(shared: &Shared) {
                 if events > 0 {
                     log::debug!("storage: compacted {events} events into {products} products");
                 }
-                shared
+                compactor
                     .metrics
                     .storage
                     .record_products_written(products as u64);
@@ -108,7 +109,7 @@ fn rounds(shared: &Shared) {
                 false
             }
         };
-        if !more && shared.stop.pause(COMPACT_EVERY) {
+        if !more && compactor.stop.pause(COMPACT_EVERY) {
             return;
         }
     }

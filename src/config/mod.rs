@@ -19,7 +19,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::durable::url::DatabaseUrl;
+mod database_url;
+
+pub use database_url::DatabaseUrl;
 
 /// Everything the service needs to know before it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +91,7 @@ pub enum Durability {
     /// power cut too.
     Fsync,
     /// The 202 is sent once the event is queued, as in memory mode; applied
-    /// state is committed in the background (see `durable`): a crash loses
+    /// state is committed in the background (see `backend/sqlite/`): a crash loses
     /// the events of the last moments, a graceful shutdown nothing.
     Async,
 }

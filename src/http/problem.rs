@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::EventError;
+use crate::event::EventError;
+use crate::intake::Refusal;
+use crate::service::NotReady;
 
 /// One HTTP error answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,23 +86,27 @@ pub enum ApiError {
     TooManyConnections { limit: usize },
 }
 
-/// Why `/readyz` says "not ready" (the problem's `reason` member).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotReady {
-    /// Shutdown has begun.
-    Draining,
-    /// The queue holds at least the high-water share of its capacity.
-    QueueAboveHighWater { depth: usize, capacity: usize },
-    /// Durable mode: writes to the database fail (why, in `detail`).
-    StorageUnavailable { detail: String },
+/// The problem's `reason` member of a `/readyz` 503.
+fn reason(not_ready: &NotReady) -> &'static str {
+    match not_ready {
+        NotReady::Draining => "draining",
+        NotReady::QueueAboveHighWater { .. } => "queue_above_high_water",
+        NotReady::StorageUnavailable { .. } => "storage_unavailable",
+    }
 }
 
-impl NotReady {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            NotReady::Draining => "draining",
-            NotReady::QueueAboveHighWater { .. } => "queue_above_high_water",
-            NotReady::StorageUnavailable { .. } => "storage_unavailable",
+impl ApiError {
+    /// The problem an event refused by the service is answered with.
+    pub fn refused(refusal: Refusal, event_id: Option<&str>) -> ApiError {
+        match refusal {
+            Refusal::QueueFull { capacity } => ApiError::QueueFull { capacity },
+            Refusal::ShuttingDown => ApiError::ShuttingDown,
+            Refusal::StorageUnavailable => ApiError::StorageUnavailable,
+            Refusal::ProductLimit { limit } => ApiError::ProductLimit { limit },
+            Refusal::IdempotencyConflict { seq } => ApiError::IdempotencyConflict {
+                event_id: event_id.unwrap_or_default().to_owned(),
+                seq,
+            },
         }
     }
 }
@@ -223,7 +229,7 @@ impl ApiError {
             code: self.code(),
             field: self.field(),
             reason: match self {
-                ApiError::NotReady(not_ready) => Some(not_ready.reason()),
+                ApiError::NotReady(not_ready) => Some(reason(not_ready)),
                 _ => None,
             },
             request_id: Text(request_id),

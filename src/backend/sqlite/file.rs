@@ -3,7 +3,8 @@
 //!
 //! Only the committer thread writes (and only at startup does anyone
 //! read): SQLite is the storage engine, the in-memory store stays the
-//! serving copy. Every statement is prepared once and cached.
+//! serving copy. Every statement is prepared once and cached. Nothing here
+//! has a thread of its own.
 //!
 //! # The schema (version 1)
 //!
@@ -40,9 +41,10 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde_json::Number;
 
-use super::StorageError;
+use super::error::SqliteError;
 use crate::config::{DATABASE_FILE, Durability};
-use crate::model::ProductUpdate;
+use crate::event::ProductUpdate;
+use crate::intake::dedupe::Remembered;
 use crate::store::{Seq, Stored, WriteKey};
 
 /// `PRAGMA user_version` of the schema this build writes. A file with a
@@ -89,7 +91,7 @@ INSERT INTO meta (key, value) VALUES ('next_seq', 1), ('applied_through', 0);
 ";
 
 /// The open database, with the lock that keeps other processes out.
-pub struct Database {
+pub struct SqliteFile {
     conn: Connection,
     path: PathBuf,
     /// Held (locked) for the life of the process; see [`lock`].
@@ -101,9 +103,8 @@ pub struct Loaded {
     pub products: Vec<(Box<str>, Stored)>,
     /// Acknowledged events not yet reflected in `products`, in seq order.
     pub journal: Vec<(Seq, ProductUpdate)>,
-    /// The idempotency window, oldest first: (event_id, seq, fingerprint,
-    /// age).
-    pub window: Vec<(Box<str>, Seq, u64, Duration)>,
+    /// The idempotency window, oldest first.
+    pub window: Vec<Remembered>,
     /// The seq the next accepted event gets.
     pub next_seq: Seq,
 }
@@ -141,12 +142,12 @@ pub struct Cycle<'a> {
     pub prune: Option<(SystemTime, usize)>,
 }
 
-impl Database {
+impl SqliteFile {
     /// Opens (or creates) `dir/products.db` for this process alone. Never
     /// writes to a file that is not this service's, fails its integrity
     /// check, or has a schema this build does not know.
-    pub fn open(dir: &Path, durability: Durability) -> Result<Database, StorageError> {
-        let directory = |source: io::Error| StorageError::Directory {
+    pub fn open(dir: &Path, durability: Durability) -> Result<SqliteFile, SqliteError> {
+        let directory = |source: io::Error| SqliteError::Directory {
             path: dir.to_owned(),
             source,
         };
@@ -154,16 +155,16 @@ impl Database {
         let path = dir.join(DATABASE_FILE);
         let lock = lock(&path).map_err(|e| match e {
             Locked::Io(source) => directory(source),
-            Locked::ByOther(holder) => StorageError::Locked {
+            Locked::ByOther(holder) => SqliteError::Locked {
                 path: path.clone(),
                 holder,
             },
         })?;
         let existing = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         if existing && !has_sqlite_header(&path).map_err(directory)? {
-            return Err(StorageError::NotADatabase { path });
+            return Err(SqliteError::NotADatabase { path });
         }
-        let sqlite = |e: rusqlite::Error| StorageError::Sqlite {
+        let sqlite = |e: rusqlite::Error| SqliteError::Sqlite {
             path: path.clone(),
             detail: e.to_string(),
         };
@@ -180,10 +181,10 @@ impl Database {
         let fresh = app_id == 0 && version == 0 && is_empty(&conn).map_err(sqlite)?;
         if !fresh {
             if app_id != APPLICATION_ID {
-                return Err(StorageError::Foreign { path, app_id });
+                return Err(SqliteError::Foreign { path, app_id });
             }
             if version > SCHEMA_VERSION {
-                return Err(StorageError::UnknownSchema {
+                return Err(SqliteError::UnknownSchema {
                     path,
                     found: version,
                     known: SCHEMA_VERSION,
@@ -191,7 +192,7 @@ impl Database {
             }
             let verdict = quick_check(&conn).map_err(|e| not_a_database_or(&path, e))?;
             if verdict != "ok" {
-                return Err(StorageError::Corrupt {
+                return Err(SqliteError::Corrupt {
                     path,
                     detail: verdict,
                 });
@@ -221,7 +222,7 @@ impl Database {
             );
             conn.execute_batch(&create).map_err(sqlite)?;
         }
-        Ok(Database {
+        Ok(SqliteFile {
             conn,
             path,
             _lock: lock,
@@ -256,13 +257,13 @@ impl Database {
     }
 
     /// Reads the whole state (at startup, before anything else runs).
-    pub fn load(&self, window_ttl: Duration, window_len: usize) -> Result<Loaded, StorageError> {
-        let bad = |detail: String| StorageError::Corrupt {
+    pub fn load(&self, window_ttl: Duration, window_len: usize) -> Result<Loaded, SqliteError> {
+        let bad = |detail: String| SqliteError::Corrupt {
             path: self.path.clone(),
             detail,
         };
         let sqlite = |e: rusqlite::Error| bad(e.to_string());
-        let meta = |key: &str| -> Result<Seq, StorageError> {
+        let meta = |key: &str| -> Result<Seq, SqliteError> {
             let value: i64 = self
                 .conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
@@ -289,7 +290,7 @@ impl Database {
                 price_from(row.get_ref(1).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
             let stock =
                 stock_from(row.get(2).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
-            let key = |seq: usize, version: usize| -> Result<WriteKey, StorageError> {
+            let key = |seq: usize, version: usize| -> Result<WriteKey, SqliteError> {
                 let seq: i64 = row.get(seq).map_err(sqlite)?;
                 let version = version_from(row.get_ref(version).map_err(sqlite)?)
                     .map_err(|what| bad(context(&what)))?;
@@ -363,12 +364,12 @@ impl Database {
             let fingerprint: i64 = row.get(2).map_err(sqlite)?;
             let at: i64 = row.get(3).map_err(sqlite)?;
             let age = Duration::from_millis(u64::try_from(millis(now) - at).unwrap_or(0));
-            window.push((
-                event_id.into_boxed_str(),
-                seq as Seq,
-                fingerprint as u64,
+            window.push(Remembered {
+                event_id: event_id.into_boxed_str(),
+                seq: seq as Seq,
+                fingerprint: fingerprint as u64,
                 age,
-            ));
+            });
         }
         Ok(Loaded {
             products,
@@ -586,17 +587,17 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<String> {
     Ok(lines.join("; "))
 }
 
-fn not_a_database_or(path: &Path, e: rusqlite::Error) -> StorageError {
+fn not_a_database_or(path: &Path, e: rusqlite::Error) -> SqliteError {
     let code = e.sqlite_error_code();
     match code {
-        Some(rusqlite::ErrorCode::NotADatabase) => StorageError::NotADatabase {
+        Some(rusqlite::ErrorCode::NotADatabase) => SqliteError::NotADatabase {
             path: path.to_owned(),
         },
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) => StorageError::Corrupt {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => SqliteError::Corrupt {
             path: path.to_owned(),
             detail: e.to_string(),
         },
-        _ => StorageError::Sqlite {
+        _ => SqliteError::Sqlite {
             path: path.to_owned(),
             detail: e.to_string(),
         },

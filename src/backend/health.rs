@@ -1,72 +1,20 @@
-//! What a client waiting for a commit shares with a committer, in both
-//! durable backends: its [`Pending`] event and the [`Reply`] that answers
-//! it (from the committer's thread: the connection's thread has gone on
-//! reading its connection), the [`Waiting`] guard that answers every event
-//! of a batch whatever happens, and [`Health`], which says whether writes
-//! work.
+//! [`Health`]: whether a durable backend's writes (or a PostgreSQL
+//! tailer's reads) work, for `/readyz` and for refusing events while they
+//! do not. Shared by the SQLite and PostgreSQL backends.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use std::time::Instant;
+/// How often a failing store is tried again when nothing else is written,
+/// and how often old idempotency rows are deleted.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-use super::RETRY_INTERVAL;
-use super::handoff::{Mailbox, Refused};
-use crate::model::ProductUpdate;
-use crate::queue::{Submission, SubmitError};
-use crate::request_id::OwnedRequestId;
-
-pub use super::{Answer, Reply};
-
-/// An event and the reply that answers its client.
-pub struct Pending {
-    pub submission: Submission,
-    pub reply: Reply,
-}
-
-/// Calls `reply` with `answer`. A reply renders and writes an HTTP answer
-/// on the committer's thread; a bug there must cost that one answer (its
-/// client gets a 500: the reply's deferred answer is dropped), not the
-/// committer.
-pub fn answer(reply: Reply, answer: Answer) {
-    if panic::catch_unwind(AssertUnwindSafe(|| reply(answer))).is_err() {
-        log::error!(
-            "storage: answering a client panicked (a bug; see the panic above); it was answered 500"
-        );
-    }
-}
-
-/// A connection thread's side of the hand-off: posts the event in the
-/// committers' `mailbox`; `reply` is called with the answer by the
-/// committer that commits it, or at once, here, if the post is refused:
-/// when `capacity` events wait already (503 `queue_full`: the committer is
-/// behind) or after shutdown began (`shutting_down`, or
-/// `storage_unavailable` if writes were failing).
-pub fn post(
-    mailbox: &Mailbox<Pending>,
-    health: &Health,
-    capacity: usize,
-    update: ProductUpdate,
-    request_id: OwnedRequestId,
-    reply: Reply,
-) {
-    let pending = Pending {
-        submission: Submission {
-            update,
-            request_id,
-            accepted_at: Instant::now(),
-        },
-        reply,
-    };
-    if let Err((refused, pending)) = mailbox.offer(pending, capacity) {
-        let refusal = match refused {
-            Refused::Full => SubmitError::Full { capacity },
-            Refused::Closed if health.is_failing() => SubmitError::StorageUnavailable,
-            Refused::Closed => SubmitError::ShuttingDown,
-        };
-        answer(pending.reply, Err(refusal));
-    }
+/// Locks a mutex of a backend's, ignoring poisoning: every value behind
+/// these locks is plain data changed in single assignments or pushes, so a
+/// panic elsewhere cannot leave it half-changed.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether writes (or, for a PostgreSQL tailer, reads of the journal)
@@ -109,7 +57,6 @@ impl Health {
 
     /// The health of reads (one part): failing makes `/readyz` 503, not
     /// POSTs.
-    #[cfg(feature = "postgres")]
     pub fn of_reads() -> Health {
         Health {
             reads: true,
@@ -178,35 +125,6 @@ impl Health {
             }
         } else {
             log::info!("storage: committer-{part} works again");
-        }
-    }
-}
-
-/// Poisoning: every value behind these locks is plain data changed in
-/// single assignments or pushes.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The replies of the batch being committed: answered with their results
-/// by [`Waiting::answer`], or, if the cycle unwinds from a panic first,
-/// with 503 `storage_unavailable` (the events may have been committed: the
-/// next start applies them, and a client that retries them with their
-/// `event_id` gets `duplicate`).
-pub struct Waiting(pub Vec<Reply>);
-
-impl Waiting {
-    pub fn answer(mut self, answers: Vec<Answer>) {
-        for (reply, result) in self.0.drain(..).zip(answers) {
-            answer(reply, result);
-        }
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        for reply in self.0.drain(..) {
-            answer(reply, Err(SubmitError::StorageUnavailable));
         }
     }
 }

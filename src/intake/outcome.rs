@@ -1,0 +1,114 @@
+//! What an event's acceptance comes to, and how that answer travels back to
+//! a front door that could not wait for it.
+//!
+//! An [`Outcome`] is a value: the intake returns it, a committer computes it
+//! for each event of its batch. Most events are answered on the thread that
+//! asked (memory mode: the event is queued, or refused, at once). An event
+//! whose answer waits for a commit carries a [`ReplyTo`]: the channel of the
+//! front door that posted it, and the front door's own token for the
+//! request. The committer *sends* the outcome there, as a message; it never
+//! runs front-door code. The front door's thread that receives it (the HTTP
+//! answerer, say) does the answering. So the way from a socket to the store
+//! and back is a pipeline of threads passing values, with no callback from
+//! a lower layer into a higher one.
+
+use std::fmt;
+
+use crossbeam_channel::Sender;
+
+use crate::store::Seq;
+
+/// An event taken: its seq, new or (for a retried `event_id`) the one the
+/// first copy got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub seq: Seq,
+    /// True if the `event_id` was seen before: nothing new was queued.
+    pub duplicate: bool,
+}
+
+/// Why an event was not taken. Each names what a client can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The `event_id` was accepted before with different content (as `seq`).
+    IdempotencyConflict { seq: Seq },
+    /// The queue (or the committers' mailbox) holds `capacity` events
+    /// already. Retry shortly.
+    QueueFull { capacity: usize },
+    /// The event is for a new product and the store holds `limit` already.
+    ProductLimit { limit: usize },
+    /// Shutdown has begun; no new events are taken.
+    ShuttingDown,
+    /// The event could not be made durable (or storage is failing, so it is
+    /// not tried). Nothing was acknowledged; retry later.
+    StorageUnavailable,
+}
+
+/// What accepting one event came to.
+pub type Outcome = Result<Accepted, Refusal>;
+
+/// Where the outcome of an event that waits for its commit is sent: a front
+/// door's channel, with the front door's token for the request. Sent exactly
+/// once ([`ReplyTo::send`]); a `ReplyTo` dropped unsent drops the token with
+/// it (the HTTP front door's token then answers its client 500).
+pub struct ReplyTo(Box<dyn Deliver>);
+
+/// The token and its channel, with the token's type erased so that a
+/// committer can hold replies for any front door. Implemented only here:
+/// delivering is a channel send, nothing else.
+trait Deliver: Send {
+    fn deliver(self: Box<Self>, outcome: Outcome);
+}
+
+struct Addressed<T> {
+    reply_tx: Sender<(T, Outcome)>,
+    token: T,
+}
+
+impl<T: Send> Deliver for Addressed<T> {
+    fn deliver(self: Box<Self>, outcome: Outcome) {
+        // The front door has stopped listening (it is shutting down): the
+        // token is dropped with the message, which is what it is there for.
+        let _ = self.reply_tx.send((self.token, outcome));
+    }
+}
+
+impl ReplyTo {
+    /// A reply that sends `(token, outcome)` on `reply_tx`.
+    pub fn new<T: Send + 'static>(reply_tx: &Sender<(T, Outcome)>, token: T) -> ReplyTo {
+        ReplyTo(Box::new(Addressed {
+            reply_tx: reply_tx.clone(),
+            token,
+        }))
+    }
+
+    /// Sends the outcome to the front door.
+    pub fn send(self, outcome: Outcome) {
+        self.0.deliver(outcome);
+    }
+}
+
+impl fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplyTo")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_carries_its_token_back_with_the_outcome() {
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded::<(&str, Outcome)>();
+        let reply = ReplyTo::new(&reply_tx, "request 7");
+        reply.send(Err(Refusal::ShuttingDown));
+        assert_eq!(
+            reply_rx.try_recv(),
+            Ok(("request 7", Err(Refusal::ShuttingDown)))
+        );
+        // Nobody listening: the send is dropped, not a panic.
+        drop(reply_rx);
+        ReplyTo::new(&reply_tx, "late").send(Err(Refusal::ShuttingDown));
+    }
+}

@@ -1,0 +1,344 @@
+//! The core: [`Service`] owns the intake, the store, the watermark, the
+//! counts and the storage backend, and offers the operations every front
+//! door needs: accept an event, read a product or a page of them, say
+//! whether the service is ready, read the counts, and drain at shutdown.
+//!
+//! A front door (the HTTP handlers today; a message-queue consumer could be
+//! another) translates its protocol to these calls and their results back,
+//! and nothing else. Below this file nobody knows about HTTP.
+//!
+//! # Accepting an event
+//!
+//! [`Service::accept`] checks the core's own rule (the product limit) and
+//! asks the backend what to do with the event (`backend/mod.rs`,
+//! `Admission`):
+//!
+//! - queue it now: the intake numbers and queues it, and the outcome is
+//!   returned ([`Accept::Done`]);
+//! - commit it first: the front door gets an [`Accept::Commit`], says where
+//!   the outcome should go (a [`ReplyTo`]: its channel and its token for
+//!   the request), and the event is posted to the backend's committers,
+//!   which send the outcome there once it is committed. The front door's
+//!   thread is free meanwhile.
+//!
+//! Every thread that calls in here is a front door's; the core starts no
+//! threads of its own but the backend's (through [`Opened::start`]) and
+//! the workers (`worker.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::backend::{Admission, Backend, Committed, CoreParts, Opened};
+use crate::config::Config;
+use crate::error::StartError;
+use crate::event::ProductUpdate;
+use crate::intake::mailbox::{Mailbox, Posted, Refused, Submission};
+use crate::intake::{Intake, Jobs, Outcome, Refusal, ReplyTo};
+use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::request_id::OwnedRequestId;
+use crate::stats::Stats;
+use crate::store::{ProductState, Seq, Store};
+use crate::worker::{self, WorkerCounters, Workers};
+
+/// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
+pub const HIGH_WATER_PERCENT: usize = 90;
+
+/// The service's state and operations; one per running service, shared by
+/// every front door's threads behind an `Arc`.
+pub struct Service {
+    intake: Arc<Intake>,
+    store: Store,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+    counters: Arc<WorkerCounters>,
+    backend: Box<dyn Backend>,
+    /// `MAX_PRODUCTS`.
+    max_products: usize,
+    /// `WORKERS`, for the counts.
+    workers: usize,
+    /// Set when shutdown begins: readiness says so, and front doors ask
+    /// their clients to go elsewhere.
+    draining: AtomicBool,
+}
+
+/// What [`Service::accept`] did with an event.
+pub enum Accept<'a> {
+    /// Answered: queued, a duplicate, or refused.
+    Done(Outcome),
+    /// The event waits for its commit: [`Commit::post`] it with where the
+    /// outcome should go.
+    Commit(Commit<'a>),
+}
+
+/// An event to post to the backend's committers.
+#[must_use = "the event is only taken once posted"]
+pub struct Commit<'a> {
+    service: &'a Service,
+    mailbox: &'a Mailbox<Posted>,
+    update: ProductUpdate,
+    request_id: OwnedRequestId,
+    accepted_at: Instant,
+}
+
+impl Commit<'_> {
+    /// The id of the request that carried the event.
+    pub fn request_id(&self) -> &OwnedRequestId {
+        &self.request_id
+    }
+
+    /// Posts the event; `reply` gets its outcome: from the committer that
+    /// commits it, or at once if the post is refused (the committers are
+    /// behind: `queue_full`; shutdown has begun: `shutting_down`; they
+    /// stopped because storage fails: `storage_unavailable`).
+    pub fn post(self, reply: ReplyTo) {
+        let Commit {
+            service,
+            mailbox,
+            update,
+            request_id,
+            accepted_at,
+        } = self;
+        let posted = Posted {
+            submission: Submission {
+                update,
+                request_id,
+                accepted_at,
+            },
+            reply,
+        };
+        // Bounded like the queue: past it the committers are behind.
+        let capacity = service.intake.capacity();
+        if let Err((refused, posted)) = mailbox.offer(posted, capacity) {
+            let refusal = match refused {
+                Refused::Full => Refusal::QueueFull { capacity },
+                Refused::Closed if service.backend.unavailable().is_some() => {
+                    Refusal::StorageUnavailable
+                }
+                Refused::Closed => Refusal::ShuttingDown,
+            };
+            posted.reply.send(Err(refusal));
+        }
+    }
+}
+
+/// Why the service is not ready for traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutdown has begun.
+    Draining,
+    /// Storage fails (the detail says how).
+    StorageUnavailable { detail: String },
+    /// The queue is above its high-water mark.
+    QueueAboveHighWater { depth: usize, capacity: usize },
+}
+
+impl Service {
+    /// Builds the core, starts the backend (which restores its state into
+    /// the store, the intake and the watermark first) and then the
+    /// workers. On an error, whatever was started is stopped again.
+    pub fn start(
+        config: &Config,
+        opened: Box<dyn Opened>,
+        local_addr: SocketAddr,
+    ) -> Result<(Arc<Service>, Workers), StartError> {
+        let (intake, jobs) = Intake::with_window(
+            config.queue_size,
+            config.idempotency_window,
+            config.idempotency_ttl,
+        );
+        let parts = CoreParts {
+            intake: Arc::new(intake),
+            store: Store::new(),
+            progress: Arc::new(Progress::default()),
+            metrics: Arc::new(Metrics::default()),
+            local_addr,
+        };
+        let backend = opened.start(&parts).map_err(|source| StartError::Spawn {
+            thread: "storage".to_owned(),
+            source,
+        })?;
+        Service::with_workers(config, parts, backend, jobs)
+    }
+
+    /// The second half of [`Service::start`]: the workers, once the
+    /// backend runs.
+    fn with_workers(
+        config: &Config,
+        parts: CoreParts,
+        backend: Box<dyn Backend>,
+        jobs: Jobs,
+    ) -> Result<(Arc<Service>, Workers), StartError> {
+        let apply = worker::apply_to(
+            parts.store.clone(),
+            Arc::clone(&parts.progress),
+            Arc::clone(&parts.metrics),
+        );
+        match Workers::spawn(config.workers, jobs, apply) {
+            Ok(workers) => {
+                let service = Service {
+                    intake: parts.intake,
+                    store: parts.store,
+                    progress: parts.progress,
+                    metrics: parts.metrics,
+                    counters: Arc::clone(workers.counters()),
+                    backend,
+                    max_products: config.max_products,
+                    workers: config.workers,
+                    draining: AtomicBool::new(false),
+                };
+                Ok((Arc::new(service), workers))
+            }
+            Err((thread, source)) => {
+                // The workers already started exit once the intake closes.
+                backend.stop_taking(Instant::now());
+                parts.intake.close();
+                backend.finish();
+                Err(StartError::Spawn { thread, source })
+            }
+        }
+    }
+
+    /// Accepts a decoded and validated event (see the module docs).
+    pub fn accept(&self, update: ProductUpdate, request_id: OwnedRequestId) -> Accept<'_> {
+        // The count is a lock-free read; the map is only consulted at the
+        // limit.
+        if self.store.len() >= self.max_products && !self.store.contains(&update.product_id) {
+            return Accept::Done(Err(Refusal::ProductLimit {
+                limit: self.max_products,
+            }));
+        }
+        match self.backend.admission() {
+            Admission::Queue => Accept::Done(self.intake.accept(update, request_id)),
+            Admission::QueueAndReport => {
+                let reported = update
+                    .event_id
+                    .clone()
+                    .map(|event_id| (event_id, update.fingerprint()));
+                let outcome = self.intake.accept(update, request_id);
+                if let (Ok(accepted), Some((event_id, fingerprint))) = (&outcome, reported)
+                    && !accepted.duplicate
+                {
+                    self.backend.queued(accepted.seq, event_id, fingerprint);
+                }
+                Accept::Done(outcome)
+            }
+            Admission::Commit(mailbox) => Accept::Commit(Commit {
+                service: self,
+                mailbox,
+                update,
+                request_id,
+                accepted_at: Instant::now(),
+            }),
+            Admission::Refuse => Accept::Done(Err(Refusal::StorageUnavailable)),
+        }
+    }
+
+    /// The counters and histograms every thread records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The product's current state, or `None` if no event for it has been
+    /// applied.
+    pub fn product(&self, product_id: &str) -> Option<ProductState> {
+        self.store.get(product_id)
+    }
+
+    /// Up to `limit` products whose ids sort after the bytes `after`.
+    pub fn products_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Box<str>, ProductState)> {
+        self.store.list_after(after, limit)
+    }
+
+    /// Read-your-writes: waits until every event up to `seq` is applied or
+    /// `deadline` passes; returns the watermark then (`>= seq`: caught
+    /// up). The thread parks; nobody polls (`progress.rs`).
+    pub fn wait_applied(&self, seq: Seq, deadline: Instant) -> Seq {
+        let through = self.progress.through();
+        if through >= seq {
+            return through;
+        }
+        self.progress.wait_through(seq, deadline)
+    }
+
+    /// Ready for traffic, or why not: draining, storage failing, or the
+    /// queue above [`HIGH_WATER_PERCENT`] of its capacity.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.is_draining() {
+            return Err(NotReady::Draining);
+        }
+        if let Some(detail) = self.backend.unavailable() {
+            return Err(NotReady::StorageUnavailable { detail });
+        }
+        let (depth, capacity) = (self.intake.depth(), self.intake.capacity());
+        if depth * 100 >= capacity * HIGH_WATER_PERCENT {
+            return Err(NotReady::QueueAboveHighWater { depth, capacity });
+        }
+        Ok(())
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every count the core owns, read now from its owner. (A front door
+    /// adds its own: the HTTP server's connections.)
+    pub fn stats(&self) -> Stats {
+        Stats {
+            accepted: self.accepted(),
+            applied: self.counters.applied.load(Ordering::Relaxed),
+            panics: self.counters.panics.load(Ordering::Relaxed),
+            stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),
+            queue_depth: self.intake.depth(),
+            queue_capacity: self.intake.capacity(),
+            products: self.store.len(),
+            workers: self.workers,
+            waiting_readers: self.progress.waiting(),
+            idempotency_window: self.intake.window_len(),
+            open_connections: 0,
+            max_connections: 0,
+            storage_unavailable: self
+                .backend
+                .is_durable()
+                .then(|| self.backend.unavailable().is_some()),
+        }
+    }
+
+    /// Events answered 202 by this instance.
+    fn accepted(&self) -> u64 {
+        self.backend
+            .accepted()
+            .unwrap_or_else(|| self.intake.accepted())
+    }
+
+    /// Whether a 202 means the event is journaled (events not applied at
+    /// shutdown are then applied at the next start).
+    pub fn journals(&self) -> bool {
+        self.backend.journals()
+    }
+
+    /// Shutdown step 1: stop taking events. The backend commits what was
+    /// posted and lets it reach the queue (by `deadline`), then the intake
+    /// closes: every event answered 202 is in the queue, and from here on
+    /// an event is refused `shutting_down`. Returns how many events were
+    /// accepted in all.
+    pub fn drain(&self, deadline: Instant) -> u64 {
+        self.draining.store(true, Ordering::Relaxed);
+        self.backend.stop_taking(deadline);
+        let queued = self.intake.close();
+        self.backend.accepted().unwrap_or(queued)
+    }
+
+    /// Shutdown, once the workers have stopped: the backend writes what is
+    /// left and stops. `None` in memory mode.
+    pub fn finish(&self) -> Option<Committed> {
+        self.backend.finish()
+    }
+}
