@@ -290,14 +290,24 @@ impl Metrics {
     /// The whole exposition, in text format 0.0.4.
     pub fn render(&self, s: &Stats) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        self.render_events(s, &mut out);
+        self.render_queue(s, &mut out);
+        self.render_http(s, &mut out);
+        self.render_storage(s, &mut out);
+        self.render_process(&mut out);
+        out
+    }
+
+    /// Events: accepted, refused, duplicate, applied, stale, panicked.
+    fn render_events(&self, s: &Stats, out: &mut String) {
         counter(
-            &mut out,
+            out,
             "events_accepted_total",
             "Events answered 202 and queued.",
             s.accepted,
         );
         header(
-            &mut out,
+            out,
             "events_rejected_total",
             "counter",
             "Events refused by POST /events, by reason.",
@@ -311,7 +321,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "http_rejections_total",
             "counter",
             "Requests and connections refused by the HTTP layer before routing (answered, then closed), by problem code.",
@@ -324,75 +334,83 @@ impl Metrics {
             );
         }
         counter(
-            &mut out,
+            out,
             "events_duplicate_total",
             "Retried events (same event_id) answered with their original seq and not queued again.",
             self.duplicates.load(Ordering::Relaxed),
         );
         gauge(
-            &mut out,
+            out,
             "idempotency_window_entries",
             "Event ids remembered for recognising retries.",
             s.idempotency_window,
         );
         counter(
-            &mut out,
+            out,
             "events_applied_total",
             "Events applied to the store.",
             s.applied,
         );
         counter(
-            &mut out,
+            out,
             "stale_field_writes_skipped_total",
             "Fields not written because a newer event had already set them.",
             s.stale_fields,
         );
         counter(
-            &mut out,
+            out,
             "worker_panics_total",
             "Events whose apply panicked (caught; the event was not applied).",
             s.panics,
         );
         gauge(
-            &mut out,
+            out,
             "events_unapplied",
             "Events acknowledged (202) and not yet applied: queued, or being applied.",
             usize::try_from(s.accepted.saturating_sub(s.applied + s.panics)).unwrap_or(usize::MAX),
         );
+    }
+
+    /// The queue, the workers, the store and the `min_seq` readers.
+    fn render_queue(&self, s: &Stats, out: &mut String) {
         gauge(
-            &mut out,
+            out,
             "queue_depth",
             "Events waiting in the queue.",
             s.queue_depth,
         );
         gauge(
-            &mut out,
+            out,
             "queue_capacity",
             "Events the queue can hold (QUEUE_SIZE).",
             s.queue_capacity,
         );
-        gauge(&mut out, "workers", "Worker threads (WORKERS).", s.workers);
-        gauge(&mut out, "products", "Products in the store.", s.products);
+        gauge(out, "workers", "Worker threads (WORKERS).", s.workers);
+        gauge(out, "products", "Products in the store.", s.products);
         gauge(
-            &mut out,
+            out,
             "min_seq_readers_waiting",
             "GET /products/{id}?min_seq=... requests waiting for the workers.",
             s.waiting_readers,
         );
+    }
+
+    /// Connections, requests and their latency; the time events wait.
+    fn render_http(&self, s: &Stats, out: &mut String) {
         gauge(
-            &mut out,
+            out,
             "http_connections_open",
             "Client connections being served (each has its thread), idle keep-alive ones included.",
             s.open_connections,
         );
         gauge(
-            &mut out,
+            out,
             "http_connections_max",
             "Connections served at once before new ones get 503 (MAX_CONNECTIONS).",
             s.max_connections,
         );
         header(
-            &mut out,
+            out,
             "http_requests_total",
             "counter",
             "HTTP requests answered, by route, method and status class.",
@@ -412,58 +430,65 @@ impl Metrics {
             }
         }
         self.request_seconds.render(
-            &mut out,
+            out,
             "http_request_duration_seconds",
             "Time from taking a request to having answered it.",
         );
         self.queue_wait_seconds.render(
-            &mut out,
+            out,
             "queue_wait_seconds",
             "Time from accepting an event (202) to having applied it.",
         );
+    }
+
+    /// The durable store, in the modes that have one.
+    fn render_storage(&self, s: &Stats, out: &mut String) {
         if let Some(unavailable) = s.storage_unavailable {
             let storage = &self.storage;
             gauge(
-                &mut out,
+                out,
                 "storage_unavailable",
                 "1 while writes to the durable store fail (POST /events answers 503 storage_unavailable), else 0.",
                 usize::from(unavailable),
             );
             counter(
-                &mut out,
+                out,
                 "storage_errors_total",
                 "Writes to the durable store that failed (each is retried).",
                 storage.errors.load(Ordering::Relaxed),
             );
             counter(
-                &mut out,
+                out,
                 "storage_products_written_total",
                 "Product rows written to the durable store.",
                 storage.products_written.load(Ordering::Relaxed),
             );
             storage.commit_seconds.render(
-                &mut out,
+                out,
                 "storage_commit_duration_seconds",
                 "Time of one commit of the durable store (one batch of events and products).",
             );
             storage.commit_events.render(
-                &mut out,
+                out,
                 "storage_commit_batch_events",
                 "Events made durable by one commit (group commit: the events that arrived during the previous one).",
             );
         }
+    }
+
+    /// The process.
+    fn render_process(&self, out: &mut String) {
         let start = self
             .started
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         header(
-            &mut out,
+            out,
             "process_start_time_seconds",
             "gauge",
             "Start time of the process since the Unix epoch, in seconds.",
         );
         let _ = writeln!(out, "process_start_time_seconds {start}");
-        out
     }
 }
 
