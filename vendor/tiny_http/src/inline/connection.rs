@@ -18,7 +18,7 @@ use super::request::{BodyState, Request};
 use super::response::Response;
 use super::server::{self, Conn, Shared};
 use super::Rejection;
-use crate::common::Method;
+use crate::Method;
 
 /// Buffers a thread reuses for every connection it serves.
 #[derive(Default)]

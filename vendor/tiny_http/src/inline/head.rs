@@ -24,8 +24,8 @@
 use std::ops::Range;
 use std::str::FromStr;
 
-use crate::common::{HTTPVersion, Method};
-use crate::limits::Rejection;
+use super::rejection::Rejection;
+use crate::{HTTPVersion, Method};
 
 /// Where a head ends in `bytes`, searching from `from`: the index just past
 /// the empty line that ends it. `from` lets a caller resume the search as

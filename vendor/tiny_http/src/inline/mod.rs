@@ -3,7 +3,7 @@
 //!
 //! Upstream tiny_http parses each request on a connection thread, queues
 //! it, and lets the application take it from another thread with
-//! [`Server::recv`](crate::Server::recv); the answer goes back through a
+//! `Server::recv`; the answer goes back through a
 //! writer shared under a lock, and the connection thread is woken to read
 //! the next request: three thread wake-ups and a handful of allocations
 //! per request, where the work itself is often a few microseconds. This
@@ -64,6 +64,7 @@ mod lot;
 #[cfg(not(unix))]
 #[path = "lot_none.rs"]
 mod lot;
+mod rejection;
 mod request;
 mod response;
 mod server;
@@ -74,10 +75,10 @@ use std::time::Duration;
 
 pub use self::chunked::ChunkedReader;
 pub use self::deferred::Deferred;
+pub use self::rejection::Rejection;
 pub use self::request::{Body, BodyError, Request};
 pub use self::response::Response;
 pub use self::server::{Server, Stopped};
-pub use crate::limits::Rejection;
 
 /// What the application does with requests. Called on connection threads,
 /// many at once.

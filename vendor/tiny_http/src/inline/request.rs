@@ -22,7 +22,7 @@ use super::deferred::{Deferred, Slot};
 use super::head::Head;
 use super::io::{Io, Wait};
 use super::server::{Entry, Shared};
-use crate::common::{HTTPVersion, Method};
+use crate::{HTTPVersion, Method};
 
 /// How far the body has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
