@@ -57,8 +57,9 @@ pub(crate) struct Conn {
     pub(crate) registered: bool,
 }
 
+/// What every thread of the server shares. Not the listening socket: see
+/// `spawn`.
 pub(crate) struct Shared {
-    listener: TcpListener,
     local_addr: SocketAddr,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) config: Config,
@@ -105,8 +106,8 @@ impl Server {
         };
         #[cfg(not(unix))]
         let lot: Option<Lot> = None;
+        let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
-            listener,
             local_addr,
             handler,
             config,
@@ -136,7 +137,8 @@ impl Server {
         }
         for i in 0..spare {
             let thread_shared = Arc::clone(&shared);
-            if let Err(e) = spawn(&shared, "http", move || run(&thread_shared)) {
+            let listener = Arc::clone(&listener);
+            if let Err(e) = spawn(&shared, "http", move || run(&thread_shared, &listener)) {
                 if i == 0 {
                     // The lot's keeper, if started, exits once it sees the stop.
                     shared.gate.stop();
@@ -161,11 +163,11 @@ impl Server {
         self.shared.config.open_connections.load(Relaxed)
     }
 
-    /// Stops: no new connection is taken (the listening socket closes once
-    /// the last thread has left it), connections between requests are
+    /// Stops: no new connection is taken, connections between requests are
     /// closed, and requests being handled are finished, their answers
     /// saying `Connection: close`. Returns once every thread has exited,
-    /// which the deadlines in [`Config`] bound.
+    /// which the deadlines in [`Config`] bound; the listening socket is
+    /// closed by then (see `spawn`).
     pub fn stop(self) -> Stopped {
         let started = Instant::now();
         let shared = &self.shared;
@@ -239,6 +241,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 static THREAD_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 /// Starts one of the server's threads, counted in `live` until it exits.
+///
+/// The thread counts itself out only once `body` has returned and what it
+/// captured is dropped: the accepting threads' bodies hold the only handles
+/// on the listening socket, so when `stop` sees `live` reach zero the
+/// socket is closed, and a client connecting after `stop` returns is
+/// refused by the system. (`Shared`, which the thread still holds while it
+/// counts itself out, holds no socket.)
 fn spawn(shared: &Arc<Shared>, name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
     *lock(&shared.live) += 1;
     let thread_shared = Arc::clone(shared);
@@ -302,13 +311,13 @@ fn serve_parked(shared: &Arc<Shared>) {
 }
 
 /// One thread: accept, serve, repeat.
-fn run(shared: &Arc<Shared>) {
+fn run(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
     let mut buffers = Buffers::default();
     loop {
         if !shared.gate.enter_accept() {
             return;
         }
-        let accepted = shared.listener.accept();
+        let accepted = listener.accept();
         let others_waiting = shared.gate.leave_accept();
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -328,7 +337,8 @@ fn run(shared: &Arc<Shared>) {
         }
         if others_waiting < shared.config.spare_threads.max(1) {
             let thread_shared = Arc::clone(shared);
-            if let Err(e) = spawn(shared, "http", move || run(&thread_shared)) {
+            let listener = Arc::clone(listener);
+            if let Err(e) = spawn(shared, "http", move || run(&thread_shared, &listener)) {
                 log::warn!("inline server: cannot start another thread ({e}); new connections wait for a free one");
             }
         }
