@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use super::server::Conn;
+use super::config::Config;
+use super::registry::Conn;
 
 /// How often the keeper looks whether the lot's threads are all stuck
 /// while connections are parked (and starts another if so).
@@ -289,7 +290,7 @@ impl Lot {
     pub(crate) fn tick(
         &self,
         keeper: &mut Keeper,
-        config: &super::Config,
+        config: &Config,
         stopping: &dyn Fn() -> bool,
     ) -> Tick {
         let mut tick = Tick::default();

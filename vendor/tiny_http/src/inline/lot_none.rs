@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::server::Conn;
+use super::registry::Conn;
 
 pub(crate) enum Lot {}
 
