@@ -1,7 +1,8 @@
-//! PATCHED (product-update-service): an answer given later, from another
-//! thread.
+//! An answer given later, from another thread.
 //!
-//! A handler whose answer waits for something slow and shared (a group
+//! Two threads meet here: the one serving the connection (which releases
+//! the answer, or waits for it, and later finishes it) and whichever thread
+//! calls [`Deferred::answer`]. A handler whose answer waits for something slow and shared (a group
 //! commit to a database, say) can take a [`Deferred`] with
 //! [`Request::defer`](super::Request::defer), hand it to the thread that
 //! does the slow part, and return. That thread calls

@@ -1,9 +1,13 @@
-//! PATCHED (product-update-service): finding and parsing a request head
-//! (RFC 9112 §2-3, §5-6) for the inline server, without an allocation per
-//! request: the head is copied into a `String` the connection reuses, and
-//! the request line and fields are kept as ranges into it.
+//! Finding and parsing a request head (RFC 9112 §2-3, §5-6), without an
+//! allocation per request: the head is copied into a `String` the
+//! connection reuses, and the request line and fields are kept as ranges
+//! into it.
 //!
-//! What the parser decides here, so that nothing downstream guesses:
+//! Runs on the thread serving the connection, once per request, before
+//! the handler sees it (`connection.rs`); the handler then reads the head
+//! through `Request`. Parsing is a file of its own because every decision
+//! about what a request means is taken here, in one place:
+//!
 //! - the head is ASCII without control characters but tabs (as upstream
 //!   requires; anything else is a malformed request), lines end in CRLF or
 //!   a bare LF;

@@ -1,5 +1,10 @@
-//! PATCHED (product-update-service): the request a [`Handler`] answers on
-//! the connection's thread, and its body.
+//! The request a [`Handler`] answers, and its body.
+//!
+//! Made by the thread serving the connection for each head it parsed, and
+//! lent to the handler on that thread for the length of one call
+//! (`connection.rs`); it borrows the connection's buffers rather than
+//! owning anything, so a request costs no allocation. Only
+//! [`Request::defer`] reaches past it, to another thread (`deferred.rs`).
 //!
 //! The body is read only if the handler asks for it, under the body
 //! deadline (counted from the first read of it), and never past its end:

@@ -1,5 +1,8 @@
-//! PATCHED (product-update-service): the answer a [`Handler`] fills in, and
-//! how the inline server writes it.
+//! The answer a [`Handler`] fills in, and how the server writes it.
+//!
+//! Filled in by the handler on the thread serving the connection, or, for
+//! a deferred answer, on the thread that calls `Deferred::answer`; written
+//! on the same thread (`connection.rs`, `deferred.rs`).
 //!
 //! The handler sets a status, adds header lines and writes the body into
 //! buffers the connection reuses, so answering allocates nothing. The
