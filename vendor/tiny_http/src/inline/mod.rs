@@ -63,8 +63,7 @@
 //!   the lot's threads, and stops them all;
 //! - `connection.rs`: serves one connection, request after request;
 //! - `shared.rs`: what every thread reads while serving (handler, config,
-//!   registry, lot); `handler.rs`: the [`Handler`] trait; `config.rs`:
-//!   [`Config`];
+//!   registry, lot); `handler.rs`: the [`Handler`] trait;
 //! - `lot.rs`: parked connections between requests (Unix; `lot_none.rs`
 //!   elsewhere);
 //! - `request.rs`: the [`Request`] and its body; `deferred.rs`: an answer
@@ -74,7 +73,7 @@
 //! - `response.rs`: the [`Response`] and how it is written; `head.rs`:
 //!   parsing a request head; `chunked.rs`: the chunked body decoder;
 //!   `io.rs`: a socket read under deadlines; `rejection.rs`:
-//!   [`Rejection`].
+//!   [`Rejection`]; `config.rs`: [`Config`].
 
 mod chunked;
 mod config;
