@@ -1,7 +1,9 @@
-//! PATCHED (product-update-service): the inline server (`tiny_http::inline`)
-//! over real sockets: keep-alive and closing, pipelining, bodies (length,
-//! chunked, `Expect: 100-continue`, unread), every refusal, the limits, a
-//! panicking handler, stopping, and answers deferred to another thread.
+//! The inline server (`tiny_http::inline`) over real sockets: keep-alive
+//! and closing, pipelining, bodies (length, chunked, `Expect:
+//! 100-continue`, unread), every refusal, the limits, a panicking handler,
+//! stopping, answers deferred to another thread, and parked connections.
+//! Each test starts its own server on a loopback port and talks to it as a
+//! client would, from the test's thread.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -1,11 +1,13 @@
-//! PATCHED (product-update-service): a `Transfer-Encoding: chunked` body
-//! decoder with bounds (RFC 9112 §7.1).
+//! A `Transfer-Encoding: chunked` body decoder with bounds (RFC 9112
+//! §7.1).
 //!
-//! Upstream decodes with the `chunked_transfer` crate, whose decoder
-//! collects a chunk-size line into a `Vec` until it sees a CR, without a
-//! limit: a client sending an endless size line (`0000…`) grows the
-//! server's memory at network speed for as long as the body deadline lets
-//! it. Here every line of framing (a size line with its extensions, a
+//! Runs on the thread serving the connection, when the handler reads a
+//! chunked body (`request.rs`); the decoder's state lives in the request
+//! between reads. It exists because the decoder upstream tiny_http used
+//! (the `chunked_transfer` crate) collects a chunk-size line into a `Vec`
+//! until it sees a CR, without a limit: a client sending an endless size
+//! line (`0000…`) grows the server's memory at network speed for as long
+//! as the body deadline lets it. Here every line of framing (a size line with its extensions, a
 //! trailer line) is at most [`MAX_LINE`] bytes, and the trailers at most
 //! [`MAX_TRAILERS`] in all. Line ends may be CRLF or a bare LF (RFC 9112
 //! §2.2 allows a recipient to accept either).

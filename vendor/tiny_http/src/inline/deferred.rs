@@ -1,7 +1,8 @@
-//! PATCHED (product-update-service): an answer given later, from another
-//! thread.
+//! An answer given later, from another thread.
 //!
-//! A handler whose answer waits for something slow and shared (a group
+//! Two threads meet here: the one serving the connection (which releases
+//! the answer, or waits for it, and later finishes it) and whichever thread
+//! calls [`Deferred::answer`]. A handler whose answer waits for something slow and shared (a group
 //! commit to a database, say) can take a [`Deferred`] with
 //! [`Request::defer`](super::Request::defer), hand it to the thread that
 //! does the slow part, and return. That thread calls
@@ -56,8 +57,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
+use super::registry::{Entry, Registry};
 use super::response::Response;
-use super::server::{self, Entry, Shared};
 
 /// The promise of an answer to one request, to be kept from any thread.
 /// See the module docs.
@@ -73,7 +74,7 @@ pub(crate) struct Slot {
     /// The thread serving the connection, unparked when the answer is in
     /// (not whoever answers).
     thread: thread::Thread,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     /// False for an answer to `HEAD`.
     with_body: bool,
 }
@@ -167,14 +168,14 @@ impl Slot {
     pub(crate) fn new(
         entry: Arc<Entry>,
         thread: thread::Thread,
-        shared: Arc<Shared>,
+        registry: Arc<Registry>,
         with_body: bool,
     ) -> Slot {
         Slot {
             stage: Mutex::new(Stage::Held),
             entry,
             thread,
-            shared,
+            registry,
             with_body,
         }
     }
@@ -206,7 +207,7 @@ impl Slot {
     /// thread finds next. Called under the slot's lock, so the thread sees
     /// the connection's state only once it is final.
     fn write(&self, response: &Response, connection: Option<&str>, out: &mut Vec<u8>) -> Stage {
-        let close = response.wants_close() || self.shared.gate.is_stopping();
+        let close = response.wants_close() || self.registry.gate.is_stopping();
         out.clear();
         let connection = if close { Some("close") } else { connection };
         response.write_to(out, self.with_body, connection);
@@ -233,9 +234,9 @@ impl Slot {
         }
         // What the connection's thread does after an answer: idle for
         // `stop` (see `gate.rs`), or woken to close.
-        let stopping = !close && !self.shared.gate.go_idle(&self.entry.state);
+        let stopping = !close && !self.registry.gate.go_idle(&self.entry.state);
         if stopping {
-            server::closed_at_stop(&self.shared, &self.entry);
+            self.registry.closed_at_stop(&self.entry);
         }
         if close || stopping {
             let _ = self.entry.stream.shutdown(Shutdown::Read);

@@ -1,6 +1,13 @@
-//! PATCHED (product-update-service): the handshake that lets
-//! [`Server::stop`](super::Server::stop) reach every thread of the inline
-//! server, whatever it is doing when the stop comes.
+//! The handshake that lets [`Server::stop`](super::Server::stop) reach
+//! every thread of the inline server, whatever it is doing when the stop
+//! comes.
+//!
+//! Every thread of the server goes through it before it blocks (an
+//! accepting thread before `accept`, the thread serving a connection, or
+//! a deferred answer's writer, before the connection waits for its next
+//! request), and `stop` goes through the other side on the caller's
+//! thread. It is a file of its own, with nothing else in it, so that the
+//! loom models at its end check exactly the code that runs.
 //!
 //! Two places could let a thread sleep through a stop: blocked in
 //! `accept`, or blocked reading a connection that is between requests.

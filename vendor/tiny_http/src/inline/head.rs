@@ -1,9 +1,13 @@
-//! PATCHED (product-update-service): finding and parsing a request head
-//! (RFC 9112 §2-3, §5-6) for the inline server, without an allocation per
-//! request: the head is copied into a `String` the connection reuses, and
-//! the request line and fields are kept as ranges into it.
+//! Finding and parsing a request head (RFC 9112 §2-3, §5-6), without an
+//! allocation per request: the head is copied into a `String` the
+//! connection reuses, and the request line and fields are kept as ranges
+//! into it.
 //!
-//! What the parser decides here, so that nothing downstream guesses:
+//! Runs on the thread serving the connection, once per request, before
+//! the handler sees it (`connection.rs`); the handler then reads the head
+//! through `Request`. Parsing is a file of its own because every decision
+//! about what a request means is taken here, in one place:
+//!
 //! - the head is ASCII without control characters but tabs (as upstream
 //!   requires; anything else is a malformed request), lines end in CRLF or
 //!   a bare LF;
@@ -24,8 +28,8 @@
 use std::ops::Range;
 use std::str::FromStr;
 
-use crate::common::{HTTPVersion, Method};
-use crate::limits::Rejection;
+use super::rejection::Rejection;
+use crate::request_line::{HTTPVersion, Method};
 
 /// Where a head ends in `bytes`, searching from `from`: the index just past
 /// the empty line that ends it. `from` lets a caller resume the search as
@@ -163,104 +167,25 @@ impl Head {
         self.fields.clear();
         self.framing = Framing::default();
         self.method = None;
-        // ASCII only (checked a word at a time), and a `&str` to slice.
-        let ascii = std::str::from_utf8(raw).ok().filter(|text| text.is_ascii());
-        let Some(text) = ascii else {
-            let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
-            return Err(if raw[..request_line_end].is_ascii() {
-                Rejection::MalformedHeader
-            } else {
-                Rejection::MalformedRequestLine
-            });
-        };
-        self.text.push_str(text);
+        self.text.push_str(ascii(raw)?);
         let text = self.text.as_str();
         let mut lines = lines(text);
         let line = lines.next().ok_or(Rejection::MalformedRequestLine)?;
         let (method, target, version) = parse_request_line(text, line)?;
         self.target = target;
         self.version = version;
-        let mut framing = Framing::default();
-        let mut content_length: Option<u64> = None;
-        let mut transfer_encoding = false;
-        let (mut close, mut keep_alive) = (false, false);
+        let mut framing_fields = FramingFields::default();
         let mut fields = std::mem::take(&mut self.fields);
         for line in lines {
             if line.is_empty() {
                 break;
             }
-            let bytes = &text.as_bytes()[line.clone()];
-            // Obsolete line folding (a line starting with whitespace) is
-            // refused, as are control characters (a CR that does not end
-            // the line among them); the name ends at the first colon.
-            if matches!(bytes[0], b' ' | b'\t') {
-                return Err(Rejection::MalformedHeader);
-            }
-            if has_control(bytes) {
-                return Err(Rejection::MalformedHeader);
-            }
-            // A byte loop: a field name is short, and `str::find`'s set-up
-            // costs more than the scan.
-            let colon = bytes
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or(Rejection::MalformedHeader)?;
-            let name = line.start..line.start + colon;
-            if !is_token(&text[name.clone()]) {
-                return Err(Rejection::MalformedHeader);
-            }
-            let value = trim(text, line.start + colon + 1..line.end);
-            let (name_str, value_str) = (&text[name.clone()], &text[value.clone()]);
-            // The lengths first: most fields are none of these four.
-            let is =
-                |known: &str| name_str.len() == known.len() && name_str.eq_ignore_ascii_case(known);
-            if is("content-length") {
-                let n = if !value_str.is_empty() && value_str.bytes().all(|b| b.is_ascii_digit()) {
-                    value_str.parse::<u64>().ok()
-                } else {
-                    None
-                };
-                match (n, content_length) {
-                    (Some(n), None) => content_length = Some(n),
-                    (Some(n), Some(seen)) if n == seen => {}
-                    _ => return Err(Rejection::InvalidContentLength),
-                }
-            } else if is("transfer-encoding") {
-                // Only `chunked`, alone: another coding (gzip, ...) would
-                // be handed to the application still encoded.
-                if transfer_encoding || !value_str.eq_ignore_ascii_case("chunked") {
-                    return Err(Rejection::UnsupportedTransferEncoding);
-                }
-                transfer_encoding = true;
-                framing.chunked = true;
-            } else if is("connection") {
-                for token in value_str.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade")
-                    {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
-                        keep_alive = true;
-                    }
-                }
-            } else if is("expect") {
-                if value_str.eq_ignore_ascii_case("100-continue") {
-                    framing.expect_continue = true;
-                } else {
-                    return Err(Rejection::ExpectationFailed);
-                }
-            }
+            let (name, value) = parse_field(text, line)?;
+            framing_fields.note(&text[name.clone()], &text[value.clone()])?;
             fields.push((name, value));
         }
         self.fields = fields;
-        if transfer_encoding {
-            framing.ambiguous = content_length.is_some();
-        } else {
-            framing.content_length = content_length;
-        }
-        let http_1_0 = version == (1, 0);
-        framing.last_request = close || (http_1_0 && !keep_alive) || framing.ambiguous;
-        framing.keep_alive_1_0 = http_1_0 && keep_alive && !framing.last_request;
-        self.framing = framing;
+        self.framing = framing_fields.framing(version);
         // Parsed last: `Method::from_str` allocates for a method it does not know.
         self.method = Some(Method::from_str(method).map_err(|()| Rejection::MalformedRequestLine)?);
         Ok(())
@@ -292,6 +217,123 @@ impl Head {
                 field.len() == name.len() && self.text[field.clone()].eq_ignore_ascii_case(name)
             })
             .map(|(_, value)| &self.text[value.clone()])
+    }
+}
+
+/// `raw` as a `&str` to slice, if it is ASCII (checked a word at a
+/// time); else which line is at fault.
+fn ascii(raw: &[u8]) -> Result<&str, Rejection> {
+    match std::str::from_utf8(raw).ok().filter(|text| text.is_ascii()) {
+        Some(text) => Ok(text),
+        None => {
+            let request_line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+            Err(if raw[..request_line_end].is_ascii() {
+                Rejection::MalformedHeader
+            } else {
+                Rejection::MalformedRequestLine
+            })
+        }
+    }
+}
+
+/// `name: value`: where the name and the value (without surrounding
+/// whitespace) are in `text`.
+fn parse_field(text: &str, line: Range<usize>) -> Result<(Range<usize>, Range<usize>), Rejection> {
+    let bytes = &text.as_bytes()[line.clone()];
+    // Obsolete line folding (a line starting with whitespace) is refused,
+    // as are control characters (a CR that does not end the line among
+    // them); the name ends at the first colon.
+    if matches!(bytes[0], b' ' | b'\t') {
+        return Err(Rejection::MalformedHeader);
+    }
+    if has_control(bytes) {
+        return Err(Rejection::MalformedHeader);
+    }
+    // A byte loop: a field name is short, and `str::find`'s set-up costs
+    // more than the scan.
+    let colon = bytes
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(Rejection::MalformedHeader)?;
+    let name = line.start..line.start + colon;
+    if !is_token(&text[name.clone()]) {
+        return Err(Rejection::MalformedHeader);
+    }
+    let value = trim(text, line.start + colon + 1..line.end);
+    Ok((name, value))
+}
+
+/// What the fields that frame the body and the connection said, gathered
+/// field by field; [`FramingFields::framing`] decides from them.
+#[derive(Default)]
+struct FramingFields {
+    content_length: Option<u64>,
+    chunked: bool,
+    expect_continue: bool,
+    /// `Connection: close` (or `upgrade`).
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    /// Notes the field if it is one of the four that matter here.
+    fn note(&mut self, name: &str, value: &str) -> Result<(), Rejection> {
+        // The lengths first: most fields are none of these four.
+        let is = |known: &str| name.len() == known.len() && name.eq_ignore_ascii_case(known);
+        if is("content-length") {
+            let n = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                value.parse::<u64>().ok()
+            } else {
+                None
+            };
+            match (n, self.content_length) {
+                (Some(n), None) => self.content_length = Some(n),
+                (Some(n), Some(seen)) if n == seen => {}
+                _ => return Err(Rejection::InvalidContentLength),
+            }
+        } else if is("transfer-encoding") {
+            // Only `chunked`, alone: another coding (gzip, ...) would be
+            // handed to the application still encoded.
+            if self.chunked || !value.eq_ignore_ascii_case("chunked") {
+                return Err(Rejection::UnsupportedTransferEncoding);
+            }
+            self.chunked = true;
+        } else if is("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    self.keep_alive = true;
+                }
+            }
+        } else if is("expect") {
+            if value.eq_ignore_ascii_case("100-continue") {
+                self.expect_continue = true;
+            } else {
+                return Err(Rejection::ExpectationFailed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The body's framing and the connection's fate, for a request of this
+    /// HTTP version.
+    fn framing(&self, version: (u8, u8)) -> Framing {
+        let mut framing = Framing {
+            chunked: self.chunked,
+            expect_continue: self.expect_continue,
+            ..Framing::default()
+        };
+        if self.chunked {
+            framing.ambiguous = self.content_length.is_some();
+        } else {
+            framing.content_length = self.content_length;
+        }
+        let http_1_0 = version == (1, 0);
+        framing.last_request = self.close || (http_1_0 && !self.keep_alive) || framing.ambiguous;
+        framing.keep_alive_1_0 = http_1_0 && self.keep_alive && !framing.last_request;
+        framing
     }
 }
 

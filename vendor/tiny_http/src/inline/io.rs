@@ -1,6 +1,11 @@
-//! PATCHED (product-update-service): one connection's socket as the inline
-//! server uses it: a read buffer whose reads are bounded by deadlines, and
-//! the answers written but not yet sent.
+//! One connection's socket as the inline server uses it: a read buffer
+//! whose reads are bounded by deadlines, and the answers written but not
+//! yet sent.
+//!
+//! Used by the thread serving the connection (and the request it hands the
+//! handler, on that same thread); a connection parked between requests
+//! keeps only the socket's read timeout, and gets a new `Io` on the thread
+//! that takes it up.
 //!
 //! A blocking socket only offers a timeout per read (`SO_RCVTIMEO`), which
 //! a client defeats by sending a byte just inside it. So every read here
@@ -186,8 +191,8 @@ impl Io {
     ///
     /// Why: a thread that blocks for the next request sleeps, and so may
     /// its core; the client's next request must then wake both, which on a
-    /// virtual machine costs tens of microseconds (an idle virtual CPU
-    /// halts). A client that sends its next request within `limit` is
+    /// virtual machine means the host waking a halted virtual CPU, slower
+    /// than answering many a request. A client that sends its next request within `limit` is
     /// answered with neither asleep. The caller decides when this is
     /// worth a core's time (see `connection.rs`).
     pub(crate) fn poll_for_input(

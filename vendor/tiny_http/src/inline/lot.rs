@@ -1,13 +1,17 @@
-//! PATCHED (product-update-service): the parking lot, where connections
-//! wait for their next request without holding a thread.
+//! The parking lot, where connections wait for their next request without
+//! holding a thread.
+//!
+//! Three kinds of thread use it: the thread serving a connection parks it
+//! here (`connection.rs`); the lot's own threads take parked connections
+//! that turned readable and serve them; the keeper closes those that waited
+//! too long and starts lot threads (both loops are in `server.rs`).
 //!
 //! A connection thread that has answered a request blocks reading the
 //! next one. With few connections that is the cheapest wait there is: the
 //! client's next request wakes the thread, one wake-up per request. With
 //! many busy connections it is not: every request is a switch to another
-//! thread, and on a machine with two cores hundreds of threads take turns
-//! for every request (at 256 connections the service ran no faster than
-//! `std_inline`, the ceiling of that model).
+//! thread, and on a machine with few cores hundreds of threads take turns
+//! for every request, which costs more than the requests themselves.
 //!
 //! So once more than [`Config::park_above`](super::Config::park_above)
 //! connections are open, a connection that is between requests, with
@@ -56,7 +60,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use super::server::Conn;
+use super::config::Config;
+use super::registry::Conn;
 
 /// How often the keeper looks whether the lot's threads are all stuck
 /// while connections are parked (and starts another if so).
@@ -135,9 +140,8 @@ impl Keeper {
             progress: 0,
             // A core left for the rest: the handler's own threads (the
             // service's workers) and, in a benchmark, the client. On two
-            // cores one lot thread serving back to back beat two taking
-            // turns (GET, 32 connections: 126k against 72-94k req/s, p99
-            // 0.4-0.9 ms against 1.7-2.1 ms).
+            // cores one lot thread serving back to back did more, and with
+            // a shorter tail, than two taking turns for a core.
             parallelism: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
         }
@@ -289,7 +293,7 @@ impl Lot {
     pub(crate) fn tick(
         &self,
         keeper: &mut Keeper,
-        config: &super::Config,
+        config: &Config,
         stopping: &dyn Fn() -> bool,
     ) -> Tick {
         let mut tick = Tick::default();

@@ -1,11 +1,14 @@
-//! PATCHED (product-update-service): where there is no epoll (not Unix)
-//! there is no parking lot (see `lot.rs`): every connection keeps its
-//! thread between requests, and `Config::park_above` is ignored. A `Lot`
-//! cannot be made, so these methods are never called.
+//! The parking lot where there is none: without epoll (not Unix) every
+//! connection keeps its thread between requests, and `Config::park_above`
+//! is ignored.
+//!
+//! It exists so that the rest of the server compiles unchanged there: the
+//! same names as `lot.rs`, but a `Lot` cannot be made, so no thread ever
+//! calls these methods.
 
 use std::time::{Duration, Instant};
 
-use super::server::Conn;
+use super::registry::Conn;
 
 pub(crate) enum Lot {}
 

@@ -1,16 +1,17 @@
-//! PATCHED (product-update-service): requests answered on the thread that
-//! read them.
+//! The inline server: each request is read, handled and answered on the
+//! thread that holds its connection.
 //!
-//! Upstream tiny_http parses each request on a connection thread, queues
-//! it, and lets the application take it from another thread with
-//! [`Server::recv`](crate::Server::recv); the answer goes back through a
-//! writer shared under a lock, and the connection thread is woken to read
-//! the next request: three thread wake-ups and a handful of allocations
-//! per request, where the work itself is often a few microseconds. This
-//! module is the other way round: the application gives the server a
-//! [`Handler`], and each connection's thread reads a request, calls the
-//! handler, writes the answer and reads the next one. A slow client holds
-//! its own connection's thread and nothing else.
+//! Upstream tiny_http parsed each request on a connection thread, queued
+//! it, and let the application take it from another thread; the answer
+//! went back through a writer shared under a lock, and the connection
+//! thread was woken to read the next request: three thread wake-ups and a
+//! handful of allocations per request, where the work itself is often a few
+//! microseconds. This server is the other way round: the application gives
+//! it a [`Handler`], and each connection's thread reads a request, calls
+//! the handler, writes the answer and reads the next one. A slow client
+//! holds its own connection's thread and nothing else.
+//!
+//! This file only names the parts and says how they fit; it runs nothing.
 //!
 //! # Threads
 //!
@@ -48,15 +49,38 @@
 //!
 //! # Stopping
 //!
-//! [`Server::stop`] closes the listening socket, closes every connection
-//! that is between requests (or in the middle of a head), lets each
-//! request being handled finish and its answer be written with
-//! `Connection: close`, and returns once every thread has exited.
+//! [`Server::stop`] stops accepting, closes every connection that is
+//! between requests (or in the middle of a head), lets each request being
+//! handled finish and its answer be written with `Connection: close`, and
+//! returns once every thread has exited and the listening socket is
+//! closed.
+//!
+//! # The files, in call order
+//!
+//! Each file imports only files below it:
+//!
+//! - `server.rs`: [`Server`]: starts the threads, runs the accept loop and
+//!   the lot's threads, and stops them all;
+//! - `connection.rs`: serves one connection, request after request;
+//! - `shared.rs`: what every thread reads while serving (handler, config,
+//!   registry, lot); `handler.rs`: the [`Handler`] trait;
+//! - `lot.rs`: parked connections between requests (Unix; `lot_none.rs`
+//!   elsewhere);
+//! - `request.rs`: the [`Request`] and its body; `deferred.rs`: an answer
+//!   written by another thread ([`Deferred`]);
+//! - `registry.rs`: the open connections as `stop` sees them, over
+//!   `gate.rs`, the stop handshake;
+//! - `response.rs`: the [`Response`] and how it is written; `head.rs`:
+//!   parsing a request head; `chunked.rs`: the chunked body decoder;
+//!   `io.rs`: a socket read under deadlines; `rejection.rs`:
+//!   [`Rejection`]; `config.rs`: [`Config`].
 
 mod chunked;
+mod config;
 mod connection;
 mod deferred;
 mod gate;
+mod handler;
 mod head;
 mod io;
 #[cfg(unix)]
@@ -64,86 +88,18 @@ mod lot;
 #[cfg(not(unix))]
 #[path = "lot_none.rs"]
 mod lot;
+mod registry;
+mod rejection;
 mod request;
 mod response;
 mod server;
-
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-use std::time::Duration;
+mod shared;
 
 pub use self::chunked::ChunkedReader;
+pub use self::config::Config;
 pub use self::deferred::Deferred;
+pub use self::handler::Handler;
+pub use self::rejection::Rejection;
 pub use self::request::{Body, BodyError, Request};
 pub use self::response::Response;
 pub use self::server::{Server, Stopped};
-pub use crate::limits::Rejection;
-
-/// What the application does with requests. Called on connection threads,
-/// many at once.
-pub trait Handler: Send + Sync + 'static {
-    /// Answers `request` by filling in `response`. The server writes the
-    /// status line, `Date`, `Content-Length` and `Connection` itself.
-    /// A body left unread closes the connection after the answer; a panic
-    /// is answered with a bare 500 and closes it too.
-    fn handle(&self, request: &mut Request<'_>, response: &mut Response);
-
-    /// Renders the answer to something the server refuses before a request
-    /// reaches [`Handler::handle`] (a malformed or oversized head, a head
-    /// timeout, too many connections, a request during [`Server::stop`]).
-    /// The connection closes after it.
-    fn refuse(&self, rejection: Rejection, response: &mut Response);
-}
-
-/// The server's bounds. See the module docs.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Connections served at once; past it, 503 `TooManyConnections`.
-    pub max_connections: usize,
-    /// The longest one read or write may block.
-    pub socket_timeout: Duration,
-    /// How long a connection may wait for a request to begin (its first,
-    /// or the next one); then it is closed without an answer.
-    pub keep_alive_timeout: Duration,
-    /// A head must be complete this long after its first byte.
-    pub head_timeout: Duration,
-    /// A body must be complete this long after its first read.
-    pub body_timeout: Duration,
-    /// The longest head (request line and fields, with line ends).
-    pub max_head_bytes: usize,
-    /// Threads kept waiting in `accept`, so that a new connection is taken
-    /// at once (at least 1).
-    pub spare_threads: usize,
-    /// Threads allowed to wait in `accept` before one whose connection
-    /// ended exits.
-    pub max_idle_threads: usize,
-    /// Open connections above which one that waits for its next request
-    /// is parked (watched by epoll) instead of holding its thread; see
-    /// `lot.rs`. `usize::MAX`: never (and no poller thread).
-    pub park_above: usize,
-    /// While a connection is the only one open, how long its thread polls
-    /// for the next request before it blocks (see `io.rs`; at most the
-    /// keep-alive timeout). Zero: never, as on a machine with one core.
-    pub spin: Duration,
-    /// Connections being served: the server keeps the count, a caller may
-    /// keep a clone to read it.
-    pub open_connections: Arc<AtomicUsize>,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            max_connections: 1000,
-            socket_timeout: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(10),
-            head_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            max_head_bytes: 32 * 1024,
-            spare_threads: 2,
-            max_idle_threads: 64,
-            park_above: 8,
-            spin: Duration::from_micros(50),
-            open_connections: Arc::default(),
-        }
-    }
-}

@@ -1,5 +1,10 @@
-//! PATCHED (product-update-service): the request a [`Handler`] answers on
-//! the connection's thread, and its body.
+//! The request a [`Handler`] answers, and its body.
+//!
+//! Made by the thread serving the connection for each head it parsed, and
+//! lent to the handler on that thread for the length of one call
+//! (`connection.rs`); it borrows the connection's buffers rather than
+//! owning anything, so a request costs no allocation. Only
+//! [`Request::defer`] reaches past it, to another thread (`deferred.rs`).
 //!
 //! The body is read only if the handler asks for it, under the body
 //! deadline (counted from the first read of it), and never past its end:
@@ -21,12 +26,12 @@ use super::chunked::Chunked;
 use super::deferred::{Deferred, Slot};
 use super::head::Head;
 use super::io::{Io, Wait};
-use super::server::{Entry, Shared};
-use crate::common::{HTTPVersion, Method};
+use super::registry::{Conn, Registry};
+use crate::request_line::{HTTPVersion, Method};
 
 /// How far the body has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyState {
+enum BodyState {
     /// This many bytes of a `Content-Length` body are still to come.
     Length(u64),
     Chunked(Chunked),
@@ -40,24 +45,24 @@ pub(crate) enum BodyState {
 ///
 /// [`Handler::handle`]: super::Handler::handle
 pub struct Request<'c> {
-    pub(crate) head: &'c Head,
-    pub(crate) io: &'c mut Io,
-    pub(crate) body: BodyState,
+    head: &'c Head,
+    io: &'c mut Io,
+    body: BodyState,
     /// When the body must be complete; set at its first read.
-    pub(crate) body_deadline: Option<Instant>,
-    pub(crate) body_timeout: Duration,
+    body_deadline: Option<Instant>,
+    body_timeout: Duration,
     /// `Expect: 100-continue` not answered yet.
-    pub(crate) continue_pending: bool,
+    continue_pending: bool,
     /// Where `read_body` collects a body that is not all buffered already.
-    pub(crate) scratch: &'c mut Vec<u8>,
-    pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) shared: &'c Arc<Shared>,
-    pub(crate) entry: &'c Arc<Entry>,
+    scratch: &'c mut Vec<u8>,
+    /// The connection, and what a deferred answer needs of the server.
+    conn: &'c Conn,
+    registry: &'c Arc<Registry>,
     /// The thread serving the connection now (woken when a deferred
     /// answer is written).
-    pub(crate) thread: &'c std::thread::Thread,
+    thread: &'c std::thread::Thread,
     /// Set by [`Request::defer`].
-    pub(crate) deferred: Option<Arc<Slot>>,
+    deferred: Option<Arc<Slot>>,
 }
 
 /// Why [`Request::read_body`] could not return the body.
@@ -103,6 +108,42 @@ impl fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 impl<'c> Request<'c> {
+    /// The request whose head is `head`, its body (if any) next in `io`.
+    pub(crate) fn new(
+        head: &'c Head,
+        io: &'c mut Io,
+        scratch: &'c mut Vec<u8>,
+        body_timeout: Duration,
+        conn: &'c Conn,
+        registry: &'c Arc<Registry>,
+        thread: &'c std::thread::Thread,
+    ) -> Request<'c> {
+        let framing = head.framing;
+        let body = match (framing.chunked, framing.content_length) {
+            (true, _) => BodyState::Chunked(Chunked::default()),
+            (false, Some(len)) if len > 0 => BodyState::Length(len),
+            _ => BodyState::Done,
+        };
+        Request {
+            head,
+            io,
+            body,
+            body_deadline: None,
+            body_timeout,
+            continue_pending: framing.expect_continue,
+            scratch,
+            conn,
+            registry,
+            thread,
+            deferred: None,
+        }
+    }
+
+    /// After the handler: the deferred answer's slot, if it deferred.
+    pub(crate) fn take_deferred(&mut self) -> Option<Arc<Slot>> {
+        self.deferred.take()
+    }
+
     // The accessors of the head return `'c` borrows (the head outlives the
     // request), so a handler can keep them while it reads the body.
 
@@ -159,9 +200,9 @@ impl<'c> Request<'c> {
     pub fn defer(&mut self) -> Deferred {
         assert!(self.deferred.is_none(), "a request deferred twice");
         let slot = Arc::new(Slot::new(
-            Arc::clone(self.entry),
+            Arc::clone(&self.conn.entry),
             self.thread.clone(),
-            Arc::clone(self.shared),
+            Arc::clone(self.registry),
             *self.head.method() != Method::Head,
         ));
         self.deferred = Some(Arc::clone(&slot));
@@ -169,7 +210,7 @@ impl<'c> Request<'c> {
     }
 
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
-        self.remote_addr.as_ref()
+        self.conn.peer.as_ref()
     }
 
     /// The body as a reader (see the module docs for the deadlines).

@@ -1,5 +1,8 @@
-//! PATCHED (product-update-service): the answer a [`Handler`] fills in, and
-//! how the inline server writes it.
+//! The answer a [`Handler`] fills in, and how the server writes it.
+//!
+//! Filled in by the handler on the thread serving the connection, or, for
+//! a deferred answer, on the thread that calls `Deferred::answer`; written
+//! on the same thread (`connection.rs`, `deferred.rs`).
 //!
 //! The handler sets a status, adds header lines and writes the body into
 //! buffers the connection reuses, so answering allocates nothing. The
@@ -14,7 +17,6 @@ use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::head::{has_control, is_token};
-use crate::common::StatusCode;
 
 /// An answer being built. See the module docs.
 #[derive(Debug, Clone)]
@@ -135,11 +137,10 @@ impl Response {
     /// answer to HEAD; `connection` is the `Connection` header's value, if
     /// one is needed.
     pub(crate) fn write_to(&self, out: &mut Vec<u8>, with_body: bool, connection: Option<&str>) {
-        let status = StatusCode(self.status);
         out.extend_from_slice(b"HTTP/1.1 ");
         push_decimal(out, u64::from(self.status));
         out.push(b' ');
-        out.extend_from_slice(status.default_reason_phrase().as_bytes());
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
         out.extend_from_slice(b"\r\nDate: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -160,6 +161,78 @@ impl Response {
         if with_body && !bodiless {
             out.extend_from_slice(&self.body);
         }
+    }
+}
+
+/// The reason phrase of a status line (upstream tiny_http's table, from its
+/// `StatusCode::default_reason_phrase`).
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
+
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Entity",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "Unknown",
     }
 }
 
@@ -270,6 +343,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(r.headers.clone()).unwrap(),
             "X-Ok: tab\tok\r\n"
+        );
+    }
+
+    /// The `Date` format (RFC 9110 §5.6.7), as `push_date` writes it.
+    #[test]
+    fn dates_are_formatted_as_http_asks() {
+        let date = std::time::Duration::from_secs(420895020);
+        assert_eq!(
+            httpdate::fmt_http_date(UNIX_EPOCH + date),
+            "Wed, 04 May 1983 11:17:00 GMT"
         );
     }
 

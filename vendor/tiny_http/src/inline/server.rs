@@ -1,30 +1,45 @@
-//! PATCHED (product-update-service): the inline server's threads: each
-//! waits in `accept`, serves the connection it gets, and waits again (see
-//! the module docs of `inline` for the policy), and the stop sequence.
+//! The server's threads and its lifecycle: [`Server::start`] starts them,
+//! each runs one of the loops below, and [`Server::stop`] ends them all.
 //!
-//! Stopping cannot miss a thread: see `gate.rs`, the handshake every
-//! thread goes through before it blocks.
+//! - An accepting thread (`http-N`, [`run`]) waits in `accept` on the
+//!   shared listening socket, serves the connection it gets
+//!   (`connection.rs`) and waits again; it starts another before serving
+//!   if too few others wait (see the module docs of `inline` for the
+//!   policy).
+//! - A lot thread (`http-lot-N`, [`serve_parked`], Unix only) serves
+//!   parked connections that turned readable; the keeper
+//!   (`http-keeper-N`, [`keep_lot`]) closes those parked too long and
+//!   starts lot threads when none is free (`lot.rs`).
+//! - [`Server::stop`], on the caller's thread, wakes and closes what each
+//!   of them waits on, then waits for every thread to exit. Stopping
+//!   cannot miss a thread: see `gate.rs`, the handshake every thread goes
+//!   through before it blocks.
+//!
+//! Every thread is started by [`spawn`], which counts it in and out, so
+//! `stop` knows when the last one has gone.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::config::Config;
 use super::connection::{self, Buffers};
-use super::gate::{self, Gate};
+use super::handler::Handler;
 #[cfg(unix)]
 use super::lot;
 use super::lot::Lot;
-use super::{Config, Handler, Rejection};
+use super::registry::Registry;
+use super::rejection::Rejection;
+use super::shared::Shared;
 
 /// A running inline server. Dropping it without [`Server::stop`] leaves its
 /// threads serving.
 pub struct Server {
-    shared: Arc<Shared>,
+    running: Arc<Running>,
 }
 
 /// What [`Server::stop`] did.
@@ -38,43 +53,15 @@ pub struct Stopped {
     pub elapsed: Duration,
 }
 
-/// One open connection, as `stop` sees it.
-pub(crate) struct Entry {
-    /// `gate::IDLE` while waiting for (or reading) a head, `BUSY` from a
-    /// complete head to the end of its answer, `CLOSED` once `stop` closed
-    /// it.
-    pub(crate) state: gate::State,
-    pub(crate) stream: Arc<TcpStream>,
-}
-
-/// One open connection, as the thread serving it (or the lot) holds it.
-pub(crate) struct Conn {
-    pub(crate) id: u64,
-    pub(crate) entry: Arc<Entry>,
-    pub(crate) peer: Option<SocketAddr>,
-    /// Known to the lot's epoll: registered when first parked, re-armed
-    /// when parked again.
-    pub(crate) registered: bool,
-}
-
-pub(crate) struct Shared {
-    listener: TcpListener,
+/// What the server's threads and `stop` share: what serving a connection
+/// needs, and the threads' own bookkeeping. Not the listening socket: see
+/// [`spawn`].
+struct Running {
+    shared: Shared,
     local_addr: SocketAddr,
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) config: Config,
-    /// `stopping`, and the threads in `accept` (see `gate.rs`).
-    pub(crate) gate: Gate,
     /// Threads alive; `stop` waits for none.
     live: Mutex<usize>,
     exited: Condvar,
-    connections: Mutex<HashMap<u64, Arc<Entry>>>,
-    next_id: AtomicU64,
-    /// Connections found idle during the stop by their own thread rather
-    /// than by `stop` (see [`closed_at_stop`]).
-    closed_at_stop: AtomicUsize,
-    /// Where connections wait between requests once more than
-    /// `config.park_above` are open (see `lot.rs`); None if never.
-    pub(crate) lot: Option<Lot>,
     /// The client ends of `stop`'s own connections, made to wake the
     /// threads in `accept`: no client sent them, so they are closed
     /// without the `ShuttingDown` answer a client connecting meanwhile
@@ -105,42 +92,30 @@ impl Server {
         };
         #[cfg(not(unix))]
         let lot: Option<Lot> = None;
-        let shared = Arc::new(Shared {
-            listener,
+        let registry = Arc::new(Registry::new(Arc::clone(&config.open_connections)));
+        let running = Arc::new(Running {
+            shared: Shared {
+                handler,
+                config,
+                registry,
+                lot,
+            },
             local_addr,
-            handler,
-            config,
-            gate: Gate::new(),
             live: Mutex::new(0),
             exited: Condvar::new(),
-            connections: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            closed_at_stop: AtomicUsize::new(0),
-            lot,
             wake_ups: Mutex::new(Vec::new()),
         });
         #[cfg(unix)]
-        if let Some(lot) = &shared.lot {
-            let keeper_shared = Arc::clone(&shared);
-            spawn(&shared, "http-keeper", move || keep_lot(&keeper_shared))?;
-            // One lot thread from the start, so the first connection parked
-            // is watched at once.
-            lot.reserve();
-            let lot_shared = Arc::clone(&shared);
-            if let Err(e) = spawn(&shared, "http-lot", move || serve_parked(&lot_shared)) {
-                lot.unreserve();
-                log::warn!(
-                    "inline server: cannot start a lot thread ({e}); the keeper tries again"
-                );
-            }
-        }
+        start_lot(&running)?;
+        let listener = Arc::new(listener);
         for i in 0..spare {
-            let thread_shared = Arc::clone(&shared);
-            if let Err(e) = spawn(&shared, "http", move || run(&thread_shared)) {
+            let thread_running = Arc::clone(&running);
+            let listener = Arc::clone(&listener);
+            if let Err(e) = spawn(&running, "http", move || run(&thread_running, &listener)) {
                 if i == 0 {
                     // The lot's keeper, if started, exits once it sees the stop.
-                    shared.gate.stop();
-                    if let Some(lot) = &shared.lot {
+                    running.shared.registry.gate.stop();
+                    if let Some(lot) = &running.shared.lot {
                         lot.wake();
                     }
                     return Err(e);
@@ -149,32 +124,33 @@ impl Server {
                 break;
             }
         }
-        Ok(Server { shared })
+        Ok(Server { running })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.running.local_addr
     }
 
     /// Connections being served now.
     pub fn connections(&self) -> usize {
-        self.shared.config.open_connections.load(Relaxed)
+        self.running.shared.registry.open()
     }
 
-    /// Stops: no new connection is taken (the listening socket closes once
-    /// the last thread has left it), connections between requests are
+    /// Stops: no new connection is taken, connections between requests are
     /// closed, and requests being handled are finished, their answers
     /// saying `Connection: close`. Returns once every thread has exited,
-    /// which the deadlines in [`Config`] bound.
+    /// which the deadlines in [`Config`] bound; the listening socket is
+    /// closed by then (see `spawn`).
     pub fn stop(self) -> Stopped {
         let started = Instant::now();
-        let shared = &self.shared;
+        let running = &self.running;
+        let registry = &running.shared.registry;
         // Threads in accept: one connection wakes one of them. The list
         // is locked until every wake-up is in it, so a thread that accepts
         // one finds it there (see `run`).
-        let in_accept = shared.gate.stop();
-        let wake = wake_address(shared.local_addr);
-        let mut wake_ups = lock(&shared.wake_ups);
+        let in_accept = registry.gate.stop();
+        let wake = wake_address(running.local_addr);
+        let mut wake_ups = lock(&running.wake_ups);
         for _ in 0..in_accept {
             if let Ok(stream) = TcpStream::connect_timeout(&wake, Duration::from_millis(200)) {
                 if let Ok(from) = stream.local_addr() {
@@ -183,31 +159,24 @@ impl Server {
             }
         }
         drop(wake_ups);
-        // Connections waiting for a request: close their read side, so
-        // the read their thread is blocked in returns at once.
-        let mut idle_closed = 0;
-        for entry in lock(&shared.connections).values() {
-            if gate::close_if_idle(&entry.state) {
-                let _ = entry.stream.shutdown(Shutdown::Read);
-                idle_closed += 1;
-            }
-        }
+        // Connections waiting for a request: their reads return at once.
+        let mut idle_closed = registry.close_idle();
         // The lot closes once nothing is parked: wake its leader and keeper.
-        if let Some(lot) = &shared.lot {
+        if let Some(lot) = &running.shared.lot {
             lot.wake();
         }
-        let mut live = lock(&shared.live);
+        let mut live = lock(&running.live);
         while *live > 0 {
-            live = shared
+            live = running
                 .exited
                 .wait(live)
                 .unwrap_or_else(PoisonError::into_inner);
         }
         drop(live);
-        idle_closed += shared.closed_at_stop.load(SeqCst);
+        idle_closed += registry.closed_by_their_threads();
         log::debug!(
             "inline server on {} stopped ({idle_closed} idle connections closed)",
-            shared.local_addr
+            running.local_addr
         );
         Stopped {
             idle_closed,
@@ -230,8 +199,8 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-// Poisoning: plain counters and a map of handles; a panic cannot leave
-// them half-changed.
+// Poisoning: a counter and a list of addresses; a panic cannot leave them
+// half-changed.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -239,9 +208,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 static THREAD_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 /// Starts one of the server's threads, counted in `live` until it exits.
-fn spawn(shared: &Arc<Shared>, name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    *lock(&shared.live) += 1;
-    let thread_shared = Arc::clone(shared);
+///
+/// The thread counts itself out only once `body` has returned and what it
+/// captured is dropped: the accepting threads' bodies hold the only handles
+/// on the listening socket, so when `stop` sees `live` reach zero the
+/// socket is closed, and a client connecting after `stop` returns is
+/// refused by the system. (`Running`, which the thread still holds while
+/// it counts itself out, holds no socket.)
+fn spawn(
+    running: &Arc<Running>,
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> io::Result<()> {
+    *lock(&running.live) += 1;
+    let thread_running = Arc::clone(running);
     let n = THREAD_NUMBER.fetch_add(1, Relaxed);
     let spawned = thread::Builder::new()
         .name(format!("{name}-{n}"))
@@ -249,15 +229,33 @@ fn spawn(shared: &Arc<Shared>, name: &str, body: impl FnOnce() + Send + 'static)
             // A panic outside the handler (which is caught) is a bug here;
             // the thread must still be counted out, or `stop` would wait.
             let _ = panic::catch_unwind(AssertUnwindSafe(body));
-            let mut live = lock(&thread_shared.live);
+            let mut live = lock(&thread_running.live);
             *live -= 1;
             drop(live);
-            thread_shared.exited.notify_all();
+            thread_running.exited.notify_all();
         });
     if let Err(e) = spawned {
-        *lock(&shared.live) -= 1;
-        shared.exited.notify_all();
+        *lock(&running.live) -= 1;
+        running.exited.notify_all();
         return Err(e);
+    }
+    Ok(())
+}
+
+/// Starts the lot's keeper, and one lot thread so that the first
+/// connection parked is watched at once.
+#[cfg(unix)]
+fn start_lot(running: &Arc<Running>) -> io::Result<()> {
+    let Some(lot) = &running.shared.lot else {
+        return Ok(());
+    };
+    let keeper_running = Arc::clone(running);
+    spawn(running, "http-keeper", move || keep_lot(&keeper_running))?;
+    lot.reserve();
+    let lot_running = Arc::clone(running);
+    if let Err(e) = spawn(running, "http-lot", move || serve_parked(&lot_running)) {
+        lot.unreserve();
+        log::warn!("inline server: cannot start a lot thread ({e}); the keeper tries again");
     }
     Ok(())
 }
@@ -266,20 +264,22 @@ fn spawn(shared: &Arc<Shared>, name: &str, body: impl FnOnce() + Send + 'static)
 /// The lot's keeper (see `lot.rs`): closes parked connections that waited
 /// too long, and starts lot threads when there are none, too few, or all
 /// are stuck.
-fn keep_lot(shared: &Arc<Shared>) {
+fn keep_lot(running: &Arc<Running>) {
+    let shared = &running.shared;
     let Some(lot) = &shared.lot else { return };
+    let gate = &shared.registry.gate;
     let mut keeper = lot::Keeper::new();
     loop {
-        let tick = lot.tick(&mut keeper, &shared.config, &|| shared.gate.is_stopping());
+        let tick = lot.tick(&mut keeper, &shared.config, &|| gate.is_stopping());
         for parked in tick.expired {
             // No request began within the keep-alive timeout: a quiet close.
-            let _ = parked.conn.entry.stream.shutdown(Shutdown::Write);
-            end(shared, &parked.conn);
+            let _ = parked.conn.entry.stream.shutdown(std::net::Shutdown::Write);
+            shared.registry.end(&parked.conn);
         }
         if tick.spawn {
             lot.reserve();
-            let thread_shared = Arc::clone(shared);
-            if let Err(e) = spawn(shared, "http-lot", move || serve_parked(&thread_shared)) {
+            let thread_running = Arc::clone(running);
+            if let Err(e) = spawn(running, "http-lot", move || serve_parked(&thread_running)) {
                 lot.unreserve();
                 log::warn!("inline server: cannot start another thread ({e}); parked connections wait for a free one");
             }
@@ -292,54 +292,56 @@ fn keep_lot(shared: &Arc<Shared>) {
 
 #[cfg(unix)]
 /// A lot thread: serves ready parked connections until the lot lets it go.
-fn serve_parked(shared: &Arc<Shared>) {
+fn serve_parked(running: &Running) {
+    let shared = &running.shared;
     let Some(lot) = &shared.lot else { return };
     let mut buffers = Buffers::default();
-    let stopping = || shared.gate.is_stopping();
+    let stopping = || shared.registry.gate.is_stopping();
     while let Some(parked) = lot.take(&stopping) {
         connection::serve(shared, parked.conn, Some(parked.read_timeout), &mut buffers);
     }
 }
 
-/// One thread: accept, serve, repeat.
-fn run(shared: &Arc<Shared>) {
+/// An accepting thread: accept, serve, repeat.
+fn run(running: &Arc<Running>, listener: &Arc<TcpListener>) {
+    let shared = &running.shared;
+    let (config, gate) = (&shared.config, &shared.registry.gate);
     let mut buffers = Buffers::default();
     loop {
-        if !shared.gate.enter_accept() {
+        if !gate.enter_accept() {
             return;
         }
-        let accepted = shared.listener.accept();
-        let others_waiting = shared.gate.leave_accept();
+        let accepted = listener.accept();
+        let others_waiting = gate.leave_accept();
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                if shared.gate.is_stopping() {
+                if gate.is_stopping() {
                     return;
                 }
                 accept_failed(&e);
                 continue;
             }
         };
-        if shared.gate.is_stopping() {
-            if !lock(&shared.wake_ups).contains(&peer) {
+        if gate.is_stopping() {
+            if !lock(&running.wake_ups).contains(&peer) {
                 refuse(shared, stream, Rejection::ShuttingDown);
             }
             return;
         }
-        if others_waiting < shared.config.spare_threads.max(1) {
-            let thread_shared = Arc::clone(shared);
-            if let Err(e) = spawn(shared, "http", move || run(&thread_shared)) {
+        if others_waiting < config.spare_threads.max(1) {
+            let thread_running = Arc::clone(running);
+            let listener = Arc::clone(listener);
+            if let Err(e) = spawn(running, "http", move || run(&thread_running, &listener)) {
                 log::warn!("inline server: cannot start another thread ({e}); new connections wait for a free one");
             }
         }
-        let open = &shared.config.open_connections;
-        if open.fetch_add(1, SeqCst) >= shared.config.max_connections {
-            open.fetch_sub(1, SeqCst);
+        if !shared.registry.admit(config.max_connections) {
             refuse(shared, stream, Rejection::TooManyConnections);
             continue;
         }
-        serve(shared, stream, peer, &mut buffers);
-        if shared.gate.waiting_in_accept() >= shared.config.max_idle_threads {
+        serve_accepted(shared, stream, peer, &mut buffers);
+        if gate.waiting_in_accept() >= config.max_idle_threads {
             return;
         }
     }
@@ -360,43 +362,16 @@ fn accept_failed(error: &io::Error) {
     }
 }
 
-fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, buffers: &mut Buffers) {
-    let stream = Arc::new(stream);
-    let id = shared.next_id.fetch_add(1, Relaxed);
-    let entry = Arc::new(Entry {
-        state: gate::new_state(),
-        stream: Arc::clone(&stream),
-    });
-    lock(&shared.connections).insert(id, Arc::clone(&entry));
-    let conn = Conn {
-        id,
-        entry,
-        peer: Some(peer),
-        registered: false,
-    };
+/// Serves a connection just accepted and admitted, on this thread.
+fn serve_accepted(shared: &Shared, stream: TcpStream, peer: SocketAddr, buffers: &mut Buffers) {
+    let conn = shared.registry.register(stream, peer);
     // Idle until its first head: announced (registered), now look.
-    if shared.gate.go_idle(&conn.entry.state) {
+    if shared.registry.gate.go_idle(&conn.entry.state) {
         connection::serve(shared, conn, None, buffers);
     } else {
-        connection::refuse(shared, &stream, Rejection::ShuttingDown, buffers);
-        end(shared, &conn);
+        connection::refuse(shared, &conn.entry.stream, Rejection::ShuttingDown, buffers);
+        shared.registry.end(&conn);
     }
-}
-
-/// A connection whose answer is finished found the server stopping (its
-/// `go_idle` failed): closed between requests, and counted once, by
-/// whichever of it and `stop` marks it closed.
-pub(crate) fn closed_at_stop(shared: &Shared, entry: &Entry) {
-    if gate::close_if_idle(&entry.state) {
-        shared.closed_at_stop.fetch_add(1, SeqCst);
-    }
-}
-
-/// A connection has ended (closed by whoever held it last): no longer
-/// open, nor for `stop` to close.
-pub(crate) fn end(shared: &Shared, conn: &Conn) {
-    lock(&shared.connections).remove(&conn.id);
-    shared.config.open_connections.fetch_sub(1, SeqCst);
 }
 
 /// Answers a connection the server will not serve, from the accepting

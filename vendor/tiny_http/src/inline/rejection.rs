@@ -1,0 +1,61 @@
+//! What the server refuses before a request reaches the handler, and the
+//! status code of each refusal.
+//!
+//! A plain value: made by the head parser (`head.rs`) and the connection
+//! loop (`connection.rs`) on a connection's thread, or by the accepting
+//! thread (`server.rs`), and rendered by [`Handler::refuse`] on that same
+//! thread. It exists so that the application writes every answer, refusals
+//! included, in the format of the rest of its API.
+//!
+//! [`Handler::refuse`]: super::Handler::refuse
+
+/// Something the server refuses before the handler sees a request. Every
+/// one of them ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// 400: the request line is not `METHOD target HTTP/x.y` in ASCII.
+    MalformedRequestLine,
+    /// 400: a header line is not `name: value` in ASCII.
+    MalformedHeader,
+    /// 400: `Content-Length` is not one decimal number (RFC 9112 §6.3 says
+    /// such a message cannot be framed, so the connection must close).
+    InvalidContentLength,
+    /// 400: a `Transfer-Encoding` other than `chunked` alone (the server
+    /// decodes chunked and nothing else).
+    UnsupportedTransferEncoding,
+    /// 408: the request head did not arrive within `head_timeout`.
+    HeadTimeout,
+    /// 408: a body did not arrive within `body_timeout`. The inline server
+    /// reads a body only when the handler asks, and reports its timeout to
+    /// the handler (`BodyError::TimedOut`), so it never refuses with this;
+    /// the variant remains so that matches written for it still compile.
+    BodyTimeout,
+    /// 417: an `Expect` header other than `100-continue`.
+    ExpectationFailed,
+    /// 431: the request head is over `max_head_bytes`.
+    HeadTooLarge,
+    /// 505: an HTTP version above 1.1.
+    VersionNotSupported,
+    /// 503: `max_connections` connections are being served already.
+    /// Answered by the thread that accepted the connection.
+    TooManyConnections,
+    /// 503: the request arrived while the server was stopping.
+    ShuttingDown,
+}
+
+impl Rejection {
+    /// The status code of the answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::MalformedRequestLine
+            | Rejection::MalformedHeader
+            | Rejection::InvalidContentLength
+            | Rejection::UnsupportedTransferEncoding => 400,
+            Rejection::HeadTimeout | Rejection::BodyTimeout => 408,
+            Rejection::ExpectationFailed => 417,
+            Rejection::HeadTooLarge => 431,
+            Rejection::VersionNotSupported => 505,
+            Rejection::TooManyConnections | Rejection::ShuttingDown => 503,
+        }
+    }
+}
