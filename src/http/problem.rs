@@ -246,7 +246,9 @@ impl ApiError {
     }
 }
 
-/// The sentence in the problem's `detail`.
+/// The sentence in the problem's `detail`. One match with an arm per error,
+/// kept whole: each arm is the sentence a client reads, and they are best
+/// read side by side.
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

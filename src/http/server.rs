@@ -54,10 +54,10 @@ impl HttpServer {
         let limits = inline::Config {
             max_connections: config.max_connections,
             socket_timeout: config.socket_timeout,
-            keep_alive_timeout: config.keepalive_timeout,
-            head_timeout: config.header_timeout,
+            keepalive_timeout: config.keepalive_timeout,
+            header_timeout: config.header_timeout,
             body_timeout: config.body_timeout,
-            max_head_bytes: config.max_header_bytes,
+            max_header_bytes: config.max_header_bytes,
             open_connections: Arc::clone(&handlers.open_connections),
             ..inline::Config::default()
         };
@@ -160,12 +160,12 @@ impl Handler for Dispatch {
                 detail: "the only Transfer-Encoding supported is chunked (alone)",
             },
             Rejection::InvalidContentLength => ApiError::InvalidContentLength,
-            Rejection::HeadTimeout => ApiError::HeaderTimeout {
+            Rejection::HeaderTimeout => ApiError::HeaderTimeout {
                 limit: config.header_timeout,
             },
             Rejection::BodyTimeout => wire::body_timeout(config),
             Rejection::ExpectationFailed => ApiError::ExpectationFailed,
-            Rejection::HeadTooLarge => ApiError::HeaderTooLarge {
+            Rejection::HeaderTooLarge => ApiError::HeaderTooLarge {
                 limit: config.max_header_bytes,
             },
             Rejection::VersionNotSupported => ApiError::HttpVersionNotSupported,

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
 use serde_json::Number;
 
 use super::error::SqliteError;
@@ -258,23 +258,44 @@ impl SqliteFile {
 
     /// Reads the whole state (at startup, before anything else runs).
     pub fn load(&self, window_ttl: Duration, window_len: usize) -> Result<Loaded, SqliteError> {
-        let bad = |detail: String| SqliteError::Corrupt {
+        let mut next_seq = self.meta("next_seq")?;
+        let applied_through = self.meta("applied_through")?;
+        let products = self.load_products()?;
+        let journal = self.load_journal(applied_through)?;
+        if let Some((last, _)) = journal.last() {
+            next_seq = next_seq.max(last + 1);
+        }
+        let window = self.load_window(window_ttl, window_len)?;
+        Ok(Loaded {
+            products,
+            journal,
+            window,
+            next_seq,
+        })
+    }
+
+    /// A row of `meta`, which holds seqs.
+    fn meta(&self, key: &str) -> Result<Seq, SqliteError> {
+        let value: i64 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .map_err(|e| self.corrupt(format!("meta.{key}: {e}")))?;
+        Seq::try_from(value).map_err(|_| self.corrupt(format!("meta.{key} is {value}")))
+    }
+
+    /// The file holds what this service never writes.
+    fn corrupt(&self, detail: String) -> SqliteError {
+        SqliteError::Corrupt {
             path: self.path.clone(),
             detail,
-        };
-        let sqlite = |e: rusqlite::Error| bad(e.to_string());
-        let meta = |key: &str| -> Result<Seq, SqliteError> {
-            let value: i64 = self
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
-                    row.get(0)
-                })
-                .map_err(|e| bad(format!("meta.{key}: {e}")))?;
-            Seq::try_from(value).map_err(|_| bad(format!("meta.{key} is {value}")))
-        };
-        let mut next_seq = meta("next_seq")?;
-        let applied_through = meta("applied_through")?;
+        }
+    }
 
+    /// Every product with the write keys of its fields.
+    fn load_products(&self) -> Result<Vec<(Box<str>, Stored)>, SqliteError> {
+        let sqlite = |e: rusqlite::Error| self.corrupt(e.to_string());
         let mut products = Vec::new();
         let mut statement = self
             .conn
@@ -285,34 +306,32 @@ impl SqliteFile {
         let mut rows = statement.query([]).map_err(sqlite)?;
         while let Some(row) = rows.next().map_err(sqlite)? {
             let id: String = row.get(0).map_err(sqlite)?;
-            let context = |what: &str| format!("products row {id:?}: {what}");
-            let price =
-                price_from(row.get_ref(1).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
-            let stock =
-                stock_from(row.get(2).map_err(sqlite)?).map_err(|what| bad(context(&what)))?;
+            let bad = |what: String| self.corrupt(format!("products row {id:?}: {what}"));
+            let price = price_from(row.get_ref(1).map_err(sqlite)?).map_err(bad)?;
+            let stock = stock_from(row.get(2).map_err(sqlite)?).map_err(bad)?;
             let key = |seq: usize, version: usize| -> Result<WriteKey, SqliteError> {
                 let seq: i64 = row.get(seq).map_err(sqlite)?;
-                let version = version_from(row.get_ref(version).map_err(sqlite)?)
-                    .map_err(|what| bad(context(&what)))?;
+                let version = version_from(row.get_ref(version).map_err(sqlite)?).map_err(bad)?;
                 Ok(match seq {
                     0 => WriteKey::default(),
                     seq => WriteKey::new(seq as Seq, version),
                 })
             };
             let (price_key, stock_key) = (key(3, 4)?, key(5, 6)?);
-            products.push((
-                id.into_boxed_str(),
-                Stored {
-                    price,
-                    price_key,
-                    stock,
-                    stock_key,
-                },
-            ));
+            let stored = Stored {
+                price,
+                price_key,
+                stock,
+                stock_key,
+            };
+            products.push((id.into_boxed_str(), stored));
         }
-        drop(rows);
-        drop(statement);
+        Ok(products)
+    }
 
+    /// The journal's events after `applied_through`, in seq order.
+    fn load_journal(&self, applied_through: Seq) -> Result<Vec<(Seq, ProductUpdate)>, SqliteError> {
+        let sqlite = |e: rusqlite::Error| self.corrupt(e.to_string());
         let mut journal = Vec::new();
         let mut statement = self
             .conn
@@ -323,27 +342,30 @@ impl SqliteFile {
         let mut rows = statement.query([applied_through as i64]).map_err(sqlite)?;
         while let Some(row) = rows.next().map_err(sqlite)? {
             let seq: i64 = row.get(0).map_err(sqlite)?;
-            let context = |what: &str| format!("journal row {seq}: {what}");
+            let bad = |what: String| self.corrupt(format!("journal row {seq}: {what}"));
             let update = ProductUpdate {
                 product_id: row.get::<_, String>(1).map_err(sqlite)?.into(),
-                price: price_from(row.get_ref(2).map_err(sqlite)?)
-                    .map_err(|what| bad(context(&what)))?,
-                stock: stock_from(row.get(3).map_err(sqlite)?)
-                    .map_err(|what| bad(context(&what)))?,
-                version: version_from(row.get_ref(4).map_err(sqlite)?)
-                    .map_err(|what| bad(context(&what)))?,
+                price: price_from(row.get_ref(2).map_err(sqlite)?).map_err(bad)?,
+                stock: stock_from(row.get(3).map_err(sqlite)?).map_err(bad)?,
+                version: version_from(row.get_ref(4).map_err(sqlite)?).map_err(bad)?,
                 event_id: row
                     .get::<_, Option<String>>(5)
                     .map_err(sqlite)?
                     .map(String::into_boxed_str),
             };
-            let seq = seq as Seq;
-            next_seq = next_seq.max(seq + 1);
-            journal.push((seq, update));
+            journal.push((seq as Seq, update));
         }
-        drop(rows);
-        drop(statement);
+        Ok(journal)
+    }
 
+    /// The idempotency window: the newest `window_len` ids younger than
+    /// `window_ttl`, oldest first.
+    fn load_window(
+        &self,
+        window_ttl: Duration,
+        window_len: usize,
+    ) -> Result<Vec<Remembered>, SqliteError> {
+        let sqlite = |e: rusqlite::Error| self.corrupt(e.to_string());
         let now = SystemTime::now();
         let oldest = millis(now.checked_sub(window_ttl).unwrap_or(UNIX_EPOCH));
         let mut window = Vec::new();
@@ -371,12 +393,7 @@ impl SqliteFile {
                 age,
             });
         }
-        Ok(Loaded {
-            products,
-            journal,
-            window,
-            next_seq,
-        })
+        Ok(window)
     }
 
     /// Writes one cycle in one transaction: all of it, or (on an error)
@@ -386,100 +403,10 @@ impl SqliteFile {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = SystemTime::now();
-        let accepted_at = rfc3339(now);
-        if !cycle.journal.is_empty() {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO journal (seq, product_id, price, stock, version, event_id, accepted_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for row in cycle.journal {
-                let u = row.update;
-                insert.execute(params![
-                    row.seq as i64,
-                    &*u.product_id,
-                    price_value(u.price.as_ref()),
-                    u.stock.map(|s| s as i64),
-                    version_value(u.version),
-                    u.event_id.as_deref(),
-                    &accepted_at,
-                ])?;
-            }
-            let mut remember = tx.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency (event_id, seq, fingerprint, accepted_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for row in cycle.journal {
-                if let Some(id) = &row.update.event_id {
-                    remember.execute(params![
-                        &**id,
-                        row.seq as i64,
-                        row.fingerprint as i64,
-                        millis(now)
-                    ])?;
-                }
-            }
-        }
-        if !cycle.window.is_empty() {
-            let mut remember = tx.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency (event_id, seq, fingerprint, accepted_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for row in cycle.window {
-                remember.execute(params![
-                    &*row.event_id,
-                    row.seq as i64,
-                    row.fingerprint as i64,
-                    millis(row.accepted_at)
-                ])?;
-            }
-        }
-        if !cycle.products.is_empty() {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO products
-                     (product_id, price, stock, version, updated_at, price_seq, price_version, stock_seq, stock_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (product_id) DO UPDATE SET
-                     price = excluded.price, stock = excluded.stock, version = excluded.version,
-                     updated_at = excluded.updated_at, price_seq = excluded.price_seq,
-                     price_version = excluded.price_version, stock_seq = excluded.stock_seq,
-                     stock_version = excluded.stock_version",
-            )?;
-            for (id, stored) in cycle.products {
-                let (price_seq, price_version) = stored.price_key.parts().unwrap_or((0, None));
-                let (stock_seq, stock_version) = stored.stock_key.parts().unwrap_or((0, None));
-                upsert.execute(params![
-                    id,
-                    price_value(stored.price.as_ref()),
-                    stored.stock.map(|s| s as i64),
-                    version_value(price_version.max(stock_version)),
-                    &accepted_at,
-                    price_seq as i64,
-                    version_value(price_version),
-                    stock_seq as i64,
-                    version_value(stock_version),
-                ])?;
-            }
-        }
-        let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
-        if let Some(through) = cycle.applied_through {
-            set.execute(params!["applied_through", through as i64])?;
-        }
-        if let Some(next) = cycle.next_seq {
-            set.execute(params!["next_seq", next as i64])?;
-        }
-        drop(set);
-        if let Some(through) = cycle.applied_through {
-            tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-                .execute([through as i64])?;
-        }
-        if let Some((before, keep)) = cycle.prune {
-            tx.prepare_cached("DELETE FROM idempotency WHERE accepted_at_ms < ?1")?
-                .execute([millis(before)])?;
-            tx.prepare_cached(
-                "DELETE FROM idempotency WHERE seq <= (SELECT seq FROM idempotency ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-            )?
-            .execute([keep as i64])?;
-        }
+        write_journal(&tx, cycle.journal, now)?;
+        write_window(&tx, cycle.window)?;
+        write_products(&tx, cycle.products, now)?;
+        write_meta(&tx, cycle)?;
         tx.commit()
     }
 
@@ -496,6 +423,132 @@ impl SqliteFile {
         tx.commit()
     }
 }
+
+/// The cycle's events into `journal`, and their ids into `idempotency`.
+fn write_journal(
+    tx: &Transaction<'_>,
+    journal: &[JournalRow<'_>],
+    now: SystemTime,
+) -> rusqlite::Result<()> {
+    if journal.is_empty() {
+        return Ok(());
+    }
+    let accepted_at = rfc3339(now);
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO journal (seq, product_id, price, stock, version, event_id, accepted_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for row in journal {
+        let u = row.update;
+        insert.execute(params![
+            row.seq as i64,
+            &*u.product_id,
+            price_value(u.price.as_ref()),
+            u.stock.map(|s| s as i64),
+            version_value(u.version),
+            u.event_id.as_deref(),
+            &accepted_at,
+        ])?;
+    }
+    let mut remember = tx.prepare_cached(REMEMBER)?;
+    for row in journal {
+        if let Some(id) = &row.update.event_id {
+            remember.execute(params![
+                &**id,
+                row.seq as i64,
+                row.fingerprint as i64,
+                millis(now)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Ids to remember (`async` mode: those of events a products write covers).
+fn write_window(tx: &Transaction<'_>, window: &[WindowRow]) -> rusqlite::Result<()> {
+    if window.is_empty() {
+        return Ok(());
+    }
+    let mut remember = tx.prepare_cached(REMEMBER)?;
+    for row in window {
+        remember.execute(params![
+            &*row.event_id,
+            row.seq as i64,
+            row.fingerprint as i64,
+            millis(row.accepted_at)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Products with their current values and write keys.
+fn write_products(
+    tx: &Transaction<'_>,
+    products: &[(&str, Stored)],
+    now: SystemTime,
+) -> rusqlite::Result<()> {
+    if products.is_empty() {
+        return Ok(());
+    }
+    let updated_at = rfc3339(now);
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO products
+             (product_id, price, stock, version, updated_at, price_seq, price_version, stock_seq, stock_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (product_id) DO UPDATE SET
+             price = excluded.price, stock = excluded.stock, version = excluded.version,
+             updated_at = excluded.updated_at, price_seq = excluded.price_seq,
+             price_version = excluded.price_version, stock_seq = excluded.stock_seq,
+             stock_version = excluded.stock_version",
+    )?;
+    for (id, stored) in products {
+        let (price_seq, price_version) = stored.price_key.parts().unwrap_or((0, None));
+        let (stock_seq, stock_version) = stored.stock_key.parts().unwrap_or((0, None));
+        upsert.execute(params![
+            id,
+            price_value(stored.price.as_ref()),
+            stored.stock.map(|s| s as i64),
+            version_value(price_version.max(stock_version)),
+            &updated_at,
+            price_seq as i64,
+            version_value(price_version),
+            stock_seq as i64,
+            version_value(stock_version),
+        ])?;
+    }
+    Ok(())
+}
+
+/// `applied_through` and `next_seq`; the journal up to the former deleted;
+/// old ids forgotten.
+fn write_meta(tx: &Transaction<'_>, cycle: &Cycle<'_>) -> rusqlite::Result<()> {
+    let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+    if let Some(through) = cycle.applied_through {
+        set.execute(params!["applied_through", through as i64])?;
+    }
+    if let Some(next) = cycle.next_seq {
+        set.execute(params!["next_seq", next as i64])?;
+    }
+    drop(set);
+    if let Some(through) = cycle.applied_through {
+        tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
+            .execute([through as i64])?;
+    }
+    if let Some((before, keep)) = cycle.prune {
+        tx.prepare_cached("DELETE FROM idempotency WHERE accepted_at_ms < ?1")?
+            .execute([millis(before)])?;
+        tx.prepare_cached(
+            "DELETE FROM idempotency WHERE seq <= (SELECT seq FROM idempotency ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+        )?
+        .execute([keep as i64])?;
+    }
+    Ok(())
+}
+
+/// Remembers an `event_id` (or replaces what was remembered for it).
+const REMEMBER: &str =
+    "INSERT OR REPLACE INTO idempotency (event_id, seq, fingerprint, accepted_at_ms)
+     VALUES (?1, ?2, ?3, ?4)";
 
 /// The checkpointer thread's connection.
 pub struct Checkpointer {

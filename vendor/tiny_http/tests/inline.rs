@@ -142,7 +142,7 @@ fn start(config: inline::Config) -> TestServer {
 fn quick() -> inline::Config {
     inline::Config {
         socket_timeout: Duration::from_secs(10),
-        keep_alive_timeout: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(10),
         ..inline::Config::default()
     }
 }
@@ -325,8 +325,8 @@ fn an_unread_body_closes_the_connection_and_is_not_drained() {
 #[test]
 fn every_refusal_is_answered_through_the_handler_and_closes() {
     let t = start(inline::Config {
-        max_head_bytes: 1024,
-        head_timeout: Duration::from_millis(300),
+        max_header_bytes: 1024,
+        header_timeout: Duration::from_millis(300),
         ..quick()
     });
     let cases: [(&[u8], Rejection, u16); 7] = [
@@ -362,7 +362,7 @@ fn every_refusal_is_answered_through_the_handler_and_closes() {
         ),
         (
             b"GET / HTTP/1.1\r\nHost: never ends",
-            Rejection::HeadTimeout,
+            Rejection::HeaderTimeout,
             408,
         ),
     ];
@@ -381,15 +381,15 @@ fn every_refusal_is_answered_through_the_handler_and_closes() {
     assert_eq!(read_answer(&mut s).status, 431);
     let seen = t.echo.refusals.lock().unwrap().clone();
     assert_eq!(seen.len(), 8);
-    assert_eq!(seen[7], Rejection::HeadTooLarge);
+    assert_eq!(seen[7], Rejection::HeaderTooLarge);
     t.server.stop();
 }
 
 #[test]
 fn a_head_trickled_byte_by_byte_is_cut_off_at_the_head_deadline() {
-    let head_timeout = Duration::from_millis(400);
+    let header_timeout = Duration::from_millis(400);
     let t = start(inline::Config {
-        head_timeout,
+        header_timeout,
         socket_timeout: Duration::from_secs(60),
         ..quick()
     });
@@ -409,7 +409,7 @@ fn a_head_trickled_byte_by_byte_is_cut_off_at_the_head_deadline() {
     });
     let a = read_answer(&mut s);
     assert_eq!(a.status, 408);
-    assert!(started.elapsed() >= head_timeout);
+    assert!(started.elapsed() >= header_timeout);
     drop(s);
     let _ = trickle.join();
     t.server.stop();
@@ -432,7 +432,7 @@ fn a_stalled_body_times_out_for_the_handler() {
 #[test]
 fn an_idle_connection_is_closed_quietly_after_the_keep_alive_timeout() {
     let t = start(inline::Config {
-        keep_alive_timeout: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(200),
         ..quick()
     });
     let mut s = connect(&t);
@@ -447,7 +447,7 @@ fn the_only_connection_polls_for_its_next_request_then_blocks_as_before() {
     // must be blocking on a blocking socket again.
     let t = start(inline::Config {
         spin: Duration::from_millis(5),
-        keep_alive_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
         ..quick()
     });
     let mut s = connect(&t);
@@ -767,7 +767,7 @@ fn a_connection_whose_deferred_answer_was_written_is_idle_for_stop() {
     // Longer than DEADLINE: a connection left busy after its answer would
     // keep `stop` (and the read below) waiting past it.
     let t = start(inline::Config {
-        keep_alive_timeout: DEADLINE * 2,
+        keepalive_timeout: DEADLINE * 2,
         ..quick()
     });
     let deferred = t.take_deferred();
@@ -788,7 +788,7 @@ fn a_connection_whose_deferred_answer_was_written_is_idle_for_stop() {
 fn an_answer_slower_than_the_keep_alive_timeout_keeps_the_connection() {
     let keep_alive = Duration::from_millis(150);
     let t = start(inline::Config {
-        keep_alive_timeout: keep_alive,
+        keepalive_timeout: keep_alive,
         ..quick()
     });
     let deferred = t.take_deferred();
@@ -823,7 +823,7 @@ fn get(stream: &mut TcpStream, url: &str) -> Answer {
 #[test]
 fn parked_connections_are_served_closed_when_idle_and_closed_by_stop() {
     let t = start(inline::Config {
-        keep_alive_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
         ..parking()
     });
     let mut streams: Vec<TcpStream> = (0..3).map(|_| connect(&t)).collect();

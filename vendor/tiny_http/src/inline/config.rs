@@ -18,13 +18,13 @@ pub struct Config {
     pub socket_timeout: Duration,
     /// How long a connection may wait for a request to begin (its first,
     /// or the next one); then it is closed without an answer.
-    pub keep_alive_timeout: Duration,
+    pub keepalive_timeout: Duration,
     /// A head must be complete this long after its first byte.
-    pub head_timeout: Duration,
+    pub header_timeout: Duration,
     /// A body must be complete this long after its first read.
     pub body_timeout: Duration,
     /// The longest head (request line and fields, with line ends).
-    pub max_head_bytes: usize,
+    pub max_header_bytes: usize,
     /// Threads kept waiting in `accept`, so that a new connection is taken
     /// at once (at least 1).
     pub spare_threads: usize,
@@ -49,10 +49,10 @@ impl Default for Config {
         Config {
             max_connections: 1000,
             socket_timeout: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(10),
-            head_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
-            max_head_bytes: 32 * 1024,
+            max_header_bytes: 32 * 1024,
             spare_threads: 2,
             max_idle_threads: 64,
             park_above: 8,

@@ -168,7 +168,7 @@ impl<'s> Connection<'s> {
             std::mem::take(&mut buffers.input),
             std::mem::take(&mut buffers.output),
             shared.config.socket_timeout,
-            shared.config.keep_alive_timeout,
+            shared.config.keepalive_timeout,
         );
         io.resume(read_timeout);
         Connection {
@@ -440,33 +440,33 @@ fn alone(shared: &Shared) -> bool {
 
 /// Reads until `io` holds a whole head; returns its length.
 fn read_head(io: &mut Io, config: &Config) -> Result<usize, NoHead> {
-    let max_head_bytes = config.max_head_bytes;
+    let max_header_bytes = config.max_header_bytes;
     let mut scanned = 0;
     let mut deadline = None;
     loop {
         let buffered = io.buffered();
         if !buffered.is_empty() {
             // The head's clock starts at its first byte.
-            deadline.get_or_insert_with(|| Instant::now() + config.head_timeout);
+            deadline.get_or_insert_with(|| Instant::now() + config.header_timeout);
             if let Some(end) = head::find_end(buffered, scanned) {
-                return if end <= max_head_bytes {
+                return if end <= max_header_bytes {
                     Ok(end)
                 } else {
-                    Err(NoHead::Refuse(Rejection::HeadTooLarge))
+                    Err(NoHead::Refuse(Rejection::HeaderTooLarge))
                 };
             }
-            if buffered.len() >= max_head_bytes {
-                return Err(NoHead::Refuse(Rejection::HeadTooLarge));
+            if buffered.len() >= max_header_bytes {
+                return Err(NoHead::Refuse(Rejection::HeaderTooLarge));
             }
             scanned = buffered.len();
         }
         let wait = deadline.map_or(Wait::Idle, Wait::Until);
-        match io.fill(wait, max_head_bytes) {
+        match io.fill(wait, max_header_bytes) {
             Ok(0) => return Err(NoHead::Quiet),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(match deadline {
-                    Some(_) => NoHead::Refuse(Rejection::HeadTimeout),
+                    Some(_) => NoHead::Refuse(Rejection::HeaderTimeout),
                     None => NoHead::Idle,
                 })
             }
@@ -503,7 +503,7 @@ pub(crate) fn refuse(
         Vec::new(),
         std::mem::take(&mut buffers.output),
         shared.config.socket_timeout,
-        shared.config.keep_alive_timeout,
+        shared.config.keepalive_timeout,
     );
     answer_refusal(shared, &mut io, rejection, &mut buffers.response);
     io.close(false);

@@ -42,7 +42,7 @@
 //! # Timeouts and stopping
 //!
 //! A parked connection is still waiting for a request: the keeper closes
-//! it, quietly, once it has waited `keep_alive_timeout` (checked every
+//! it, quietly, once it has waited `keepalive_timeout` (checked every
 //! [`SWEEP`], so up to that much later). Parked connections are idle for
 //! [`Server::stop`](super::Server::stop) (see `gate.rs`): stop shuts their
 //! read side down as for any idle connection, which makes them readable,
@@ -323,7 +323,7 @@ impl Lot {
         let now = Instant::now();
         if now >= keeper.next_sweep {
             keeper.next_sweep = now + SWEEP;
-            let idle = config.keep_alive_timeout;
+            let idle = config.keepalive_timeout;
             let expired: Vec<Token> = state
                 .parked
                 .iter()

@@ -39,11 +39,11 @@
 //! # Limits
 //!
 //! Every read waits for something with a deadline (see `io.rs`): the first
-//! byte of a request (`keep_alive_timeout`, then a quiet close), a whole
-//! head from its first byte (`head_timeout`, then 408), a whole body from
+//! byte of a request (`keepalive_timeout`, then a quiet close), a whole
+//! head from its first byte (`header_timeout`, then 408), a whole body from
 //! its first read (`body_timeout`, reported to the handler), and no single
 //! read or write blocks longer than `socket_timeout`. A head is at most
-//! `max_head_bytes` (431). Pipelined requests are answered in order, one at
+//! `max_header_bytes` (431). Pipelined requests are answered in order, one at
 //! a time; their answers are written together when the client sent them
 //! together.
 //!

@@ -23,8 +23,8 @@ pub enum Rejection {
     /// 400: a `Transfer-Encoding` other than `chunked` alone (the server
     /// decodes chunked and nothing else).
     UnsupportedTransferEncoding,
-    /// 408: the request head did not arrive within `head_timeout`.
-    HeadTimeout,
+    /// 408: the request head did not arrive within `header_timeout`.
+    HeaderTimeout,
     /// 408: a body did not arrive within `body_timeout`. The inline server
     /// reads a body only when the handler asks, and reports its timeout to
     /// the handler (`BodyError::TimedOut`), so it never refuses with this;
@@ -32,8 +32,8 @@ pub enum Rejection {
     BodyTimeout,
     /// 417: an `Expect` header other than `100-continue`.
     ExpectationFailed,
-    /// 431: the request head is over `max_head_bytes`.
-    HeadTooLarge,
+    /// 431: the request head is over `max_header_bytes`.
+    HeaderTooLarge,
     /// 505: an HTTP version above 1.1.
     VersionNotSupported,
     /// 503: `max_connections` connections are being served already.
@@ -51,9 +51,9 @@ impl Rejection {
             | Rejection::MalformedHeader
             | Rejection::InvalidContentLength
             | Rejection::UnsupportedTransferEncoding => 400,
-            Rejection::HeadTimeout | Rejection::BodyTimeout => 408,
+            Rejection::HeaderTimeout | Rejection::BodyTimeout => 408,
             Rejection::ExpectationFailed => 417,
-            Rejection::HeadTooLarge => 431,
+            Rejection::HeaderTooLarge => 431,
             Rejection::VersionNotSupported => 505,
             Rejection::TooManyConnections | Rejection::ShuttingDown => 503,
         }
