@@ -137,7 +137,7 @@ fn of_two_waiting_workers_one_takes_the_event_and_both_end_at_close() {
 /// with a flag checked before the intake lock (an accept that saw the flag
 /// open could send after the close had counted).
 #[test]
-fn close_racing_with_submit_never_loses_an_accepted_event() {
+fn close_racing_with_accept_never_loses_an_accepted_event() {
     loom::model(|| {
         let (intake, jobs) = Intake::new(4);
         let intake = Arc::new(intake);
