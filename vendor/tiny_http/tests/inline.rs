@@ -233,7 +233,11 @@ fn keep_alive_connection_close_and_http_1_0() {
         assert_eq!(a.header("Connection"), None);
         assert!(a.header("Date").is_some_and(|d| d.ends_with(" GMT")));
     }
-    write!(s, "GET /last HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     assert_eq!(read_answer(&mut s).header("Connection"), Some("close"));
     assert!(closed(&mut s));
 
@@ -260,7 +264,7 @@ fn pipelined_requests_are_answered_in_order_and_together() {
     let t = start(quick());
     let mut s = connect(&t);
     let requests: String = (0..20)
-        .map(|i| format!("POST /p{i} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{i:02}"))
+        .map(|i| format!("POST /p{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{i:02}"))
         .collect();
     s.write_all(requests.as_bytes()).unwrap();
     for i in 0..20 {
@@ -278,18 +282,20 @@ fn bodies_by_length_chunked_and_after_100_continue() {
     let big = "b".repeat(100_000);
     write!(
         s,
-        "POST /big HTTP/1.1\r\nContent-Length: {}\r\n\r\n{big}",
+        "POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{big}",
         big.len()
     )
     .unwrap();
     assert_eq!(read_answer(&mut s).body, format!("POST /big\n{big}"));
 
-    s.write_all(b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
+    s.write_all(b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
         .unwrap();
     assert_eq!(read_answer(&mut s).body, "POST /chunked\nhello world");
 
-    s.write_all(b"POST /continue HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /continue HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
     let mut interim = [0u8; 25];
     s.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -304,7 +310,7 @@ fn an_unread_body_closes_the_connection_and_is_not_drained() {
     let t = start(quick());
     let mut s = connect(&t);
     // Declares far more than it sends: the handler never reads it.
-    s.write_all(b"POST /noread HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nxyz")
+    s.write_all(b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\nxyz")
         .unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
@@ -314,11 +320,162 @@ fn an_unread_body_closes_the_connection_and_is_not_drained() {
     );
     // A body over the handler's limit: refused from Content-Length.
     let mut s = connect(&t);
-    s.write_all(b"POST /body-limit HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+    s.write_all(b"POST /body-limit HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
         .unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (413, Some("close")));
     assert!(closed(&mut s));
+    t.server.stop();
+}
+
+/// Sends `request` on a new connection and reads one answer.
+fn exchange(t: &TestServer, request: &[u8]) -> (TcpStream, Answer) {
+    let mut s = connect(t);
+    s.write_all(request).unwrap();
+    let answer = read_answer(&mut s);
+    (s, answer)
+}
+
+/// RFC 9112 §6.1: `Transfer-Encoding` in an HTTP/1.0 request is faulty
+/// framing; the request is answered and the connection closed, even when
+/// the client asked to keep it.
+#[test]
+fn transfer_encoding_in_http_1_0_closes_after_the_answer() {
+    let t = start(quick());
+    let (mut s, a) = exchange(
+        &t,
+        b"POST /te HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!((a.status, a.body.as_str()), (200, "POST /te\nabc"));
+    assert_eq!(a.header("Connection"), Some("close"));
+    assert!(
+        closed(&mut s),
+        "kept open after Transfer-Encoding in HTTP/1.0"
+    );
+    t.server.stop();
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, any request with two,
+/// or one with an invalid value is answered 400. HTTP/1.0 needs none.
+#[test]
+fn host_is_required_once_and_valid() {
+    let t = start(quick());
+    for request in [
+        &b"GET /no-host HTTP/1.1\r\n\r\n"[..],
+        b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /two HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: exa mple\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: a:80x\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    ] {
+        let (mut s, a) = exchange(&t, request);
+        let shown = String::from_utf8_lossy(request);
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (400, "refused: InvalidHost"),
+            "{shown}"
+        );
+        assert!(closed(&mut s), "{shown}");
+    }
+    for request in [
+        &b"GET /ok HTTP/1.1\r\nHost: example.com:8080\r\n\r\n"[..],
+        b"GET /ok HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+        b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /ok HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET /ok HTTP/1.0\r\n\r\n",
+    ] {
+        let (_s, a) = exchange(&t, request);
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(request));
+    }
+    t.server.stop();
+}
+
+/// RFC 9110 §10.1.1: an HTTP/1.0 client must not get a 1xx answer; its
+/// `Expect: 100-continue` is ignored.
+#[test]
+fn an_http_1_0_client_gets_no_100_continue() {
+    let t = start(quick());
+    let (_s, a) = exchange(
+        &t,
+        b"POST /c HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    // `read_answer` reads the first status line: a 100 would be it.
+    assert_eq!((a.status, a.body.as_str()), (200, "POST /c\nabc"));
+    t.server.stop();
+}
+
+/// RFC 9112 §3.2.2: a target in absolute form is accepted, and the
+/// handler sees its path and query.
+#[test]
+fn an_absolute_form_target_is_served_by_its_path() {
+    let t = start(quick());
+    for (target, seen) in [
+        ("http://example.com/abs?x=1", "/abs?x=1"),
+        ("http://example.com", "/"),
+        ("HTTPS://example.com:8443?q", "/?q"),
+        ("http://user@example.com/a/b", "/a/b"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let (_s, a) = exchange(&t, request.as_bytes());
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, format!("GET {seen}\n").as_str())
+        );
+    }
+    t.server.stop();
+}
+
+/// RFC 9112 §2.2: empty lines before a request line are skipped, before
+/// the first request and between pipelined ones.
+#[test]
+fn empty_lines_before_a_request_line_are_ignored() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    s.write_all(
+        b"\r\n\r\nGET /one HTTP/1.1\r\nHost: t\r\n\r\n\nGET /two HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut s).body, "GET /one\n");
+    assert_eq!(read_answer(&mut s).body, "GET /two\n");
+    drop(s);
+    t.server.stop();
+}
+
+/// RFC 9112 §6.1 and §6.3: a coding other than chunked is not implemented
+/// (501); a `Transfer-Encoding` that does not end with chunked, once, has
+/// no knowable length (400).
+#[test]
+fn transfer_codings_are_chunked_once_and_last() {
+    let t = start(quick());
+    for (te, status, rejection) in [
+        ("gzip", 501, Rejection::UnsupportedTransferEncoding),
+        ("gzip, chunked", 501, Rejection::UnsupportedTransferEncoding),
+        ("chunked, chunked", 400, Rejection::InvalidTransferEncoding),
+        ("", 400, Rejection::InvalidTransferEncoding),
+    ] {
+        let request = format!("POST /te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {te}\r\n\r\n");
+        let (mut s, a) = exchange(&t, request.as_bytes());
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (status, format!("refused: {rejection:?}").as_str()),
+            "{te:?}"
+        );
+        assert!(closed(&mut s), "{te:?}");
+    }
+    t.server.stop();
+}
+
+/// RFC 9110 §2.5: a later HTTP/1.x is served as HTTP/1.1.
+#[test]
+fn a_later_http_1_minor_version_is_served_as_1_1() {
+    let t = start(quick());
+    let mut s = connect(&t);
+    s.write_all(b"GET /v HTTP/1.2\r\nHost: t\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop(s);
     t.server.stop();
 }
 
@@ -336,22 +493,22 @@ fn every_refusal_is_answered_through_the_handler_and_closes() {
             400,
         ),
         (
-            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nno colon\r\n\r\n",
             Rejection::MalformedHeader,
             400,
         ),
         (
-            b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n",
             Rejection::InvalidContentLength,
             400,
         ),
         (
-            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
             Rejection::UnsupportedTransferEncoding,
-            400,
+            501,
         ),
         (
-            b"GET / HTTP/1.1\r\nExpect: nothing\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nExpect: nothing\r\n\r\n",
             Rejection::ExpectationFailed,
             417,
         ),
@@ -376,7 +533,10 @@ fn every_refusal_is_answered_through_the_handler_and_closes() {
         assert!(closed(&mut s), "{rejection:?}");
     }
     let mut s = connect(&t);
-    let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(2000));
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX: {}\r\n\r\n",
+        "x".repeat(2000)
+    );
     s.write_all(long.as_bytes()).unwrap();
     assert_eq!(read_answer(&mut s).status, 431);
     let seen = t.echo.refusals.lock().unwrap().clone();
@@ -397,7 +557,7 @@ fn a_head_trickled_byte_by_byte_is_cut_off_at_the_head_deadline() {
     let mut writer = s.try_clone().unwrap();
     let started = Instant::now();
     let trickle = thread::spawn(move || {
-        for b in b"GET / HTTP/1.1\r\nX-Slow: "
+        for b in b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: "
             .iter()
             .chain(b"y".repeat(10_000).iter())
         {
@@ -422,7 +582,7 @@ fn a_stalled_body_times_out_for_the_handler() {
         ..quick()
     });
     let mut s = connect(&t);
-    s.write_all(b"POST /stall HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    s.write_all(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         .unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (408, Some("close")));
@@ -452,11 +612,11 @@ fn the_only_connection_polls_for_its_next_request_then_blocks_as_before() {
     });
     let mut s = connect(&t);
     for i in 0..50 {
-        write!(s, "GET /spin{i} HTTP/1.1\r\n\r\n").unwrap();
+        write!(s, "GET /spin{i} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_answer(&mut s).body, format!("GET /spin{i}\n"));
     }
     // A request that starts inside the window and ends after it.
-    s.write_all(b"GET /split HTTP/1.1\r\n").unwrap();
+    s.write_all(b"GET /split HTTP/1.1\r\nHost: t\r\n").unwrap();
     thread::sleep(Duration::from_millis(30));
     s.write_all(b"\r\n").unwrap();
     assert_eq!(read_answer(&mut s).body, "GET /split\n");
@@ -466,7 +626,8 @@ fn the_only_connection_polls_for_its_next_request_then_blocks_as_before() {
     // Taken before the request: the server's keep-alive clock starts
     // after its answer, so the close comes at least 300 ms from here.
     let sent = Instant::now();
-    s.write_all(b"GET /later HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut s).body, "GET /later\n");
     assert!(closed(&mut s), "an idle connection was answered or kept");
     assert!(
@@ -483,9 +644,17 @@ fn past_max_connections_the_accepting_thread_refuses() {
         max_connections: 2,
         ..quick()
     });
-    let held: Vec<TcpStream> = (0..2).map(|_| connect(&t)).collect();
+    // Both busy (their handlers wait for bodies): none to make room.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&t);
+            s.write_all(b"POST /wait HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
     wait_until("both connections to be counted", || {
-        t.open.load(Ordering::SeqCst) == 2
+        t.open.load(Ordering::SeqCst) == 2 && t.echo.handled.lock().unwrap().len() == 2
     });
     let mut third = connect(&t);
     let a = read_answer(&mut third);
@@ -498,21 +667,113 @@ fn past_max_connections_the_accepting_thread_refuses() {
         t.open.load(Ordering::SeqCst) == 0
     });
     let mut again = connect(&t);
-    again.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+    again
+        .write_all(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut again).status, 200);
     drop(again);
     t.server.stop();
+}
+
+/// At the limit, the connection idle longest (between requests, or never
+/// having sent one) is closed quietly to make room for a new one.
+#[test]
+fn at_the_limit_the_connection_idle_longest_makes_room() {
+    let t = start(inline::Config {
+        max_connections: 2,
+        ..quick()
+    });
+    let mut oldest = connect(&t);
+    oldest
+        .write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut oldest).status, 200);
+    let mut newer = connect(&t);
+    newer
+        .write_all(b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut newer).status, 200);
+    let mut third = connect(&t);
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut third).status, 200);
+    assert!(closed(&mut oldest), "the connection idle longest is closed");
+    newer
+        .write_all(b"GET /still HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut newer).status, 200);
+    drop((newer, third));
+    t.server.stop();
+}
+
+/// One client address holds at most `max_connections_per_client`: past
+/// it, its own connection idle longest makes room, and with none idle it is
+/// refused, while another address is served.
+#[test]
+fn one_client_address_holds_at_most_its_share() {
+    let t = start(inline::Config {
+        max_connections: 10,
+        max_connections_per_client: 2,
+        ..quick()
+    });
+    let mut idle = connect(&t);
+    let mut busy = connect(&t);
+    busy.write_all(b"POST /wait HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    wait_until("both counted, one busy", || {
+        t.open.load(Ordering::SeqCst) == 2 && t.echo.handled.lock().unwrap().len() == 1
+    });
+    // A third from the same address: its idle one makes room.
+    let mut third = connect(&t);
+    third
+        .write_all(b"POST /wait HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    assert!(closed(&mut idle), "the client's idle connection made room");
+    wait_until("the third busy", || {
+        t.echo.handled.lock().unwrap().len() == 2
+    });
+    // A fourth: none of the client's is idle now.
+    let mut fourth = connect(&t);
+    let a = read_answer(&mut fourth);
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (503, "refused: TooManyConnections")
+    );
+    let held = vec![busy, third];
+    // Another address (all of 127.0.0.0/8 is loopback on Linux) is served.
+    let mut other = connect_from("127.0.0.2", &t);
+    other
+        .write_all(b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut other).status, 200);
+    drop((held, other));
+    t.server.stop();
+}
+
+/// A connection from `source`, a loopback address other than 127.0.0.1.
+fn connect_from(source: &str, t: &TestServer) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&t.server.local_addr().into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
 }
 
 #[test]
 fn a_panicking_handler_costs_one_request() {
     let t = start(quick());
     let mut s = connect(&t);
-    s.write_all(b"GET /panic HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (500, Some("close")));
     let mut s = connect(&t);
-    s.write_all(b"GET /fine HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut s).status, 200);
     drop(s);
     t.server.stop();
@@ -522,7 +783,7 @@ fn a_panicking_handler_costs_one_request() {
 fn head_answers_have_the_length_and_no_body() {
     let t = start(quick());
     let mut s = connect(&t);
-    s.write_all(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n")
+    s.write_all(b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -547,10 +808,12 @@ fn stop_closes_idle_connections_finishes_requests_in_hand_and_refuses_new_ones()
     *t.echo.entered.lock().unwrap() = Some(entered_tx);
     let addr = t.server.local_addr();
     let mut idle = connect(&t);
-    idle.write_all(b"GET /first HTTP/1.1\r\n\r\n").unwrap();
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut idle).status, 200);
     let mut busy = connect(&t);
-    busy.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    busy.write_all(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     entered
         .recv_timeout(DEADLINE)
         .expect("the handler to be entered");
@@ -586,7 +849,7 @@ fn stop_wakes_the_accepting_threads_without_refusing_anyone() {
     let t = start(quick());
     let mut stream = connect(&t);
     stream
-        .write_all(b"GET /one HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /one HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert_eq!(read_answer(&mut stream).status, 200);
     assert!(closed(&mut stream));
@@ -602,7 +865,11 @@ fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
     let mut s = connect(&t);
     // Keep-alive: answered from this thread, and the connection goes on.
     for i in 0..3 {
-        write!(s, "POST /defer HTTP/1.1\r\nContent-Length: 1\r\n\r\n{i}").unwrap();
+        write!(
+            s,
+            "POST /defer HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n{i}"
+        )
+        .unwrap();
         let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
         answer_text(answer, &text);
         let a = read_answer(&mut s);
@@ -615,7 +882,7 @@ fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
     }
     // Pipelined behind a deferred answer: a request is handled, and
     // answered, only after it.
-    s.write_all(b"GET /a HTTP/1.1\r\n\r\nPOST /defer HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET /b HTTP/1.1\r\n\r\n")
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nPOST /defer HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nxGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     assert_eq!(read_answer(&mut s).body, "GET /a\n");
@@ -627,7 +894,7 @@ fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
     assert_eq!(read_answer(&mut s).body, "POST /defer\nx");
     assert_eq!(read_answer(&mut s).body, "GET /b\n");
     // HEAD: the length, no body.
-    s.write_all(b"HEAD /defer HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+    s.write_all(b"HEAD /defer HTTP/1.1\r\nHost: t\r\n\r\nGET /c HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
     answer_text(answer, "12345");
@@ -653,7 +920,7 @@ fn a_deferred_answer_is_written_by_the_answering_thread_in_order() {
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     answer_text(answer, &text);
     assert_eq!(read_answer(&mut s).header("Connection"), Some("keep-alive"));
-    s.write_all(b"POST /defer HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     answer_text(answer, &text);
@@ -680,9 +947,11 @@ fn an_answer_that_asks_to_close_closes_and_one_given_at_once_is_written_too() {
             response.close_after();
         });
     });
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut s).status, 200);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (200, Some("close")));
     assert!(closed(&mut s));
@@ -696,7 +965,8 @@ fn a_deferred_answer_dropped_unanswered_is_a_500_and_a_handler_panic_cancels_it(
     let t = start(quick());
     let deferred = t.take_deferred();
     let mut s = connect(&t);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
     drop(answer);
     let a = read_answer(&mut s);
@@ -704,7 +974,8 @@ fn a_deferred_answer_dropped_unanswered_is_a_500_and_a_handler_panic_cancels_it(
     assert!(closed(&mut s));
 
     let mut s = connect(&t);
-    s.write_all(b"POST /defer-panic HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer-panic HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (500, Some("close")));
@@ -724,7 +995,8 @@ fn a_client_that_does_not_read_never_blocks_the_answering_thread() {
     });
     let deferred = t.take_deferred();
     let mut s = connect(&t);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, _) = deferred.recv_timeout(DEADLINE).unwrap();
     // Far more than the socket buffers on both sides hold.
     let big = "z".repeat(64 << 20);
@@ -749,7 +1021,8 @@ fn stop_waits_for_a_released_answer_then_closes_its_connection() {
     let t = start(quick());
     let deferred = t.take_deferred();
     let mut s = connect(&t);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     // Released: the connection's thread is reading again by now, or soon.
     let server = t.server;
@@ -772,7 +1045,8 @@ fn a_connection_whose_deferred_answer_was_written_is_idle_for_stop() {
     });
     let deferred = t.take_deferred();
     let mut s = connect(&t);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     answer_text(answer, &text);
     let a = read_answer(&mut s);
@@ -793,7 +1067,8 @@ fn an_answer_slower_than_the_keep_alive_timeout_keeps_the_connection() {
     });
     let deferred = t.take_deferred();
     let mut s = connect(&t);
-    s.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
     // The answer takes longer than the keep-alive timeout (a slow
     // commit): the connection's idle clock must not run out meanwhile.
@@ -802,7 +1077,8 @@ fn an_answer_slower_than_the_keep_alive_timeout_keeps_the_connection() {
     let a = read_answer(&mut s);
     assert_eq!((a.status, a.header("Connection")), (200, None));
     // Kept open: the next request on it is answered.
-    s.write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_answer(&mut s).body, "GET /after\n");
     t.server.stop();
 }
@@ -816,7 +1092,7 @@ fn parking() -> inline::Config {
 }
 
 fn get(stream: &mut TcpStream, url: &str) -> Answer {
-    write!(stream, "GET {url} HTTP/1.1\r\n\r\n").unwrap();
+    write!(stream, "GET {url} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     read_answer(stream)
 }
 
@@ -872,7 +1148,8 @@ fn a_parked_connection_is_served_while_the_lot_threads_are_held() {
     // took it up, in the handler.
     assert_eq!(get(&mut held, "/first").status, 200);
     assert_eq!(get(&mut other, "/first").status, 200);
-    held.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    held.write_all(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     entered
         .recv_timeout(DEADLINE)
         .expect("the handler to be entered");
@@ -894,7 +1171,7 @@ fn deferred_answers_on_parked_connections_reach_the_thread_that_serves_them() {
     let mut s = connect(&t);
     for i in 0..5 {
         assert_eq!(get(&mut s, &format!("/plain{i}")).status, 200);
-        write!(s, "GET /defer{i} HTTP/1.1\r\n\r\n").unwrap();
+        write!(s, "GET /defer{i} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let (answer, text) = deferred.recv_timeout(DEADLINE).expect("a deferred request");
         answer_text(answer, &text);
         let a = read_answer(&mut s);
@@ -923,11 +1200,13 @@ fn stop_closes_many_parked_connections_and_finishes_those_taken_up_again() {
     let mut owed = connect(&t);
     assert_eq!(get(&mut busy, "/first").status, 200);
     assert_eq!(get(&mut owed, "/first").status, 200);
-    busy.write_all(b"GET /gate HTTP/1.1\r\n\r\n").unwrap();
+    busy.write_all(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     entered
         .recv_timeout(DEADLINE)
         .expect("the handler to be entered");
-    owed.write_all(b"POST /defer HTTP/1.1\r\n\r\n").unwrap();
+    owed.write_all(b"POST /defer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let (answer, text) = deferred.recv_timeout(DEADLINE).unwrap();
 
     let server = t.server;

@@ -12,8 +12,16 @@ use std::time::Duration;
 /// The server's bounds and thread policy (see the [module docs](super)).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Connections served at once; past it, 503 `TooManyConnections`.
+    /// Connections served at once. At the limit, the connection idle
+    /// longest (waiting for, or reading, a request head) is closed to make
+    /// room for a new one; with none idle, 503 `TooManyConnections`.
     pub max_connections: usize,
+    /// Connections one client address may hold at once. Past it, that
+    /// client's connection idle longest is closed to make room; with none
+    /// idle, 503 `TooManyConnections` for that address only. Behind a proxy
+    /// every client has the proxy's address: set it to `max_connections`
+    /// there.
+    pub max_connections_per_client: usize,
     /// The longest one read or write may block.
     pub socket_timeout: Duration,
     /// How long a connection may wait for a request to begin (its first,
@@ -48,6 +56,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_connections: 1000,
+            max_connections_per_client: 1000,
             socket_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),

@@ -54,6 +54,29 @@ pub(crate) struct Buffers {
 /// Pipelined answers are written together up to this size.
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
+/// The most a thread keeps of one of its buffers once a connection ends
+/// (and of a body's buffer once its request is answered): a larger one, the
+/// trace of a large body or answer, goes back to the allocator, so that a
+/// burst of large requests leaves no memory held by idle threads.
+const KEEP_BYTES: usize = 64 * 1024;
+
+impl Buffers {
+    /// Gives back the buffers grown past [`KEEP_BYTES`].
+    fn trim(&mut self) {
+        trim(&mut self.input);
+        trim(&mut self.output);
+        trim(&mut self.scratch);
+        self.response.trim(KEEP_BYTES);
+    }
+}
+
+/// Drops `buffer`'s memory if it has grown past [`KEEP_BYTES`].
+fn trim(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEEP_BYTES {
+        *buffer = Vec::new();
+    }
+}
+
 /// How reading a head ended, when it did not produce one.
 enum NoHead {
     /// The client closed, or the read failed: nothing to answer.
@@ -259,8 +282,14 @@ impl<'s> Connection<'s> {
         };
         // IDLE -> BUSY: from here the request is answered even if the
         // server stops meanwhile; `stop` may have closed it already.
-        if !gate::begin(&self.conn.entry.state) {
-            return self.refuse(Rejection::ShuttingDown, buffers);
+        let state = &self.conn.entry.state;
+        if !gate::begin(state) {
+            let rejection = if gate::was_evicted(state) {
+                Rejection::TooManyConnections
+            } else {
+                Rejection::ShuttingDown
+            };
+            return self.refuse(rejection, buffers);
         }
         let parsed = buffers.head.parse(&self.io.buffered()[..head_len]);
         self.io.consume(head_len);
@@ -268,7 +297,9 @@ impl<'s> Connection<'s> {
             return self.refuse(rejection, buffers);
         }
         let handled = self.handle(buffers);
-        self.answer(handled, buffers)
+        let step = self.answer(handled, buffers);
+        trim(&mut buffers.scratch);
+        step
     }
 
     /// Answers `rejection` and ends the connection.
@@ -401,7 +432,7 @@ impl<'s> Connection<'s> {
         }
         // BUSY -> IDLE: announce, then look (see `gate.rs`).
         let registry = &self.shared.registry;
-        if !registry.gate.go_idle(&self.conn.entry.state) {
+        if !registry.go_idle(&self.conn.entry) {
             registry.closed_at_stop(&self.conn.entry);
             return Step::End { linger: false };
         }
@@ -426,6 +457,7 @@ fn give_back(io: Io, buffers: &mut Buffers) {
     let (input, output) = io.into_buffers();
     buffers.input = input;
     buffers.output = output;
+    buffers.trim();
 }
 
 /// Whether a connection between requests goes to the lot now.
@@ -444,6 +476,14 @@ fn read_head(io: &mut Io, config: &Config) -> Result<usize, NoHead> {
     let mut scanned = 0;
     let mut deadline = None;
     loop {
+        let skip = head::leading_empty_lines(io.buffered());
+        if skip > 0 {
+            // Empty lines before a request line are skipped (RFC 9112
+            // §2.2); the head's clock runs from the first of them.
+            deadline.get_or_insert_with(|| Instant::now() + config.header_timeout);
+            io.consume(skip);
+            scanned = 0;
+        }
         let buffered = io.buffered();
         if !buffered.is_empty() {
             // The head's clock starts at its first byte.

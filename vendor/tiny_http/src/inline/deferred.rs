@@ -234,7 +234,7 @@ impl Slot {
         }
         // What the connection's thread does after an answer: idle for
         // `stop` (see `gate.rs`), or woken to close.
-        let stopping = !close && !self.registry.gate.go_idle(&self.entry.state);
+        let stopping = !close && !self.registry.go_idle(&self.entry);
         if stopping {
             self.registry.closed_at_stop(&self.entry);
         }

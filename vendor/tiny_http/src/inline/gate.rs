@@ -50,6 +50,8 @@ pub(crate) const IDLE: u8 = 0;
 pub(crate) const BUSY: u8 = 1;
 /// A connection `stop` has closed.
 pub(crate) const CLOSED: u8 = 2;
+/// A connection closed, idle, to make room for another (`registry.rs`).
+pub(crate) const EVICTED: u8 = 3;
 
 /// What `stop` and the server's threads share.
 pub(crate) struct Gate {
@@ -117,6 +119,27 @@ impl Gate {
 /// first (the request is then refused as shutting down).
 pub(crate) fn begin(state: &AtomicU8) -> bool {
     state.compare_exchange(IDLE, BUSY, AcqRel, Acquire).is_ok()
+}
+
+/// Whether a connection waits for (or reads) a head now: a hint, for
+/// choosing one to make room; [`evict_if_idle`] decides.
+pub(crate) fn is_idle(state: &AtomicU8) -> bool {
+    state.load(Relaxed) == IDLE
+}
+
+/// Closes an idle connection to make room for another; true if it was
+/// idle. A head completing meanwhile makes [`begin`] fail, and the request
+/// is refused as if the server were full ([`was_evicted`]).
+pub(crate) fn evict_if_idle(state: &AtomicU8) -> bool {
+    state
+        .compare_exchange(IDLE, EVICTED, AcqRel, Acquire)
+        .is_ok()
+}
+
+/// Whether [`begin`] failed because the connection was closed to make room
+/// (rather than by `stop`).
+pub(crate) fn was_evicted(state: &AtomicU8) -> bool {
+    state.load(Acquire) == EVICTED
 }
 
 /// For `stop`, after [`Gate::stop`] (whose fence orders this read after

@@ -10,26 +10,47 @@
 //!
 //! - the head is ASCII without control characters but tabs (as upstream
 //!   requires; anything else is a malformed request), lines end in CRLF or
-//!   a bare LF;
+//!   a bare LF; empty lines before the request line are skipped
+//!   ([`leading_empty_lines`], §2.2);
 //! - the request line is exactly `method SP target SP HTTP/x.y`, the
 //!   method a token, the target without spaces or control characters;
-//!   HTTP/1.0 and 1.1 are served, 2 and above get 505;
+//!   HTTP/1.0 and 1.1 are served, a later 1.x is served as 1.1 (§2.3), 2
+//!   and above get 505; a target in absolute form (`http://host/path`) is
+//!   taken as its path and query (§3.2.2);
 //! - a field is `name: value` with a token name and no space before the
 //!   colon; an obsolete line folding (a line starting with a space) is
 //!   malformed;
-//! - the body's framing: `Transfer-Encoding: chunked` wins over
-//!   `Content-Length` (and then the connection closes after the answer, as
-//!   RFC 9112 §6.3 asks); any other transfer coding is refused (the body
-//!   would reach the application still encoded); every `Content-Length`
-//!   must be the same run of digits;
+//! - `Host` (§3.2): an HTTP/1.1 request without one, a request with two,
+//!   or one whose value is not `host[:port]` is refused (400);
+//! - the body's framing (§6): `Transfer-Encoding` must end with `chunked`,
+//!   once (else 400); a coding other than `chunked` is not implemented
+//!   (501: the body would reach the application still encoded);
+//!   `Transfer-Encoding` wins over `Content-Length`, and then the
+//!   connection closes after the answer, as it does after any
+//!   `Transfer-Encoding` in an HTTP/1.0 request (§6.1, §6.3); every
+//!   `Content-Length` must be the same run of digits;
 //! - `Connection` (`close`, `keep-alive`, `upgrade`) and
-//!   `Expect: 100-continue` (anything else gets 417).
+//!   `Expect: 100-continue` (anything else gets 417; an HTTP/1.0 client's
+//!   is ignored, since it must not get a 1xx answer, RFC 9110 §10.1.1).
 
 use std::ops::Range;
 use std::str::FromStr;
 
 use super::rejection::Rejection;
 use crate::request_line::{HTTPVersion, Method};
+
+/// How many bytes at the start of `bytes` are whole empty lines (CRLF or
+/// LF), which a server should skip before a request line (RFC 9112 §2.2).
+pub(crate) fn leading_empty_lines(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &bytes[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
 
 /// Where a head ends in `bytes`, searching from `from`: the index just past
 /// the empty line that ends it. `from` lets a caller resume the search as
@@ -57,6 +78,9 @@ pub(crate) struct Head {
     text: String,
     method: Option<Method>,
     target: Range<usize>,
+    /// A target sent in absolute form, as its path and query (`/` when it
+    /// had no path); empty for the usual origin form.
+    origin_form: String,
     version: (u8, u8),
     /// Each field's name and value (value without surrounding whitespace).
     fields: Vec<(Range<usize>, Range<usize>)>,
@@ -165,6 +189,7 @@ impl Head {
     pub(crate) fn parse(&mut self, raw: &[u8]) -> Result<(), Rejection> {
         self.text.clear();
         self.fields.clear();
+        self.origin_form.clear();
         self.framing = Framing::default();
         self.method = None;
         self.text.push_str(ascii(raw)?);
@@ -185,7 +210,12 @@ impl Head {
             fields.push((name, value));
         }
         self.fields = fields;
+        framing_fields.check(version)?;
         self.framing = framing_fields.framing(version);
+        if let Some(origin_form) = origin_form(&text[self.target.clone()]) {
+            self.origin_form.push_str(origin_form.0);
+            self.origin_form.push_str(origin_form.1);
+        }
         // Parsed last: `Method::from_str` allocates for a method it does not know.
         self.method = Some(Method::from_str(method).map_err(|()| Rejection::MalformedRequestLine)?);
         Ok(())
@@ -196,8 +226,13 @@ impl Head {
         self.method.as_ref().unwrap_or(&Method::Get)
     }
 
+    /// The target in origin form (`/path?query`).
     pub(crate) fn target(&self) -> &str {
-        &self.text[self.target.clone()]
+        if self.origin_form.is_empty() {
+            &self.text[self.target.clone()]
+        } else {
+            &self.origin_form
+        }
     }
 
     pub(crate) fn version(&self) -> HTTPVersion {
@@ -268,12 +303,21 @@ fn parse_field(text: &str, line: Range<usize>) -> Result<(Range<usize>, Range<us
 #[derive(Default)]
 struct FramingFields {
     content_length: Option<u64>,
-    chunked: bool,
+    /// A `Transfer-Encoding` field was sent.
+    transfer_encoding: bool,
+    /// How many times `chunked` was listed, whether it was the last coding,
+    /// and whether another coding was listed.
+    chunked: u8,
+    chunked_last: bool,
+    other_coding: bool,
     expect_continue: bool,
     /// `Connection: close` (or `upgrade`).
     close: bool,
     /// `Connection: keep-alive`.
     keep_alive: bool,
+    /// `Host` fields, and whether one was not a valid `host[:port]`.
+    hosts: u8,
+    invalid_host: bool,
 }
 
 impl FramingFields {
@@ -293,12 +337,21 @@ impl FramingFields {
                 _ => return Err(Rejection::InvalidContentLength),
             }
         } else if is("transfer-encoding") {
-            // Only `chunked`, alone: another coding (gzip, ...) would be
-            // handed to the application still encoded.
-            if self.chunked || !value.eq_ignore_ascii_case("chunked") {
-                return Err(Rejection::UnsupportedTransferEncoding);
+            // A list, maybe over several fields; `check` decides.
+            self.transfer_encoding = true;
+            for coding in value.split(',').map(str::trim) {
+                let name = coding.split(';').next().unwrap_or_default().trim_end();
+                if name.is_empty() {
+                    continue;
+                }
+                let chunked = name.eq_ignore_ascii_case("chunked");
+                self.chunked = self.chunked.saturating_add(u8::from(chunked));
+                self.other_coding |= !chunked;
+                self.chunked_last = chunked;
             }
-            self.chunked = true;
+        } else if is("host") {
+            self.hosts = self.hosts.saturating_add(1);
+            self.invalid_host |= !valid_host(value);
         } else if is("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade") {
@@ -317,21 +370,45 @@ impl FramingFields {
         Ok(())
     }
 
+    /// What no request of this HTTP version may say: no `Host` in
+    /// HTTP/1.1, two, or an invalid one (RFC 9112 §3.2); a transfer
+    /// coding this server does not implement (501), or a
+    /// `Transfer-Encoding` that does not end with `chunked`, once (§6.3:
+    /// the body's length cannot be known).
+    fn check(&self, version: (u8, u8)) -> Result<(), Rejection> {
+        if self.invalid_host || self.hosts > 1 || (self.hosts == 0 && version == (1, 1)) {
+            return Err(Rejection::InvalidHost);
+        }
+        if self.other_coding {
+            return Err(Rejection::UnsupportedTransferEncoding);
+        }
+        if self.transfer_encoding && (self.chunked != 1 || !self.chunked_last) {
+            return Err(Rejection::InvalidTransferEncoding);
+        }
+        Ok(())
+    }
+
     /// The body's framing and the connection's fate, for a request of this
     /// HTTP version.
     fn framing(&self, version: (u8, u8)) -> Framing {
+        let http_1_0 = version == (1, 0);
+        let chunked = self.transfer_encoding;
         let mut framing = Framing {
-            chunked: self.chunked,
-            expect_continue: self.expect_continue,
+            chunked,
+            // An HTTP/1.0 client must not get a 1xx answer.
+            expect_continue: self.expect_continue && !http_1_0,
             ..Framing::default()
         };
-        if self.chunked {
+        if chunked {
             framing.ambiguous = self.content_length.is_some();
         } else {
             framing.content_length = self.content_length;
         }
-        let http_1_0 = version == (1, 0);
-        framing.last_request = self.close || (http_1_0 && !self.keep_alive) || framing.ambiguous;
+        // `Transfer-Encoding` in HTTP/1.0 is faulty framing: answered, then
+        // closed (RFC 9112 §6.1).
+        let faulty = http_1_0 && chunked;
+        framing.last_request =
+            self.close || (http_1_0 && !self.keep_alive) || framing.ambiguous || faulty;
         framing.keep_alive_1_0 = http_1_0 && self.keep_alive && !framing.last_request;
         framing
     }
@@ -360,6 +437,9 @@ fn parse_request_line(text: &str, line: Range<usize>) -> Result<RequestLine<'_>,
     let version = match version.as_bytes() {
         b"HTTP/1.1" => (1, 1),
         b"HTTP/1.0" => (1, 0),
+        // A later HTTP/1.x is served as 1.1, the highest this server
+        // speaks of that major version (RFC 9110 §2.5).
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => (1, 1),
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() && *major >= b'2' =>
         {
@@ -369,6 +449,74 @@ fn parse_request_line(text: &str, line: Range<usize>) -> Result<RequestLine<'_>,
     };
     let start = line.start + method.len() + 1;
     Ok((method, start..start + target.len(), version))
+}
+
+/// A target in absolute form (`scheme://authority/path?query`, RFC 9112
+/// §3.2.2) as the path and the query of its origin form: `("/", "?q")`
+/// when it has no path. `None` for a target in any other form.
+fn origin_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let after_authority = rest.find(['/', '?']).map_or("", |at| &rest[at..]);
+    Some(match after_authority.strip_prefix('?') {
+        Some(_) => ("/", after_authority),
+        None if after_authority.is_empty() => ("/", ""),
+        None => (after_authority, ""),
+    })
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a name of
+/// unreserved characters, percent-escapes and sub-delimiters, an IPv4
+/// address (the same characters), or an IP literal in brackets; the port
+/// digits. An empty value is allowed (a target without an authority).
+fn valid_host(value: &str) -> bool {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((address, rest)) => {
+                let address_ok = !address.is_empty()
+                    && address
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+                if !address_ok {
+                    return false;
+                }
+                match rest.strip_prefix(':') {
+                    Some(port) => ("", port),
+                    None if rest.is_empty() => ("", ""),
+                    None => return false,
+                }
+            }
+            None => return false,
+        },
+        None => value.split_once(':').unwrap_or((value, "")),
+    };
+    let host_ok = host.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    host_ok && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -413,42 +561,63 @@ mod tests {
         use Rejection::*;
         for (raw, expected) in [
             ("GET /\r\n\r\n", MalformedRequestLine),
-            ("GET  / HTTP/1.1\r\n\r\n", MalformedRequestLine),
-            ("G(T / HTTP/1.1\r\n\r\n", MalformedRequestLine),
+            ("GET  / HTTP/1.1\r\nHost: t\r\n\r\n", MalformedRequestLine),
+            ("G(T / HTTP/1.1\r\nHost: t\r\n\r\n", MalformedRequestLine),
             ("GET / HTTP/1.1 extra\r\n\r\n", MalformedRequestLine),
             ("GET / HTTP/0.9\r\n\r\n", MalformedRequestLine),
-            ("GET /\u{e9} HTTP/1.1\r\n\r\n", MalformedRequestLine),
+            (
+                "GET /\u{e9} HTTP/1.1\r\nHost: t\r\n\r\n",
+                MalformedRequestLine,
+            ),
             ("GET / HTTP/2.0\r\n\r\n", VersionNotSupported),
-            ("GET / HTTP/1.1\r\nNo colon\r\n\r\n", MalformedHeader),
-            ("GET / HTTP/1.1\r\nName : v\r\n\r\n", MalformedHeader),
-            ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", MalformedHeader),
-            ("GET / HTTP/1.1\r\nA: caf\u{e9}\r\n\r\n", MalformedHeader),
-            ("GET / HTTP/1.1\r\nA: b\x01\r\n\r\n", MalformedHeader),
             (
-                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nNo colon\r\n\r\n",
+                MalformedHeader,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nName : v\r\n\r\n",
+                MalformedHeader,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nA: b\r\n folded\r\n\r\n",
+                MalformedHeader,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nA: caf\u{e9}\r\n\r\n",
+                MalformedHeader,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nA: b\x01\r\n\r\n",
+                MalformedHeader,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
                 InvalidContentLength,
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: +5\r\n\r\n",
                 InvalidContentLength,
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
                 InvalidContentLength,
             ),
             (
-                "GET / HTTP/1.1\r\nExpect: the-moon\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nExpect: the-moon\r\n\r\n",
                 ExpectationFailed,
             ),
             (
-                "GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
                 UnsupportedTransferEncoding,
             ),
             (
-                "GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 UnsupportedTransferEncoding,
             ),
-            ("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", MalformedHeader),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nA: b\rc\r\n\r\n",
+                MalformedHeader,
+            ),
         ] {
             assert_eq!(parse(raw).err(), Some(expected), "{raw:?}");
         }
@@ -457,23 +626,78 @@ mod tests {
     #[test]
     fn decides_framing_and_the_connection() {
         let f = |raw: &str| parse(raw).unwrap().framing;
-        let chunked = f("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        let chunked = f("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert!(chunked.chunked && !chunked.ambiguous && chunked.content_length.is_none());
-        let both = f("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        let both = f(
+            "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
         assert!(both.chunked && both.ambiguous && both.last_request);
         assert_eq!(both.content_length, None);
-        assert!(f("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").last_request);
-        assert!(f("GET / HTTP/1.1\r\nConnection: Upgrade\r\n\r\n").last_request);
+        assert!(
+            f("GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, Close\r\n\r\n").last_request
+        );
+        assert!(f("GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\r\n").last_request);
         assert!(f("GET / HTTP/1.0\r\n\r\n").last_request);
         let kept = f("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(!kept.last_request && kept.keep_alive_1_0);
-        assert!(f("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
-        assert_eq!(f("GET / HTTP/1.1\n\n"), Framing::default());
+        assert!(f("PUT / HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
+        assert_eq!(f("GET / HTTP/1.1\nHost: t\n\n"), Framing::default());
+        // An HTTP/1.0 client's expectation is ignored; its Transfer-Encoding
+        // closes the connection after the answer.
+        let old = f("POST / HTTP/1.0\r\nExpect: 100-continue\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(!old.expect_continue && old.chunked && old.last_request && !old.keep_alive_1_0);
+    }
+
+    #[test]
+    fn host_and_target_forms() {
+        use Rejection::InvalidHost;
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").err(), Some(InvalidHost));
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n").err(),
+            Some(InvalidHost)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a b\r\n\r\n").err(),
+            Some(InvalidHost)
+        );
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+        for host in [
+            "a",
+            "a.b:80",
+            "[::1]",
+            "[::1]:8080",
+            "127.0.0.1",
+            "",
+            "xn--e1afmkfd.xn--p1ai",
+            "a%20b",
+        ] {
+            assert!(valid_host(host), "{host}");
+        }
+        for host in ["a b", "a/b", "a:b", "[::1", "[::1]x", "a:8080:1", "[]"] {
+            assert!(!valid_host(host), "{host}");
+        }
+        let target = |raw: &str| parse(raw).unwrap().target().to_owned();
+        assert_eq!(
+            target("GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\n"),
+            "/p?q"
+        );
+        assert_eq!(target("GET http://h HTTP/1.1\r\nHost: h\r\n\r\n"), "/");
+        assert_eq!(target("GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n"), "/?q");
+        assert_eq!(target("GET /o?x HTTP/1.1\r\nHost: h\r\n\r\n"), "/o?x");
+        assert_eq!(target("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"), "*");
+        assert_eq!(leading_empty_lines(b"\r\n\nGET"), 3);
+        assert_eq!(leading_empty_lines(b"\r"), 0);
+        assert_eq!(
+            parse("GET / HTTP/1.9\r\nHost: h\r\n\r\n")
+                .unwrap()
+                .version(),
+            HTTPVersion(1, 1)
+        );
     }
 
     #[test]
     fn unknown_methods_are_kept() {
-        let head = parse("PURGE /x HTTP/1.1\r\n\r\n").unwrap();
+        let head = parse("PURGE /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(head.method().as_str(), "PURGE");
     }
 }

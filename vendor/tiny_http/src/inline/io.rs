@@ -333,7 +333,9 @@ mod tests {
         let (mut io, mut client) = pair(Duration::from_secs(10));
         let sender = thread::spawn(move || {
             thread::sleep(Duration::from_millis(2));
-            client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
             client
         });
         assert!(io
@@ -341,7 +343,7 @@ mod tests {
             .unwrap());
         let _client = sender.join().unwrap();
         // One segment on loopback: all of it in one read.
-        assert_eq!(io.buffered(), b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(io.buffered(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         io.consume(io.buffered().len());
         assert!(blocks(&mut io), "the socket was left non-blocking");
     }

@@ -102,4 +102,4 @@ pub use self::handler::Handler;
 pub use self::rejection::Rejection;
 pub use self::request::{Body, BodyError, Request};
 pub use self::response::Response;
-pub use self::server::{Server, Stopped};
+pub use self::server::{Server, Stopped, ABANDON_GRACE};

@@ -20,16 +20,19 @@ pub enum Rejection {
     /// 400: `Content-Length` is not one decimal number (RFC 9112 §6.3 says
     /// such a message cannot be framed, so the connection must close).
     InvalidContentLength,
-    /// 400: a `Transfer-Encoding` other than `chunked` alone (the server
-    /// decodes chunked and nothing else).
+    /// 400: a `Transfer-Encoding` that does not end with `chunked`, or
+    /// lists it twice: the body's length cannot be known (RFC 9112 §6.3).
+    InvalidTransferEncoding,
+    /// 400: an HTTP/1.1 request without `Host`, or any request with two,
+    /// or with one that is not `host[:port]` (RFC 9112 §3.2).
+    InvalidHost,
+    /// 501: a transfer coding other than `chunked` (the server decodes
+    /// chunked and nothing else; RFC 9112 §6.1).
     UnsupportedTransferEncoding,
-    /// 408: the request head did not arrive within `header_timeout`.
+    /// 408: the request head did not arrive within `header_timeout`. (A
+    /// body's timeout is the handler's to answer: the server reports it as
+    /// `BodyError::TimedOut`.)
     HeaderTimeout,
-    /// 408: a body did not arrive within `body_timeout`. The inline server
-    /// reads a body only when the handler asks, and reports its timeout to
-    /// the handler (`BodyError::TimedOut`), so it never refuses with this;
-    /// the variant remains so that matches written for it still compile.
-    BodyTimeout,
     /// 417: an `Expect` header other than `100-continue`.
     ExpectationFailed,
     /// 431: the request head is over `max_header_bytes`.
@@ -50,8 +53,10 @@ impl Rejection {
             Rejection::MalformedRequestLine
             | Rejection::MalformedHeader
             | Rejection::InvalidContentLength
-            | Rejection::UnsupportedTransferEncoding => 400,
-            Rejection::HeaderTimeout | Rejection::BodyTimeout => 408,
+            | Rejection::InvalidTransferEncoding
+            | Rejection::InvalidHost => 400,
+            Rejection::UnsupportedTransferEncoding => 501,
+            Rejection::HeaderTimeout => 408,
             Rejection::ExpectationFailed => 417,
             Rejection::HeaderTooLarge => 431,
             Rejection::VersionNotSupported => 505,

@@ -57,6 +57,15 @@ fn valid_value(value: &[u8]) -> bool {
 }
 
 impl Response {
+    /// Gives back the buffers grown past `keep` bytes.
+    pub(crate) fn trim(&mut self, keep: usize) {
+        for buffer in [&mut self.headers, &mut self.body] {
+            if buffer.capacity() > keep {
+                *buffer = Vec::new();
+            }
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.status = 200;
         self.headers.clear();

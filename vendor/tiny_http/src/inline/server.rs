@@ -32,7 +32,7 @@ use super::handler::Handler;
 #[cfg(unix)]
 use super::lot;
 use super::lot::Lot;
-use super::registry::Registry;
+use super::registry::{Conn, Registry};
 use super::rejection::Rejection;
 use super::shared::Shared;
 
@@ -49,6 +49,10 @@ pub struct Stopped {
     /// by `stop`, or by their own thread, which had just finished an
     /// answer when `stop` looked.
     pub idle_closed: usize,
+    /// Connections still in a request at the deadline of
+    /// [`Server::stop_by`], closed in the middle of it (their answers
+    /// abandoned).
+    pub abandoned: usize,
     /// Time from the call to the last thread's exit.
     pub elapsed: Duration,
 }
@@ -142,6 +146,15 @@ impl Server {
     /// which the deadlines in [`Config`] bound; the listening socket is
     /// closed by then (see `spawn`).
     pub fn stop(self) -> Stopped {
+        self.stop_by(None)
+    }
+
+    /// As [`Server::stop`], but requests still being handled at `deadline`
+    /// are cut short: their connections are shut down in both directions,
+    /// so that a client that does not read (or sends a body slowly) cannot
+    /// hold the stop past it. Returns by about `deadline` plus
+    /// [`ABANDON_GRACE`] whatever clients do.
+    pub fn stop_by(self, deadline: Option<Instant>) -> Stopped {
         let started = Instant::now();
         let running = &self.running;
         let registry = &running.shared.registry;
@@ -165,25 +178,63 @@ impl Server {
         if let Some(lot) = &running.shared.lot {
             lot.wake();
         }
-        let mut live = lock(&running.live);
-        while *live > 0 {
-            live = running
-                .exited
-                .wait(live)
-                .unwrap_or_else(PoisonError::into_inner);
+        let mut abandoned = 0;
+        if !running.wait_for_threads(deadline) {
+            // The deadline passed with requests in hand: cut them short.
+            abandoned = registry.close_all();
+            if !running.wait_for_threads(Some(Instant::now() + ABANDON_GRACE)) {
+                log::error!(
+                    "inline server on {}: threads still running {ABANDON_GRACE:?} after their connections were shut down; not waiting for them",
+                    running.local_addr
+                );
+            }
         }
-        drop(live);
         idle_closed += registry.closed_by_their_threads();
         log::debug!(
-            "inline server on {} stopped ({idle_closed} idle connections closed)",
+            "inline server on {} stopped ({idle_closed} idle connections closed, {abandoned} requests abandoned at the deadline)",
             running.local_addr
         );
         Stopped {
             idle_closed,
+            abandoned,
             elapsed: started.elapsed(),
         }
     }
 }
+
+impl Running {
+    /// Waits until every thread has exited, or `deadline` passes (`None`:
+    /// no deadline). True if they all have.
+    fn wait_for_threads(&self, deadline: Option<Instant>) -> bool {
+        let mut live = lock(&self.live);
+        while *live > 0 {
+            live = match deadline {
+                None => self
+                    .exited
+                    .wait(live)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let Some(left) = deadline
+                        .checked_duration_since(Instant::now())
+                        .filter(|left| !left.is_zero())
+                    else {
+                        return false;
+                    };
+                    self.exited
+                        .wait_timeout(live, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        true
+    }
+}
+
+/// How long [`Server::stop_by`] waits, after shutting down the connections
+/// still in a request at its deadline, for their threads to exit (each is
+/// woken at once by the shutdown: a blocked read or write fails).
+pub const ABANDON_GRACE: Duration = Duration::from_millis(300);
 
 /// Where to connect to wake a thread in `accept`: the listening address,
 /// or loopback when it listens on every address.
@@ -336,11 +387,19 @@ fn run(running: &Arc<Running>, listener: &Arc<TcpListener>) {
                 log::warn!("inline server: cannot start another thread ({e}); new connections wait for a free one");
             }
         }
-        if !shared.registry.admit(config.max_connections) {
-            refuse(shared, stream, Rejection::TooManyConnections);
-            continue;
+        let admitted = shared.registry.admit(
+            stream,
+            peer,
+            config.max_connections,
+            config.max_connections_per_client,
+        );
+        match admitted {
+            Ok(conn) => serve_admitted(shared, conn, &mut buffers),
+            Err(stream) => {
+                refuse(shared, stream, Rejection::TooManyConnections);
+                continue;
+            }
         }
-        serve_accepted(shared, stream, peer, &mut buffers);
         if gate.waiting_in_accept() >= config.max_idle_threads {
             return;
         }
@@ -363,10 +422,9 @@ fn accept_failed(error: &io::Error) {
 }
 
 /// Serves a connection just accepted and admitted, on this thread.
-fn serve_accepted(shared: &Shared, stream: TcpStream, peer: SocketAddr, buffers: &mut Buffers) {
-    let conn = shared.registry.register(stream, peer);
+fn serve_admitted(shared: &Shared, conn: Conn, buffers: &mut Buffers) {
     // Idle until its first head: announced (registered), now look.
-    if shared.registry.gate.go_idle(&conn.entry.state) {
+    if shared.registry.go_idle(&conn.entry) {
         connection::serve(shared, conn, None, buffers);
     } else {
         connection::refuse(shared, &conn.entry.stream, Rejection::ShuttingDown, buffers);
