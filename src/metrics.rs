@@ -94,8 +94,10 @@ impl RouteLabel {
 
 /// Problem codes of requests and connections tiny_http refuses before they
 /// are routed (the `code` label of `http_rejections_total`).
-const HTTP_REJECTION_CODES: [&str; 9] = [
+const HTTP_REJECTION_CODES: [&str; 11] = [
     "malformed_request",
+    "invalid_host",
+    "unsupported_transfer_encoding",
     "invalid_content_length",
     "header_timeout",
     "body_timeout",
@@ -239,7 +241,7 @@ pub struct Metrics {
     duplicates: AtomicU64,
     rejected: [AtomicU64; 7],
     /// One per `HTTP_REJECTION_CODES`.
-    http_rejected: [AtomicU64; 9],
+    http_rejected: [AtomicU64; HTTP_REJECTION_CODES.len()],
     /// `[route][method][status class]`.
     requests: [[[AtomicU64; CLASSES.len()]; METHODS.len()]; RouteLabel::ALL.len()],
     pub request_seconds: Histogram,
@@ -443,6 +445,14 @@ impl Metrics {
 
     /// The durable store, in the modes that have one.
     fn render_storage(&self, s: &Stats, out: &mut String) {
+        if let Some(lag) = s.journal_lag {
+            gauge(
+                out,
+                "storage_journal_lag_events",
+                "PostgreSQL mode: events committed to the database (by any instance) that this instance has not applied yet.",
+                usize::try_from(lag).unwrap_or(usize::MAX),
+            );
+        }
         if let Some(unavailable) = s.storage_unavailable {
             let storage = &self.storage;
             gauge(

@@ -60,6 +60,9 @@ struct Watermark {
     /// waiters for one seq apart).
     waiters: BTreeMap<(Seq, u64), Thread>,
     next_ticket: u64,
+    /// Shutdown has drained the queue: the watermark will not move again,
+    /// so nobody waits any more ([`Progress::release_all`]).
+    released: bool,
 }
 
 impl Progress {
@@ -120,6 +123,19 @@ impl Progress {
         }
     }
 
+    /// Shutdown, once the workers have drained the queue: the watermark is
+    /// final, so every reader waiting for a seq beyond it is woken now
+    /// (rather than at its deadline), and later waits return at once.
+    pub fn release_all(&self) {
+        let mut state = self.lock();
+        state.released = true;
+        let waiting = std::mem::take(&mut state.waiters);
+        drop(state);
+        for waiter in waiting.into_values() {
+            waiter.unpark();
+        }
+    }
+
     /// Every seq up to the returned one is done.
     pub fn through(&self) -> Seq {
         self.lock().through
@@ -137,6 +153,9 @@ impl Progress {
         if state.through >= seq {
             return state.through;
         }
+        if state.released {
+            return state.through;
+        }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.waiters.insert((seq, ticket), sync::current());
@@ -147,7 +166,7 @@ impl Progress {
                 _ => {}
             }
             state = self.lock();
-            if state.through >= seq || Instant::now() >= deadline {
+            if state.through >= seq || state.released || Instant::now() >= deadline {
                 // `done` took us out if it woke us; a timeout did not.
                 state.waiters.remove(&(seq, ticket));
                 return state.through;
@@ -176,6 +195,24 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn release_all_ends_every_wait_at_once() {
+        let p = Arc::new(Progress::default());
+        let later = Instant::now() + Duration::from_secs(60);
+        let waiter = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || p.wait_through(5, later))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.waiting() < 1 {
+            assert!(Instant::now() < deadline, "the waiter never filed itself");
+            std::thread::yield_now();
+        }
+        p.release_all();
+        assert_eq!(waiter.join().unwrap(), 0);
+        assert_eq!(p.wait_through(9, later), 0, "a later wait returns at once");
+    }
 
     #[test]
     fn the_watermark_only_moves_over_a_contiguous_prefix() {

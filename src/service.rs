@@ -308,6 +308,7 @@ impl Service {
                 .backend
                 .is_durable()
                 .then(|| self.backend.unavailable().is_some()),
+            journal_lag: self.backend.lag(self.progress.through()),
         }
     }
 
@@ -334,6 +335,12 @@ impl Service {
         self.backend.stop_taking(deadline);
         let queued = self.intake.close();
         self.backend.accepted().unwrap_or(queued)
+    }
+
+    /// Shutdown, once the workers have drained the queue: the watermark is
+    /// final, so `min_seq` readers waiting beyond it are answered now.
+    pub fn release_readers(&self) {
+        self.progress.release_all();
     }
 
     /// Shutdown, once the workers have stopped: the backend writes what is

@@ -20,11 +20,14 @@
 //!    the queue are counted (accepted − applied − panicked) and logged.
 //! 4. **Join the workers.** In the durable modes the backend then writes
 //!    what they applied and stops its threads (`Service::finish`).
-//! 5. **Stop HTTP.** The server stops taking connections (the listening
-//!    socket closes), closes the connections waiting for a request, lets
-//!    the requests in hand finish (their answers say `Connection: close`)
-//!    and returns once every connection thread has exited; then the
-//!    answerer writes what it has and exits.
+//! 5. **Stop HTTP.** `min_seq` readers still waiting are answered (the
+//!    watermark is final). The server stops taking connections (the
+//!    listening socket closes), closes the connections waiting for a
+//!    request, lets the requests in hand finish (their answers say
+//!    `Connection: close`) until the deadline, cuts short those still in
+//!    hand then (a client that does not read its answer, or sends its body
+//!    slowly), and returns once every connection thread has exited; then
+//!    the answerer writes what it has and exits.
 //! 6. **Report** the counts.
 //!
 //! No step polls and nothing is joined in `Drop`: dropping a `Running`
@@ -95,10 +98,8 @@ impl Running {
     }
 
     /// Stops the service in the order described in the module docs and
-    /// reports what happened. Takes at most about `SHUTDOWN_TIMEOUT` plus
-    /// the time to finish the requests in hand, which the connection
-    /// deadlines bound (`SOCKET_TIMEOUT`, `BODY_TIMEOUT`, a `min_seq` read's
-    /// 5 s).
+    /// reports what happened. Takes at most `SHUTDOWN_TIMEOUT` and a
+    /// fraction of a second, whatever clients do.
     pub fn shutdown(self) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
         let timeout = self.config.shutdown_timeout;
@@ -122,10 +123,18 @@ impl Running {
         // and stop.
         let counters = Arc::clone(self.workers.counters());
         let panicked = self.workers.join();
+        self.service.release_readers();
         let committed = self.service.finish().map(|committed| committed.events);
 
-        // 5. Stop the HTTP side and close the listening socket.
-        let stopped = self.http.stop();
+        // 5. Stop the HTTP side and close the listening socket, by the
+        // deadline: requests still in hand then are cut short.
+        let stopped = self.http.stop(deadline);
+        if stopped.abandoned > 0 {
+            log::warn!(
+                "shutdown: {} connections were still in a request at the deadline (clients not reading their answers, or sending slowly); they were closed",
+                stopped.abandoned
+            );
+        }
         log::debug!(
             "shutdown: HTTP stopped in {:?}; {} idle connections closed",
             stopped.elapsed,

@@ -38,6 +38,9 @@ pub struct Stats {
     pub max_connections: usize,
     /// Durable mode: whether writes fail right now; `None` in memory mode.
     pub storage_unavailable: Option<bool>,
+    /// PostgreSQL mode: events committed to the database (by any instance)
+    /// not yet applied by this one; `None` in the other modes.
+    pub journal_lag: Option<u64>,
 }
 
 /// What shutdown did.

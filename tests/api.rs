@@ -1349,7 +1349,7 @@ fn prices_read_back_as_written() {
         let reply = server.get(&format!("/products/{id}"));
         assert_eq!(
             reply.body,
-            format!(r#"{{"product_id":"{id}","price":{text},"stock":null}}"#)
+            format!("{{\"product_id\":\"{id}\",\"price\":{text},\"stock\":null}}\n")
         );
     }
     let report = server.shutdown();

@@ -60,22 +60,25 @@ fn connections_past_max_connections_get_503_and_a_close() {
         max_connections: 2,
         // Long enough that the held connections stay open during the test.
         socket_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
         ..test_config()
     });
     let addr = server.running.local_addr();
-    // Two connections held open (each has sent a request and keeps alive).
+    // Two connections held busy (each a reader waiting for a seq that will
+    // not come): neither is idle to make room. (An idle one would be
+    // closed for the new one: see
+    // `at_the_limit_the_connection_idle_longest_makes_room`.)
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = TcpStream::connect(addr).expect("connect");
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.write_all(b"GET /products/x?min_seq=999999&wait=5 HTTP/1.1\r\nHost: t\r\n\r\n")
                 .expect("send");
-            let mut head = [0u8; 12];
-            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-            s.read_exact(&mut head).expect("answered");
-            assert_eq!(&head, b"HTTP/1.1 200");
             s
         })
         .collect();
+    common::wait_until("both connections to be busy", || {
+        (server.stats().waiting_readers == 2).then_some(())
+    });
     // The third is refused at once, with problem details and a close.
     let mut third = TcpStream::connect(addr).expect("connect");
     let answer = read_all(&mut third);
@@ -91,7 +94,7 @@ fn connections_past_max_connections_get_503_and_a_close() {
         let r = server.get("/healthz");
         (r.status == 200).then_some(r)
     });
-    assert_eq!(reply.body, r#"{"status":"ok"}"#);
+    assert_eq!(reply.body, "{\"status\":\"ok\"}\n");
     drop(held);
     server.shutdown();
 }
@@ -105,7 +108,7 @@ fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
     let addr = server.running.local_addr();
     // A request of exactly `len` bytes, asking for a close.
     let head_of = |len: usize| {
-        let start = "GET /healthz HTTP/1.1\r\nConnection: close\r\nX-Pad: ";
+        let start = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: ";
         let end = "\r\n\r\n";
         format!("{start}{}{end}", "a".repeat(len - start.len() - end.len()))
     };
@@ -120,7 +123,7 @@ fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
     );
     assert_eq!(reply.header("connection"), Some("close"));
     // Many short header lines adding up to more than the limit.
-    let mut many = String::from("GET /healthz HTTP/1.1\r\n");
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: t\r\n");
     for i in 0..200 {
         many.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(20)));
     }
@@ -140,7 +143,7 @@ fn the_default_head_limit_is_32_kib() {
     let addr = server.running.local_addr();
     let request = |pad: usize| {
         format!(
-            "GET /healthz HTTP/1.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
             "a".repeat(pad)
         )
     };
@@ -164,12 +167,12 @@ fn malformed_requests_get_problem_details_and_a_close() {
             "malformed_request",
         ),
         (
-            b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
             400,
             "malformed_request",
         ),
         (
-            b"GET /healthz HTTP/1.1\r\nX-Bin: \xc3\xa9\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Bin: \xc3\xa9\r\n\r\n",
             400,
             "malformed_request",
         ),
@@ -641,10 +644,6 @@ fn slow_clients_leave_others_served(mix: Mix) {
             && gauge(&server, "min_seq_readers_waiting") == mix.readers as u64)
             .then_some(())
     });
-    // Past the limit: refused at once, by the thread that accepted it.
-    common::exchange_expecting_close(addr, b"GET /healthz HTTP/1.1\r\n\r\n")
-        .assert_problem(503, "too_many_connections");
-
     for i in 0..100 {
         let id = format!("p{}", i % 10);
         let r = server.post_event(&format!(r#"{{"product_id":"{id}","stock":{i}}}"#));
@@ -658,15 +657,20 @@ fn slow_clients_leave_others_served(mix: Mix) {
         );
     }
     assert_eq!(server.get("/products/p9").json()["stock"], 99);
-    // No slow client was done with meanwhile.
+    // Past the limit, a new client is served too: the connection idle
+    // longest (a silent or trickling one, or else the ordinary client's
+    // own, between its requests) is closed to make room.
+    let past = common::exchange_expecting_close(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(past.status, 200, "{}", past.body);
+    // No slow client but the ones idle was done with meanwhile.
     assert!(
         readers.iter().all(|r| !r.is_finished()),
         "a reader's 5 s ran out first"
     );
-    assert_eq!(
-        gauge(&server, "http_connections_open"),
-        max_connections as u64
-    );
+    assert!(gauge(&server, "http_connections_open") <= max_connections as u64);
 
     drop(silent);
     drop(head_tricklers);
@@ -741,4 +745,144 @@ fn a_client_that_does_not_read_is_disconnected_after_the_socket_timeout() {
     assert_eq!(server.get("/healthz").status, 200);
     drop(hostile);
     server.shutdown();
+}
+
+/// A connection to the service from `source`, another loopback address
+/// than the test's other clients (Linux routes all of 127.0.0.0/8 to
+/// loopback): a different client, as the service counts them.
+fn connect_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = format!("{source}:0").parse().expect("address");
+    socket
+        .bind(&from.into())
+        .expect("bind the client's address");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+}
+
+/// One request on a new connection from `source`, answered and closed;
+/// returns the answer and how long it took.
+fn timed_request(
+    source: &str,
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> (common::Reply, Duration) {
+    let started = Instant::now();
+    let mut stream = connect_from(source, addr);
+    stream.write_all(request.as_bytes()).expect("send");
+    let answer = read_all(&mut stream);
+    (common::parse_raw(&answer), started.elapsed())
+}
+
+/// Another client's health check, event and read, each on a new
+/// connection from `source`: each must be answered within 100 ms.
+fn another_client_is_served_at_once(source: &str, addr: std::net::SocketAddr) {
+    let limit = Duration::from_millis(100);
+    let event = r#"{"product_id":"other","stock":7}"#;
+    let requests = [
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(),
+        format!(
+            "POST /events HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{event}",
+            event.len()
+        ),
+        "GET /products/other?min_seq=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(),
+    ];
+    for (request, status) in requests.iter().zip([200, 202, 200]) {
+        let (answer, took) = timed_request(source, addr, request);
+        assert_eq!(answer.status, status, "{request:?}: {}", answer.body);
+        assert!(
+            took <= limit,
+            "{request:?} took {took:?}, more than {limit:?}"
+        );
+    }
+}
+
+/// One client address opening more than MAX_CONNECTIONS connections,
+/// silent and trickling heads, holds at most MAX_CONNECTIONS_PER_CLIENT
+/// of them at any time (each one past its share closes its own idle
+/// longest); another client is served meanwhile, each request within 100
+/// ms.
+#[test]
+fn one_address_cannot_shut_the_others_out() {
+    let server = TestServer::start(Config {
+        max_connections: 40,
+        max_connections_per_client: 10,
+        header_timeout: Duration::from_secs(120),
+        keepalive_timeout: Duration::from_secs(120),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    // More than MAX_CONNECTIONS from 127.0.0.1: silent ones, and heads
+    // trickled a byte every 50 ms.
+    let mut silent: Vec<TcpStream> = (0..45).map(|_| connect_from("127.0.0.1", addr)).collect();
+    let tricklers: Vec<Trickler> = (0..5)
+        .map(|_| {
+            Trickler::start(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nX-Slow: ",
+                Duration::from_millis(50),
+            )
+        })
+        .collect();
+    // Every one past the share closed one of its own: the first 35 silent
+    // ones by the time the tricklers came, and 40 of the 50 in all.
+    common::wait_until("the greedy address to hold no more than its share", || {
+        let open = server.stats().open_connections;
+        (open <= 10 && closed_count(&mut silent) >= 35).then_some(())
+    });
+    another_client_is_served_at_once("127.0.0.2", addr);
+    drop(silent);
+    drop(tricklers);
+    server.shutdown();
+}
+
+/// With the per-client share off (as behind a proxy, where every client
+/// has the proxy's address), one address filling MAX_CONNECTIONS with idle
+/// connections still leaves room: at the limit, the connection idle
+/// longest is closed, quietly, for the new one.
+#[test]
+fn at_the_limit_the_connection_idle_longest_makes_room() {
+    let server = TestServer::start(Config {
+        max_connections: 20,
+        max_connections_per_client: 20,
+        keepalive_timeout: Duration::from_secs(120),
+        ..test_config()
+    });
+    let addr = server.running.local_addr();
+    let mut first: Vec<TcpStream> = (0..20).map(|_| connect_from("127.0.0.1", addr)).collect();
+    common::wait_until("the limit to be reached", || {
+        (server.stats().open_connections == 20).then_some(())
+    });
+    // Five more: each closes one of the first twenty.
+    let mut later: Vec<TcpStream> = (0..5).map(|_| connect_from("127.0.0.1", addr)).collect();
+    common::wait_until("five of the first twenty to be closed", || {
+        (closed_count(&mut first) == 5 && server.stats().open_connections == 20).then_some(())
+    });
+    assert_eq!(
+        closed_count(&mut later),
+        0,
+        "a newer connection was closed first"
+    );
+    another_client_is_served_at_once("127.0.0.1", addr);
+    another_client_is_served_at_once("127.0.0.2", addr);
+    drop((first, later));
+    server.shutdown();
+}
+
+/// How many of `streams` the server has closed (read returns the end at
+/// once; an open one has nothing to read).
+fn closed_count(streams: &mut [TcpStream]) -> usize {
+    let mut closed = 0;
+    for stream in streams.iter_mut() {
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        if matches!(stream.read(&mut byte), Ok(0)) {
+            closed += 1;
+        }
+        stream.set_nonblocking(false).expect("blocking");
+    }
+    closed
 }

@@ -15,14 +15,14 @@ fn healthz_is_ok() {
     let reply = server.get("/healthz");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.body, r#"{"status":"ok"}"#);
+    assert_eq!(reply.body, "{\"status\":\"ok\"}\n");
     server.shutdown();
 }
 
 #[test]
 fn readyz_flips_to_503_as_soon_as_a_drain_starts_while_healthz_stays_ok() {
     let server = TestServer::start(test_config());
-    assert_eq!(server.get("/readyz").body, r#"{"status":"ready"}"#);
+    assert_eq!(server.get("/readyz").body, "{\"status\":\"ready\"}\n");
     // Keep the drain going (paused workers, one queued event) while we look.
     let paused = server.running.pause_workers();
     assert_eq!(

@@ -370,3 +370,90 @@ fn log_format_json_writes_one_object_per_line() {
         }
     }
 }
+
+/// Clients that hold the shutdown up as long as they can (ones that never
+/// read their answers, ones that send a body a few bytes at a time, and
+/// `min_seq` readers waiting for a seq that never comes) cannot keep the
+/// process past SHUTDOWN_TIMEOUT and a second: their requests are cut
+/// short at the deadline, and every acknowledged event is still applied.
+#[test]
+fn slow_clients_cannot_hold_the_shutdown_past_its_deadline() {
+    let timeout = Duration::from_secs(2);
+    let mut binary = Binary::start(&[
+        ("SHUTDOWN_TIMEOUT", "2"),
+        ("SOCKET_TIMEOUT", "60"),
+        ("BODY_TIMEOUT", "60"),
+        ("MAX_CONNECTIONS_PER_CLIENT", "1000"),
+    ]);
+    let addr = binary.addr;
+    let agent = agent();
+    let base = binary.base();
+    for i in 0..50 {
+        let r = post_event(
+            &agent,
+            &base,
+            &format!(r#"{{"product_id":"p{}","stock":{i}}}"#, i % 5),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    // Readers that never read: many large answers asked for at once.
+    let readers: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let asks = "GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(300);
+            s.write_all(asks.as_bytes()).expect("send");
+            s
+        })
+        .collect();
+    // Bodies that stall after a few bytes.
+    let bodies: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"product_id\":")
+                .expect("send");
+            s
+        })
+        .collect();
+    // Readers waiting for a seq that will never be applied.
+    let waiters: Vec<thread::JoinHandle<()>> = (0..10)
+        .map(|_| {
+            let base = base.clone();
+            thread::spawn(move || {
+                let _ = common::agent()
+                    .get(format!("{base}/products/p1?min_seq=999999&wait=5"))
+                    .call();
+            })
+        })
+        .collect();
+    wait_until("every slow client to be held", || {
+        let metrics = agent
+            .get(format!("{base}/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l == "min_seq_readers_waiting 10")
+            .then_some(())
+    });
+    let started = Instant::now();
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+    let took = started.elapsed();
+    assert!(
+        took <= timeout + Duration::from_secs(1),
+        "the shutdown took {took:?} with SHUTDOWN_TIMEOUT={timeout:?}"
+    );
+    let summary = binary
+        .lines
+        .iter()
+        .find(|l| l.contains("accepted=50 applied=50"))
+        .unwrap_or_else(|| panic!("no summary with every event applied: {:#?}", binary.lines));
+    assert!(summary.contains("not_applied=0"), "{summary}");
+    drop((readers, bodies));
+    for waiter in waiters {
+        waiter.join().expect("waiter");
+    }
+}

@@ -70,6 +70,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// How many events the backend holds that this instance has not applied
+    /// yet, given the watermark (PostgreSQL: committed by any instance,
+    /// not yet read and applied here); `None` where that cannot happen.
+    fn lag(&self, applied_through: Seq) -> Option<u64> {
+        let _ = applied_through;
+        None
+    }
+
     /// Events this instance accepted, where the intake's count is not that
     /// (PostgreSQL: the queue also carries other instances' events).
     fn accepted(&self) -> Option<u64> {

@@ -20,8 +20,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod database_url;
+mod tokens;
 
 pub use database_url::DatabaseUrl;
+pub use tokens::{ApiTokens, PublicPaths, SHORT_TOKEN, Scope};
 
 /// Everything the service needs to know before it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +64,18 @@ pub struct Config {
     /// Most products the store takes; events for new products beyond it get
     /// 507 (events already queued may exceed it by at most `queue_size`).
     pub max_products: usize,
-    /// Most client connections served at once (each has its thread);
-    /// beyond it a connection gets 503 and is closed.
+    /// Most client connections served at once (each has its thread). At
+    /// the limit the connection idle longest is closed to make room; with
+    /// none idle, a new connection gets 503 and is closed.
     pub max_connections: usize,
+    /// Most connections one client address holds at once; beyond it that
+    /// address's new connections get 503. Behind a proxy, every client has
+    /// the proxy's address: set it to `max_connections` there.
+    pub max_connections_per_client: usize,
+    /// Bearer tokens a request must carry (none: every route is open).
+    pub api_tokens: ApiTokens,
+    /// The operability routes that need no token when tokens are set.
+    pub public_paths: PublicPaths,
     /// Where the durable state lives (a SQLite database in this directory);
     /// `None`: in memory only. Needs the `sqlite` feature.
     pub data_dir: Option<PathBuf>,
@@ -166,10 +177,10 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "BIND_ADDR",
-        help: "address to listen on (127.0.0.1 for local only)",
+        help: "address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every network it is on (then set API_TOKENS)",
         kind: Kind::Text {
             allowed: "an IPv4 or IPv6 address",
-            default: "0.0.0.0",
+            default: "127.0.0.1",
             set: |c, v| v.parse::<IpAddr>().map(|ip| c.bind.set_ip(ip)).is_ok(),
         },
     },
@@ -276,13 +287,24 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "MAX_CONNECTIONS",
-        help: "client connections open at once (a thread each while a request is read or answered); more get 503 and are closed",
+        help: "client connections open at once (a thread each while a request is read or answered); at the limit the connection idle longest is closed to make room, and with none idle a new one gets 503",
         kind: Kind::Number {
             min: 1,
             max: 100_000,
             default: 1000,
             note: "",
             set: |c, v| c.max_connections = v as usize,
+        },
+    },
+    Setting {
+        name: "MAX_CONNECTIONS_PER_CLIENT",
+        help: "connections one client address may hold at once; past it that address's connection idle longest is closed to make room, or, none idle, its new one gets 503 (behind a proxy, where every client has the proxy's address, set it to MAX_CONNECTIONS)",
+        kind: Kind::Number {
+            min: 1,
+            max: 100_000,
+            default: 256,
+            note: "",
+            set: |c, v| c.max_connections_per_client = v as usize,
         },
     },
     Setting {
@@ -378,6 +400,59 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "API_TOKENS",
+        help: "bearer tokens a request must carry, comma-separated: TOKEN may read and write, read:TOKEN may only read; unset: every route is open to whoever can reach BIND_ADDR",
+        kind: Kind::Text {
+            allowed: "tokens of letters, digits and -._~+/ separated by commas, each optionally read:",
+            default: "",
+            set: |c, v| match ApiTokens::parse(v, ',') {
+                Ok(tokens) => {
+                    c.api_tokens = tokens;
+                    true
+                }
+                Err(_) => false,
+            },
+        },
+    },
+    Setting {
+        name: "API_TOKENS_FILE",
+        help: "a file of more tokens, one per line (TOKEN or read:TOKEN; # starts a comment), to keep them out of the environment",
+        kind: Kind::Text {
+            allowed: "a readable file with one token per line (TOKEN, or read:TOKEN for one that may only read)",
+            default: "",
+            set: |c, v| {
+                if v.is_empty() {
+                    return true;
+                }
+                let Ok(text) = std::fs::read_to_string(v) else {
+                    return false;
+                };
+                match ApiTokens::parse(&text, '\n') {
+                    Ok(tokens) => {
+                        c.api_tokens = std::mem::take(&mut c.api_tokens).merged(tokens);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            },
+        },
+    },
+    Setting {
+        name: "PUBLIC_PATHS",
+        help: "with API_TOKENS: the operability routes that still answer without a token (none: every route needs one)",
+        kind: Kind::Text {
+            allowed: PublicPaths::ALLOWED,
+            default: "/healthz,/readyz,/metrics,/openapi.json",
+            set: |c, v| match PublicPaths::parse(v) {
+                Some(paths) => {
+                    c.public_paths = paths;
+                    true
+                }
+                None => false,
+            },
+        },
+    },
+    Setting {
         name: "LOG_FORMAT",
         help: "log lines as text, or one JSON object per line",
         kind: Kind::Text {
@@ -397,7 +472,7 @@ const SETTINGS: &[Setting] = &[
         name: "RUST_LOG",
         help: "log level",
         kind: Kind::Elsewhere {
-            allowed: "error, warn, info, debug, trace, or env_logger directives",
+            allowed: "a level (off, error, warn, info, debug, trace), or comma-separated target=level directives for product_update_service, access, tiny_http, postgres, tokio_postgres, rusqlite",
             default: "info",
         },
     },
@@ -473,6 +548,14 @@ impl Default for Config {
             idempotency_ttl: Duration::ZERO,
             max_products: 0,
             max_connections: 0,
+            max_connections_per_client: 0,
+            api_tokens: ApiTokens::default(),
+            public_paths: PublicPaths {
+                healthz: false,
+                readyz: false,
+                metrics: false,
+                openapi: false,
+            },
             data_dir: None,
             durability: Durability::Commit,
             database_url: None,
@@ -546,6 +629,18 @@ impl Config {
                 allowed: "DURABILITY only together with DATA_DIR (in memory mode nothing is written to disk; with DATABASE_URL every 202 comes after the PostgreSQL commit)".to_owned(),
             });
         }
+        // A typo in RUST_LOG (`debg`) is a filter env_logger accepts and
+        // that silences every line, errors included: refuse it instead.
+        if let Some(raw) = lookup("RUST_LOG") {
+            let value = raw.to_string_lossy().into_owned();
+            if let Err(allowed) = check_log_filter(&value) {
+                return Err(ConfigError {
+                    variable: "RUST_LOG",
+                    value,
+                    allowed,
+                });
+            }
+        }
         // One source of truth: a local database or a shared one.
         if let (Some(_), Some(url)) = (&config.data_dir, &config.database_url) {
             return Err(ConfigError {
@@ -617,6 +712,54 @@ impl Config {
     }
 }
 
+/// The log targets this binary writes under: a `RUST_LOG` directive must
+/// name one of them (or a module below one), or be a level.
+const LOG_TARGETS: [&str; 6] = [
+    "product_update_service",
+    "access",
+    "tiny_http",
+    "postgres",
+    "tokio_postgres",
+    "rusqlite",
+];
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `RUST_LOG` as env_logger reads it (`directive[,directive...]`,
+/// each `level`, `target` or `target=level`, and an optional `/regex` at
+/// the end), with this binary's targets; the error says what is allowed.
+fn check_log_filter(value: &str) -> Result<(), String> {
+    let directives = value
+        .split_once('/')
+        .map_or(value, |(directives, _)| directives);
+    let is_level = |word: &str| LOG_LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l));
+    let is_target = |word: &str| {
+        LOG_TARGETS.iter().any(|t| {
+            word == *t
+                || word
+                    .strip_prefix(t)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+    };
+    for directive in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => is_target(target.trim()) && is_level(level.trim()),
+            None => is_level(directive) || is_target(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "comma-separated directives, each a level ({}), a target ({}) or target=level; {directive:?} is none of them",
+                LOG_LEVELS.join(", "),
+                LOG_TARGETS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The database's file name inside `DATA_DIR` (its WAL and lock files sit
 /// beside it: `products.db-wal`, `products.db-shm`, `products.db.lock`).
 pub const DATABASE_FILE: &str = "products.db";
@@ -626,7 +769,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} storage={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} max_connections_per_client={} api_tokens={} public_paths={} storage={}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -642,6 +785,9 @@ impl fmt::Display for Config {
             self.idempotency_ttl,
             self.max_products,
             self.max_connections,
+            self.max_connections_per_client,
+            self.api_tokens,
+            self.public_paths,
             self.storage()
         )
     }
@@ -702,10 +848,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rust_log_typo_stops_the_start() {
+        for good in [
+            "info",
+            "warn,access=off",
+            "product_update_service::backend=debug",
+            "DEBUG",
+            "info/regex",
+        ] {
+            assert!(from(&[("RUST_LOG", good)]).is_ok(), "{good}");
+        }
+        for bad in ["debg", "info,acess=off", "access=loud", "hyper=debug"] {
+            let e = from(&[("RUST_LOG", bad)]).unwrap_err();
+            assert_eq!(e.variable, "RUST_LOG", "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_when_nothing_is_set() {
         let c = Config::default();
         assert_eq!(from(&[]).unwrap(), c);
-        assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(
             (c.workers, c.queue_size, c.max_connections),
             (4, 10_000, 1000)

@@ -75,6 +75,7 @@ pub fn complete(
     }
     let took = asked.started.elapsed();
     let status = response.status();
+    let code = result.as_ref().err().map(ApiError::code);
     service
         .metrics
         .request(asked.route.label(), asked.method, status, took);
@@ -83,11 +84,13 @@ pub fn complete(
         // off on its own (RUST_LOG=info,access=off).
         log::info!(
             target: "access",
-            "{} {} {status} {}B {}us request_id={request_id}",
+            "{} {} {status} {}B {}us request_id={request_id}{}{}",
             asked.method,
             asked.url,
             response.body().len(),
-            took.as_micros()
+            took.as_micros(),
+            if code.is_some() { " code=" } else { "" },
+            code.unwrap_or_default()
         );
     }
 }
@@ -109,11 +112,30 @@ pub fn problem(error: &ApiError, request_id: RequestId<'_>, response: &mut Respo
         ApiError::MethodNotAllowed { allow, .. } => {
             response.add_header("Allow", allow);
         }
+        ApiError::TokenRequired => {
+            response.add_header(
+                "WWW-Authenticate",
+                "Bearer realm=\"product-update-service\"",
+            );
+        }
+        ApiError::TokenInvalid => {
+            response.add_header(
+                "WWW-Authenticate",
+                "Bearer realm=\"product-update-service\", error=\"invalid_token\"",
+            );
+        }
+        ApiError::TokenReadOnly => {
+            response.add_header(
+                "WWW-Authenticate",
+                "Bearer realm=\"product-update-service\", error=\"insufficient_scope\"",
+            );
+        }
         _ => {}
     }
     let body = response.body_mut();
     body.clear();
     error.write_json(&request_id, body);
+    body.push(b'\n');
 }
 
 /// The `events_rejected_total` reason for an error answered on `/events`.
@@ -162,6 +184,8 @@ pub fn json<T: Serialize>(response: &mut Response, status: u16, value: &T) {
     response.add_header("Content-Type", JSON);
     // Our answers are structs of strings and numbers: cannot fail.
     let _ = serde_json::to_writer(response.body_mut(), value);
+    // A line, so that a shell prompt after `curl` starts on its own line.
+    response.body_mut().push(b'\n');
 }
 
 /// The 202 acknowledgement.

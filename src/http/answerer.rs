@@ -40,7 +40,7 @@ use crate::service::Service;
 
 /// How long shutdown waits for the answerer to write the answers it has
 /// and exit, once the HTTP server has stopped.
-const STOP_WAIT: Duration = Duration::from_secs(2);
+const STOP_WAIT: Duration = Duration::from_millis(300);
 
 /// A `POST /events` whose answer waits for its commit: what the answer
 /// needs, carried with the event to the committer and back.

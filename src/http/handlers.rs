@@ -231,8 +231,11 @@ impl Handlers {
                 }
             }
         }
-        let page = self.service.products_after(after.as_deref(), limit);
-        let next_cursor = (page.len() == limit)
+        // One more than asked: a cursor only if there is a next page.
+        let mut page = self.service.products_after(after.as_deref(), limit + 1);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next_cursor = more
             .then(|| page.last().map(|(id, _)| wire::cursor_encode(id)))
             .flatten();
         let products: Vec<Product<'_>> = page

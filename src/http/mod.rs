@@ -6,7 +6,8 @@
 //!    `Dispatch::handle` on that same thread, which gives the request its
 //!    id, routes it, answers it, and counts and logs the answer.
 //! 2. [`route`]: the method and path, parsed once into a `Route` that picks
-//!    the handler and is the metrics label.
+//!    the handler and is the metrics label; [`auth`]: whether the request's
+//!    bearer token lets it through (`API_TOKENS`).
 //! 3. [`handlers`]: what each route answers, as calls to the service.
 //! 4. [`wire`]: the small parsing jobs under the handlers (body with its
 //!    limit, `Content-Type`, `If-None-Match`, percent-decoding, query,
@@ -29,6 +30,7 @@
 
 pub mod answer;
 pub mod answerer;
+pub mod auth;
 pub mod handlers;
 pub mod problem;
 pub mod route;

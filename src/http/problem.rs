@@ -81,9 +81,21 @@ pub enum ApiError {
     HeaderTooLarge { limit: usize },
     /// An HTTP version above 1.1 (505).
     HttpVersionNotSupported,
-    /// `MAX_CONNECTIONS` connections are open already (503 with
-    /// `Retry-After: 1`; answered by tiny_http's accept thread).
-    TooManyConnections { limit: usize },
+    /// An HTTP/1.1 request without `Host`, or one with two or an invalid
+    /// one (400).
+    InvalidHost,
+    /// A transfer coding other than chunked (501).
+    UnsupportedTransferEncoding,
+    /// `MAX_CONNECTIONS` connections are open already and none is idle, or
+    /// the client's address holds `MAX_CONNECTIONS_PER_CLIENT` (503 with
+    /// `Retry-After: 1`; answered by the thread that accepted it).
+    TooManyConnections { limit: usize, per_client: usize },
+    /// API tokens are configured and the request carries none (401).
+    TokenRequired,
+    /// The request's bearer token is not one of the configured ones (401).
+    TokenInvalid,
+    /// The request's token may only read (403).
+    TokenReadOnly,
 }
 
 /// The problem's `reason` member of a `/readyz` 503.
@@ -120,7 +132,11 @@ impl ApiError {
             | ApiError::InvalidPathProductId { .. }
             | ApiError::InvalidQuery { .. }
             | ApiError::MalformedRequest { .. }
+            | ApiError::InvalidHost
             | ApiError::InvalidContentLength => 400,
+            ApiError::TokenRequired | ApiError::TokenInvalid => 401,
+            ApiError::TokenReadOnly => 403,
+            ApiError::UnsupportedTransferEncoding => 501,
             ApiError::HeaderTimeout { .. } | ApiError::BodyTimeout { .. } => 408,
             ApiError::ExpectationFailed => 417,
             ApiError::HeaderTooLarge { .. } => 431,
@@ -165,7 +181,12 @@ impl ApiError {
             ApiError::ExpectationFailed => "expectation_failed",
             ApiError::HeaderTooLarge { .. } => "header_too_large",
             ApiError::HttpVersionNotSupported => "http_version_not_supported",
+            ApiError::InvalidHost => "invalid_host",
+            ApiError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
             ApiError::TooManyConnections { .. } => "too_many_connections",
+            ApiError::TokenRequired => "token_required",
+            ApiError::TokenInvalid => "token_invalid",
+            ApiError::TokenReadOnly => "token_read_only",
         }
     }
 
@@ -201,7 +222,11 @@ impl ApiError {
             ApiError::ExpectationFailed => "Expectation failed",
             ApiError::HeaderTooLarge { .. } => "Request header too large",
             ApiError::HttpVersionNotSupported => "HTTP version not supported",
+            ApiError::InvalidHost => "Invalid Host header",
+            ApiError::UnsupportedTransferEncoding => "Transfer coding not implemented",
             ApiError::TooManyConnections { .. } => "Too many connections",
+            ApiError::TokenRequired | ApiError::TokenInvalid => "Unauthorized",
+            ApiError::TokenReadOnly => "Forbidden",
         }
     }
 
@@ -338,9 +363,29 @@ impl fmt::Display for ApiError {
                 f,
                 "only HTTP/1.0 and HTTP/1.1 are supported; the connection is closed"
             ),
-            ApiError::TooManyConnections { limit } => write!(
+            ApiError::InvalidHost => write!(
                 f,
-                "the service is serving its limit of {limit} connections (MAX_CONNECTIONS); retry after 1 second"
+                "an HTTP/1.1 request needs exactly one Host header, whose value is host[:port]; the connection is closed"
+            ),
+            ApiError::UnsupportedTransferEncoding => write!(
+                f,
+                "the only transfer coding implemented is chunked; send the body with Content-Length or Transfer-Encoding: chunked; the connection is closed"
+            ),
+            ApiError::TooManyConnections { limit, per_client } => write!(
+                f,
+                "the service is serving its limit of connections ({limit} in all, MAX_CONNECTIONS, none of them idle; or {per_client} from this client address, MAX_CONNECTIONS_PER_CLIENT); retry after 1 second"
+            ),
+            ApiError::TokenRequired => write!(
+                f,
+                "this service needs a token: send Authorization: Bearer <token> with one of its API tokens"
+            ),
+            ApiError::TokenInvalid => write!(
+                f,
+                "the bearer token is not one of this service's API tokens"
+            ),
+            ApiError::TokenReadOnly => write!(
+                f,
+                "the bearer token may only read (a read: token); POST /events needs a token that may write"
             ),
             ApiError::StorageUnavailable => write!(
                 f,

@@ -18,10 +18,10 @@ use tiny_http::inline::{self, Handler, Rejection, Request, Response};
 
 use super::answer::{self, Asked, Finishing};
 use super::answerer::Answerer;
+use super::auth;
 use super::handlers::{Answered, Handlers};
 use super::problem::ApiError;
 use super::route::Route;
-use super::wire;
 use crate::config::Config;
 use crate::request_id::RequestIds;
 use crate::service::Service;
@@ -58,6 +58,7 @@ impl HttpServer {
             header_timeout: config.header_timeout,
             body_timeout: config.body_timeout,
             max_header_bytes: config.max_header_bytes,
+            max_connections_per_client: config.max_connections_per_client,
             open_connections: Arc::clone(&handlers.open_connections),
             ..inline::Config::default()
         };
@@ -90,16 +91,17 @@ impl HttpServer {
     }
 
     /// Stops taking connections, closes the idle ones, lets the requests in
-    /// hand finish (their answers say `Connection: close`), and returns once
-    /// every connection thread has exited; then the answerer, once it has
-    /// written what it has.
-    pub fn stop(self) -> inline::Stopped {
+    /// hand finish (their answers say `Connection: close`) until
+    /// `deadline`, cuts short those still in hand then, and returns once
+    /// every connection thread has exited; then stops the answerer, once it
+    /// has written what it has.
+    pub fn stop(self, deadline: Instant) -> inline::Stopped {
         let HttpServer {
             server,
             answerer,
             handlers,
         } = self;
-        let stopped = server.stop();
+        let stopped = server.stop_by(Some(deadline));
         // The handlers hold a sender of the answerer's channel.
         drop(handlers);
         answerer.stop();
@@ -134,7 +136,13 @@ impl Handler for Dispatch {
             request_id: self.request_ids.for_request(request.header("X-Request-Id")),
             started: Instant::now(),
         };
-        let result = match self.route(&asked, request, response) {
+        let authorized = auth::authorize(
+            &self.handlers.config,
+            &asked.route,
+            request.header("Authorization"),
+        );
+        let routed = authorized.and_then(|()| self.route(&asked, request, response));
+        let result = match routed {
             // Answered, counted and logged by whoever has the answer.
             Ok(Answered::Later) => return,
             Ok(Answered::Now) => Ok(()),
@@ -156,14 +164,15 @@ impl Handler for Dispatch {
             Rejection::MalformedHeader => ApiError::MalformedRequest {
                 detail: "a header line is not 'Name: value' in ASCII",
             },
-            Rejection::UnsupportedTransferEncoding => ApiError::MalformedRequest {
-                detail: "the only Transfer-Encoding supported is chunked (alone)",
+            Rejection::UnsupportedTransferEncoding => ApiError::UnsupportedTransferEncoding,
+            Rejection::InvalidTransferEncoding => ApiError::MalformedRequest {
+                detail: "Transfer-Encoding must end with chunked, listed once",
             },
+            Rejection::InvalidHost => ApiError::InvalidHost,
             Rejection::InvalidContentLength => ApiError::InvalidContentLength,
             Rejection::HeaderTimeout => ApiError::HeaderTimeout {
                 limit: config.header_timeout,
             },
-            Rejection::BodyTimeout => wire::body_timeout(config),
             Rejection::ExpectationFailed => ApiError::ExpectationFailed,
             Rejection::HeaderTooLarge => ApiError::HeaderTooLarge {
                 limit: config.max_header_bytes,
@@ -171,6 +180,7 @@ impl Handler for Dispatch {
             Rejection::VersionNotSupported => ApiError::HttpVersionNotSupported,
             Rejection::TooManyConnections => ApiError::TooManyConnections {
                 limit: config.max_connections,
+                per_client: config.max_connections_per_client,
             },
             Rejection::ShuttingDown => ApiError::ShuttingDown,
         };

@@ -163,6 +163,7 @@ impl Opened for PgOpened {
                 stop: StopSignal::default(),
                 position: (Mutex::new(last_seq), Condvar::new()),
                 handed,
+                known: AtomicU64::new(last_seq),
             }),
             compactor: Arc::new(Compactor {
                 url,
@@ -310,6 +311,13 @@ impl Backend for Postgres {
             .health
             .unavailable()
             .or_else(|| self.tailer.health.unavailable())
+    }
+
+    /// Events committed to the database (by any instance) that this
+    /// instance has not applied yet.
+    fn lag(&self, applied_through: u64) -> Option<u64> {
+        let known = self.tailer.known.load(Ordering::Relaxed);
+        Some(known.saturating_sub(applied_through))
     }
 
     /// Events this instance has committed.

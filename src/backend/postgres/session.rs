@@ -432,7 +432,14 @@ impl PgSession {
         let url = self.url.clone();
         let error = |e: postgres::Error| PgError::Query {
             url: url.to_string(),
-            detail: url.mask_in(&describe(&e)),
+            detail: if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                format!(
+                    "{}; the user must be able to create tables: make it the database's owner (as a superuser: CREATE DATABASE <db> OWNER <user>, or ALTER DATABASE <db> OWNER TO <user>), or GRANT CREATE ON SCHEMA public TO <user>",
+                    url.mask_in(&describe(&e))
+                )
+            } else {
+                url.mask_in(&describe(&e))
+            },
         };
         let mut tx = self.client.transaction().map_err(error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])

@@ -22,6 +22,7 @@
 //! product instead (`PgSession::snapshot`: the `products` table and the
 //! journal rows not compacted into it yet) and continues from there.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ pub struct Tailer {
     pub position: (Mutex<Seq>, Condvar),
     /// This instance's committed batches, handed over in memory.
     pub handed: Arc<Handed>,
+    /// The highest seq known to be committed in the database (from the
+    /// notifications and the reads): how far this copy lags is this minus
+    /// the watermark.
+    pub known: AtomicU64,
 }
 
 impl Tailer {
@@ -168,7 +173,10 @@ fn follow(tailer: &Tailer, db: PgSession, mut last: Seq) {
             }
         }
         match connection.wait_for_notification(NOTIFY_WAIT) {
-            Ok(seq) => announced = announced.max(seq.unwrap_or(0)),
+            Ok(seq) => {
+                announced = announced.max(seq.unwrap_or(0));
+                tailer.known.fetch_max(announced, Ordering::Relaxed);
+            }
             Err(e) => {
                 tailer.health.fail(0, format!("reading the journal: {e}"));
                 db = None;
@@ -245,6 +253,7 @@ fn read(tailer: &Tailer, db: &mut PgSession, last: &mut Seq) -> Result<Read, PgE
         return Ok(Read::QueueFull);
     }
     let Tail { last_seq, rows } = db.tail(*last, room)?;
+    tailer.known.fetch_max(last_seq, Ordering::Relaxed);
     if last_seq < *last {
         // Seqs this instance has applied are given out again: the database
         // is not the one it followed (a fail-over to a replica that lacks

@@ -1,0 +1,174 @@
+//! Bearer tokens (`API_TOKENS`, `API_TOKENS_FILE`, `PUBLIC_PATHS`) over
+//! real HTTP: every route but the public operability ones needs a token, a
+//! read-only token cannot post, the answers are 401 and 403 problem
+//! details with `WWW-Authenticate`, and no token ever reaches the log.
+
+mod common;
+
+use common::binary::Binary;
+use common::{TestServer, scratch_dir, test_config};
+use product_update_service::Config;
+use product_update_service::config::{ApiTokens, PublicPaths};
+
+const WRITER: &str = "writer-0123456789abcdef";
+const READER: &str = "reader-0123456789abcdef";
+
+fn with_tokens() -> Config {
+    Config {
+        api_tokens: ApiTokens::parse(&format!("{WRITER},read:{READER}"), ',').expect("tokens"),
+        ..test_config()
+    }
+}
+
+fn request(server: &TestServer, method: &str, path: &str, token: Option<&str>) -> common::Reply {
+    let url = server.url(path);
+    let call = match method {
+        "POST" => {
+            let mut r = server
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json");
+            if let Some(token) = token {
+                r = r.header("Authorization", &format!("Bearer {token}"));
+            }
+            r.send(r#"{"product_id":"a1","stock":3}"#)
+        }
+        _ => {
+            let mut r = server.agent.get(&url);
+            if let Some(token) = token {
+                r = r.header("Authorization", &format!("Bearer {token}"));
+            }
+            r.call()
+        }
+    };
+    common::read_reply(call)
+}
+
+#[test]
+fn every_route_but_the_public_ones_needs_a_token() {
+    let server = TestServer::start(with_tokens());
+    for (method, path) in [
+        ("POST", "/events"),
+        ("GET", "/products/a1"),
+        ("GET", "/products"),
+        ("GET", "/nope"),
+    ] {
+        let r = request(&server, method, path, None);
+        r.assert_problem(401, "token_required");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Bearer realm="product-update-service""#),
+            "{method} {path}"
+        );
+        let r = request(&server, method, path, Some("not-a-token"));
+        r.assert_problem(401, "token_invalid");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.contains(r#"error="invalid_token""#)),
+            "{method} {path}"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(request(&server, "GET", path, None).status, 200, "{path}");
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_read_only_token_reads_and_a_writer_writes() {
+    let server = TestServer::start(with_tokens());
+    let r = request(&server, "POST", "/events", Some(READER));
+    r.assert_problem(403, "token_read_only");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.contains(r#"error="insufficient_scope""#))
+    );
+    let r = request(&server, "POST", "/events", Some(WRITER));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let seq = r.json()["seq"].as_u64().expect("seq");
+    let r = request(
+        &server,
+        "GET",
+        &format!("/products/a1?min_seq={seq}"),
+        Some(READER),
+    );
+    assert_eq!((r.status, r.json()["stock"].as_u64()), (200, Some(3)));
+    assert_eq!(
+        request(&server, "GET", "/products", Some(WRITER)).status,
+        200
+    );
+    server.shutdown();
+}
+
+#[test]
+fn public_paths_none_closes_the_operability_routes_too() {
+    let server = TestServer::start(Config {
+        public_paths: PublicPaths::parse("none").expect("none"),
+        ..with_tokens()
+    });
+    request(&server, "GET", "/healthz", None).assert_problem(401, "token_required");
+    assert_eq!(
+        request(&server, "GET", "/healthz", Some(READER)).status,
+        200
+    );
+    server.shutdown();
+}
+
+/// The binary, with tokens from the environment and from a file, logging
+/// at debug: the tokens appear in no log line (not in the startup line,
+/// not in the access lines, not in a refusal's).
+#[test]
+fn tokens_never_reach_the_log() {
+    let dir = scratch_dir("tokens");
+    let file = dir.join("tokens");
+    std::fs::write(&file, format!("# a comment\nread:{READER}\n")).expect("token file");
+    let mut binary = Binary::start(&[
+        ("API_TOKENS", WRITER),
+        ("API_TOKENS_FILE", file.to_str().expect("path")),
+        ("RUST_LOG", "debug"),
+    ]);
+    let agent = common::agent();
+    let base = binary.base();
+    let posted = agent
+        .post(format!("{base}/events"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", &format!("Bearer {WRITER}"))
+        .send(r#"{"product_id":"t1","stock":1}"#);
+    assert_eq!(common::read_reply(posted).status, 202);
+    let refused = agent
+        .post(format!("{base}/events"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", &format!("Bearer {READER}"))
+        .send(r#"{"product_id":"t1","stock":2}"#);
+    assert_eq!(common::read_reply(refused).status, 403);
+    let wrong = agent
+        .get(format!("{base}/products/t1"))
+        .header("Authorization", "Bearer a-wrong-token-0123456789")
+        .call();
+    assert_eq!(common::read_reply(wrong).status, 401);
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+    let startup = binary
+        .lines
+        .iter()
+        .find(|l| l.contains("listening on"))
+        .expect("startup line");
+    assert!(
+        startup.contains("api_tokens=2 tokens (1 read-only)"),
+        "{startup}"
+    );
+    for line in &binary.lines {
+        for secret in [WRITER, READER, "a-wrong-token-0123456789"] {
+            assert!(!line.contains(secret), "a token in the log: {line}");
+        }
+    }
+    assert!(
+        binary
+            .lines
+            .iter()
+            .any(|l| l.contains(" 403 ") && l.contains("code=token_read_only")),
+        "no access line for the refusal: {:#?}",
+        binary.lines
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
