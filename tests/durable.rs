@@ -589,30 +589,10 @@ fn metrics_show_the_commits() {
 /// Needs root (to mount); in CI it must run.
 #[test]
 fn a_full_disk_refuses_events_and_recovers_by_itself() {
-    let mount = scratch_dir("tmpfs");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&mount)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs (needs root): this test must run in CI"
-        );
-        eprintln!(
-            "SKIPPED: a_full_disk_refuses_events_and_recovers_by_itself needs root to mount a tmpfs"
-        );
+    let Some(mount) = small_tmpfs("a_full_disk_refuses_events_and_recovers_by_itself") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
-    let dir = mount.join("data");
+    };
+    let dir = mount.path.join("data");
     let mut binary = durable(&dir, &[]);
     let base = binary.base();
     let mut acknowledged: Vec<(String, u64)> = Vec::new();
@@ -622,7 +602,7 @@ fn a_full_disk_refuses_events_and_recovers_by_itself() {
         acknowledged.push((id, i));
     }
     // Fill the file system.
-    let filler = mount.join("filler");
+    let filler = mount.path.join("filler");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
         .arg(format!("of={}", filler.display()))
@@ -653,21 +633,7 @@ fn a_full_disk_refuses_events_and_recovers_by_itself() {
             .is_some_and(|d| d.contains("full")),
         "{ready_body}"
     );
-    // Both answers are what the OpenAPI document promises.
-    let doc: Value = serde_json::from_str(include_str!("../src/openapi.json")).expect("openapi");
-    let problem_schema = &doc["components"]["schemas"]["Problem"]["properties"];
-    for (member, value) in [
-        ("code", &problem["code"]),
-        ("reason", &ready_body["reason"]),
-    ] {
-        let allowed = problem_schema[member]["enum"].as_array().expect("enum");
-        assert!(
-            allowed.contains(value),
-            "{member} {value} not in the document"
-        );
-    }
-    let post_503 = doc["paths"]["/events"]["post"]["responses"]["503"]["description"].as_str();
-    assert!(post_503.is_some_and(|d| d.contains("storage_unavailable")));
+    the_document_promises(&problem, &ready_body);
     assert_eq!(
         get(&base, "/products/before-1").status,
         200,
@@ -694,4 +660,53 @@ fn a_full_disk_refuses_events_and_recovers_by_itself() {
     }
     second.signal("TERM");
     assert_eq!(second.wait_exit(), 0);
+}
+
+/// A 3 MiB tmpfs, unmounted when dropped; `None` (the test skipped) only
+/// outside CI when not root, as mounting needs root.
+fn small_tmpfs(test: &str) -> Option<Mounted> {
+    let path = scratch_dir("tmpfs");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs (needs root): {test} must run in CI"
+        );
+        eprintln!("SKIPPED: {test} needs root to mount a tmpfs");
+        return None;
+    }
+    Some(Mounted { path })
+}
+
+struct Mounted {
+    path: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The refusal's `code` and the readiness `reason` are values the OpenAPI
+/// document lists, and the document names the code under POST's 503.
+fn the_document_promises(problem: &Value, ready_body: &Value) {
+    let doc: Value = serde_json::from_str(include_str!("../src/openapi.json")).expect("openapi");
+    let problem_schema = &doc["components"]["schemas"]["Problem"]["properties"];
+    for (member, value) in [
+        ("code", &problem["code"]),
+        ("reason", &ready_body["reason"]),
+    ] {
+        let allowed = problem_schema[member]["enum"].as_array().expect("enum");
+        assert!(
+            allowed.contains(value),
+            "{member} {value} not in the document"
+        );
+    }
+    let post_503 = doc["paths"]["/events"]["post"]["responses"]["503"]["description"].as_str();
+    assert!(post_503.is_some_and(|d| d.contains("storage_unavailable")));
 }

@@ -275,6 +275,9 @@ fn conform(doc: &Value, c: &Case, reply: &Reply) -> u16 {
     reply.status
 }
 
+/// A (path, method, status) the live service produced.
+type Produced = BTreeSet<(String, String, String)>;
+
 #[test]
 fn every_documented_operation_and_status_matches_the_live_service() {
     let server = TestServer::start(Config {
@@ -284,18 +287,67 @@ fn every_documented_operation_and_status_matches_the_live_service() {
     });
     let doc = server.get("/openapi.json").json();
     assert_eq!(doc["openapi"], "3.1.0");
+    let mut seen = Produced::new();
+    routed_answers(&server, &doc, &mut seen);
+    full_queue_answers(&server, &doc, &mut seen);
+    full_store_answer(&doc, &mut seen);
+    token_answers(&doc, &mut seen);
+    // The answers the HTTP layer gives before routing, on any path.
+    for status in before_routing(&doc) {
+        for (path, method) in operations(&doc) {
+            seen.insert((path, method, status.to_string()));
+        }
+    }
+    // Every documented (path, method, status) was produced.
+    let mut documented = Produced::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            if method == "parameters" {
+                continue;
+            }
+            for status in operation["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+            {
+                documented.insert((path.clone(), method.clone(), status.clone()));
+            }
+        }
+    }
+    let missing: Vec<_> = documented.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never produced: {missing:?}"
+    );
+    server.shutdown();
+}
 
-    let event = r#"{"product_id":"doc-1","price":49.99,"stock":100}"#;
+/// Sends `c`, checks the answer against the document, and notes it.
+fn produce(server: &TestServer, doc: &Value, c: &Case, seen: &mut Produced) -> u16 {
+    let reply = send(server, c);
+    let status = conform(doc, c, &reply);
+    seen.insert((
+        c.doc_path.to_owned(),
+        c.method.to_owned(),
+        status.to_string(),
+    ));
+    status
+}
+
+const EVENT: &str = r#"{"product_id":"doc-1","price":49.99,"stock":100}"#;
+
+/// Every route's ordinary answers and the errors of its input.
+fn routed_answers(server: &TestServer, doc: &Value, seen: &mut Produced) {
     let big = format!(r#"{{"product_id":"x","price":1{}}}"#, " ".repeat(70_000));
     let cases = vec![
-        post("/events", "application/json", event),
+        post("/events", "application/json", EVENT),
         post(
             "/events",
             "application/json",
             r#"{"product_id":"doc-1","stok":1}"#,
         ),
         post("/events", "application/json", &big),
-        post("/events", "text/plain", event),
+        post("/events", "text/plain", EVENT),
         post(
             "/events",
             "application/json",
@@ -341,21 +393,16 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         case("/openapi.json", "get", "/openapi.json"),
         case("/openapi.json", "head", "/openapi.json"),
     ];
-    let mut seen = BTreeSet::new();
     for (i, c) in cases.iter().enumerate() {
-        let reply = send(&server, c);
-        let status = conform(&doc, c, &reply);
-        seen.insert((
-            c.doc_path.to_owned(),
-            c.method.to_owned(),
-            status.to_string(),
-        ));
+        produce(server, doc, c, seen);
         if i == 0 {
             server.wait_applied();
         }
     }
+}
 
-    // The 503s: a full queue, readiness above high water.
+/// The 503s: a full queue, readiness above high water.
+fn full_queue_answers(server: &TestServer, doc: &Value, seen: &mut Produced) {
     let paused = server.running.pause_workers();
     let full = wait_until("the queue to refuse an event", || {
         let c = post(
@@ -363,27 +410,23 @@ fn every_documented_operation_and_status_matches_the_live_service() {
             "application/json",
             r#"{"product_id":"f","stock":1}"#,
         );
-        let reply = send(&server, &c);
+        let reply = send(server, &c);
         (reply.status == 503).then_some((c, reply))
     });
     seen.insert((
         "/events".into(),
         "post".into(),
-        conform(&doc, &full.0, &full.1).to_string(),
+        conform(doc, &full.0, &full.1).to_string(),
     ));
     for method in ["get", "head"] {
-        let readyz = case("/readyz", method, "/readyz");
-        let reply = send(&server, &readyz);
-        seen.insert((
-            "/readyz".into(),
-            method.into(),
-            conform(&doc, &readyz, &reply).to_string(),
-        ));
+        produce(server, doc, &case("/readyz", method, "/readyz"), seen);
     }
     drop(paused);
     server.wait_applied();
+}
 
-    // 507: a second service whose store is full.
+/// 507: a second service whose store is full.
+fn full_store_answer(doc: &Value, seen: &mut Produced) {
     let full = TestServer::start(Config {
         max_products: 1,
         ..test_config()
@@ -400,77 +443,34 @@ fn every_documented_operation_and_status_matches_the_live_service() {
         "application/json",
         r#"{"product_id":"two","stock":1}"#,
     );
-    let reply = send(&full, &second);
-    seen.insert((
-        "/events".into(),
-        "post".into(),
-        conform(&doc, &second, &reply).to_string(),
-    ));
+    assert_eq!(produce(&full, doc, &second, seen), 507);
     full.shutdown();
+}
 
-    // 401 and 403: a service with tokens and no public route.
+/// 401 and 403: a service with tokens and no public route.
+fn token_answers(doc: &Value, seen: &mut Produced) {
     let guarded = TestServer::start(Config {
         api_tokens: ApiTokens::parse("read:reader-0123456789abcdef", ',').expect("token"),
         public_paths: PublicPaths::parse("none").expect("none"),
         ..test_config()
     });
-    for (path, method) in operations(&doc) {
+    for (path, method) in operations(doc) {
         let concrete = path.replace("{id}", "doc-1");
         let c = match method.as_str() {
-            "post" => post(&concrete, "application/json", event),
+            "post" => post(&concrete, "application/json", EVENT),
             _ => Case {
                 method: if method == "get" { "get" } else { "head" },
                 ..case(doc_path(&path), "get", &concrete)
             },
         };
-        let reply = send(&guarded, &c);
-        seen.insert((
-            path.clone(),
-            method.clone(),
-            conform(&doc, &c, &reply).to_string(),
-        ));
+        assert_eq!(produce(&guarded, doc, &c, seen), 401, "{method} {path}");
     }
     let read_only = Case {
         token: Some("reader-0123456789abcdef"),
-        ..post("/events", "application/json", event)
+        ..post("/events", "application/json", EVENT)
     };
-    let reply = send(&guarded, &read_only);
-    seen.insert((
-        "/events".into(),
-        "post".into(),
-        conform(&doc, &read_only, &reply).to_string(),
-    ));
+    assert_eq!(produce(&guarded, doc, &read_only, seen), 403);
     guarded.shutdown();
-
-    // The answers the HTTP layer gives before routing, on any path.
-    for status in before_routing(&doc) {
-        for (path, method) in operations(&doc) {
-            seen.insert((path, method, status.to_string()));
-        }
-    }
-
-    // Every documented (path, method, status) was produced.
-    let mut documented = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for (method, operation) in item.as_object().expect("path item") {
-            if method == "parameters" {
-                continue;
-            }
-            for status in operation["responses"]
-                .as_object()
-                .expect("responses")
-                .keys()
-            {
-                documented.insert((path.clone(), method.clone(), status.clone()));
-            }
-        }
-    }
-    let missing: Vec<_> = documented.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "documented but never produced: {missing:?}"
-    );
-    server.shutdown();
 }
 
 /// `path` as one of the documented paths (a `Case` names its path so).
@@ -574,18 +574,22 @@ fn before_routing(doc: &Value) -> Vec<u16> {
         }
         statuses.push(status);
     };
+    // Before each connection the earlier ones must be gone on the server's
+    // side too: a connection is counted until its thread has finished with
+    // it, a moment after the client sees it closed, and with a limit of two
+    // a new one arriving in that moment would be refused 503.
+    let let_go = || {
+        wait_until("the earlier connections to be let go", || {
+            (server.running.stats().open_connections == 0).then_some(())
+        })
+    };
     for (status, code, request) in &refusals {
+        let_go();
         let reply = common::exchange_expecting_close(addr, request);
         check_everywhere(&reply, *status, code);
     }
     // 503 too_many_connections: hold every connection the limit allows.
-    // First the refusals' connections must be gone on the server's side
-    // too: a connection is counted until its thread has finished with it,
-    // a moment after the client sees it closed, and a held connection that
-    // arrived in that moment would itself be refused.
-    wait_until("the earlier connections to be let go", || {
-        (server.running.stats().open_connections == 0).then_some(())
-    });
+    let_go();
     // Busy, not idle (an idle one would be closed to make room): readers
     // waiting for a seq that will not come.
     let held: Vec<TcpStream> = (0..2)

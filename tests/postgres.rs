@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -397,159 +399,17 @@ fn journal(server: &Postgres) -> Vec<Row> {
 /// nothing that was refused; seqs are gap-free; every field in the
 /// database holds the value of the journal's winning event by the
 /// service's rule, which is at least the acknowledged event with the
-/// highest key; and both survivors serve exactly that.
+/// highest key; and both survivors, and the killed one restarted, serve
+/// exactly that.
 #[test]
 fn three_instances_one_killed_agree_on_every_field() {
-    const PRODUCTS: u64 = 4;
-    const CLIENTS: u64 = 6;
-    const EVENTS: u64 = 150;
     let server = Postgres::start();
     let mut instances: Vec<Binary> = (0..3).map(|_| instance(&server)).collect();
     let bases: Vec<String> = instances.iter().map(Binary::base).collect();
-    let acked = std::sync::atomic::AtomicU64::new(0);
-    let killed = std::sync::atomic::AtomicBool::new(false);
-    let sent: Vec<Sent> = thread::scope(|scope| {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|client| {
-                let (bases, acked, killed) = (&bases, &acked, &killed);
-                scope.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (client + 1));
-                    let mut sent = Vec::new();
-                    for n in 0..EVENTS {
-                        let product = format!("hot-{}", rng.below(PRODUCTS));
-                        let (price, stock) = match rng.below(3) {
-                            0 => (
-                                Some(format!("{}.{}", rng.below(100), rng.below(9) + 1)),
-                                None,
-                            ),
-                            1 => (None, Some(rng.below(1000))),
-                            _ => (Some(rng.below(500).to_string()), Some(rng.below(1000))),
-                        };
-                        let version = (rng.below(4) == 0).then(|| rng.below(5));
-                        let event_id = (rng.below(2) == 0).then(|| format!("c{client}-{n}"));
-                        let mut body = format!(r#"{{"product_id":"{product}""#);
-                        if let Some(p) = &price {
-                            body += &format!(r#","price":{p}"#);
-                        }
-                        if let Some(s) = stock {
-                            body += &format!(r#","stock":{s}"#);
-                        }
-                        if let Some(v) = version {
-                            body += &format!(r#","version":{v}"#);
-                        }
-                        if let Some(id) = &event_id {
-                            body += &format!(r#","event_id":"{id}""#);
-                        }
-                        body += "}";
-                        let mut event = Sent {
-                            request_id: format!("c{client}-{n}"),
-                            product,
-                            price,
-                            stock,
-                            version,
-                            acked: None,
-                        };
-                        // Over the instances, starting at a random one; an
-                        // event with an id is retried on the next instance
-                        // when an answer is lost or a 503 comes back.
-                        let first = rng.below(3) as usize;
-                        for attempt in 0..3 {
-                            let i = (first + attempt) % 3;
-                            if i == 2 && killed.load(std::sync::atomic::Ordering::SeqCst) {
-                                continue;
-                            }
-                            match send(&bases[i], &body, &event.request_id) {
-                                Some((202 | 200, Some(seq))) => {
-                                    event.acked = Some(seq);
-                                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                    // Now and then, the same event again on
-                                    // another instance: a duplicate.
-                                    if event_id.is_some() && rng.below(3) == 0 {
-                                        let j = (i + 1) % 2;
-                                        let again = send(&bases[j], &body, "retry");
-                                        assert_eq!(again, Some((200, Some(seq))), "{body}");
-                                    }
-                                    break;
-                                }
-                                Some((status, _)) if status != 503 => {
-                                    panic!("{body}: status {status}")
-                                }
-                                _ if event_id.is_none() => break,
-                                _ => {}
-                            }
-                        }
-                        sent.push(event);
-                    }
-                    sent
-                })
-            })
-            .collect();
-        // SIGKILL the third instance once about half the events are in.
-        common::wait_until("half the events acknowledged", || {
-            (acked.load(std::sync::atomic::Ordering::SeqCst) >= CLIENTS * EVENTS / 2).then_some(())
-        });
-        killed.store(true, std::sync::atomic::Ordering::SeqCst);
-        instances[2].signal("KILL");
-        instances[2].wait_exit();
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().expect("client"))
-            .collect()
-    });
-
+    let sent = load_killing_the_third(&mut instances, &bases);
     let journal = journal(&server);
-    // Gap-free, from 1.
-    for (i, row) in journal.iter().enumerate() {
-        assert_eq!(row.0, i as u64 + 1, "seqs are gap-free");
-    }
-    // Every acknowledged event is in the journal with its content; every
-    // journal row is an event that was sent (acknowledged, or its answer
-    // lost to the kill).
-    let by_request: std::collections::HashMap<&str, &Sent> =
-        sent.iter().map(|s| (s.request_id.as_str(), s)).collect();
-    for row in &journal {
-        let event = by_request
-            .get(row.5.as_str())
-            .unwrap_or_else(|| panic!("journal row {row:?} was never sent"));
-        assert_eq!(
-            (&row.1, &row.2, row.3, row.4),
-            (&event.product, &event.price, event.stock, event.version),
-            "journal row {row:?}"
-        );
-        if let Some(seq) = event.acked {
-            assert_eq!(seq, row.0, "acknowledged seq of {}", event.request_id);
-        }
-    }
-    let journaled: std::collections::HashSet<u64> = journal.iter().map(|r| r.0).collect();
-    let acked: Vec<&Sent> = sent.iter().filter(|s| s.acked.is_some()).collect();
-    assert!(
-        acked.len() as u64 >= CLIENTS * EVENTS / 2,
-        "{}",
-        acked.len()
-    );
-    for event in &acked {
-        assert!(
-            journaled.contains(&event.acked.expect("acked")),
-            "{event:?}"
-        );
-    }
-
-    // The winner of each field by the service's rule, over the journal.
-    let mut expected: std::collections::BTreeMap<String, [Winner; 2]> = Default::default();
-    for (seq, product, price, stock, version, _) in &journal {
-        let fields = expected.entry(product.clone()).or_default();
-        let k = key(*seq, *version);
-        for (slot, value) in fields
-            .iter_mut()
-            .zip([price.clone(), stock.map(|s| s.to_string())])
-        {
-            if let Some(value) = value
-                && slot.as_ref().is_none_or(|(old, _)| k > *old)
-            {
-                *slot = Some((k, value));
-            }
-        }
-    }
+    let acked = journal_holds_what_was_acknowledged(&journal, &sent);
+    let expected = winners(&journal);
     // At least as new as the newest acknowledged write of each field.
     for event in &acked {
         let k = key(event.acked.expect("acked"), event.version);
@@ -562,10 +422,6 @@ fn three_instances_one_killed_agree_on_every_field() {
         }
     }
     let last = journal.len() as u64;
-    let as_json = |v: &Winner| match v {
-        Some((_, text)) => serde_json::from_str::<serde_json::Value>(text).expect("number"),
-        None => serde_json::Value::Null,
-    };
     // The products table follows the journal within a compaction round
     // (a surviving instance's, whichever instance was compacting).
     common::wait_until("the products table compacted through the last seq", || {
@@ -585,57 +441,14 @@ fn three_instances_one_killed_agree_on_every_field() {
         })
         .collect();
     assert_eq!(db, want, "the products table");
-    let mut etags = Vec::new();
-    for base in &bases[..2] {
-        for (id, fields) in &expected {
-            let read = get(base, &format!("/products/{id}?min_seq={last}&wait=5"));
-            assert_eq!(read.status, 200, "{base} {id}: {}", read.body);
-            let body = read.json();
-            assert_eq!(body["price"], as_json(&fields[0]), "{base} {id} price");
-            assert_eq!(body["stock"], as_json(&fields[1]), "{base} {id} stock");
-            etags.push((id.clone(), read.header("etag").map(str::to_owned)));
-        }
-    }
-    let (on_a, on_b) = etags.split_at(expected.len());
-    assert_eq!(on_a, on_b, "the same ETags on both survivors");
-    // And the same list, once both have applied everything.
-    let lists: Vec<String> = bases[..2]
-        .iter()
-        .map(|base| {
-            let list = get(base, "/products?limit=1000");
-            assert_eq!(list.status, 200, "{base}: {}", list.body);
-            assert_eq!(
-                list.json()["products"].as_array().map(Vec::len),
-                Some(expected.len()),
-                "{base}: {}",
-                list.body
-            );
-            list.body
-        })
-        .collect();
-    assert_eq!(lists[0], lists[1], "GET /products on both survivors");
-
+    let etags = survivors_serve_the_winners(&bases[..2], &expected, last);
     // The killed instance, restarted: it loads the products and follows
     // the journal, and serves the same values and ETags (nothing applied
     // twice changes anything), without a write to the database.
     let journal_before = server.psql("SELECT count(*), max(seq) FROM events");
     let restarted = instance(&server);
-    for (id, fields) in &expected {
-        let read = get(
-            &restarted.base(),
-            &format!("/products/{id}?min_seq={last}&wait=5"),
-        );
-        assert_eq!(read.status, 200, "restarted {id}: {}", read.body);
-        let body = read.json();
-        assert_eq!(body["price"], as_json(&fields[0]), "restarted {id} price");
-        assert_eq!(body["stock"], as_json(&fields[1]), "restarted {id} stock");
-        let etag = on_a.iter().find(|(p, _)| p == id).map(|(_, e)| e.clone());
-        assert_eq!(
-            Some(read.header("etag").map(str::to_owned)),
-            etag,
-            "restarted {id} ETag"
-        );
-    }
+    let again = survivors_serve_the_winners(&[restarted.base()], &expected, last);
+    assert_eq!(again, etags, "the restarted instance's ETags");
     assert_eq!(
         server.psql("SELECT count(*), max(seq) FROM events"),
         journal_before
@@ -644,6 +457,205 @@ fn three_instances_one_killed_agree_on_every_field() {
         server.psql("SELECT count(*) FROM products"),
         expected.len().to_string()
     );
+}
+
+const HOT_PRODUCTS: u64 = 4;
+const CLIENTS: u64 = 6;
+const EVENTS_PER_CLIENT: u64 = 150;
+
+/// The clients' load over all three instances; the third is killed with
+/// SIGKILL once about half the events are acknowledged. Returns every
+/// event sent.
+fn load_killing_the_third(instances: &mut [Binary], bases: &[String]) -> Vec<Sent> {
+    let acked = AtomicU64::new(0);
+    let killed = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|client| {
+                let (acked, killed) = (&acked, &killed);
+                scope.spawn(move || one_client(client, bases, acked, killed))
+            })
+            .collect();
+        common::wait_until("half the events acknowledged", || {
+            (acked.load(SeqCst) >= CLIENTS * EVENTS_PER_CLIENT / 2).then_some(())
+        });
+        killed.store(true, SeqCst);
+        instances[2].signal("KILL");
+        instances[2].wait_exit();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("client"))
+            .collect()
+    })
+}
+
+/// One client's events: random partial and full updates of the hot
+/// products, some versioned, some with an event id (retried on the next
+/// instance when an answer is lost or a 503 comes back, and now and then
+/// sent again on purpose: a duplicate).
+fn one_client(client: u64, bases: &[String], acked: &AtomicU64, killed: &AtomicBool) -> Vec<Sent> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (client + 1));
+    let mut sent = Vec::new();
+    for n in 0..EVENTS_PER_CLIENT {
+        let product = format!("hot-{}", rng.below(HOT_PRODUCTS));
+        let (price, stock) = match rng.below(3) {
+            0 => (
+                Some(format!("{}.{}", rng.below(100), rng.below(9) + 1)),
+                None,
+            ),
+            1 => (None, Some(rng.below(1000))),
+            _ => (Some(rng.below(500).to_string()), Some(rng.below(1000))),
+        };
+        let version = (rng.below(4) == 0).then(|| rng.below(5));
+        let event_id = (rng.below(2) == 0).then(|| format!("c{client}-{n}"));
+        let mut body = format!(r#"{{"product_id":"{product}""#);
+        if let Some(p) = &price {
+            body += &format!(r#","price":{p}"#);
+        }
+        if let Some(s) = stock {
+            body += &format!(r#","stock":{s}"#);
+        }
+        if let Some(v) = version {
+            body += &format!(r#","version":{v}"#);
+        }
+        if let Some(id) = &event_id {
+            body += &format!(r#","event_id":"{id}""#);
+        }
+        body += "}";
+        let mut event = Sent {
+            request_id: format!("c{client}-{n}"),
+            product,
+            price,
+            stock,
+            version,
+            acked: None,
+        };
+        let first = rng.below(3) as usize;
+        for attempt in 0..3 {
+            let i = (first + attempt) % 3;
+            if i == 2 && killed.load(SeqCst) {
+                continue;
+            }
+            match send(&bases[i], &body, &event.request_id) {
+                Some((202 | 200, Some(seq))) => {
+                    event.acked = Some(seq);
+                    acked.fetch_add(1, SeqCst);
+                    if event_id.is_some() && rng.below(3) == 0 {
+                        let j = (i + 1) % 2;
+                        let again = send(&bases[j], &body, "retry");
+                        assert_eq!(again, Some((200, Some(seq))), "{body}");
+                    }
+                    break;
+                }
+                Some((status, _)) if status != 503 => panic!("{body}: status {status}"),
+                _ if event_id.is_none() => break,
+                _ => {}
+            }
+        }
+        sent.push(event);
+    }
+    sent
+}
+
+/// The journal is gap-free from 1; every row is an event that was sent
+/// (acknowledged, or its answer lost to the kill), with its content; every
+/// acknowledged event is in it with its seq. Returns the acknowledged
+/// events.
+fn journal_holds_what_was_acknowledged<'a>(journal: &[Row], sent: &'a [Sent]) -> Vec<&'a Sent> {
+    for (i, row) in journal.iter().enumerate() {
+        assert_eq!(row.0, i as u64 + 1, "seqs are gap-free");
+    }
+    let by_request: std::collections::HashMap<&str, &Sent> =
+        sent.iter().map(|s| (s.request_id.as_str(), s)).collect();
+    for row in journal {
+        let event = by_request
+            .get(row.5.as_str())
+            .unwrap_or_else(|| panic!("journal row {row:?} was never sent"));
+        assert_eq!(
+            (&row.1, &row.2, row.3, row.4),
+            (&event.product, &event.price, event.stock, event.version),
+            "journal row {row:?}"
+        );
+        if let Some(seq) = event.acked {
+            assert_eq!(seq, row.0, "acknowledged seq of {}", event.request_id);
+        }
+    }
+    let journaled: std::collections::HashSet<u64> = journal.iter().map(|r| r.0).collect();
+    let acked: Vec<&Sent> = sent.iter().filter(|s| s.acked.is_some()).collect();
+    assert!(
+        acked.len() as u64 >= CLIENTS * EVENTS_PER_CLIENT / 2,
+        "{}",
+        acked.len()
+    );
+    for event in &acked {
+        assert!(
+            journaled.contains(&event.acked.expect("acked")),
+            "{event:?}"
+        );
+    }
+    acked
+}
+
+/// The winner of each field by the service's rule, over the journal.
+fn winners(journal: &[Row]) -> std::collections::BTreeMap<String, [Winner; 2]> {
+    let mut expected: std::collections::BTreeMap<String, [Winner; 2]> = Default::default();
+    for (seq, product, price, stock, version, _) in journal {
+        let fields = expected.entry(product.clone()).or_default();
+        let k = key(*seq, *version);
+        for (slot, value) in fields
+            .iter_mut()
+            .zip([price.clone(), stock.map(|s| s.to_string())])
+        {
+            if let Some(value) = value
+                && slot.as_ref().is_none_or(|(old, _)| k > *old)
+            {
+                *slot = Some((k, value));
+            }
+        }
+    }
+    expected
+}
+
+/// Each instance at `bases`, once it has applied through `last`, serves
+/// every product's winners, the same list, and the same ETags on each;
+/// returns the ETags.
+fn survivors_serve_the_winners(
+    bases: &[String],
+    expected: &std::collections::BTreeMap<String, [Winner; 2]>,
+    last: u64,
+) -> Vec<(String, Option<String>)> {
+    let as_json = |v: &Winner| match v {
+        Some((_, text)) => serde_json::from_str::<serde_json::Value>(text).expect("number"),
+        None => serde_json::Value::Null,
+    };
+    let mut all_etags: Vec<Vec<(String, Option<String>)>> = Vec::new();
+    let mut lists = Vec::new();
+    for base in bases {
+        let mut etags = Vec::new();
+        for (id, fields) in expected {
+            let read = get(base, &format!("/products/{id}?min_seq={last}&wait=5"));
+            assert_eq!(read.status, 200, "{base} {id}: {}", read.body);
+            let body = read.json();
+            assert_eq!(body["price"], as_json(&fields[0]), "{base} {id} price");
+            assert_eq!(body["stock"], as_json(&fields[1]), "{base} {id} stock");
+            etags.push((id.clone(), read.header("etag").map(str::to_owned)));
+        }
+        all_etags.push(etags);
+        let list = get(base, "/products?limit=1000");
+        assert_eq!(list.status, 200, "{base}: {}", list.body);
+        assert_eq!(
+            list.json()["products"].as_array().map(Vec::len),
+            Some(expected.len()),
+            "{base}: {}",
+            list.body
+        );
+        lists.push(list.body);
+    }
+    for (etags, list) in all_etags.iter().zip(&lists).skip(1) {
+        assert_eq!(etags, &all_etags[0], "the same ETags on every instance");
+        assert_eq!(list, &lists[0], "GET /products on every instance");
+    }
+    all_etags.swap_remove(0)
 }
 
 /// The database crashes in the middle of a load (immediate shutdown: what
@@ -660,90 +672,37 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
     let server = Postgres::start();
     let a = instance(&server);
     let base = a.base();
-    let phase = std::sync::atomic::AtomicU8::new(0); // 0 up, 1 down, 2 up again
-    let refused_quickly = std::sync::atomic::AtomicU64::new(0);
-    let acked_after_outage = std::sync::atomic::AtomicU64::new(0);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let acked_count = std::sync::atomic::AtomicU64::new(0);
+    let load = OutageLoad::default();
     let acked: Vec<(String, u64, u64)> = thread::scope(|scope| {
         // However this scope ends (a failed assertion too), the load stops,
         // so that the scope can join it.
-        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let _stop = StopOnDrop(&stop);
-        let load = scope.spawn(|| {
-            let mut acked = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                let body = format!(r#"{{"product_id":"p{n}","stock":{n},"event_id":"e{n}"}}"#);
-                loop {
-                    let started = Instant::now();
-                    let reply = read_reply(
-                        agent()
-                            .post(format!("{base}/events"))
-                            .header("Content-Type", "application/json")
-                            .send(&body),
-                    );
-                    match reply.status {
-                        202 | 200 => {
-                            let seq = reply.json()["seq"].as_u64().expect("seq");
-                            acked.push((format!("p{n}"), n, seq));
-                            acked_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            if phase.load(std::sync::atomic::Ordering::SeqCst) == 2 {
-                                acked_after_outage
-                                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            break;
-                        }
-                        503 => {
-                            reply.assert_problem(503, "storage_unavailable");
-                            assert!(reply.header("retry-after").is_some(), "{}", reply.body);
-                            // "At once": no thread held for anything like a
-                            // timeout (the bound here is generous).
-                            assert!(
-                                started.elapsed() < Duration::from_secs(5),
-                                "{:?}",
-                                started.elapsed()
-                            );
-                            if phase.load(std::sync::atomic::Ordering::SeqCst) == 1 {
-                                refused_quickly.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            thread::yield_now();
-                        }
-                        other => panic!("status {other}: {}", reply.body),
-                    }
-                }
-            }
-            acked
-        });
-        common::wait_until("events acknowledged before the outage", || {
-            (acked_count.load(std::sync::atomic::Ordering::SeqCst) >= 50).then_some(())
-        });
-        phase.store(1, std::sync::atomic::Ordering::SeqCst);
+        let _stop = StopOnDrop(&load.stop);
+        let writer = scope.spawn(|| load.run(&base));
+        load.wait_for("events acknowledged before the outage", &load.acked, 50);
+        load.phase.store(DOWN, SeqCst);
         server.crash();
-        common::wait_until("a 503 while the database is down", || {
-            (refused_quickly.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(())
-        });
+        load.wait_for(
+            "a 503 while the database is down",
+            &load.refused_while_down,
+            3,
+        );
         let ready = get(&base, "/readyz");
         let problem = ready.assert_problem(503, "not_ready");
         assert_eq!(problem["reason"], "storage_unavailable", "{}", ready.body);
         assert!(!ready.body.contains("password"), "{}", ready.body);
         assert_eq!(get(&base, "/healthz").status, 200);
-        phase.store(2, std::sync::atomic::Ordering::SeqCst);
+        load.phase.store(UP_AGAIN, SeqCst);
         server.restart();
-        common::wait_until("events acknowledged after the outage", || {
-            (acked_after_outage.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
-        });
+        load.wait_for(
+            "events acknowledged after the outage",
+            &load.acked_after,
+            20,
+        );
         common::wait_until("ready again", || {
             (get(&base, "/readyz").status == 200).then_some(())
         });
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        load.join().expect("load")
+        load.stop.store(true, SeqCst);
+        writer.join().expect("load")
     });
     let last = acked.iter().map(|(.., seq)| *seq).max().expect("acked");
     for (product, stock, _) in &acked {
@@ -760,6 +719,83 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
         acked.len() as u64,
         "one journal row per event, retries included"
     );
+}
+
+const DOWN: u8 = 1;
+const UP_AGAIN: u8 = 2;
+
+/// The outage test's writer: posts p1, p2, ... in turn, each until it is
+/// acknowledged, and counts what happened in which phase (0 up, `DOWN`,
+/// `UP_AGAIN`).
+#[derive(Default)]
+struct OutageLoad {
+    phase: AtomicU8,
+    acked: AtomicU64,
+    refused_while_down: AtomicU64,
+    acked_after: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl OutageLoad {
+    /// (product, stock, seq) of every acknowledged event.
+    fn run(&self, base: &str) -> Vec<(String, u64, u64)> {
+        let mut acked = Vec::new();
+        let mut n = 0u64;
+        while !self.stop.load(SeqCst) {
+            n += 1;
+            let seq = self.post_until_acknowledged(base, n);
+            acked.push((format!("p{n}"), n, seq));
+        }
+        acked
+    }
+
+    fn post_until_acknowledged(&self, base: &str, n: u64) -> u64 {
+        let body = format!(r#"{{"product_id":"p{n}","stock":{n},"event_id":"e{n}"}}"#);
+        loop {
+            let started = Instant::now();
+            let reply = read_reply(
+                agent()
+                    .post(format!("{base}/events"))
+                    .header("Content-Type", "application/json")
+                    .send(&body),
+            );
+            match reply.status {
+                202 | 200 => {
+                    self.acked.fetch_add(1, SeqCst);
+                    if self.phase.load(SeqCst) == UP_AGAIN {
+                        self.acked_after.fetch_add(1, SeqCst);
+                    }
+                    return reply.json()["seq"].as_u64().expect("seq");
+                }
+                503 => {
+                    reply.assert_problem(503, "storage_unavailable");
+                    assert!(reply.header("retry-after").is_some(), "{}", reply.body);
+                    // "At once": no thread held for anything like a timeout
+                    // (the bound here is generous).
+                    let took = started.elapsed();
+                    assert!(took < Duration::from_secs(5), "{took:?}");
+                    if self.phase.load(SeqCst) == DOWN {
+                        self.refused_while_down.fetch_add(1, SeqCst);
+                    }
+                    thread::yield_now();
+                }
+                other => panic!("status {other}: {}", reply.body),
+            }
+        }
+    }
+
+    fn wait_for(&self, what: &str, counter: &AtomicU64, at_least: u64) {
+        common::wait_until(what, || (counter.load(SeqCst) >= at_least).then_some(()));
+    }
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
 }
 
 /// A server that stops answering without closing its connections (frozen
