@@ -219,11 +219,11 @@ MUTANTS = [
         "gate: a connection looks at stopping before marking itself idle",
         "vendor/tiny_http/src/inline/gate.rs",
         [(
-            "        state.store(IDLE, Relaxed);\n"
+            "        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);\n"
             "        fence(SeqCst);\n"
             "        !self.stopping.load(Relaxed)\n",
             "        let stopping = self.stopping.load(Relaxed);\n"
-            "        state.store(IDLE, Relaxed);\n"
+            "        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);\n"
             "        !stopping\n",
         )],
         FORK,
@@ -232,7 +232,17 @@ MUTANTS = [
         "gate: the fence on the way to idle removed",
         "vendor/tiny_http/src/inline/gate.rs",
         [(
-            "        state.store(IDLE, Relaxed);\n        fence(SeqCst);\n",
+            "        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);\n"
+            "        fence(SeqCst);\n",
+            "        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);\n",
+        )],
+        FORK,
+    ),
+    (
+        "gate: going idle marks a connection idle whatever it was",
+        "vendor/tiny_http/src/inline/gate.rs",
+        [(
+            "        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);\n",
             "        state.store(IDLE, Relaxed);\n",
         )],
         FORK,

@@ -108,8 +108,14 @@ impl Gate {
 
     /// A connection between requests: marks it idle, then looks. False if
     /// the server is stopping: the thread closes the connection itself.
+    ///
+    /// Only a busy connection becomes idle here. A new one is idle from the
+    /// start, and one already closed (by `stop`, or to make room) stays
+    /// closed: marked idle again it could be closed to make room a second
+    /// time, freeing no room the second time (a client then kept one
+    /// connection more than its share), or be counted twice by `stop`.
     pub(crate) fn go_idle(&self, state: &AtomicU8) -> bool {
-        state.store(IDLE, Relaxed);
+        let _ = state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);
         fence(SeqCst);
         !self.stopping.load(Relaxed)
     }
@@ -235,6 +241,28 @@ mod models {
                 changed.notify_all();
             }
             connection.join().unwrap();
+        });
+    }
+
+    /// A new connection closed to make room while its thread goes idle for
+    /// its first head: it stays closed, so it cannot be chosen to make room
+    /// a second time. (When going idle marked it idle whatever it was, a
+    /// client held one connection more than its share: loom finds it.)
+    #[test]
+    fn a_connection_closed_to_make_room_stays_closed() {
+        loom::model(|| {
+            let gate = Gate::new();
+            let state = Arc::new(new_state());
+            let making_room = {
+                let state = Arc::clone(&state);
+                thread::spawn(move || evict_if_idle(&state))
+            };
+            gate.go_idle(&state);
+            if making_room.join().unwrap() {
+                assert!(was_evicted(&state));
+                assert!(!evict_if_idle(&state), "closed to make room twice");
+                assert!(!begin(&state), "a closed connection began a request");
+            }
         });
     }
 }
