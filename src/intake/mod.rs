@@ -140,42 +140,25 @@ impl Intake {
         {
             return seen;
         }
-        let event_id = update.event_id.clone();
         let seq = state.next_seq;
-        let Some(job_tx) = &state.job_tx else {
-            return Err(Refusal::ShuttingDown);
-        };
         let job = Job {
             seq,
             update,
             request_id,
             accepted_at: now,
         };
-        match job_tx.try_send(job) {
-            Ok(()) => {
-                let depth = job_tx.len();
-                state.next_seq += 1;
-                if let Some(event_id) = event_id {
-                    state.window.remember(event_id, seq, fingerprint, now);
-                }
-                drop(state);
-                self.queued(depth);
-                Ok(Accepted {
-                    seq,
-                    duplicate: false,
-                })
+        match self.send(state, job, fingerprint, now) {
+            Ok(()) => Ok(Accepted {
+                seq,
+                duplicate: false,
+            }),
+            Err(EnqueueError::Full) => Err(Refusal::QueueFull {
+                capacity: self.capacity,
+            }),
+            // `send` never finds a seq out of order: it was just taken.
+            Err(EnqueueError::Closed | EnqueueError::OutOfOrder { .. }) => {
+                Err(Refusal::ShuttingDown)
             }
-            Err(TrySendError::Full(_)) => {
-                drop(state);
-                self.full();
-                Err(Refusal::QueueFull {
-                    capacity: self.capacity,
-                })
-            }
-            // The workers hold the receiver until they exit, and they only
-            // exit after `close`; if they are gone anyway, no event can be
-            // applied, which for a client is the same as shutting down.
-            Err(TrySendError::Disconnected(_)) => Err(Refusal::ShuttingDown),
         }
     }
 
@@ -198,17 +181,29 @@ impl Intake {
             .event_id
             .as_ref()
             .map_or(0, |_| job.update.fingerprint());
-        let event_id = job.update.event_id.clone();
-        let seq = job.seq;
-        let mut state = self.lock();
-        if seq != state.next_seq {
+        let state = self.lock();
+        if job.seq != state.next_seq {
             return Err(EnqueueError::OutOfOrder {
                 expected: state.next_seq,
             });
         }
+        self.send(state, job, fingerprint, now)
+    }
+
+    /// Sends `job` (whose seq is `state.next_seq`) to the workers and, once
+    /// it is queued, takes the next seq and remembers its `event_id`; then
+    /// lets the lock go. Never blocks waiting for room.
+    fn send(
+        &self,
+        mut state: MutexGuard<'_, IntakeState>,
+        job: Job,
+        fingerprint: u64,
+        now: Instant,
+    ) -> Result<(), EnqueueError> {
         let Some(job_tx) = &state.job_tx else {
             return Err(EnqueueError::Closed);
         };
+        let (seq, event_id) = (job.seq, job.update.event_id.clone());
         match job_tx.try_send(job) {
             Ok(()) => {
                 let depth = job_tx.len();
@@ -225,6 +220,9 @@ impl Intake {
                 self.full();
                 Err(EnqueueError::Full)
             }
+            // The workers hold the receiver until they exit, and they only
+            // exit after `close`; if they are gone anyway, no event can be
+            // applied, which for a client is the same as shutting down.
             Err(TrySendError::Disconnected(_)) => Err(EnqueueError::Closed),
         }
     }
