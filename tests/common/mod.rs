@@ -220,15 +220,25 @@ pub fn post_event(agent: &ureq::Agent, base: &str, body: &str) -> Reply {
 /// Calls `check` until it returns `Some`, or fails the test after
 /// [`DEADLINE`] naming `what`. It re-checks every millisecond: the
 /// condition, not a guessed delay, decides when the test goes on.
-pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_until_within(DEADLINE, what, check)
+}
+
+/// [`wait_until`] with another deadline: for a condition that needs a
+/// given amount of work done, which a busy machine does more slowly.
+pub fn wait_until_within<T>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check() {
             return value;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for: {what}"
+            "timed out after {within:?} waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
