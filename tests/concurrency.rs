@@ -172,6 +172,7 @@ fn reads_never_go_backwards() {
     let stop = AtomicBool::new(false);
     let observed: Mutex<Vec<(Option<f64>, Option<u64>)>> = Mutex::new(Vec::new());
     let mut acked = thread::scope(|scope| {
+        let _stop = common::StopOnDrop(&stop);
         let reader = scope.spawn(|| {
             let agent = agent();
             let url = server.url("/products/hot-0");

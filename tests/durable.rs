@@ -184,7 +184,7 @@ fn kill_9_loses_nothing_acknowledged(durability: &str) {
     let results: Vec<ClientLog> = thread::scope(|scope| {
         // However this scope ends (a failed wait too), the clients stop, so
         // that the scope can join them.
-        let _stop = StopOnDrop(&stop);
+        let _stop = common::StopOnDrop(&stop);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (base, stop, acked_so_far) = (base.clone(), &stop, &acked_so_far);
@@ -715,13 +715,4 @@ fn the_document_promises(problem: &Value, ready_body: &Value) {
     }
     let post_503 = doc["paths"]["/events"]["post"]["responses"]["503"]["description"].as_str();
     assert!(post_503.is_some_and(|d| d.contains("storage_unavailable")));
-}
-
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }

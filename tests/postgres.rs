@@ -676,7 +676,7 @@ fn a_database_outage_refuses_events_and_recovers_without_a_restart() {
     let acked: Vec<(String, u64, u64)> = thread::scope(|scope| {
         // However this scope ends (a failed assertion too), the load stops,
         // so that the scope can join it.
-        let _stop = StopOnDrop(&load.stop);
+        let _stop = common::StopOnDrop(&load.stop);
         let writer = scope.spawn(|| load.run(&base));
         load.wait_for("events acknowledged before the outage", &load.acked, 50);
         load.phase.store(DOWN, SeqCst);
@@ -786,15 +786,6 @@ impl OutageLoad {
 
     fn wait_for(&self, what: &str, counter: &AtomicU64, at_least: u64) {
         common::wait_until(what, || (counter.load(SeqCst) >= at_least).then_some(()));
-    }
-}
-
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,14 +36,20 @@ fn shutdown_under_load_applies_every_accepted_event() {
     let base = server.base.clone();
     let accepted = AtomicU64::new(0);
 
+    // Set only if the test fails before the shutdown (see StopOnDrop).
+    let abandoned = AtomicBool::new(false);
     let report = thread::scope(|scope| {
+        let _abandon = common::StopOnDrop(&abandoned);
         let clients: Vec<_> = (0..6)
             .map(|c| {
-                let (base, accepted) = (base.clone(), &accepted);
+                let (base, accepted, abandoned) = (base.clone(), &accepted, &abandoned);
                 scope.spawn(move || {
                     let agent = agent();
                     let mut refused = 0;
                     for i in 0.. {
+                        if abandoned.load(Ordering::SeqCst) {
+                            return;
+                        }
                         let body =
                             format!(r#"{{"product_id":"p{}","stock":{i}}}"#, i % 50 + c * 50);
                         let request = agent

@@ -304,3 +304,15 @@ pub fn exchange_expecting_close(addr: std::net::SocketAddr, request: &[u8]) -> R
     }
     parse_raw(&String::from_utf8_lossy(&out))
 }
+
+/// Sets its flag when dropped: in a `thread::scope` whose threads loop
+/// until the flag is set, it ends them however the scope's closure ends (a
+/// failed assertion too), so that the scope can join them and the test
+/// fails instead of hanging.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
