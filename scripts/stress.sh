@@ -7,6 +7,7 @@
 #   bash scripts/stress.sh            # 10 runs
 #   RUNS=3 bash scripts/stress.sh     # fewer
 #   HOG="--cpu 2 --io 1" bash scripts/stress.sh   # another load (stress-ng options)
+#   RUN_LIMIT=1800 bash scripts/stress.sh         # seconds a run may take before it counts as hung
 #
 # A test that fails only here waits on time instead of on a condition, or
 # has a real race: fix it at the cause (wait on the condition with a
@@ -15,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-10}
+run_limit=${RUN_LIMIT:-1200}  # seconds; a run takes about 200 under the hog
 hog=${HOG:---cpu $(nproc)}
 command -v stress-ng >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >/dev/null
@@ -29,11 +31,14 @@ trap 'kill "$hog_pid" 2>/dev/null || true' EXIT
 failed=0
 for run in $(seq 1 "$runs"); do
   started=$(date +%s)
-  if cargo test --workspace --all-features --quiet >"$log_dir/run-$run.log" 2>&1; then
+  # A hung test is a failure too, not a stress run that never ends.
+  if timeout --kill-after=10 "$run_limit" cargo test --workspace --all-features --quiet >"$log_dir/run-$run.log" 2>&1; then
     echo "run $run of $runs: ok ($(( $(date +%s) - started )) s)"
   else
     failed=$((failed + 1))
-    echo "run $run of $runs: FAILED ($(( $(date +%s) - started )) s); log: $log_dir/run-$run.log"
+    took=$(( $(date +%s) - started ))
+    [ "$took" -ge "$run_limit" ] && echo "    (stopped after $run_limit s: a test hung; the log shows which ran longest)"
+    echo "run $run of $runs: FAILED ($took s); log: $log_dir/run-$run.log"
     grep -E "^(test .* FAILED|---- .* stdout ----|error: test failed)" "$log_dir/run-$run.log" | sed 's/^/    /' || true
   fi
 done
