@@ -25,13 +25,19 @@
 //!
 //! A backend that copies products to a database asks the store to
 //! [`record_changes`](Store::record_changes); from then on each
-//! [`Store::apply`] notes its product's id *before* it writes (so an apply
+//! [`Store::apply`] notes its product's id, under the write lock, once the
+//! product's record exists and before its fields are written (so an apply
 //! that panics half-way is noted too), and the backend takes the list with
-//! [`Store::take_changed`]. An apply returns before its worker reports the
-//! seq done to the watermark, so once the watermark has passed seq N,
-//! every event up to N has noted its product: a backend that reads the
-//! watermark first and then takes the list holds every product those
-//! events changed. Memory mode records nothing and pays one atomic load.
+//! [`Store::take_changed`]. Every id taken is then a product in the map (had
+//! the id been noted before a new product was inserted, a take in between
+//! would find no product to copy, and drop the id). An apply returns before
+//! its worker reports the seq done to the watermark, so once the watermark
+//! has passed seq N, every event up to N has noted its product: a backend
+//! that reads the watermark first and then takes the list holds every
+//! product those events changed. A take may also hold products changed by
+//! later events, whose fields it copies as they are by then: a later field
+//! is never older. Lock order: the map, then the list; a take holds only the
+//! list. Memory mode records nothing and pays one atomic load.
 //!
 //! # Poisoning policy
 //!
@@ -178,9 +184,6 @@ impl Store {
 
     /// Applies `update`, accepted with sequence number `seq`, field by field.
     pub fn apply(&self, seq: Seq, update: &ProductUpdate) -> ApplyOutcome {
-        if let Some(changed) = self.changed.get() {
-            lock(changed).push(update.product_id.clone());
-        }
         let mut products = self.write();
         let record = match products.get_mut(&*update.product_id) {
             Some(record) => record,
@@ -189,6 +192,11 @@ impl Store {
                 products.entry(update.product_id.clone()).or_default()
             }
         };
+        // Noted once the record exists, under the write lock: a backend that
+        // takes the id then finds the product (see the module docs).
+        if let Some(changed) = self.changed.get() {
+            lock(changed).push(update.product_id.clone());
+        }
         let key = WriteKey::new(seq, update.version);
         let mut outcome = ApplyOutcome::default();
         if let Some(price) = &update.price {
@@ -371,6 +379,37 @@ mod tests {
         assert!(!store.has_changes());
         store.put_back_changed(taken);
         assert_eq!(store.take_changed().len(), 2);
+    }
+
+    /// What a backend relies on: every id it takes is in the map, so that
+    /// it can copy the product. (When the id was noted before a new
+    /// product was inserted, a take between the two found no product, the
+    /// id was dropped, and the product never reached the database.)
+    #[test]
+    fn every_id_taken_is_a_product_in_the_store() {
+        const PRODUCTS: usize = 100_000;
+        let store = Store::new();
+        store.record_changes();
+        let applied = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..PRODUCTS {
+                    store.apply(i as Seq + 1, &update(&format!("p{i}"), None, Some(1)));
+                }
+                applied.store(true, Ordering::Release);
+            });
+            let mut taken = 0;
+            while !applied.load(Ordering::Acquire) || store.has_changes() {
+                for id in store.take_changed() {
+                    assert!(
+                        store.stored(&id).is_some(),
+                        "{id} taken before it was stored"
+                    );
+                    taken += 1;
+                }
+            }
+            assert_eq!(taken, PRODUCTS);
+        });
     }
 
     #[test]

@@ -334,6 +334,8 @@ impl SqliteCommitter {
         // its product already.
         let through = self.progress.through();
         let changed = self.store.take_changed();
+        // Every id taken is a product in the store (the store notes an id
+        // only once its record exists), so none is dropped here.
         let products = changed
             .iter()
             .filter_map(|id| Some((id.clone(), self.store.stored(id)?)))
