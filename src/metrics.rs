@@ -368,8 +368,8 @@ impl Metrics {
         gauge(
             out,
             "events_unapplied",
-            "Events acknowledged (202) and not yet applied: queued, or being applied.",
-            usize::try_from(s.accepted.saturating_sub(s.applied + s.panics)).unwrap_or(usize::MAX),
+            "Events queued or being applied (in PostgreSQL mode, every instance's events this one applies).",
+            usize::try_from(s.queued.saturating_sub(s.applied + s.panics)).unwrap_or(usize::MAX),
         );
     }
 

@@ -46,6 +46,15 @@ use crate::worker::{self, WorkerCounters, Workers};
 /// `/readyz` answers 503 once the queue holds this share of `QUEUE_SIZE`.
 pub const HIGH_WATER_PERCENT: usize = 90;
 
+/// What the intake took in over the service's life, once it is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intook {
+    /// Events answered 202 by this instance.
+    pub accepted: u64,
+    /// Events that entered this process's queue (see [`Stats::queued`]).
+    pub queued: u64,
+}
+
 /// The service's state and operations; one per running service, shared by
 /// every front door's threads behind an `Arc`.
 pub struct Service {
@@ -293,6 +302,7 @@ impl Service {
     pub fn stats(&self) -> Stats {
         Stats {
             accepted: self.accepted(),
+            queued: self.intake.accepted(),
             applied: self.counters.applied.load(Ordering::Relaxed),
             panics: self.counters.panics.load(Ordering::Relaxed),
             stale_fields: self.counters.stale_fields.load(Ordering::Relaxed),
@@ -328,13 +338,15 @@ impl Service {
     /// Shutdown step 1: stop taking events. The backend commits what was
     /// posted and lets it reach the queue (by `deadline`), then the intake
     /// closes: every event answered 202 is in the queue, and from here on
-    /// an event is refused `shutting_down`. Returns how many events were
-    /// accepted in all.
-    pub fn drain(&self, deadline: Instant) -> u64 {
+    /// an event is refused `shutting_down`. Returns the final counts.
+    pub fn drain(&self, deadline: Instant) -> Intook {
         self.draining.store(true, Ordering::Relaxed);
         self.backend.stop_taking(deadline);
         let queued = self.intake.close();
-        self.backend.accepted().unwrap_or(queued)
+        Intook {
+            accepted: self.backend.accepted().unwrap_or(queued),
+            queued,
+        }
     }
 
     /// Shutdown, once the workers have drained the queue: the watermark is

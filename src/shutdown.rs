@@ -107,9 +107,10 @@ impl Running {
 
         // 1. Stop taking events.
         let queued = self.service.stats().queue_depth;
-        let accepted = self.service.drain(deadline);
+        let intook = self.service.drain(deadline);
         log::info!(
-            "shutdown: intake closed after {accepted} accepted events; draining about {queued} queued (deadline {timeout:?})"
+            "shutdown: intake closed after {} accepted events; draining about {queued} queued (deadline {timeout:?})",
+            intook.accepted
         );
 
         // 2. and 3. Drain until the workers are done or the deadline passes.
@@ -145,10 +146,10 @@ impl Running {
         let applied = counters.applied.load(Ordering::Relaxed);
         let panics = counters.panics.load(Ordering::Relaxed);
         let report = ShutdownReport {
-            accepted,
+            accepted: intook.accepted,
             applied,
             panics,
-            not_applied: accepted.saturating_sub(applied + panics),
+            not_applied: intook.queued.saturating_sub(applied + panics),
             drained,
             elapsed: started.elapsed(),
             committed,

@@ -14,6 +14,11 @@ use std::time::Duration;
 pub struct Stats {
     /// Events answered 202.
     pub accepted: u64,
+    /// Events that entered this process's queue: the ones it accepted, and
+    /// in PostgreSQL mode those of the other instances too, which this one
+    /// applies as well. `queued - applied - panics` are queued or being
+    /// applied now.
+    pub queued: u64,
     /// Events applied to the store.
     pub applied: u64,
     /// Events whose apply panicked (caught; the worker went on).
@@ -52,7 +57,8 @@ pub struct ShutdownReport {
     pub applied: u64,
     /// Events whose apply panicked.
     pub panics: u64,
-    /// Accepted events never applied because the drain deadline passed.
+    /// Queued events never applied because the drain deadline passed (in
+    /// PostgreSQL mode, other instances' events among them).
     pub not_applied: u64,
     /// True if the queue was empty before the deadline.
     pub drained: bool,

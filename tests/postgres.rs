@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::binary::{Binary, failed_start};
 use common::postgres::Postgres;
-use common::{agent, post_event, read_reply};
+use common::{TestServer, agent, post_event, read_reply, test_config};
+use product_update_service::Config;
 use product_update_service::backend::postgres::SCHEMA_VERSION;
+use product_update_service::config::DatabaseUrl;
 
 fn instance(server: &Postgres) -> Binary {
     let url = server.url();
@@ -975,4 +977,42 @@ fn a_seq_counter_that_goes_back_makes_the_instance_unready() {
         "{detail}"
     );
     assert_eq!(get(&a.base(), "/healthz").status, 200);
+}
+
+/// `events_unapplied` (and the shutdown's `not_applied`) count what this
+/// instance has queued and not applied, the other instances' events
+/// included: an instance applies every instance's events, so its accepted
+/// count minus its applied count means nothing (it read 0 here, with five
+/// events waiting).
+#[test]
+fn events_unapplied_counts_other_instances_events_waiting_here() {
+    let server = Postgres::start();
+    let b = TestServer::start(Config {
+        database_url: Some(DatabaseUrl::parse(&server.url()).expect("url")),
+        ..test_config()
+    });
+    let paused = b.running.pause_workers();
+    let a = instance(&server);
+    let http = agent();
+    for i in 0..5 {
+        let body = format!(r#"{{"product_id":"u{i}","stock":{i}}}"#);
+        assert_eq!(post_event(&http, &a.base(), &body).status, 202);
+    }
+    common::wait_until("b to queue the five events a accepted", || {
+        (b.stats().queued >= 5).then_some(())
+    });
+    assert_eq!(b.stats().accepted, 0);
+    assert_eq!(unapplied(&b), 5);
+    drop(paused);
+    common::wait_until("b to apply them", || (unapplied(&b) == 0).then_some(()));
+    let report = b.running.shutdown().expect("shutdown");
+    assert_eq!(report.not_applied, 0, "{report}");
+}
+
+fn unapplied(server: &TestServer) -> u64 {
+    let metrics = server.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("events_unapplied ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no events_unapplied in {metrics}"))
 }
