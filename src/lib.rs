@@ -128,6 +128,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         "product-update-service {} listening on {local_addr} ({config})",
         env!("CARGO_PKG_VERSION"),
     );
+    let short = config.api_tokens.short();
+    if short > 0 {
+        log::warn!(
+            "{short} API token(s) shorter than {} characters: a guessable token protects nothing (make one with `openssl rand -hex 32`)",
+            config::SHORT_TOKEN
+        );
+    }
     Ok(Running {
         local_addr,
         config,

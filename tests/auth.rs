@@ -169,3 +169,21 @@ fn tokens_never_reach_the_log() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A short token works, and the start warns that it is guessable (without
+/// printing it).
+#[test]
+fn a_short_token_is_a_warning_at_startup() {
+    let mut binary = Binary::start(&[("API_TOKENS", "short-1")]);
+    let agent = common::agent();
+    let events = format!("{}/events", binary.base());
+    assert_eq!(
+        request_at(&agent, &events, "POST", Some("short-1")).status,
+        202
+    );
+    let warning = binary.wait_for_log("shorter than 16 characters");
+    assert!(warning.contains("1 API token(s)"), "{warning}");
+    assert!(!warning.contains("short-1"), "{warning}");
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(), 0);
+}

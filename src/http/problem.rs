@@ -309,7 +309,7 @@ impl fmt::Display for ApiError {
             ),
             ApiError::NotFound { path } => write!(
                 f,
-                "no route for {path:?}; routes are POST /events, GET /products, GET /products/{{id}}, GET /healthz, GET /readyz and GET /metrics"
+                "no route for {path:?}; routes are POST /events, GET /products, GET /products/{{id}}, GET /healthz, GET /readyz, GET /metrics and GET /openapi.json"
             ),
             ApiError::ProductNotFound { product_id } => write!(
                 f,
