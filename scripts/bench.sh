@@ -64,6 +64,8 @@ bench=$(cd "${BENCH_DIR:-$(dirname "$0")/../bench}" && pwd)
 cd "$repo"
 export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
 context_rounds=${CONTEXT_ROUNDS:-1}
+# --report reads the scenarios from the results file unless they are given.
+given_scenarios=${SCENARIOS:-}
 export SCENARIOS=${SCENARIOS:-post-c1 post-c32 post-c256 post-close-c1 post-close-c32 get-c1 get-c32 get-c256 get-close-c32}
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
@@ -249,12 +251,15 @@ finish() {
 # `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
 if [ "${1:-}" = --report ]; then
   status=0
-  if grep -q '^round=[0-9]* postgres-1 ' "${2:?usage: bench.sh --report RESULTS_FILE}"; then
-    SCENARIOS=${SCENARIOS_POSTGRES:-post-c32 post-c256 get-c32 get-c256} report_postgres "$2" || status=$?
+  [ -r "${2:?usage: bench.sh --report RESULTS_FILE}" ] || die "cannot read $2"
+  # The scenarios measured, in the order of the file.
+  measured=$(awk '$1 ~ /^round=/ { print $3 }' "$2" | awk '!seen[$0]++' | xargs)
+  if grep -q '^round=[0-9]* postgres-1 ' "$2"; then
+    SCENARIOS=${SCENARIOS_POSTGRES:-$measured} report_postgres "$2" || status=$?
   elif grep -q '^round=[0-9]* memory ' "$2"; then
-    SCENARIOS=${SCENARIOS_DURABLE:-post-c1 post-c32 post-c256} report_durable "$2" || status=$?
+    SCENARIOS=${SCENARIOS_DURABLE:-$measured} report_durable "$2" || status=$?
   else
-    report "$2" || status=$?
+    SCENARIOS=${given_scenarios:-$measured} report "$2" || status=$?
   fi
   [ "$status" -ne 2 ] || exit 2
   exit 0
