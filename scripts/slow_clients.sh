@@ -7,8 +7,9 @@
 #                their latency, one more connection, and when and how the
 #                service cuts each slow client off;
 #   2. idle:     MAX_CONNECTIONS silent connections: a new connection is
-#                served, the silent connection idle longest being closed to
-#                make room;
+#                still served (at the limit the connection idle longest is
+#                closed to make room; the example does not wait for the
+#                service to have taken all 1000, so it may not come to that);
 #   3. bodies:   50 body tricklers: each is read by its own connection's
 #                thread, and each is cut off at BODY_TIMEOUT.
 # (The 503 too_many_connections when no connection is idle is shown by the
