@@ -10,7 +10,7 @@
 //!    (the default `QUEUE_SIZE`, "how long does a full queue take to
 //!    drain") and once with 1M events (the sustained rate).
 //!
-//! Targets (issue 3): workers apply >= 1M events/s, and a full default
+//! Targets: workers apply >= 1M events/s, and a full default
 //! queue drains in well under a second.
 //!
 //! Run: `cargo run --release --example store_bench`

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# HTTP benchmark of the service against the tiny_http anchors of
-# ../shared/bench (see its README), all on loopback, in one run:
+# HTTP benchmark of the service against the anchors of bench/ (see
+# bench/README.md), all on loopback, in one run:
 #
 #   1. builds the release binary; installs wrk and nginx-light if missing;
 #   2. starts the anchors (nginx, tiny_bare, tiny_parse, std_inline) and the service on a
@@ -13,7 +13,7 @@
 #      under 15 minutes; CONTEXT_ROUNDS=$ROUNDS interleaves all four);
 #   4. prints summarize.sh's table and, per scenario, service / tiny_parse
 #      for throughput, p99 and server CPU per request (medians over the
-#      rounds), PASS/FAIL against the targets of issue 10:
+#      rounds), PASS/FAIL against its targets:
 #        - throughput: keep-alive POST and GET at 32 and 256 connections
 #          >= 1.4x; a new connection per request at 32 >= 1.1x; every
 #          1-connection row >= 1.0x;
@@ -23,7 +23,7 @@
 #      A verdict marked "(unstable)" rests on rounds that disagree (one
 #      below 2/3 of the best): read the raw rounds before trusting it.
 #
-# `bench.sh --durable` measures the durable modes instead (issue 12): the
+# `bench.sh --durable` measures the durable modes instead: the
 # release binary built with `--features sqlite`, four instances (memory
 # mode, DURABILITY=commit, fsync and async, each with its own DATA_DIR
 # in the run directory) interleaved for ROUNDS rounds of POST keep-alive
@@ -34,7 +34,7 @@
 # directories are in the run directory, or under DURABLE_DIR if set (to
 # measure another disk, or tmpfs to take the disk out).
 #
-# `bench.sh --postgres` measures PostgreSQL mode (issue 13): the release
+# `bench.sh --postgres` measures PostgreSQL mode: the release
 # binary built with `--features postgres`, a throwaway PostgreSQL 15
 # server in the run directory (its defaults: fsync and synchronous_commit
 # on; pg_stat_statements loaded), one instance on database `one` and two on
@@ -52,7 +52,7 @@
 # RUN_DIR/results.txt` prints the tables for them again.
 #
 # Env: ROUNDS (3), DURATION (10s), CONTEXT_ROUNDS (1, 0 = skip nginx,
-#      tiny_bare and std_inline), SCENARIOS (the nine below), BENCH_DIR (../shared/bench),
+#      tiny_bare and std_inline), SCENARIOS (the nine below), BENCH_DIR (bench/),
 #      STRICT (1 = exit 1 when a target fails), plus matrix.sh's PAUSE and
 #      load.sh's WRK_THREADS, WRK_TIMEOUT.
 # Exit: 0 measured, 1 measured and a target failed with STRICT=1,
@@ -60,10 +60,12 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bench=$(cd "${BENCH_DIR:-$(dirname "$0")/../../shared/bench}" && pwd)
+bench=$(cd "${BENCH_DIR:-$(dirname "$0")/../bench}" && pwd)
 cd "$repo"
 export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s}
 context_rounds=${CONTEXT_ROUNDS:-1}
+# --report reads the scenarios from the results file unless they are given.
+given_scenarios=${SCENARIOS:-}
 export SCENARIOS=${SCENARIOS:-post-c1 post-c32 post-c256 post-close-c1 post-close-c32 get-c1 get-c32 get-c256 get-close-c32}
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
@@ -82,7 +84,7 @@ function median(list,   a, n, i, j, t) {
   return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
 }
 function sum(list,   a, n, i, s) { n = split(list, a, " "); s = 0; for (i = 1; i <= n; i++) s += a[i]; return s }
-# The throughput target of a scenario (issue 10).
+# The throughput target of a scenario.
 function min_rps(sc) {
   if (sc ~ /^(post|get)-c(32|256)$/) return 1.4
   if (sc ~ /-close-c32$/) return 1.1
@@ -152,7 +154,7 @@ function median(list,   a, n, i, j, t) {
 report_durable() {
   awk -v scenarios="$SCENARIOS" "$awk_median"'
 function sum(list,   a, n, i, s) { n = split(list, a, " "); s = 0; for (i = 1; i <= n; i++) s += a[i]; return s }
-# The throughput target of a mode in a scenario (issue 12); 0: none.
+# The throughput target of a mode in a scenario; 0: none.
 function target(mode, sc) {
   if (sc !~ /^post-c(32|256)$/) return 0
   if (mode == "commit") return 0.6
@@ -249,12 +251,15 @@ finish() {
 # `bench.sh --report RESULTS_FILE`: only print the tables for an earlier run.
 if [ "${1:-}" = --report ]; then
   status=0
-  if grep -q '^round=[0-9]* postgres-1 ' "${2:?usage: bench.sh --report RESULTS_FILE}"; then
-    SCENARIOS=${SCENARIOS_POSTGRES:-post-c32 post-c256 get-c32 get-c256} report_postgres "$2" || status=$?
+  [ -r "${2:?usage: bench.sh --report RESULTS_FILE}" ] || die "cannot read $2"
+  # The scenarios measured, in the order of the file.
+  measured=$(awk '$1 ~ /^round=/ { print $3 }' "$2" | awk '!seen[$0]++' | xargs)
+  if grep -q '^round=[0-9]* postgres-1 ' "$2"; then
+    SCENARIOS=${SCENARIOS_POSTGRES:-$measured} report_postgres "$2" || status=$?
   elif grep -q '^round=[0-9]* memory ' "$2"; then
-    SCENARIOS=${SCENARIOS_DURABLE:-post-c1 post-c32 post-c256} report_durable "$2" || status=$?
+    SCENARIOS=${SCENARIOS_DURABLE:-$measured} report_durable "$2" || status=$?
   else
-    report "$2" || status=$?
+    SCENARIOS=${given_scenarios:-$measured} report "$2" || status=$?
   fi
   [ "$status" -ne 2 ] || exit 2
   exit 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Memory per stored product (issue 3 target: <= 256 bytes per product), in
-# memory mode and in durable mode, and the durable startup time (issue 12).
+# Memory per stored product (target: <= 256 bytes per product), in memory
+# mode and in durable mode, and the durable startup time.
 #
 # Starts the release binary on a free loopback port, reads its VmRSS empty,
 # posts one event (price and stock) for each of COUNT distinct ids

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Slow-client tolerance of the default configuration (issues 6 and 10),
-# measured with examples/slow_clients.rs against the release binary, in
-# three runs:
+# Slow-client tolerance of the default configuration, measured with
+# examples/slow_clients.rs against the release binary, in three runs:
 #   1. held:     SILENT (950) silent connections, 24 trickling a head and
 #                24 trickling a body, a byte per 100 ms (998 connections in
 #                all): 2000 ordinary requests from another connection,
 #                their latency, one more connection, and when and how the
 #                service cuts each slow client off;
-#   2. over:     MAX_CONNECTIONS silent connections: what a new one gets,
-#                and that the service answers again once they are closed;
+#   2. idle:     MAX_CONNECTIONS silent connections: a new connection is
+#                still served (at the limit the connection idle longest is
+#                closed to make room; the example does not wait for the
+#                service to have taken all 1000, so it may not come to that);
 #   3. bodies:   50 body tricklers: each is read by its own connection's
 #                thread, and each is cut off at BODY_TIMEOUT.
+# (The 503 too_many_connections when no connection is idle is shown by the
+# fork's test past_max_connections_the_accepting_thread_refuses.)
+# Every client comes from 127.0.0.1, as behind a proxy, so the service runs
+# with MAX_CONNECTIONS_PER_CLIENT=1000 (= MAX_CONNECTIONS), as
+# docs/OPERATIONS.md says to set it there; the rest is the defaults.
 # Prints each run's report. Exit 0 when every run went as documented in
-# the README ("Security and limits"), 1 otherwise, 2 if it could not run.
+# docs/OPERATIONS.md ("Limits and defences"), 1 otherwise, 2 if it could
+# not run.
 # Env: SILENT (950). Needs `ulimit -n` of at least 4 * 1000 + 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +40,7 @@ failed=0
 run() { # NAME EXPECTED-LINE-REGEX... : one service, one measurement
   local name=$1 slow=$2
   shift 2
-  start_service "$log" RUST_LOG=info,access=off || die "the service did not start: $(cat "$log")"
+  start_service "$log" RUST_LOG=info,access=off MAX_CONNECTIONS_PER_CLIENT=1000 || die "the service did not start: $(cat "$log")"
   # shellcheck disable=SC2086 # $slow is the argument list
   "$target/release/examples/slow_clients" "${svc_url#http://}" $slow | tee "$out"
   local status=0
@@ -56,9 +63,9 @@ run held "$silent 24 24 2000 100 30" \
 grep -E '^ordinary requests' "$out" | grep -Eq '\((40[0-35-9]|4[1-9][0-9]|5[0-9][0-9]),' &&
   { echo "slow_clients: held: an ordinary request failed" >&2; failed=1; }
 
-echo "== 2. 1000 silent connections (MAX_CONNECTIONS): a new connection, then recovery"
-run over "1000 0 0 1 100 30" \
-  '^one more connection: 503 too_many_connections' \
+echo "== 2. 1000 silent connections (MAX_CONNECTIONS, all idle): a new connection is served"
+run idle "1000 0 0 1 100 30" \
+  '^one more connection: 200 ' \
   '^Silent: 1000 of 1000 closed' \
   '^a new connection once they are gone: 200 '
 

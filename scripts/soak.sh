@@ -9,7 +9,8 @@
 #     threads within +16, RSS within +20% of the warm-up maximum;
 #   - SIGTERM exits 0 with a clean shutdown summary.
 # Prints one summary line; exits 0 on PASS, 1 on FAIL, 2 if it could not run.
-# Env: DURATION (seconds, default 180), CONNECTIONS (per load, default 16).
+# Env: DURATION (seconds, default 180), CONNECTIONS (per load, default 16),
+#      BENCH_DIR (the wrk scripts and populate.sh; default bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -17,7 +18,7 @@ source scripts/lib.sh
 
 duration=${DURATION:-180}
 conns=${CONNECTIONS:-16}
-bench=${BENCH_DIR:-../shared/bench}
+bench=${BENCH_DIR:-bench}
 log=$(mktemp /tmp/soak-service.XXXXXX.log)
 die() { echo "soak: $*" >&2; exit 2; }
 pids=()

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use product_update_service::model::{
+use product_update_service::event::{
     MAX_PRICE, MAX_STOCK, check_product_id, decode_event,
 };
 
