@@ -191,8 +191,8 @@ impl Histogram {
 const REQUEST_BOUNDS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
-/// Queue wait buckets: 10 µs to 5 s (a lingering worker picks an event up
-/// within 200 µs; a backlog shows in the upper buckets).
+/// Queue wait buckets: 10 µs to 5 s (an event reaches a worker that was
+/// waiting within the lowest buckets; a backlog shows in the upper ones).
 const QUEUE_WAIT_BOUNDS: &[f64] = &[
     0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];

@@ -1358,7 +1358,7 @@ fn prices_read_back_as_written() {
 
 /// A burst of keep-alive connections, all held open: every one must be
 /// answered. (tiny_http 0.12's thread pool could leave connections queued
-/// behind others that stay open; see vendor/tiny_http/README.md, change 4.)
+/// behind others that stay open; see vendor/tiny_http/README.md, change 1.)
 #[test]
 fn a_burst_of_keep_alive_connections_is_answered_on_every_connection() {
     let server = TestServer::start(test_config());

@@ -21,7 +21,7 @@ use common::{
 };
 use serde_json::{Value, json};
 
-/// A row of `products` as the README's `sqlite3` command shows it:
+/// A row of `products` as docs/STORAGE.md's `sqlite3` command shows it:
 /// product_id, price, stock, updated_at, version.
 type Row = (String, Option<f64>, Option<i64>, String, Option<i64>);
 /// What one client of the kill -9 test saw: per product, the stock value
@@ -98,7 +98,7 @@ fn a_graceful_restart_restores_exactly_the_final_state() {
     let etag_b = get(&base, "/products/b").header("etag").map(str::to_owned);
     assert_eq!(before.len(), 4, "{before:?}");
 
-    // Readable while the service runs, with the columns the README names.
+    // Readable while the service runs, with the columns docs/STORAGE.md names.
     let rows = wait_until("the products table to have every product", || {
         let conn = rusqlite::Connection::open_with_flags(
             database(&dir),

@@ -1,4 +1,4 @@
-//! Resource limits (issue 6): each bound holds, and past it the service
+//! Resource limits: each bound holds, and past it the service
 //! answers with the same problem details as the rest of the API.
 
 mod common;
@@ -496,7 +496,7 @@ fn far_ahead_reader(server: &TestServer) -> JoinHandle<common::Reply> {
     std::thread::spawn(move || common::read_reply(agent.get(&url).call()))
 }
 
-/// Issue 10's case, with the defaults: three POSTs trickling a 2000-byte
+/// With the defaults: three POSTs trickling a 2000-byte
 /// body and a `min_seq` reader waiting 5 s used to take every request
 /// thread, and a health check then waited seconds. Each slow client now
 /// holds only its own connection: the health check is answered while all

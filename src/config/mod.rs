@@ -200,7 +200,7 @@ const SETTINGS: &[Setting] = &[
         help: "events the queue holds before POST /events answers 503",
         // About a sixth of a second of peak intake on the 2-core reference
         // machine in about 1 MiB, while four workers drain a full queue in
-        // milliseconds (README, Performance).
+        // milliseconds (docs/PERFORMANCE.md).
         kind: Kind::Number {
             min: 1,
             max: 1_000_000,
@@ -310,7 +310,7 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "MAX_PRODUCTS",
         help: "most products stored; events for new ones beyond it get 507",
-        // About 190 MiB of products (README, Performance).
+        // About 190 MiB of products (docs/PERFORMANCE.md).
         kind: Kind::Number {
             min: 1,
             max: 100_000_000,
