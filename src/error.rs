@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::amqp::BrokerError;
 use crate::backend::StorageError;
 use crate::stats::ShutdownReport;
 
@@ -18,6 +19,9 @@ pub enum StartError {
     Spawn { thread: String, source: io::Error },
     /// The durable store (`DATA_DIR`) could not be opened or loaded.
     Storage(StorageError),
+    /// RabbitMQ (`AMQP_URL`) could not be reached or holds conflicting
+    /// objects.
+    Broker(BrokerError),
 }
 
 impl StartError {
@@ -25,6 +29,7 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Storage(e) => e.exit_code(),
+            StartError::Broker(e) => e.exit_code(),
             StartError::Bind { .. } | StartError::Spawn { .. } => 1,
         }
     }
@@ -60,6 +65,7 @@ impl fmt::Display for StartError {
                 "cannot start thread {thread}: {source}; lower WORKERS (or MAX_CONNECTIONS), or raise the process's thread limit"
             ),
             StartError::Storage(e) => e.fmt(f),
+            StartError::Broker(e) => e.fmt(f),
         }
     }
 }
@@ -69,6 +75,7 @@ impl std::error::Error for StartError {
         match self {
             StartError::Bind { source, .. } | StartError::Spawn { source, .. } => Some(source),
             StartError::Storage(e) => e.source(),
+            StartError::Broker(_) => None,
         }
     }
 }

@@ -17,6 +17,8 @@
 //!
 //! The modules, from the front door down:
 //!
+//! - [`amqp`]: the RabbitMQ front door (feature `amqp`): consumer threads
+//!   that hand a broker's messages to the same core.
 //! - [`http`]: the connection threads' entry point, routing, the handlers
 //!   (HTTP to the service's operations and back) and their wire helpers.
 //!   Validation runs there, so bad input never reaches the core.
@@ -51,6 +53,7 @@
 //! README.md ("Using it from your tests") has a complete example with
 //! HTTP requests; it is compiled and run as a doc test below.
 
+pub mod amqp;
 pub mod backend;
 pub mod config;
 pub mod error;
@@ -102,6 +105,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     // Storage first: a database that is locked, damaged or unknown stops
     // the start before anything else happens.
     let opened = backend::open(&config).map_err(StartError::Storage)?;
+    // Then the broker, if there is one: reached, its topology declared.
+    let broker = amqp::check(&config).map_err(StartError::Broker)?;
     let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
@@ -110,18 +115,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let local_addr = listener.local_addr().map_err(bind_error)?;
     // The workers run before the first request is read.
     let (service, workers) = Service::start(&config, opened, local_addr)?;
+    // Front doors other than HTTP (RabbitMQ's consumers).
+    let mut front_doors = Vec::new();
+    if let Some(broker) = broker {
+        match broker.start(&service) {
+            Ok(consumers) => front_doors.push(consumers),
+            Err(source) => return Err(stop_core(&service, workers, "amqp", source)),
+        }
+    }
     let http = match HttpServer::start(listener, &service, &config) {
         Ok(http) => http,
         Err(source) => {
-            // Nothing was accepted: stop what runs, in the shutdown's order.
-            service.drain(std::time::Instant::now());
-            workers.drain(std::time::Instant::now());
-            workers.join();
-            service.finish();
-            return Err(StartError::Spawn {
-                thread: "http".to_owned(),
-                source,
-            });
+            for door in front_doors {
+                door.stop(std::time::Instant::now());
+            }
+            return Err(stop_core(&service, workers, "http", source));
         }
     };
     log::info!(
@@ -141,7 +149,26 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         service,
         workers,
         http,
+        front_doors,
     })
+}
+
+/// A start that failed after the core ran: nothing was accepted; stop
+/// what runs, in the shutdown's order.
+fn stop_core(
+    service: &Service,
+    workers: worker::Workers,
+    thread: &str,
+    source: std::io::Error,
+) -> StartError {
+    service.drain(std::time::Instant::now());
+    workers.drain(std::time::Instant::now());
+    workers.join();
+    service.finish();
+    StartError::Spawn {
+        thread: thread.to_owned(),
+        source,
+    }
 }
 
 /// The README's examples written in Rust (the "Using it from your tests"

@@ -13,7 +13,9 @@
 //! few lines of `writeln!`. The crate would bring a registry, dynamic label
 //! sets and a dependency tree for no gain here.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -235,6 +237,79 @@ impl StorageMetrics {
     }
 }
 
+/// What RabbitMQ's consumers count (shown only with `AMQP_URL`).
+#[derive(Default)]
+pub struct BrokerMetrics {
+    consumed: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    /// Dead letters by reason: the problem codes, a fixed set.
+    dead: Mutex<BTreeMap<&'static str, u64>>,
+    /// Whether each shard's consumer is connected (empty: no broker).
+    connected: Mutex<Vec<bool>>,
+}
+
+impl BrokerMetrics {
+    /// The front door runs with `shards` consumers, none connected yet.
+    pub fn consumers(&self, shards: usize) {
+        if let Ok(mut connected) = self.connected.lock() {
+            *connected = vec![false; shards];
+        }
+    }
+
+    /// Whether shard `shard`'s consumer is connected now.
+    pub fn connected(&self, shard: usize, up: bool) {
+        if let Ok(mut connected) = self.connected.lock()
+            && let Some(slot) = connected.get_mut(shard)
+        {
+            *slot = up;
+        }
+    }
+
+    pub fn consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn acked(&self) {
+        self.acked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dead(&self, code: &'static str) {
+        if let Ok(mut dead) = self.dead.lock() {
+            *dead.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Consumers configured and connected now.
+    fn links(&self) -> (usize, usize) {
+        match self.connected.lock() {
+            Ok(connected) => (connected.len(), connected.iter().filter(|up| **up).count()),
+            Err(_) => (0, 0),
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dead: Vec<String> = match self.dead.lock() {
+            Ok(dead) => dead.iter().map(|(code, n)| format!("{code}={n}")).collect(),
+            Err(_) => Vec::new(),
+        };
+        write!(
+            f,
+            "consumed={} acked={} retried={} dead_lettered=[{}]",
+            self.consumed.load(Ordering::Relaxed),
+            self.acked.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            dead.join(" ")
+        )
+    }
+}
+
 /// The counters and histograms, shared by every thread.
 pub struct Metrics {
     started: SystemTime,
@@ -247,6 +322,7 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
     pub storage: StorageMetrics,
+    pub broker: BrokerMetrics,
 }
 
 impl Default for Metrics {
@@ -260,6 +336,7 @@ impl Default for Metrics {
             request_seconds: Histogram::new(REQUEST_BOUNDS),
             queue_wait_seconds: Histogram::new(QUEUE_WAIT_BOUNDS),
             storage: StorageMetrics::default(),
+            broker: BrokerMetrics::default(),
         }
     }
 }
@@ -296,6 +373,7 @@ impl Metrics {
         self.render_queue(s, &mut out);
         self.render_http(s, &mut out);
         self.render_storage(s, &mut out);
+        self.render_broker(&mut out);
         self.render_process(&mut out);
         out
     }
@@ -483,6 +561,53 @@ impl Metrics {
                 "storage_commit_batch_events",
                 "Events made durable by one commit (group commit: the events that arrived during the previous one).",
             );
+        }
+    }
+
+    /// RabbitMQ's consumers, with `AMQP_URL`.
+    fn render_broker(&self, out: &mut String) {
+        let broker = &self.broker;
+        let (consumers, connected) = broker.links();
+        if consumers == 0 {
+            return;
+        }
+        gauge(
+            out,
+            "amqp_consumers_connected",
+            "Shard consumers of this instance connected to RabbitMQ now (of AMQP_SHARDS).",
+            connected,
+        );
+        counter(
+            out,
+            "amqp_messages_consumed_total",
+            "Messages taken from the shard queues.",
+            broker.consumed.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "amqp_messages_acked_total",
+            "Messages acknowledged: their event is as safe as a 202 makes it, or a copy went to a delay or dead-letter queue.",
+            broker.acked.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "amqp_messages_retried_total",
+            "Messages refused for now (queue full, storage down) and sent to a delay queue.",
+            broker.retried.load(Ordering::Relaxed),
+        );
+        header(
+            out,
+            "amqp_messages_dead_lettered_total",
+            "counter",
+            "Messages sent to the dead-letter queue, by reason (the problem code).",
+        );
+        if let Ok(dead) = broker.dead.lock() {
+            for (code, n) in dead.iter() {
+                let _ = writeln!(
+                    out,
+                    "amqp_messages_dead_lettered_total{{reason=\"{code}\"}} {n}"
+                );
+            }
         }
     }
 

@@ -3,6 +3,10 @@
 //!
 //! # The shutdown sequence
 //!
+//! 0. **Close the other front doors.** RabbitMQ's consumers take no new
+//!    message and settle those in hand (acknowledge once the event is
+//!    safe), by the deadline; what they did not take goes back to its
+//!    queue with their connections, for the next consumer.
 //! 1. **Stop taking events.** `Service::drain` has the backend commit what
 //!    was posted to it and let it reach the queue (the durable modes), then
 //!    closes the intake: it drops the queue's only sender under the intake
@@ -55,6 +59,16 @@ pub struct Running {
     pub(crate) service: Arc<Service>,
     pub(crate) workers: Workers,
     pub(crate) http: HttpServer,
+    /// Front doors other than HTTP (RabbitMQ's consumers), stopped first.
+    pub(crate) front_doors: Vec<Box<dyn FrontDoor>>,
+}
+
+/// A front door that takes events from somewhere other than HTTP (a
+/// message broker's consumers). It is stopped first at shutdown, while the
+/// workers still run: it takes nothing new and settles what it holds by
+/// the deadline.
+pub trait FrontDoor: Send + Sync {
+    fn stop(self: Box<Self>, deadline: Instant);
 }
 
 /// While this value lives, the workers apply nothing (events stay queued).
@@ -104,6 +118,11 @@ impl Running {
         let started = Instant::now();
         let timeout = self.config.shutdown_timeout;
         let deadline = started + timeout;
+
+        // 0. Close the other front doors.
+        for door in self.front_doors {
+            door.stop(deadline);
+        }
 
         // 1. Stop taking events.
         let queued = self.service.stats().queue_depth;

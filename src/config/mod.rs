@@ -19,9 +19,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod amqp_url;
 mod database_url;
 mod tokens;
 
+pub use amqp_url::AmqpUrl;
 pub use database_url::DatabaseUrl;
 pub use tokens::{ApiTokens, PublicPaths, SHORT_TOKEN, Scope};
 
@@ -88,6 +90,20 @@ pub struct Config {
     /// With `database_url`: the committer connections (and threads) of
     /// this instance; it opens one more, for the tailer.
     pub db_pool_size: usize,
+    /// RabbitMQ, to take events from as well as HTTP; `None`: HTTP only.
+    /// Needs the `amqp` feature. Prints with its password masked.
+    pub amqp_url: Option<AmqpUrl>,
+    /// The exchange producers publish to; the queues' names start with it.
+    pub amqp_exchange: String,
+    /// Queues the exchange spreads products over (each consumed by one
+    /// instance at a time).
+    pub amqp_shards: usize,
+    /// Messages each shard's consumer holds unacknowledged at once.
+    pub amqp_prefetch: u16,
+    /// Tries of an event refused for now before it is dead-lettered.
+    pub amqp_max_attempts: u32,
+    /// The wait before the first retry; it doubles each time.
+    pub amqp_retry_delay: Duration,
 }
 
 /// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
@@ -400,6 +416,78 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "AMQP_URL",
+        help: "take events from RabbitMQ too, through AMQP_SHARDS queues (amqp://user:password@host:port/vhost; the password is never printed); unset: HTTP only (needs a build with --features amqp)",
+        kind: Kind::Text {
+            allowed: "a URL starting with amqp://",
+            default: "",
+            set: |c, v| {
+                c.amqp_url = AmqpUrl::parse(v);
+                v.is_empty() || c.amqp_url.is_some()
+            },
+        },
+    },
+    Setting {
+        name: "AMQP_EXCHANGE",
+        help: "with AMQP_URL: the exchange producers publish to (routing key: the product_id); the queues are named after it (.shard-N, .retry-N, .dead)",
+        kind: Kind::Text {
+            allowed: "1 to 200 letters, digits and -_.:",
+            default: "product-events",
+            set: |c, v| {
+                let ok = (1..=200).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                if ok {
+                    c.amqp_exchange = v.to_owned();
+                }
+                ok
+            },
+        },
+    },
+    Setting {
+        name: "AMQP_SHARDS",
+        help: "with AMQP_URL: queues the exchange spreads products over, each taken by one instance at a time (every instance must use the same number)",
+        kind: Kind::Number {
+            min: 1,
+            max: 64,
+            default: 4,
+            note: "",
+            set: |c, v| c.amqp_shards = v as usize,
+        },
+    },
+    Setting {
+        name: "AMQP_PREFETCH",
+        help: "with AMQP_URL: messages a shard's consumer holds unacknowledged at once",
+        kind: Kind::Number {
+            min: 1,
+            max: 10_000,
+            default: 1,
+            note: "",
+            set: |c, v| c.amqp_prefetch = v as u16,
+        },
+    },
+    Setting {
+        name: "AMQP_MAX_ATTEMPTS",
+        help: "with AMQP_URL: tries of an event refused for now (queue full, storage down) before it is dead-lettered",
+        kind: Kind::Number {
+            min: 1,
+            max: 20,
+            default: 5,
+            note: "",
+            set: |c, v| c.amqp_max_attempts = v as u32,
+        },
+    },
+    Setting {
+        name: "AMQP_RETRY_DELAY",
+        help: "with AMQP_URL: the wait before the first retry of an event refused for now; each next retry waits twice as long",
+        kind: Kind::Seconds {
+            min: 0.01,
+            max: 3600.0,
+            default: 1.0,
+            set: |c, v| c.amqp_retry_delay = v,
+        },
+    },
+    Setting {
         name: "API_TOKENS",
         help: "bearer tokens a request must carry, comma-separated: TOKEN may read and write, read:TOKEN may only read; unset: every route is open to whoever can reach BIND_ADDR",
         kind: Kind::Text {
@@ -560,6 +648,12 @@ impl Default for Config {
             durability: Durability::Commit,
             database_url: None,
             db_pool_size: 0,
+            amqp_url: None,
+            amqp_exchange: String::new(),
+            amqp_shards: 0,
+            amqp_prefetch: 0,
+            amqp_max_attempts: 0,
+            amqp_retry_delay: Duration::ZERO,
         };
         for setting in SETTINGS {
             let applied = setting
@@ -769,7 +863,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} max_connections_per_client={} api_tokens={} public_paths={} storage={}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} max_connections_per_client={} api_tokens={} public_paths={} storage={}{}",
             self.bind,
             self.workers,
             self.queue_size,
@@ -788,7 +882,18 @@ impl fmt::Display for Config {
             self.max_connections_per_client,
             self.api_tokens,
             self.public_paths,
-            self.storage()
+            self.storage(),
+            match &self.amqp_url {
+                Some(url) => format!(
+                    " amqp={url} amqp_exchange={} amqp_shards={} amqp_prefetch={} amqp_max_attempts={} amqp_retry_delay={:?}",
+                    self.amqp_exchange,
+                    self.amqp_shards,
+                    self.amqp_prefetch,
+                    self.amqp_max_attempts,
+                    self.amqp_retry_delay
+                ),
+                None => String::new(),
+            }
         )
     }
 }

@@ -458,6 +458,21 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// HTTP answers a refusal with the code every front door reports it by.
+    #[test]
+    fn a_refusal_has_the_same_code_over_http() {
+        let refusals = [
+            Refusal::IdempotencyConflict { seq: 1 },
+            Refusal::QueueFull { capacity: 2 },
+            Refusal::ProductLimit { limit: 3 },
+            Refusal::ShuttingDown,
+            Refusal::StorageUnavailable,
+        ];
+        for refusal in refusals {
+            assert_eq!(ApiError::refused(refusal, Some("e")).code(), refusal.code());
+        }
+    }
+
     #[test]
     fn body_has_the_rfc_9457_members_and_a_code() {
         let err = ApiError::Event(EventError::InvalidPrice {

@@ -44,6 +44,44 @@ pub enum Refusal {
     StorageUnavailable,
 }
 
+impl Refusal {
+    /// The stable code a front door reports it with (HTTP's problem
+    /// `code`, a dead letter's `x-problem-code` header).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::IdempotencyConflict { .. } => "idempotency_conflict",
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::ProductLimit { .. } => "product_limit_reached",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::StorageUnavailable => "storage_unavailable",
+        }
+    }
+}
+
+/// What happened, naming the setting or the event it is about; a front
+/// door adds what its client can do (HTTP: when to retry).
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::IdempotencyConflict { seq } => write!(
+                f,
+                "the event_id was already used for a different event (seq {seq})"
+            ),
+            Refusal::QueueFull { capacity } => {
+                write!(f, "the event queue is full ({capacity} events, QUEUE_SIZE)")
+            }
+            Refusal::ProductLimit { limit } => write!(
+                f,
+                "the store holds its limit of {limit} products (MAX_PRODUCTS) and the event is for a new one"
+            ),
+            Refusal::ShuttingDown => f.write_str("the service is shutting down"),
+            Refusal::StorageUnavailable => f.write_str(
+                "the event could not be committed to the durable store (DATA_DIR or DATABASE_URL)",
+            ),
+        }
+    }
+}
+
 /// What accepting one event came to.
 pub type Outcome = Result<Accepted, Refusal>;
 

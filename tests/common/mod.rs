@@ -5,6 +5,8 @@
 
 pub mod binary;
 pub mod postgres;
+#[cfg(feature = "amqp")]
+pub mod rabbitmq;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

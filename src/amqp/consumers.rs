@@ -1,0 +1,179 @@
+//! The consumer threads as a whole: the check at startup, one thread per
+//! shard, their counts and link states, and their stop.
+
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use futures_lite::future::block_on;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+
+use super::BrokerError;
+use super::shard::{self, Shard};
+use super::topology::Topology;
+use crate::config::Config;
+use crate::request_id::RequestIds;
+use crate::service::Service;
+use crate::shutdown::FrontDoor;
+
+/// How long the check at startup waits for the broker.
+const CHECK_WAIT: Duration = Duration::from_secs(30);
+
+/// The settings, once the broker has been reached.
+pub struct Checked {
+    url: String,
+    masked_url: String,
+    topology: Arc<Topology>,
+    prefetch: u16,
+    max_body_bytes: usize,
+}
+
+/// Connects once and declares the topology, on a helper thread so that a
+/// broker that never answers costs [`CHECK_WAIT`], not a TCP timeout.
+pub fn check(config: &Config) -> Result<Checked, BrokerError> {
+    let Some(url) = &config.amqp_url else {
+        return Err(BrokerError::NotBuilt);
+    };
+    let checked = Checked {
+        url: url.expose().to_owned(),
+        masked_url: url.to_string(),
+        topology: Arc::new(Topology {
+            exchange: config.amqp_exchange.clone(),
+            shards: config.amqp_shards,
+            max_attempts: config.amqp_max_attempts,
+            retry_delay: config.amqp_retry_delay,
+        }),
+        prefetch: config.amqp_prefetch,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let (url, topology) = (checked.url.clone(), Arc::clone(&checked.topology));
+    let unreachable = |detail: String| BrokerError::Unreachable {
+        url: checked.masked_url.clone(),
+        detail,
+    };
+    thread::Builder::new()
+        .name("amqp-check".to_owned())
+        .spawn(move || {
+            let _ = done_tx.send(declare_once(&url, &topology));
+        })
+        .map_err(|e| unreachable(format!("cannot start a thread: {e}")))?;
+    match done.recv_timeout(CHECK_WAIT) {
+        Ok(Ok(())) => Ok(checked),
+        Ok(Err(Failed::Conflict(detail))) => Err(BrokerError::Conflict { detail }),
+        Ok(Err(Failed::Other(detail))) => Err(unreachable(detail)),
+        Err(_) => Err(unreachable(format!("no answer in {CHECK_WAIT:?}"))),
+    }
+}
+
+enum Failed {
+    Conflict(String),
+    Other(String),
+}
+
+fn declare_once(url: &str, topology: &Topology) -> Result<(), Failed> {
+    let other = |e: lapin::Error| Failed::Other(e.to_string());
+    let connection =
+        block_on(Connection::connect(url, ConnectionProperties::default())).map_err(other)?;
+    let channel = block_on(connection.create_channel()).map_err(other)?;
+    let declared = block_on(topology.declare(&channel)).map_err(|e| {
+        let conflict = matches!(
+            e.kind(),
+            ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        );
+        if conflict {
+            Failed::Conflict(e.to_string())
+        } else {
+            Failed::Other(e.to_string())
+        }
+    });
+    let _ = block_on(connection.close(200, "checked".into()));
+    declared
+}
+
+impl Checked {
+    /// Starts one consumer thread per shard.
+    pub fn start(self, service: &Arc<Service>) -> std::io::Result<Box<dyn FrontDoor>> {
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        service.metrics().broker.consumers(self.topology.shards);
+        let request_ids = Arc::new(RequestIds::default());
+        let deadline = Arc::new(OnceLock::new());
+        let mut threads = Vec::new();
+        for index in 0..self.topology.shards {
+            let shard = Shard {
+                index,
+                url: self.url.clone(),
+                topology: Arc::clone(&self.topology),
+                prefetch: self.prefetch,
+                max_body_bytes: self.max_body_bytes,
+                service: Arc::clone(service),
+                request_ids: Arc::clone(&request_ids),
+                stop: stop.clone(),
+                deadline: Arc::clone(&deadline),
+            };
+            let done_tx = done_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("amqp-shard-{index}"))
+                .spawn(move || {
+                    shard::run(shard);
+                    drop(done_tx);
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // The threads started stop with the sender.
+                    drop(stop_tx);
+                    return Err(e);
+                }
+            }
+        }
+        log::info!(
+            "amqp: consuming {} shards of {} at {} (prefetch {})",
+            self.topology.shards,
+            self.topology.exchange,
+            self.masked_url,
+            self.prefetch
+        );
+        Ok(Box::new(Consumers {
+            stop_tx: Some(stop_tx),
+            deadline,
+            done,
+            threads,
+            service: Arc::clone(service),
+        }))
+    }
+}
+
+/// The running consumer threads.
+struct Consumers {
+    /// Dropped to stop the threads.
+    stop_tx: Option<Sender<()>>,
+    deadline: Arc<OnceLock<Instant>>,
+    /// Disconnected once every thread has exited.
+    done: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+    service: Arc<Service>,
+}
+
+impl FrontDoor for Consumers {
+    fn stop(mut self: Box<Self>, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+        drop(self.stop_tx.take());
+        // A thread stuck connecting to a broker that does not answer is
+        // left behind at the deadline; it holds nothing of the service's.
+        let _ = self.done.recv_deadline(deadline);
+        let mut panicked = 0;
+        for thread in std::mem::take(&mut self.threads) {
+            if thread.is_finished() && thread.join().is_err() {
+                panicked += 1;
+            }
+        }
+        if panicked > 0 {
+            log::error!("amqp: {panicked} consumer thread(s) had panicked");
+        }
+        log::info!("amqp: consumers stopped; {}", self.service.metrics().broker);
+    }
+}

@@ -1,0 +1,319 @@
+//! One shard's consumer thread (`amqp-shard-N`): takes the shard queue's
+//! messages and hands each to the core, as the HTTP handlers hand a
+//! request's event, then settles the message by its [`Verdict`].
+//!
+//! ```text
+//!  lapin's I/O thread ──delivery──▶ this thread ──accept()──▶ Service
+//!                                      ▲   │ (durable modes: the committer sends the outcome back)
+//!                                      └───┘ ack / delay queue / dead-letter queue
+//! ```
+//!
+//! The thread owns its connection and its two channels: one consuming
+//! (prefetch `AMQP_PREFETCH`, manual acknowledgement) and one publishing
+//! copies to the delay and dead-letter queues with confirms. Up to
+//! `AMQP_PREFETCH` messages are in hand at once: an event that waits for
+//! its commit (or, in memory mode, for a worker) does not hold back the
+//! next one. Acknowledgements are per message and in any order.
+//!
+//! When anything on the connection fails, the thread drops it (the broker
+//! then gives the messages not yet acknowledged to the shard's next
+//! consumer, or back to this one), waits, connects again, declares the
+//! topology again and goes on: a broker restart needs nobody.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
+use futures_lite::future::block_on;
+use lapin::message::{Delivery, DeliveryResult};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use super::topology::{self, Message, Topology};
+use super::verdict::{self, Verdict};
+use crate::event;
+use crate::intake::{Outcome, ReplyTo};
+use crate::metrics::BrokerMetrics;
+use crate::request_id::RequestIds;
+use crate::service::{Accept, Service};
+use crate::store::Seq;
+
+/// The first wait before connecting again; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How long one look at the watermark waits for the workers (memory mode).
+const APPLIED_WAIT: Duration = Duration::from_millis(20);
+
+/// What one consumer thread needs.
+pub struct Shard {
+    pub index: usize,
+    /// `AMQP_URL`, password included: only for connecting.
+    pub url: String,
+    pub topology: Arc<Topology>,
+    pub prefetch: u16,
+    /// `MAX_BODY_BYTES`: a larger message is dead at once.
+    pub max_body_bytes: usize,
+    pub service: Arc<Service>,
+    pub request_ids: Arc<RequestIds>,
+    /// Disconnected when the front door stops.
+    pub stop: Receiver<()>,
+    /// When the front door stops, messages in hand get until then to settle.
+    pub deadline: Arc<std::sync::OnceLock<Instant>>,
+}
+
+/// Connects, serves, and connects again after a failure, until stopped.
+pub fn run(shard: Shard) {
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        let error = match serve(&shard, &mut wait) {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        shard.service.metrics().broker.connected(shard.index, false);
+        log::warn!(
+            "amqp: shard {} ({}): {error}; connecting again in {wait:?}",
+            shard.index,
+            shard.topology.shard_queue(shard.index)
+        );
+        if let Err(RecvTimeoutError::Disconnected) = shard.stop.recv_timeout(wait) {
+            return;
+        }
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// One connection's life: returns `Ok` once stopped, or the error that
+/// ended the connection.
+fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
+    let connection = block_on(Connection::connect(
+        &shard.url,
+        ConnectionProperties::default(),
+    ))?;
+    let publisher = block_on(connection.create_channel())?;
+    block_on(shard.topology.declare(&publisher))?;
+    block_on(publisher.confirm_select(ConfirmSelectOptions::default()))?;
+    let consuming = block_on(connection.create_channel())?;
+    block_on(consuming.basic_qos(shard.prefetch, BasicQosOptions::default()))?;
+    let queue = shard.topology.shard_queue(shard.index);
+    let consumer = block_on(consuming.basic_consume(
+        queue.as_str().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))?;
+    // lapin calls this on its own thread for each delivery: pass it on.
+    let (delivery_tx, deliveries) = crossbeam_channel::unbounded::<DeliveryResult>();
+    consumer.set_delegate(move |delivery: DeliveryResult| {
+        let delivery_tx = delivery_tx.clone();
+        async move {
+            let _ = delivery_tx.send(delivery);
+        }
+    });
+    shard.service.metrics().broker.connected(shard.index, true);
+    *wait = RECONNECT_FIRST;
+    log::info!("amqp: shard {} consuming {queue}", shard.index);
+    let mut hand = InHand::new(shard, &publisher);
+    let result = hand.serve(&deliveries);
+    // Whatever is not acknowledged goes back to the queue with the
+    // connection.
+    let _ = block_on(connection.close(200, "shutting down".into()));
+    result
+}
+
+/// The messages this connection holds and what settles them.
+struct InHand<'a> {
+    shard: &'a Shard,
+    publisher: &'a Channel,
+    /// Outcomes of events waiting for their commit come back here.
+    reply_tx: Sender<(Delivery, Outcome)>,
+    replies: Receiver<(Delivery, Outcome)>,
+    /// Events waiting for their commit.
+    committing: usize,
+    /// Memory mode: events accepted, acknowledged once applied.
+    applying: Vec<(Seq, Delivery)>,
+}
+
+impl<'a> InHand<'a> {
+    fn new(shard: &'a Shard, publisher: &'a Channel) -> InHand<'a> {
+        let (reply_tx, replies) = crossbeam_channel::unbounded();
+        InHand {
+            shard,
+            publisher,
+            reply_tx,
+            replies,
+            committing: 0,
+            applying: Vec::new(),
+        }
+    }
+
+    fn serve(&mut self, deliveries: &Receiver<DeliveryResult>) -> Result<(), LinkError> {
+        loop {
+            // With events waiting for the workers, look at the watermark
+            // again soon; otherwise sleep until something arrives.
+            let tick = if self.applying.is_empty() {
+                crossbeam_channel::never()
+            } else {
+                crossbeam_channel::after(APPLIED_WAIT)
+            };
+            select! {
+                recv(self.shard.stop) -> _ => return self.settle_before_stopping(),
+                recv(deliveries) -> delivery => match delivery {
+                    Ok(Ok(Some(delivery))) => self.take(delivery)?,
+                    Ok(Ok(None)) => return Err(LinkError::Cancelled),
+                    Ok(Err(error)) => return Err(error.into()),
+                    Err(_) => return Err(LinkError::Cancelled),
+                },
+                recv(self.replies) -> reply => {
+                    if let Ok((delivery, outcome)) = reply {
+                        self.committing -= 1;
+                        let verdict = verdict::of_outcome(outcome, true);
+                        self.settle(delivery, verdict)?;
+                    }
+                },
+                recv(tick) -> _ => {},
+            }
+            self.ack_applied(Instant::now() + APPLIED_WAIT)?;
+        }
+    }
+
+    /// Hands one message to the core, or settles it at once.
+    fn take(&mut self, delivery: Delivery) -> Result<(), LinkError> {
+        self.shard.service.metrics().broker.consumed();
+        let body = &delivery.data;
+        if body.len() > self.shard.max_body_bytes {
+            let verdict = verdict::too_large(body.len(), self.shard.max_body_bytes);
+            return self.settle(delivery, verdict);
+        }
+        let mut update = match event::decode_event(body) {
+            Ok(update) => update,
+            Err(error) => return self.settle(delivery, verdict::invalid(&error)),
+        };
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str());
+        if let (None, Some(id)) = (&update.event_id, message_id) {
+            if let Err(reason) = event::check_product_id(id) {
+                return self.settle(delivery, verdict::invalid_message_id(&reason));
+            }
+            update.event_id = Some(id.into());
+        }
+        let request_id = self.shard.request_ids.for_request(message_id).to_owned();
+        let service = &self.shard.service;
+        match service.accept(update, request_id) {
+            Accept::Done(outcome) => {
+                let verdict = verdict::of_outcome(outcome, service.journals());
+                self.settle(delivery, verdict)
+            }
+            Accept::Commit(commit) => {
+                self.committing += 1;
+                commit.post(ReplyTo::new(&self.reply_tx, delivery));
+                Ok(())
+            }
+        }
+    }
+
+    fn settle(&mut self, delivery: Delivery, verdict: Verdict) -> Result<(), LinkError> {
+        let attempts = topology::attempts(&delivery.properties) + 1;
+        let verdict = verdict::after_attempts(verdict, attempts, self.shard.topology.max_attempts);
+        let message = Message {
+            routing_key: delivery.routing_key.as_str(),
+            properties: &delivery.properties,
+            body: &delivery.data,
+        };
+        let topology = &self.shard.topology;
+        let broker = &self.shard.service.metrics().broker;
+        match verdict {
+            Verdict::Ack => {}
+            Verdict::AckOnceApplied(seq) => {
+                self.applying.push((seq, delivery));
+                return Ok(());
+            }
+            Verdict::Retry { code, detail } => {
+                log::debug!("amqp: retrying a message ({code}: {detail}), attempt {attempts}");
+                block_on(topology.publish_retry(self.publisher, &message, attempts))?;
+                broker.retried();
+            }
+            Verdict::Dead { code, detail } => {
+                log::warn!(
+                    "amqp: dead-lettered a message to {} ({code}: {detail})",
+                    topology.dead_queue()
+                );
+                block_on(topology.publish_dead(self.publisher, &message, attempts, code, &detail))?;
+                broker.dead(code);
+            }
+        }
+        ack(&delivery, broker)
+    }
+
+    /// Memory mode: acknowledges the events the workers have applied,
+    /// waiting for them until `deadline` at most.
+    fn ack_applied(&mut self, deadline: Instant) -> Result<(), LinkError> {
+        let Some(highest) = self.applying.iter().map(|(seq, _)| *seq).max() else {
+            return Ok(());
+        };
+        let through = self.shard.service.wait_applied(highest, deadline);
+        let (applied, waiting): (Vec<_>, Vec<_>) = self
+            .applying
+            .drain(..)
+            .partition(|(seq, _)| *seq <= through);
+        self.applying = waiting;
+        for (_, delivery) in applied {
+            ack(&delivery, &self.shard.service.metrics().broker)?;
+        }
+        Ok(())
+    }
+
+    /// Stopping: takes no new message (those delivered and not taken go
+    /// back to the queue with the connection) and settles the ones in hand
+    /// by the deadline.
+    fn settle_before_stopping(&mut self) -> Result<(), LinkError> {
+        let deadline = *self.shard.deadline.get_or_init(Instant::now);
+        while self.committing > 0 {
+            match self.replies.recv_deadline(deadline) {
+                Ok((delivery, outcome)) => {
+                    self.committing -= 1;
+                    self.settle(delivery, verdict::of_outcome(outcome, true))?;
+                }
+                Err(_) => break,
+            }
+        }
+        while !self.applying.is_empty() && Instant::now() < deadline {
+            self.ack_applied(deadline)?;
+        }
+        Ok(())
+    }
+}
+
+fn ack(delivery: &Delivery, broker: &BrokerMetrics) -> Result<(), LinkError> {
+    block_on(delivery.acker.ack(BasicAckOptions::default()))?;
+    broker.acked();
+    Ok(())
+}
+
+/// Why a consumer's connection ended.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The broker or the connection failed (lapin says how).
+    Broker(lapin::Error),
+    /// The broker cancelled the consumer (its queue was deleted, say).
+    Cancelled,
+}
+
+impl From<lapin::Error> for LinkError {
+    fn from(error: lapin::Error) -> LinkError {
+        LinkError::Broker(error)
+    }
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Broker(e) => write!(f, "{e}"),
+            LinkError::Cancelled => f.write_str("the broker cancelled the consumer"),
+        }
+    }
+}

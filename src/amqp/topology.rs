@@ -1,0 +1,353 @@
+//! The broker's side: the names of the exchanges and queues, their
+//! declaration, and the two ways a message leaves a shard other than an
+//! acknowledgement (a delay queue, the dead-letter queue).
+//!
+//! ```text
+//!                       x-consistent-hash, by routing key (the product_id)
+//! producers ──▶ product-events ──┬──▶ product-events.shard-0 ──▶ one active consumer (of all instances)
+//!                     ▲          ├──▶ product-events.shard-1 ──▶ ...
+//!                     │          └──▶ product-events.shard-N-1
+//!                     │ TTL expired: dead-lettered back with its routing key, so to the same shard
+//!   product-events.retry-1 (AMQP_RETRY_DELAY), retry-2 (twice that), ...
+//!                     ▲ headers exchange product-events.retry, by x-retry-level
+//!                     └── a consumer, for an event refused for now (queue full, storage down)
+//!
+//!   product-events.dead ◀── a consumer, for an event that can never succeed, with its reason
+//! ```
+//!
+//! Every queue is a quorum queue (replicated, and durable on one node
+//! too); each shard has a single active consumer, so one consumer at a
+//! time, across every instance, takes a shard's messages in order.
+//! Declaring is idempotent; an existing object declared with other
+//! arguments is an error that stops the start (`PRECONDITION_FAILED`).
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+/// The header a delay queue's binding matches (the retry level, as text).
+const RETRY_LEVEL: &str = "x-retry-level";
+/// How many times the service tried the message (an integer).
+pub const ATTEMPTS: &str = "x-attempts";
+/// A dead letter's reason: the problem's `code` and `detail`.
+pub const PROBLEM_CODE: &str = "x-problem-code";
+pub const PROBLEM_DETAIL: &str = "x-problem-detail";
+/// Where a dead letter was published first, for a replay.
+pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+
+/// The longest delay a retry waits, however many attempts.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// The topology's names and shape, from the settings.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// `AMQP_EXCHANGE`: the exchange producers publish to; every other
+    /// name starts with it.
+    pub exchange: String,
+    /// `AMQP_SHARDS`.
+    pub shards: usize,
+    /// `AMQP_MAX_ATTEMPTS`: tries of an event refused for now.
+    pub max_attempts: u32,
+    /// `AMQP_RETRY_DELAY`: the wait before the first retry; each next one
+    /// waits twice as long.
+    pub retry_delay: Duration,
+}
+
+impl Topology {
+    pub fn shard_queue(&self, shard: usize) -> String {
+        format!("{}.shard-{shard}", self.exchange)
+    }
+
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.exchange)
+    }
+
+    fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.exchange)
+    }
+
+    fn retry_queue(&self, level: u32) -> String {
+        format!("{}.retry-{level}", self.exchange)
+    }
+
+    /// How long a message waits after its `level`-th failed attempt.
+    pub fn delay(&self, level: u32) -> Duration {
+        let factor = 1u32 << level.saturating_sub(1).min(20);
+        self.retry_delay.saturating_mul(factor).min(MAX_DELAY)
+    }
+
+    /// Declares every exchange, queue and binding (idempotent).
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let kind = ExchangeKind::Custom("x-consistent-hash".into());
+        channel
+            .exchange_declare(name(&self.exchange), kind, durable, FieldTable::default())
+            .await?;
+        for shard in 0..self.shards {
+            let queue = self.shard_queue(shard);
+            let mut arguments = quorum();
+            arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            declare_queue(channel, &queue, arguments).await?;
+            // The consistent-hash exchange reads a binding's key as the
+            // queue's weight: every shard the same.
+            let weight = "1".into();
+            let bind = QueueBindOptions::default();
+            channel
+                .queue_bind(
+                    name(&queue),
+                    name(&self.exchange),
+                    weight,
+                    bind,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        declare_queue(channel, &self.dead_queue(), quorum()).await?;
+        let retry = self.retry_exchange();
+        channel
+            .exchange_declare(
+                name(&retry),
+                ExchangeKind::Headers,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        for level in 1..self.max_attempts {
+            let queue = self.retry_queue(level);
+            let mut arguments = quorum();
+            let ttl = self.delay(level).as_millis().min(u32::MAX as u128) as u32;
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl));
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.exchange.as_str().into()),
+            );
+            // Quorum queues dead-letter at least once only when asked, and
+            // only if a full queue refuses new messages.
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+            declare_queue(channel, &queue, arguments).await?;
+            let mut matching = FieldTable::default();
+            matching.insert("x-match".into(), AMQPValue::LongString("all".into()));
+            matching.insert(RETRY_LEVEL.into(), level_value(level));
+            channel
+                .queue_bind(
+                    name(&queue),
+                    name(&retry),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    matching,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a copy of the message to the delay queue of its
+    /// `attempts`-th failure, with its routing key (so it comes back to the
+    /// same shard), and waits for the broker's confirm.
+    pub async fn publish_retry(
+        &self,
+        channel: &Channel,
+        message: &Message<'_>,
+        attempts: u32,
+    ) -> lapin::Result<()> {
+        let mut headers = message.headers();
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+        headers.insert(RETRY_LEVEL.into(), level_value(attempts));
+        let exchange = self.retry_exchange();
+        publish_confirmed(channel, &exchange, message.routing_key, message, headers).await
+    }
+
+    /// Publishes a copy of the message to the dead-letter queue with its
+    /// reason, and waits for the broker's confirm.
+    pub async fn publish_dead(
+        &self,
+        channel: &Channel,
+        message: &Message<'_>,
+        attempts: u32,
+        code: &str,
+        detail: &str,
+    ) -> lapin::Result<()> {
+        let mut headers = message.headers();
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+        headers.insert(PROBLEM_CODE.into(), long(code));
+        headers.insert(PROBLEM_DETAIL.into(), long(detail));
+        headers.insert(ORIGINAL_EXCHANGE.into(), long(&self.exchange));
+        headers.insert(ORIGINAL_ROUTING_KEY.into(), long(message.routing_key));
+        let dead = self.dead_queue();
+        publish_confirmed(channel, "", &dead, message, headers).await
+    }
+}
+
+/// The parts of a delivery that a copy of it carries.
+pub struct Message<'a> {
+    pub routing_key: &'a str,
+    pub properties: &'a BasicProperties,
+    pub body: &'a [u8],
+}
+
+impl Message<'_> {
+    /// Its headers, less the ones this module sets.
+    fn headers(&self) -> FieldTable {
+        let mut headers = FieldTable::default();
+        if let Some(theirs) = self.properties.headers() {
+            for (key, value) in theirs.inner() {
+                if key.as_str() != RETRY_LEVEL {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        headers
+    }
+}
+
+/// The number of attempts a delivery's headers record (0: none yet).
+pub fn attempts(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(ATTEMPTS));
+    let number = match value {
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    number.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    message: &Message<'_>,
+    headers: FieldTable,
+) -> lapin::Result<()> {
+    let properties = message
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let confirm = channel
+        .basic_publish(
+            name(exchange),
+            name(routing_key),
+            BasicPublishOptions::default(),
+            message.body,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() {
+        Ok(())
+    } else {
+        let refused = "the broker refused (nacked) the copy of a message";
+        Err(std::io::Error::other(refused).into())
+    }
+}
+
+async fn declare_queue(channel: &Channel, queue: &str, arguments: FieldTable) -> lapin::Result<()> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name(queue), options, arguments)
+        .await?;
+    Ok(())
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+fn level_value(level: u32) -> AMQPValue {
+    AMQPValue::LongString(level.to_string().into())
+}
+
+fn long(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+/// A name as the protocol's short string. Every name here is checked at
+/// startup to fit (`AMQP_EXCHANGE` is at most 200 bytes, and a routing key
+/// comes from a delivery, where it was one already); a longer one is cut
+/// at a character boundary rather than panic.
+fn name(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::try_new(&text[..end]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology {
+            exchange: "product-events".to_owned(),
+            shards: 4,
+            max_attempts: 5,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn names_start_with_the_exchange() {
+        let t = topology();
+        assert_eq!(t.shard_queue(3), "product-events.shard-3");
+        assert_eq!(t.dead_queue(), "product-events.dead");
+        assert_eq!(t.retry_queue(2), "product-events.retry-2");
+    }
+
+    #[test]
+    fn each_retry_waits_twice_as_long_up_to_an_hour() {
+        let t = topology();
+        assert_eq!(t.delay(1), Duration::from_millis(500));
+        assert_eq!(t.delay(2), Duration::from_secs(1));
+        assert_eq!(t.delay(4), Duration::from_secs(4));
+        assert_eq!(t.delay(40), MAX_DELAY);
+    }
+
+    #[test]
+    fn attempts_read_any_integer_header_and_default_to_zero() {
+        assert_eq!(attempts(&BasicProperties::default()), 0);
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(3));
+        assert_eq!(
+            attempts(&BasicProperties::default().with_headers(headers)),
+            3
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongInt(-2));
+        assert_eq!(
+            attempts(&BasicProperties::default().with_headers(headers)),
+            0
+        );
+    }
+}

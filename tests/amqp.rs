@@ -1,0 +1,325 @@
+//! The RabbitMQ front door (`AMQP_URL`): events published to the sharded
+//! exchange reach the store with the same rules as `POST /events`, poison
+//! messages are dead-lettered with their reason, events refused for now
+//! come back through the delay queues, and a broker whose objects conflict
+//! stops the start. One throwaway broker for the binary
+//! (`common/rabbitmq.rs`); each test has its own exchange.
+#![cfg(feature = "amqp")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::rabbitmq::{RabbitMq, exchange, header_text};
+use common::{TestServer, test_config, wait_until};
+use lapin::BasicProperties;
+use lapin::types::ShortString;
+use product_update_service::config::AmqpUrl;
+use product_update_service::{Config, StartError};
+
+fn amqp_config(exchange: &str) -> Config {
+    Config {
+        amqp_url: AmqpUrl::parse(&RabbitMq::get().url()),
+        amqp_exchange: exchange.to_owned(),
+        amqp_shards: 3,
+        amqp_prefetch: 10,
+        ..test_config()
+    }
+}
+
+fn with_id(id: &str) -> BasicProperties {
+    BasicProperties::default().with_message_id(ShortString::from(id))
+}
+
+/// A counter's value in `GET /metrics` (0 while it is not there).
+fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server.get("/metrics").body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every shard queue of `exchange` is empty: every message was
+/// acknowledged (once the consumers are gone, unacknowledged ones would be
+/// ready again).
+fn shards_empty(client: &common::rabbitmq::Client, exchange: &str, shards: usize) -> bool {
+    (0..shards).all(|shard| client.ready(&format!("{exchange}.shard-{shard}")) == 0)
+}
+
+/// Events for 20 products, published in order, each product's stock
+/// counting up: afterwards each product holds its newest stock, and every
+/// message was acknowledged.
+#[test]
+fn published_events_reach_the_store_and_are_acknowledged() {
+    let exchange = exchange("events");
+    let server = TestServer::start(amqp_config(&exchange));
+    let client = RabbitMq::get().client();
+    for n in 0..200 {
+        let product = format!("p-{}", n % 20);
+        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
+        client.publish(
+            &exchange,
+            &product,
+            body.as_bytes(),
+            BasicProperties::default(),
+        );
+    }
+    for p in 0..20 {
+        let path = format!("/products/p-{p}");
+        let newest = 180 + p;
+        wait_until(&format!("p-{p} has stock {newest}"), || {
+            let reply = server.get(&path);
+            (reply.status == 200 && reply.json()["stock"] == newest).then_some(())
+        });
+    }
+    assert_eq!(metric(&server, "amqp_messages_consumed_total"), 200);
+    assert_eq!(metric(&server, "amqp_consumers_connected"), 3);
+    let report = server.shutdown();
+    assert_eq!(report.accepted, 200, "{report}");
+    assert_eq!(report.applied, 200, "{report}");
+    assert!(
+        shards_empty(&client, &exchange, 3),
+        "a message was not acknowledged"
+    );
+}
+
+/// Messages that can never succeed go to the dead-letter queue at once,
+/// with the problem's code and detail in headers, and do not hold back
+/// the next message of their shard.
+#[test]
+fn poison_messages_are_dead_lettered_with_their_reason() {
+    let exchange = exchange("poison");
+    let server = TestServer::start(amqp_config(&exchange));
+    let client = RabbitMq::get().client();
+    let poison: [(&[u8], &str, &str); 4] = [
+        (b"not json", "malformed_json", "JSON"),
+        (br#"{"product_id":"a","stok":1}"#, "unknown_field", "stok"),
+        (
+            br#"{"product_id":"a","price":-1}"#,
+            "invalid_price",
+            "price",
+        ),
+        (br#"{"product_id":"a"}"#, "no_update_fields", "price"),
+    ];
+    for (body, _, _) in poison {
+        client.publish(&exchange, "a", body, BasicProperties::default());
+    }
+    client.publish(
+        &exchange,
+        "a",
+        br#"{"product_id":"a","stock":5}"#,
+        BasicProperties::default(),
+    );
+    wait_until("the valid event after the poison is applied", || {
+        let reply = server.get("/products/a");
+        (reply.status == 200 && reply.json()["stock"] == 5).then_some(())
+    });
+    let dead_queue = format!("{exchange}.dead");
+    let mut dead = Vec::new();
+    while dead.len() < poison.len() {
+        let message = wait_until("a dead letter", || client.take(&dead_queue));
+        dead.push(message);
+    }
+    for ((body, code, in_detail), (dead_body, headers)) in poison.iter().zip(&dead) {
+        assert_eq!(
+            &dead_body[..],
+            *body,
+            "the dead letter carries the message as sent"
+        );
+        assert_eq!(
+            header_text(headers, "x-problem-code").as_deref(),
+            Some(*code)
+        );
+        let detail = header_text(headers, "x-problem-detail").unwrap_or_default();
+        assert!(detail.contains(in_detail), "{code}: {detail}");
+        assert_eq!(
+            header_text(headers, "x-original-routing-key").as_deref(),
+            Some("a")
+        );
+    }
+    let dead_metric = r#"amqp_messages_dead_lettered_total{reason="unknown_field"}"#;
+    assert_eq!(metric(&server, dead_metric), 1);
+    let report = server.shutdown();
+    assert_eq!(report.accepted, 1, "{report}");
+    assert!(shards_empty(&client, &exchange, 3));
+}
+
+/// A message's `message_id` is its event's `event_id` when the body has
+/// none: a redelivered copy is a duplicate, applied once; the same id on
+/// other content is dead-lettered as a conflict.
+#[test]
+fn a_message_id_makes_redeliveries_duplicates() {
+    let exchange = exchange("ids");
+    let server = TestServer::start(amqp_config(&exchange));
+    let client = RabbitMq::get().client();
+    let body = br#"{"product_id":"m","stock":1}"#;
+    client.publish(&exchange, "m", body, with_id("order-1"));
+    client.publish(&exchange, "m", body, with_id("order-1"));
+    client.publish(
+        &exchange,
+        "m",
+        br#"{"product_id":"m","stock":2}"#,
+        with_id("order-1"),
+    );
+    let dead_queue = format!("{exchange}.dead");
+    let (_, headers) = wait_until("the conflicting reuse is dead-lettered", || {
+        client.take(&dead_queue)
+    });
+    assert_eq!(
+        header_text(&headers, "x-problem-code").as_deref(),
+        Some("idempotency_conflict")
+    );
+    server.wait_applied();
+    assert_eq!(server.get("/products/m").json()["stock"], 1);
+    let report = server.shutdown();
+    assert_eq!(report.accepted, 1, "the copy is a duplicate: {report}");
+    assert_eq!(report.applied, 1, "{report}");
+}
+
+/// An event refused for now (the queue is full) is not lost and not
+/// requeued in front of its shard: it waits in a delay queue and is taken
+/// again, until it fits.
+#[test]
+fn an_event_refused_for_now_comes_back_until_it_fits() {
+    let exchange = exchange("retry");
+    let config = Config {
+        queue_size: 1,
+        workers: 1,
+        amqp_shards: 1,
+        amqp_max_attempts: 20,
+        amqp_retry_delay: Duration::from_millis(50),
+        ..amqp_config(&exchange)
+    };
+    let server = TestServer::start(config);
+    let client = RabbitMq::get().client();
+    let paused = server.running.pause_workers();
+    for n in 0..5 {
+        let body = format!(r#"{{"product_id":"r-{n}","stock":{n}}}"#);
+        client.publish(
+            &exchange,
+            &format!("r-{n}"),
+            body.as_bytes(),
+            BasicProperties::default(),
+        );
+    }
+    // One event fills the queue (the worker may hold one more); the
+    // others are refused `queue_full` and go round the delay queue.
+    wait_until("an event refused for now went to a delay queue", || {
+        (metric(&server, "amqp_messages_retried_total") > 0).then_some(())
+    });
+    drop(paused);
+    for n in 0..5 {
+        wait_until(&format!("r-{n} is applied"), || {
+            (server.get(&format!("/products/r-{n}")).status == 200).then_some(())
+        });
+    }
+    let report = server.shutdown();
+    assert_eq!(report.applied, 5, "{report}");
+    assert_eq!(
+        client.ready(&format!("{exchange}.dead")),
+        0,
+        "nothing was dead-lettered"
+    );
+}
+
+/// A queue of this service's name declared with other arguments (here a
+/// classic queue where a quorum one belongs) stops the start, exit code 2,
+/// naming the queue.
+#[test]
+fn a_conflicting_queue_stops_the_start() {
+    let exchange = exchange("conflict");
+    let client = RabbitMq::get().client();
+    let queue = format!("{exchange}.shard-0");
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    futures_lite::future::block_on(client.channel.queue_declare(
+        queue.as_str().into(),
+        options,
+        lapin::types::FieldTable::default(),
+    ))
+    .expect("declare the conflicting queue");
+    let error = match product_update_service::start(amqp_config(&exchange)) {
+        Err(error) => error,
+        Ok(running) => {
+            let _ = running.shutdown();
+            panic!("started although {queue} conflicts");
+        }
+    };
+    assert!(matches!(error, StartError::Broker(_)), "{error}");
+    assert_eq!(error.exit_code(), 2);
+    let message = error.to_string();
+    assert!(message.contains(&queue), "{message}");
+    assert!(message.contains("AMQP_EXCHANGE"), "{message}");
+}
+
+/// A broker that cannot be reached stops the start, exit code 1, with the
+/// URL's password masked.
+#[test]
+fn an_unreachable_broker_stops_the_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = Config {
+        amqp_url: AmqpUrl::parse(&format!("amqp://app:hunter2@127.0.0.1:{port}/%2f")),
+        ..test_config()
+    };
+    let error = match product_update_service::start(config) {
+        Err(error) => error,
+        Ok(running) => {
+            let _ = running.shutdown();
+            panic!("started without a broker");
+        }
+    };
+    assert_eq!(error.exit_code(), 1, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("cannot reach RabbitMQ"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+/// SQLite mode: a message is acknowledged once its event is committed
+/// (the committer sends the outcome back to the consumer, as it does to
+/// an HTTP request waiting for its 202), and the events are there after a
+/// restart.
+#[cfg(feature = "sqlite")]
+#[test]
+fn in_sqlite_mode_acknowledged_events_are_committed() {
+    let exchange = exchange("sqlite");
+    let dir = common::scratch_dir("amqp-sqlite");
+    let config = Config {
+        data_dir: Some(dir.clone()),
+        ..amqp_config(&exchange)
+    };
+    let server = TestServer::start(config);
+    let client = RabbitMq::get().client();
+    for n in 0..60 {
+        let product = format!("s-{}", n % 6);
+        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
+        client.publish(
+            &exchange,
+            &product,
+            body.as_bytes(),
+            BasicProperties::default(),
+        );
+    }
+    wait_until("every message acknowledged", || {
+        (metric(&server, "amqp_messages_acked_total") == 60).then_some(())
+    });
+    let report = server.shutdown();
+    assert_eq!(report.committed, Some(60), "{report}");
+    assert!(shards_empty(&client, &exchange, 3));
+    let again = TestServer::start(Config {
+        data_dir: Some(dir.clone()),
+        ..test_config()
+    });
+    for p in 0..6 {
+        assert_eq!(
+            again.get(&format!("/products/s-{p}")).json()["stock"],
+            54 + p
+        );
+    }
+    again.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
