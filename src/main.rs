@@ -32,6 +32,23 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout(), "product-update-service {version}");
             return ExitCode::SUCCESS;
         }
+        Some("dead-letters") => {
+            let config = match Config::from_lookup(|name| std::env::var_os(name)) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let code = product_update_service::amqp::dead_letters_command(
+                &args,
+                &config,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            return ExitCode::from(code);
+        }
         Some(other) => {
             eprintln!(
                 "error: unknown argument {other:?}; settings come from the environment (see --help)"

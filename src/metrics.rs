@@ -284,12 +284,11 @@ impl BrokerMetrics {
         }
     }
 
-    /// Consumers configured and connected now.
-    fn links(&self) -> (usize, usize) {
-        match self.connected.lock() {
-            Ok(connected) => (connected.len(), connected.iter().filter(|up| **up).count()),
-            Err(_) => (0, 0),
-        }
+    /// Consumers configured and connected now; `None` without a broker.
+    pub fn consumers_connected(&self) -> Option<(usize, usize)> {
+        let connected = self.connected.lock().ok()?;
+        let up = connected.iter().filter(|up| **up).count();
+        (!connected.is_empty()).then_some((connected.len(), up))
     }
 }
 
@@ -567,10 +566,9 @@ impl Metrics {
     /// RabbitMQ's consumers, with `AMQP_URL`.
     fn render_broker(&self, out: &mut String) {
         let broker = &self.broker;
-        let (consumers, connected) = broker.links();
-        if consumers == 0 {
+        let Some((_, connected)) = broker.consumers_connected() else {
             return;
-        }
+        };
         gauge(
             out,
             "amqp_consumers_connected",

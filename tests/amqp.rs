@@ -53,6 +53,10 @@ fn shards_empty(client: &common::rabbitmq::Client, exchange: &str, shards: usize
 fn published_events_reach_the_store_and_are_acknowledged() {
     let exchange = exchange("events");
     let server = TestServer::start(amqp_config(&exchange));
+    wait_until("/readyz says all three consumers are connected", || {
+        let ready = server.get("/readyz").json();
+        (ready["amqp_consumers"] == 3 && ready["amqp_consumers_connected"] == 3).then_some(())
+    });
     let client = RabbitMq::get().client();
     for n in 0..200 {
         let product = format!("p-{}", n % 20);
@@ -322,4 +326,95 @@ fn in_sqlite_mode_acknowledged_events_are_committed() {
     }
     again.shutdown();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs `product-update-service dead-letters <args>` against the test
+/// broker and `exchange`; returns its exit code, stdout and stderr.
+fn dead_letters(exchange: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_product-update-service"))
+        .arg("dead-letters")
+        .args(args)
+        .env_clear()
+        .env("AMQP_URL", RabbitMq::get().url())
+        .env("AMQP_EXCHANGE", exchange)
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The dead-letter queue can be read without changing it, and its messages
+/// of one reason replayed once the cause is fixed (here: a product limit
+/// raised); the others stay.
+#[test]
+fn dead_letters_are_listed_and_replayed_after_a_fix() {
+    let exchange = exchange("replay");
+    let dead_queue = format!("{exchange}.dead");
+    let limited = Config {
+        max_products: 1,
+        ..amqp_config(&exchange)
+    };
+    let server = TestServer::start(limited);
+    let client = RabbitMq::get().client();
+    client.publish(
+        &exchange,
+        "x1",
+        br#"{"product_id":"x1","stock":1}"#,
+        with_id("e-1"),
+    );
+    client.publish(
+        &exchange,
+        "x2",
+        br#"{"product_id":"x2","stock":2}"#,
+        with_id("e-2"),
+    );
+    client.publish(&exchange, "x3", b"{oops", with_id("e-3"));
+    wait_until("two dead letters", || {
+        (client.ready(&dead_queue) == 2).then_some(())
+    });
+    server.shutdown();
+
+    let (code, out, err) = dead_letters(&exchange, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    // Two shards dead-lettered them, in either order.
+    let limit = listed
+        .iter()
+        .find(|d| d["code"] == "product_limit_reached")
+        .unwrap_or_else(|| panic!("no product_limit_reached in {out}"));
+    assert_eq!(limit["routing_key"], "x2");
+    assert_eq!(limit["message_id"], "e-2");
+    assert_eq!(limit["body"], r#"{"product_id":"x2","stock":2}"#);
+    assert!(
+        listed.iter().any(|d| d["code"] == "malformed_json"),
+        "{out}"
+    );
+    assert_eq!(listed.len(), 2, "{out}");
+    wait_until("the list left both in the queue", || {
+        (client.ready(&dead_queue) == 2).then_some(())
+    });
+
+    // The fix: a higher limit. Replay only what it fixes.
+    let fixed = TestServer::start(amqp_config(&exchange));
+    let (code, _, err) = dead_letters(&exchange, &["replay", "--code", "product_limit_reached"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("replayed 1 dead letters"), "{err}");
+    wait_until("x2 applied from the replay", || {
+        let reply = fixed.get("/products/x2");
+        (reply.status == 200 && reply.json()["stock"] == 2).then_some(())
+    });
+    wait_until("the malformed one stays", || {
+        (client.ready(&dead_queue) == 1).then_some(())
+    });
+    fixed.shutdown();
+
+    let (code, _, err) = dead_letters(&exchange, &["drop"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("usage"), "{err}");
 }

@@ -34,6 +34,8 @@ use crate::shutdown::FrontDoor;
 #[cfg(feature = "amqp")]
 mod consumers;
 #[cfg(feature = "amqp")]
+pub mod dead_letters;
+#[cfg(feature = "amqp")]
 pub mod shard;
 #[cfg(feature = "amqp")]
 pub mod topology;
@@ -70,6 +72,54 @@ impl Checked {
             let _ = service;
             Err(std::io::Error::other("built without the amqp feature"))
         }
+    }
+}
+
+/// `product-update-service dead-letters ...` (see `dead_letters.rs`):
+/// returns the exit code, having written the output to `out` and an error
+/// to `err`: 0 done, 1 the broker failed, 2 a bad argument or setting.
+pub fn dead_letters_command(
+    args: &[String],
+    config: &Config,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> u8 {
+    #[cfg(feature = "amqp")]
+    {
+        let command = match dead_letters::parse(args) {
+            Ok(command) => command,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return 2;
+            }
+        };
+        if config.amqp_url.is_none() {
+            let _ = writeln!(
+                err,
+                "error: AMQP_URL is not set: set it (and AMQP_EXCHANGE, if not the default) as for the service"
+            );
+            return 2;
+        }
+        match dead_letters::run(config, &command, out) {
+            Ok(n) => {
+                let verb = match command {
+                    dead_letters::Command::List { .. } => "listed",
+                    dead_letters::Command::Replay { .. } => "replayed",
+                };
+                let _ = writeln!(err, "{verb} {n} dead letters");
+                0
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                1
+            }
+        }
+    }
+    #[cfg(not(feature = "amqp"))]
+    {
+        let _ = (args, config, out);
+        let _ = writeln!(err, "error: {}", BrokerError::NotBuilt);
+        2
     }
 }
 

@@ -45,6 +45,10 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// How long one look at the watermark waits for the workers (memory mode).
 const APPLIED_WAIT: Duration = Duration::from_millis(20);
+/// How often the thread looks whether its connection and channel are
+/// still open: lapin tells a consumer's delegate when the broker cancels
+/// it, but not always when the connection closes (a broker restart).
+const LINK_CHECK: Duration = Duration::from_millis(250);
 
 /// What one consumer thread needs.
 pub struct Shard {
@@ -115,7 +119,8 @@ fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
     *wait = RECONNECT_FIRST;
     log::info!("amqp: shard {} consuming {queue}", shard.index);
     let mut hand = InHand::new(shard, &publisher);
-    let result = hand.serve(&deliveries);
+    let open = || connection.status().connected() && consuming.status().connected();
+    let result = hand.serve(&deliveries, &open);
     // Whatever is not acknowledged goes back to the queue with the
     // connection.
     let _ = block_on(connection.close(200, "shutting down".into()));
@@ -148,7 +153,12 @@ impl<'a> InHand<'a> {
         }
     }
 
-    fn serve(&mut self, deliveries: &Receiver<DeliveryResult>) -> Result<(), LinkError> {
+    fn serve(
+        &mut self,
+        deliveries: &Receiver<DeliveryResult>,
+        open: &dyn Fn() -> bool,
+    ) -> Result<(), LinkError> {
+        let link_check = crossbeam_channel::tick(LINK_CHECK);
         loop {
             // With events waiting for the workers, look at the watermark
             // again soon; otherwise sleep until something arrives.
@@ -173,6 +183,9 @@ impl<'a> InHand<'a> {
                     }
                 },
                 recv(tick) -> _ => {},
+                recv(link_check) -> _ => if !open() {
+                    return Err(LinkError::Closed);
+                },
             }
             self.ack_applied(Instant::now() + APPLIED_WAIT)?;
         }
@@ -234,6 +247,21 @@ impl<'a> InHand<'a> {
             }
             Verdict::Retry { code, detail } => {
                 log::debug!("amqp: retrying a message ({code}: {detail}), attempt {attempts}");
+                // The delay queue hands the copy back at least once (maybe
+                // twice): a copy with no id of its own gets one, so that a
+                // second copy is a duplicate, not a second event.
+                let named;
+                let message = match delivery.properties.message_id() {
+                    Some(_) => message,
+                    None => {
+                        let id = format!("retry-{}", self.shard.request_ids.for_request(None));
+                        named = delivery.properties.clone().with_message_id(id.into());
+                        Message {
+                            properties: &named,
+                            ..message
+                        }
+                    }
+                };
                 block_on(topology.publish_retry(self.publisher, &message, attempts))?;
                 broker.retried();
             }
@@ -301,6 +329,8 @@ pub enum LinkError {
     Broker(lapin::Error),
     /// The broker cancelled the consumer (its queue was deleted, say).
     Cancelled,
+    /// The connection or the consuming channel closed.
+    Closed,
 }
 
 impl From<lapin::Error> for LinkError {
@@ -314,6 +344,7 @@ impl fmt::Display for LinkError {
         match self {
             LinkError::Broker(e) => write!(f, "{e}"),
             LinkError::Cancelled => f.write_str("the broker cancelled the consumer"),
+            LinkError::Closed => f.write_str("the connection to the broker closed"),
         }
     }
 }

@@ -193,6 +193,34 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Publishes a dead letter back to the exchange with `routing_key`,
+    /// without the headers this service added, and waits for the confirm.
+    pub async fn publish_replay(
+        &self,
+        channel: &Channel,
+        message: &Message<'_>,
+    ) -> lapin::Result<()> {
+        let ours = [
+            ATTEMPTS,
+            RETRY_LEVEL,
+            PROBLEM_CODE,
+            PROBLEM_DETAIL,
+            ORIGINAL_EXCHANGE,
+            ORIGINAL_ROUTING_KEY,
+        ];
+        let headers = message.headers_without(&ours);
+        publish_confirmed(
+            channel,
+            &self.exchange,
+            message.routing_key,
+            message,
+            headers,
+        )
+        .await
+    }
+}
+
 /// The parts of a delivery that a copy of it carries.
 pub struct Message<'a> {
     pub routing_key: &'a str,
@@ -201,12 +229,17 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
-    /// Its headers, less the ones this module sets.
+    /// Its headers, less the delay queues' routing header.
     fn headers(&self) -> FieldTable {
+        self.headers_without(&[RETRY_LEVEL])
+    }
+
+    /// Its headers, less `names`.
+    fn headers_without(&self, names: &[&str]) -> FieldTable {
         let mut headers = FieldTable::default();
         if let Some(theirs) = self.properties.headers() {
             for (key, value) in theirs.inner() {
-                if key.as_str() != RETRY_LEVEL {
+                if !names.contains(&key.as_str()) {
                     headers.insert(key.clone(), value.clone());
                 }
             }

@@ -267,7 +267,13 @@ impl Handlers {
     /// above its high-water mark.
     pub fn readyz(&self, response: &mut Response) -> Result<(), ApiError> {
         self.service.readiness().map_err(ApiError::NotReady)?;
-        answer::json(response, 200, &Status { status: "ready" });
+        let broker = self.service.metrics().broker.consumers_connected();
+        let ready = Ready {
+            status: "ready",
+            amqp_consumers: broker.map(|(consumers, _)| consumers),
+            amqp_consumers_connected: broker.map(|(_, connected)| connected),
+        };
+        answer::json(response, 200, &ready);
         Ok(())
     }
 
@@ -297,7 +303,19 @@ struct Page<'a> {
     next_cursor: Option<String>,
 }
 
-/// `{"status":"ok"}` and `{"status":"ready"}`.
+/// `/readyz`'s 200: `{"status":"ready"}`, and with `AMQP_URL` how many
+/// of the RabbitMQ shard consumers are connected (the HTTP side is ready
+/// either way).
+#[derive(Serialize)]
+struct Ready {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_consumers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_consumers_connected: Option<usize>,
+}
+
+/// `{"status":"ok"}`.
 #[derive(Serialize)]
 struct Status {
     status: &'static str,
