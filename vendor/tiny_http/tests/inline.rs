@@ -707,6 +707,68 @@ fn at_the_limit_the_connection_idle_longest_makes_room() {
     t.server.stop();
 }
 
+/// Which connection is idle longest is what the client saw: one whose
+/// answer it read first (or which it opened first and sent nothing) has
+/// been idle longer than one it opened after. Repeated, as it was a race:
+/// the server marked a connection idle, and noted since when, only after
+/// its thread had written the answer (or, for a new one, once its thread
+/// got to it), so a thread preempted there let the client open and use
+/// another connection first, which was then closed in its stead.
+#[test]
+fn the_connection_idle_longest_is_the_one_the_client_left_first() {
+    for round in 0..50 {
+        let t = start(inline::Config {
+            max_connections: 2,
+            ..quick()
+        });
+        let mut oldest = connect(&t);
+        assert_eq!(get(&mut oldest, "/first").status, 200);
+        let mut newer = connect(&t);
+        assert_eq!(get(&mut newer, "/second").status, 200);
+        let mut third = connect(&t);
+        assert_eq!(get(&mut third, "/third").status, 200);
+        // The newer one first: were the oldest left open, `closed` would
+        // wait for its keep-alive timeout.
+        newer
+            .write_all(b"GET /still HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            newer.read(&mut byte).unwrap(),
+            1,
+            "round {round}: the newer connection was closed to make room"
+        );
+        assert!(closed(&mut oldest), "round {round}");
+        drop((newer, third));
+        t.server.stop();
+
+        // Connections that never sent a request: the first one opened.
+        let t = start(inline::Config {
+            max_connections: 2,
+            ..quick()
+        });
+        // Each counted before the next: two accepting threads may take two
+        // waiting connections in either order.
+        let mut oldest = connect(&t);
+        wait_until("the oldest counted", || t.open.load(Ordering::SeqCst) == 1);
+        let mut newer = connect(&t);
+        wait_until("both counted", || t.open.load(Ordering::SeqCst) == 2);
+        let mut third = connect(&t);
+        assert_eq!(get(&mut third, "/third").status, 200);
+        newer
+            .write_all(b"GET /still HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            newer.read(&mut byte).unwrap(),
+            1,
+            "round {round}: the newer unused connection was closed to make room"
+        );
+        assert!(closed(&mut oldest), "round {round}");
+        drop((newer, third));
+        t.server.stop();
+    }
+}
+
 /// One client address holds at most `max_connections_per_client`: past
 /// it, its own connection idle longest makes room, and with none idle it is
 /// refused, while another address is served.

@@ -409,9 +409,10 @@ impl<'s> Connection<'s> {
         }
     }
 
-    /// Queues the answer, writes it unless a pipelined request's answer can
-    /// go with it, and marks the connection idle for `stop` again, or ends
-    /// it (the answer closes it, a write failed, or the server stops).
+    /// Queues the answer, marks the connection idle for `stop` again and
+    /// writes the answer unless a pipelined request's answer can go with
+    /// it, or ends it (the answer closes it, the server stops, or a write
+    /// failed).
     fn write_answer(&mut self, response: &Response, how: Answered) -> Step {
         let connection = if how.close {
             Some("close")
@@ -422,18 +423,23 @@ impl<'s> Connection<'s> {
         if how.close {
             return Step::End { linger: how.unread };
         }
+        // BUSY -> IDLE: announce, then look (see `gate.rs`). Before the
+        // answer goes out, as it does for one held back behind a pipelined
+        // request: once the client has it, it may open another connection
+        // and use it, and this one must have been idle (and for longer) by
+        // then, or that one is closed in its stead to make room. Stopping:
+        // `close` writes the answer first.
+        let registry = &self.shared.registry;
+        if !registry.go_idle(&self.conn.entry) {
+            registry.closed_at_stop(&self.conn.entry);
+            return Step::End { linger: false };
+        }
         // Write now unless a pipelined request is already waiting, whose
         // answer can go out with this one.
         if self.io.buffered().is_empty() || self.io.pending_output() >= MAX_PENDING_OUTPUT {
             let _ = self.io.flush();
         }
         if self.io.broken {
-            return Step::End { linger: false };
-        }
-        // BUSY -> IDLE: announce, then look (see `gate.rs`).
-        let registry = &self.shared.registry;
-        if !registry.go_idle(&self.conn.entry) {
-            registry.closed_at_stop(&self.conn.entry);
             return Step::End { linger: false };
         }
         self.answered = true;

@@ -207,7 +207,18 @@ impl Slot {
     /// thread finds next. Called under the slot's lock, so the thread sees
     /// the connection's state only once it is final.
     fn write(&self, response: &Response, connection: Option<&str>, out: &mut Vec<u8>) -> Stage {
-        let close = response.wants_close() || self.registry.gate.is_stopping();
+        let mut close = response.wants_close() || self.registry.gate.is_stopping();
+        // What the connection is after this answer, settled before the
+        // answer goes out (as `connection.rs` does for an answer written by
+        // its own thread): idle for `stop` and for making room (see
+        // `gate.rs`). Once the client has the answer it may use another
+        // connection, and this one must be idle (and for longer) by then,
+        // or that one is closed in its stead. Stopping: the answer says
+        // `Connection: close`.
+        if !close && !self.registry.go_idle(&self.entry) {
+            self.registry.closed_at_stop(&self.entry);
+            close = true;
+        }
         out.clear();
         let connection = if close { Some("close") } else { connection };
         response.write_to(out, self.with_body, connection);
@@ -232,13 +243,7 @@ impl Slot {
             let _ = self.entry.stream.shutdown(Shutdown::Read);
             return Stage::Rest(out[sent..].to_vec());
         }
-        // What the connection's thread does after an answer: idle for
-        // `stop` (see `gate.rs`), or woken to close.
-        let stopping = !close && !self.registry.go_idle(&self.entry);
-        if stopping {
-            self.registry.closed_at_stop(&self.entry);
-        }
-        if close || stopping {
+        if close {
             let _ = self.entry.stream.shutdown(Shutdown::Read);
             return Stage::Written { close: true };
         }

@@ -90,8 +90,8 @@ impl Registry {
     }
 
     /// Counts a just-accepted connection in and makes it known to `stop`,
-    /// idle (it waits for its first head; the caller then looks at the
-    /// gate, [`Registry::go_idle`]). At a limit, a connection idle longest
+    /// idle since now (it waits for its first head; the caller then looks
+    /// at the gate, [`Gate::go_idle`]). At a limit, a connection idle longest
     /// is closed (quietly, as after a keep-alive timeout) to make room: the
     /// client's own when it already holds `per_client`, anyone's when `max`
     /// are open. Refused (the stream comes back, to be answered 503) when

@@ -423,8 +423,11 @@ fn accept_failed(error: &io::Error) {
 
 /// Serves a connection just accepted and admitted, on this thread.
 fn serve_admitted(shared: &Shared, conn: Conn, buffers: &mut Buffers) {
-    // Idle until its first head: announced (registered), now look.
-    if shared.registry.go_idle(&conn.entry) {
+    // Idle until its first head: announced (registered), now look. Idle
+    // since it was admitted, not since this thread got here: a connection
+    // the client opened after it may have been admitted (and gone idle)
+    // in between, and must not be the one closed first to make room.
+    if shared.registry.gate.go_idle(&conn.entry.state) {
         connection::serve(shared, conn, None, buffers);
     } else {
         connection::refuse(shared, &conn.entry.stream, Rejection::ShuttingDown, buffers);
