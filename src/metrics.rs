@@ -238,7 +238,6 @@ impl StorageMetrics {
 }
 
 /// What RabbitMQ's consumers count (shown only with `AMQP_URL`).
-#[derive(Default)]
 pub struct BrokerMetrics {
     consumed: AtomicU64,
     acked: AtomicU64,
@@ -247,6 +246,26 @@ pub struct BrokerMetrics {
     dead: Mutex<BTreeMap<&'static str, u64>>,
     /// Whether each shard's consumer is connected (empty: no broker).
     connected: Mutex<Vec<bool>>,
+    /// The outbox relay: running (1) or not (0), or none in this mode
+    /// (`u64::MAX`); events it published (confirmed); its lag.
+    relay: AtomicU64,
+    relayed: AtomicU64,
+    relay_lag: AtomicU64,
+}
+
+impl Default for BrokerMetrics {
+    fn default() -> Self {
+        BrokerMetrics {
+            consumed: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead: Mutex::new(BTreeMap::new()),
+            connected: Mutex::new(Vec::new()),
+            relay: AtomicU64::new(u64::MAX),
+            relayed: AtomicU64::new(0),
+            relay_lag: AtomicU64::new(0),
+        }
+    }
 }
 
 impl BrokerMetrics {
@@ -264,6 +283,24 @@ impl BrokerMetrics {
         {
             *slot = up;
         }
+    }
+
+    /// An outbox relay runs in this mode.
+    pub fn relay_started(&self) {
+        self.relay.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the relay is connected and publishing.
+    pub fn relaying(&self, up: bool) {
+        self.relay.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    pub fn relayed(&self, events: u64) {
+        self.relayed.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub fn relay_lag(&self, events: u64) {
+        self.relay_lag.store(events, Ordering::Relaxed);
     }
 
     pub fn consumed(&self) {
@@ -607,6 +644,28 @@ impl Metrics {
                 );
             }
         }
+        let relay = broker.relay.load(Ordering::Relaxed);
+        if relay == u64::MAX {
+            return;
+        }
+        gauge(
+            out,
+            "amqp_outbox_relay_connected",
+            "1 while the outbox relay is connected and publishing, else 0.",
+            usize::from(relay == 1),
+        );
+        counter(
+            out,
+            "amqp_outbox_published_total",
+            "Journaled events published to AMQP_OUTBOX_EXCHANGE and confirmed by the broker.",
+            broker.relayed.load(Ordering::Relaxed),
+        );
+        gauge(
+            out,
+            "amqp_outbox_lag_events",
+            "Journaled events not yet published (the last committed seq minus the relay's cursor), as last seen by the relay.",
+            usize::try_from(broker.relay_lag.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+        );
     }
 
     /// The process.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::backend::{Admission, Backend, Committed, CoreParts, Opened};
+use crate::backend::{Admission, Backend, Committed, CoreParts, Opened, Outbox, OutboxError};
 use crate::config::Config;
 use crate::error::StartError;
 use crate::event::ProductUpdate;
@@ -333,6 +333,12 @@ impl Service {
     /// shutdown are then applied at the next start).
     pub fn journals(&self) -> bool {
         self.backend.journals()
+    }
+
+    /// The journal as an outbox (see [`Outbox`]); `None` in the modes
+    /// without a journal.
+    pub fn outbox(&self) -> Option<Result<Box<dyn Outbox>, OutboxError>> {
+        self.backend.outbox()
     }
 
     /// Shutdown step 1: stop taking events. The backend commits what was

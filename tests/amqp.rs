@@ -418,3 +418,55 @@ fn dead_letters_are_listed_and_replayed_after_a_fix() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("usage"), "{err}");
 }
+
+/// SQLite commit mode: every committed event, from HTTP or the broker, is
+/// published to the outbox exchange in seq order, with its seq as
+/// `message_id`, once.
+#[cfg(feature = "sqlite")]
+#[test]
+fn in_sqlite_mode_every_committed_event_is_published_in_seq_order() {
+    let exchange = exchange("outbox");
+    let updates = format!("{exchange}.updates");
+    let dir = common::scratch_dir("amqp-outbox");
+    let config = Config {
+        data_dir: Some(dir.clone()),
+        amqp_outbox_exchange: Some(updates.clone()),
+        ..amqp_config(&exchange)
+    };
+    let server = TestServer::start(config);
+    wait_until("the relay is connected", || {
+        (metric(&server, "amqp_outbox_relay_connected") == 1).then_some(())
+    });
+    let client = RabbitMq::get().client();
+    let downstream = format!("{exchange}.downstream");
+    client.subscribe(&downstream, &updates);
+    for n in 0..50 {
+        let body = format!(r#"{{"product_id":"o-{}","stock":{n}}}"#, n % 5);
+        assert_eq!(server.post_event(&body).status, 202);
+    }
+    for n in 50..60 {
+        let product = format!("o-{}", n % 5);
+        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
+        client.publish(
+            &exchange,
+            &product,
+            body.as_bytes(),
+            BasicProperties::default(),
+        );
+    }
+    wait_until("60 events published", || {
+        (metric(&server, "amqp_outbox_published_total") == 60).then_some(())
+    });
+    let published = client.drain_json(&downstream);
+    let seqs: Vec<u64> = published.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=60).collect::<Vec<u64>>(),
+        "every seq once, in order"
+    );
+    assert_eq!(published[0]["product_id"], "o-0");
+    assert_eq!(published[0]["stock"], 0);
+    assert_eq!(metric(&server, "amqp_outbox_lag_events"), 0);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}

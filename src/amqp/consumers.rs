@@ -11,6 +11,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::BrokerError;
+use super::relay::{self, Relay};
 use super::shard::{self, Shard};
 use super::topology::Topology;
 use crate::config::Config;
@@ -28,6 +29,7 @@ pub struct Checked {
     topology: Arc<Topology>,
     prefetch: u16,
     max_body_bytes: usize,
+    outbox_exchange: Option<String>,
 }
 
 /// Connects once and declares the topology, on a helper thread so that a
@@ -47,6 +49,7 @@ pub fn check(config: &Config) -> Result<Checked, BrokerError> {
         }),
         prefetch: config.amqp_prefetch,
         max_body_bytes: config.max_body_bytes,
+        outbox_exchange: config.amqp_outbox_exchange.clone(),
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let (url, topology) = (checked.url.clone(), Arc::clone(&checked.topology));
@@ -130,6 +133,14 @@ impl Checked {
                 }
             }
         }
+        match self.relay(service, &stop, done_tx) {
+            Ok(Some(relay)) => threads.push(relay),
+            Ok(None) => {}
+            Err(e) => {
+                drop(stop_tx);
+                return Err(e);
+            }
+        }
         log::info!(
             "amqp: consuming {} shards of {} at {} (prefetch {})",
             self.topology.shards,
@@ -144,6 +155,40 @@ impl Checked {
             threads,
             service: Arc::clone(service),
         }))
+    }
+}
+
+impl Checked {
+    /// The outbox relay's thread, in the modes with a journal to publish.
+    fn relay(
+        &self,
+        service: &Arc<Service>,
+        stop: &Receiver<()>,
+        done_tx: Sender<()>,
+    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        let Some(exchange) = &self.outbox_exchange else {
+            return Ok(None);
+        };
+        let outbox = match service.outbox() {
+            None => return Ok(None),
+            Some(Ok(outbox)) => outbox,
+            Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+        };
+        service.metrics().broker.relay_started();
+        let relay = Relay {
+            url: self.url.clone(),
+            exchange: exchange.clone(),
+            outbox,
+            service: Arc::clone(service),
+            stop: stop.clone(),
+        };
+        thread::Builder::new()
+            .name("amqp-relay".to_owned())
+            .spawn(move || {
+                relay::run(relay);
+                drop(done_tx);
+            })
+            .map(Some)
     }
 }
 

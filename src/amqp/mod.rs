@@ -36,6 +36,8 @@ mod consumers;
 #[cfg(feature = "amqp")]
 pub mod dead_letters;
 #[cfg(feature = "amqp")]
+pub mod relay;
+#[cfg(feature = "amqp")]
 pub mod shard;
 #[cfg(feature = "amqp")]
 pub mod topology;

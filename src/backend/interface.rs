@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::event::ProductUpdate;
 use crate::intake::Intake;
 use crate::intake::mailbox::{Mailbox, Posted};
 use crate::metrics::Metrics;
@@ -90,6 +91,13 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// The journal as an outbox, for a relay that publishes every event
+    /// (with its own connection); `None` where there is no journal to
+    /// publish from (memory mode, SQLite `async`).
+    fn outbox(&self) -> Option<Result<Box<dyn Outbox>, OutboxError>> {
+        None
+    }
+
     /// Shutdown, before the intake closes: take no more events (later posts
     /// are answered 503 `shutting_down`), commit what was posted and let it
     /// reach the queue, by `deadline`.
@@ -104,6 +112,40 @@ pub trait Backend: Send + Sync {
         None
     }
 }
+
+/// The journal seen by a relay that publishes its events: it reads them in
+/// seq order after its cursor, publishes them, and advances the cursor once
+/// the broker has confirmed them. The journal keeps every event after the
+/// cursor. Each call may block on the database.
+pub trait Outbox: Send {
+    /// How far events are published (confirmed): the cursor. The first
+    /// call on a journal that never had one sets it where the journal
+    /// begins.
+    fn cursor(&mut self) -> Result<Seq, OutboxError>;
+    /// Up to `limit` events after `cursor`, in seq order.
+    fn after(
+        &mut self,
+        cursor: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, ProductUpdate)>, OutboxError>;
+    /// The last seq committed to the journal (for the relay's lag).
+    fn head(&mut self) -> Result<Seq, OutboxError>;
+    /// Records that every event through `through` is published.
+    fn advance(&mut self, through: Seq) -> Result<(), OutboxError>;
+}
+
+/// Why the outbox could not be read or its cursor written (the database's
+/// message, naming the file or server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxError(pub String);
+
+impl fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the outbox (the journal): {}", self.0)
+    }
+}
+
+impl std::error::Error for OutboxError {}
 
 /// What a backend's committers did over the service's life, for the
 /// shutdown report.

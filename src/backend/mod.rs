@@ -50,7 +50,9 @@ pub mod postgres;
 pub mod sqlite;
 pub mod stop;
 
-pub use interface::{Admission, Backend, Committed, CoreParts, Opened, StorageError};
+pub use interface::{
+    Admission, Backend, Committed, CoreParts, Opened, Outbox, OutboxError, StorageError,
+};
 
 use crate::config::Config;
 

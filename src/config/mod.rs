@@ -104,6 +104,9 @@ pub struct Config {
     pub amqp_max_attempts: u32,
     /// The wait before the first retry; it doubles each time.
     pub amqp_retry_delay: Duration,
+    /// The exchange the outbox relay publishes every journaled event to;
+    /// `None`: no relay.
+    pub amqp_outbox_exchange: Option<String>,
 }
 
 /// `DURABILITY`: what a 202 promises in durable mode (`DATA_DIR`).
@@ -488,6 +491,27 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "AMQP_OUTBOX_EXCHANGE",
+        help: "with AMQP_URL, in SQLite commit/fsync mode: the topic exchange every committed event is published to, in seq order (routing key: the product_id); empty: none",
+        kind: Kind::Text {
+            allowed: "empty, or 1 to 200 letters, digits and -_.:",
+            default: "product-updates",
+            set: |c, v| {
+                if v.is_empty() {
+                    c.amqp_outbox_exchange = None;
+                    return true;
+                }
+                let ok = v.len() <= 200
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                if ok {
+                    c.amqp_outbox_exchange = Some(v.to_owned());
+                }
+                ok
+            },
+        },
+    },
+    Setting {
         name: "API_TOKENS",
         help: "bearer tokens a request must carry, comma-separated: TOKEN may read and write, read:TOKEN may only read; unset: every route is open to whoever can reach BIND_ADDR",
         kind: Kind::Text {
@@ -654,6 +678,7 @@ impl Default for Config {
             amqp_prefetch: 0,
             amqp_max_attempts: 0,
             amqp_retry_delay: Duration::ZERO,
+            amqp_outbox_exchange: None,
         };
         for setting in SETTINGS {
             let applied = setting
@@ -886,12 +911,13 @@ impl fmt::Display for Config {
             self.storage(),
             match &self.amqp_url {
                 Some(url) => format!(
-                    " amqp={url} amqp_exchange={} amqp_shards={} amqp_prefetch={} amqp_max_attempts={} amqp_retry_delay={:?}",
+                    " amqp={url} amqp_exchange={} amqp_shards={} amqp_prefetch={} amqp_max_attempts={} amqp_retry_delay={:?} amqp_outbox_exchange={}",
                     self.amqp_exchange,
                     self.amqp_shards,
                     self.amqp_prefetch,
                     self.amqp_max_attempts,
-                    self.amqp_retry_delay
+                    self.amqp_retry_delay,
+                    self.amqp_outbox_exchange.as_deref().unwrap_or("(none)")
                 ),
                 None => String::new(),
             }

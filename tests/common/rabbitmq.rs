@@ -186,6 +186,37 @@ impl Client {
         assert!(confirm.is_ack(), "the broker refused a message");
     }
 
+    /// Declares a durable queue that gets every message of the topic
+    /// exchange `exchange` (which must exist).
+    pub fn subscribe(&self, queue: &str, exchange: &str) {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        block_on(
+            self.channel
+                .queue_declare(queue.into(), options, FieldTable::default()),
+        )
+        .expect("declare the downstream queue");
+        block_on(self.channel.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .expect("bind the downstream queue");
+    }
+
+    /// Every message now in `queue`, taken: their bodies as JSON.
+    pub fn drain_json(&self, queue: &str) -> Vec<serde_json::Value> {
+        let mut taken = Vec::new();
+        while let Some((body, _)) = self.take(queue) {
+            taken.push(serde_json::from_slice(&body).expect("a JSON body"));
+        }
+        taken
+    }
+
     /// Messages waiting in `queue` (ready, not held by a consumer).
     pub fn ready(&self, queue: &str) -> u32 {
         let options = QueueDeclareOptions {
@@ -249,15 +280,26 @@ fn binaries() -> PathBuf {
 }
 
 /// A free loopback port whose next two are free too (the node's
-/// distribution port and its epmd).
+/// distribution port and its epmd), below the kernel's range of ephemeral
+/// ports: there the other tests' client connections take ports all the
+/// time, and one took the distribution port between this check and the
+/// broker's bind.
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-        let port = first.local_addr().expect("its address").port();
-        let next_free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if port < 65533 && next_free(port + 1) && next_free(port + 2) {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_from.saturating_sub(3).max(10_100));
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if free(port) && free(port + 1) && free(port + 2) {
             return port;
         }
     }
-    panic!("no three free loopback ports in a row")
+    panic!("no three free loopback ports in a row below {ephemeral_from}")
 }

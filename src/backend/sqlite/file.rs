@@ -19,7 +19,7 @@
 //! idempotency (event_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
 //!              fingerprint INTEGER NOT NULL, accepted_at_ms INTEGER NOT NULL)
 //! meta        (key TEXT PRIMARY KEY, value INTEGER NOT NULL)
-//!              -- next_seq, applied_through
+//!              -- next_seq, applied_through, outbox_through (with a relay)
 //! ```
 //!
 //! `products` holds each product's current values and, per field, the seq
@@ -27,7 +27,9 @@
 //! guards need (`WriteKey` in `store.rs`). `journal` holds the events
 //! acknowledged (commit and fsync modes) and not yet reflected in
 //! `products`; `meta.applied_through` says up to which seq `products` is
-//! complete. Tables are `STRICT`; `ANY` columns keep a value as given, so a
+//! complete. With a relay publishing the journal (RabbitMQ's outbox),
+//! `meta.outbox_through` says up to which seq it is published, and the
+//! journal keeps every event after either. Tables are `STRICT`; `ANY` columns keep a value as given, so a
 //! price written as `5` reads back as `5` and one written as `5.0` as
 //! `5.0`, and a client version above 2^63 - 1 (which no SQLite INTEGER
 //! holds) is kept as its decimal TEXT.
@@ -42,6 +44,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
 use serde_json::Number;
 
 use super::error::SqliteError;
+use crate::backend::{Outbox, OutboxError};
 use crate::config::{DATABASE_FILE, Durability};
 use crate::event::ProductUpdate;
 use crate::intake::dedupe::Remembered;
@@ -331,31 +334,7 @@ impl SqliteFile {
 
     /// The journal's events after `applied_through`, in seq order.
     fn load_journal(&self, applied_through: Seq) -> Result<Vec<(Seq, ProductUpdate)>, SqliteError> {
-        let sqlite = |e: rusqlite::Error| self.corrupt(e.to_string());
-        let mut journal = Vec::new();
-        let mut statement = self
-            .conn
-            .prepare(
-                "SELECT seq, product_id, price, stock, version, event_id FROM journal WHERE seq > ?1 ORDER BY seq",
-            )
-            .map_err(sqlite)?;
-        let mut rows = statement.query([applied_through as i64]).map_err(sqlite)?;
-        while let Some(row) = rows.next().map_err(sqlite)? {
-            let seq: i64 = row.get(0).map_err(sqlite)?;
-            let bad = |what: String| self.corrupt(format!("journal row {seq}: {what}"));
-            let update = ProductUpdate {
-                product_id: row.get::<_, String>(1).map_err(sqlite)?.into(),
-                price: price_from(row.get_ref(2).map_err(sqlite)?).map_err(bad)?,
-                stock: stock_from(row.get(3).map_err(sqlite)?).map_err(bad)?,
-                version: version_from(row.get_ref(4).map_err(sqlite)?).map_err(bad)?,
-                event_id: row
-                    .get::<_, Option<String>>(5)
-                    .map_err(sqlite)?
-                    .map(String::into_boxed_str),
-            };
-            journal.push((seq as Seq, update));
-        }
-        Ok(journal)
+        read_journal(&self.conn, applied_through, i64::MAX).map_err(|e| self.corrupt(e))
     }
 
     /// The idempotency window: the newest `window_len` ids younger than
@@ -531,8 +510,12 @@ fn write_meta(tx: &Transaction<'_>, cycle: &Cycle<'_>) -> rusqlite::Result<()> {
     }
     drop(set);
     if let Some(through) = cycle.applied_through {
-        tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-            .execute([through as i64])?;
+        // Not past the outbox's cursor either, if there is one.
+        tx.prepare_cached(
+            "DELETE FROM journal WHERE seq <= ?1
+             AND seq <= coalesce((SELECT value FROM meta WHERE key = 'outbox_through'), ?1)",
+        )?
+        .execute([through as i64])?;
     }
     if let Some((before, keep)) = cycle.prune {
         tx.prepare_cached("DELETE FROM idempotency WHERE accepted_at_ms < ?1")?
@@ -543,6 +526,125 @@ fn write_meta(tx: &Transaction<'_>, cycle: &Cycle<'_>) -> rusqlite::Result<()> {
         .execute([keep as i64])?;
     }
     Ok(())
+}
+
+/// Up to `limit` journal events after `after`, in seq order; the error
+/// names the row that does not read.
+fn read_journal(
+    conn: &Connection,
+    after: Seq,
+    limit: i64,
+) -> Result<Vec<(Seq, ProductUpdate)>, String> {
+    let sqlite = |e: rusqlite::Error| e.to_string();
+    let mut journal = Vec::new();
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT seq, product_id, price, stock, version, event_id FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(sqlite)?;
+    let mut rows = statement
+        .query(params![after as i64, limit])
+        .map_err(sqlite)?;
+    while let Some(row) = rows.next().map_err(sqlite)? {
+        let seq: i64 = row.get(0).map_err(sqlite)?;
+        let bad = |what: String| format!("journal row {seq}: {what}");
+        let update = ProductUpdate {
+            product_id: row.get::<_, String>(1).map_err(sqlite)?.into(),
+            price: price_from(row.get_ref(2).map_err(sqlite)?).map_err(bad)?,
+            stock: stock_from(row.get(3).map_err(sqlite)?).map_err(bad)?,
+            version: version_from(row.get_ref(4).map_err(sqlite)?).map_err(bad)?,
+            event_id: row
+                .get::<_, Option<String>>(5)
+                .map_err(sqlite)?
+                .map(String::into_boxed_str),
+        };
+        journal.push((seq as Seq, update));
+    }
+    Ok(journal)
+}
+
+/// The relay's connection to the file: it reads the journal and writes
+/// only its cursor (`meta.outbox_through`); SQLite serialises that write
+/// with the committer's.
+pub struct OutboxFile {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteFile {
+    /// A connection to the database file at `path` for the outbox's
+    /// relay (the file is open and locked by this process already).
+    pub fn open_outbox(path: &Path) -> rusqlite::Result<OutboxFile> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(OutboxFile {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl OutboxFile {
+    fn error(&self, e: impl std::fmt::Display) -> OutboxError {
+        OutboxError(format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Outbox for OutboxFile {
+    fn cursor(&mut self) -> Result<Seq, OutboxError> {
+        // First run: from where the journal begins (everything applied
+        // before is no longer in it).
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value)
+                 SELECT 'outbox_through', value FROM meta WHERE key = 'applied_through'",
+                [],
+            )
+            .map_err(|e| self.error(e))?;
+        let cursor: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'outbox_through'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(cursor.max(0) as Seq)
+    }
+
+    fn after(
+        &mut self,
+        cursor: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, ProductUpdate)>, OutboxError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        read_journal(&self.conn, cursor, limit).map_err(|e| self.error(e))
+    }
+
+    fn head(&mut self) -> Result<Seq, OutboxError> {
+        let next: i64 = self
+            .conn
+            .query_row(
+                "SELECT max(coalesce((SELECT max(seq) FROM journal), 0), (SELECT value FROM meta WHERE key = 'next_seq') - 1)",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(next.max(0) as Seq)
+    }
+
+    fn advance(&mut self, through: Seq) -> Result<(), OutboxError> {
+        self.conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'outbox_through' AND value < ?1",
+                [through as i64],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
 }
 
 /// Remembers an `event_id` (or replaces what was remembered for it).

@@ -53,7 +53,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::health::{Health, lock};
-use crate::backend::interface::{Admission, Backend, Committed, CoreParts, Opened, StorageError};
+use crate::backend::interface::{
+    Admission, Backend, Committed, CoreParts, Opened, Outbox, OutboxError, StorageError,
+};
 use crate::backend::stop::StopSignal;
 use crate::config::{Config, Durability};
 use crate::intake::mailbox::Mailbox;
@@ -225,6 +227,17 @@ impl Backend for Sqlite {
 
     fn journals(&self) -> bool {
         self.mode != Durability::Async
+    }
+
+    fn outbox(&self) -> Option<Result<Box<dyn Outbox>, OutboxError>> {
+        // `async` writes no journal: nothing to publish from.
+        if self.mode == Durability::Async {
+            return None;
+        }
+        let opened = SqliteFile::open_outbox(&self.path)
+            .map(|outbox| Box::new(outbox) as Box<dyn Outbox>)
+            .map_err(|e| OutboxError(format!("{}: {e}", self.path.display())));
+        Some(opened)
     }
 
     fn stop_taking(&self, deadline: Instant) {
