@@ -31,6 +31,27 @@ fn with_id(id: &str) -> BasicProperties {
     BasicProperties::default().with_message_id(ShortString::from(id))
 }
 
+/// Publishes events `range` for `products` products named `{prefix}-N`
+/// (event n goes to product n mod products, with stock n), routed by id.
+fn publish_stock(
+    client: &common::rabbitmq::Client,
+    exchange: &str,
+    prefix: &str,
+    products: u64,
+    range: std::ops::Range<u64>,
+) {
+    for n in range {
+        let product = format!("{prefix}-{}", n % products);
+        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
+        client.publish(
+            exchange,
+            &product,
+            body.as_bytes(),
+            BasicProperties::default(),
+        );
+    }
+}
+
 /// A counter's value in `GET /metrics` (0 while it is not there).
 fn metric(server: &TestServer, name: &str) -> u64 {
     let text = server.get("/metrics").body;
@@ -58,16 +79,7 @@ fn published_events_reach_the_store_and_are_acknowledged() {
         (ready["amqp_consumers"] == 3 && ready["amqp_consumers_connected"] == 3).then_some(())
     });
     let client = RabbitMq::get().client();
-    for n in 0..200 {
-        let product = format!("p-{}", n % 20);
-        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
-        client.publish(
-            &exchange,
-            &product,
-            body.as_bytes(),
-            BasicProperties::default(),
-        );
-    }
+    publish_stock(&client, &exchange, "p", 20, 0..200);
     for p in 0..20 {
         let path = format!("/products/p-{p}");
         let newest = 180 + p;
@@ -197,15 +209,7 @@ fn an_event_refused_for_now_comes_back_until_it_fits() {
     let server = TestServer::start(config);
     let client = RabbitMq::get().client();
     let paused = server.running.pause_workers();
-    for n in 0..5 {
-        let body = format!(r#"{{"product_id":"r-{n}","stock":{n}}}"#);
-        client.publish(
-            &exchange,
-            &format!("r-{n}"),
-            body.as_bytes(),
-            BasicProperties::default(),
-        );
-    }
+    publish_stock(&client, &exchange, "r", 5, 0..5);
     // One event fills the queue (the worker may hold one more); the
     // others are refused `queue_full` and go round the delay queue.
     wait_until("an event refused for now went to a delay queue", || {
@@ -298,16 +302,7 @@ fn in_sqlite_mode_acknowledged_events_are_committed() {
     };
     let server = TestServer::start(config);
     let client = RabbitMq::get().client();
-    for n in 0..60 {
-        let product = format!("s-{}", n % 6);
-        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
-        client.publish(
-            &exchange,
-            &product,
-            body.as_bytes(),
-            BasicProperties::default(),
-        );
-    }
+    publish_stock(&client, &exchange, "s", 6, 0..60);
     wait_until("every message acknowledged", || {
         (metric(&server, "amqp_messages_acked_total") == 60).then_some(())
     });
@@ -444,16 +439,7 @@ fn in_sqlite_mode_every_committed_event_is_published_in_seq_order() {
         let body = format!(r#"{{"product_id":"o-{}","stock":{n}}}"#, n % 5);
         assert_eq!(server.post_event(&body).status, 202);
     }
-    for n in 50..60 {
-        let product = format!("o-{}", n % 5);
-        let body = format!(r#"{{"product_id":"{product}","stock":{n}}}"#);
-        client.publish(
-            &exchange,
-            &product,
-            body.as_bytes(),
-            BasicProperties::default(),
-        );
-    }
+    publish_stock(&client, &exchange, "o", 5, 50..60);
     wait_until("60 events published", || {
         (metric(&server, "amqp_outbox_published_total") == 60).then_some(())
     });

@@ -20,15 +20,6 @@ use common::{StopOnDrop, agent, post_event, read_reply, scratch_dir, wait_until_
 const BATCH: usize = 500;
 const WITHIN: Duration = Duration::from_secs(120);
 
-fn metric(instance: &Binary, name: &str) -> u64 {
-    let reply = read_reply(agent().get(format!("{}/metrics", instance.base())).call());
-    reply
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Posts events until told to stop or the instance is gone; records the
 /// seq of each 202.
 fn post_until_stopped(base: &str, stop: &AtomicBool, acked: &Mutex<Vec<u64>>) {
@@ -72,7 +63,7 @@ fn a_kill_9_of_the_relaying_instance_skips_nothing() {
     ];
     let mut first = Binary::start(&env);
     wait_until_within(WITHIN, "the relay is connected", || {
-        (metric(&first, "amqp_outbox_relay_connected") == 1).then_some(())
+        (first.metric("amqp_outbox_relay_connected") == 1).then_some(())
     });
     let client = RabbitMq::get().client();
     let downstream = format!("{exchange}.downstream");
@@ -86,7 +77,7 @@ fn a_kill_9_of_the_relaying_instance_skips_nothing() {
         scope.spawn(|| post_until_stopped(&base, &stop, &acked));
         wait_until_within(WITHIN, "300 events acknowledged and some published", || {
             let enough = acked.lock().expect("not poisoned").len() >= 300;
-            (enough && metric(&first, "amqp_outbox_published_total") > 0).then_some(())
+            (enough && first.metric("amqp_outbox_published_total") > 0).then_some(())
         });
         first.signal("KILL");
         first.wait_exit();

@@ -84,15 +84,6 @@ fn wait_newest(instance: &Binary, newest: &HashMap<String, u64>) {
     }
 }
 
-fn metric(instance: &Binary, name: &str) -> u64 {
-    let reply = read_reply(agent().get(format!("{}/metrics", instance.base())).call());
-    reply
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Three instances, one database, one broker; three producers publish to
 /// five hot products at once. Afterwards every instance serves every
 /// product at its newest event, and each event was accepted once.
@@ -117,7 +108,7 @@ fn three_instances_share_the_shards_and_end_the_same() {
     assert_eq!(committed, "600", "each event committed once");
     let consumed: u64 = instances
         .iter()
-        .map(|i| metric(i, "amqp_messages_consumed_total"))
+        .map(|i| i.metric("amqp_messages_consumed_total"))
         .sum();
     assert!(
         consumed >= 600,
@@ -137,13 +128,13 @@ fn a_killed_instances_shards_are_taken_over() {
     let sent = Sent::default();
     sent.produce(&exchange, 0, 8, 100);
     wait_until_within(WITHIN, "the first instance takes messages", || {
-        (metric(&first, "amqp_messages_consumed_total") > 0).then_some(())
+        (first.metric("amqp_messages_consumed_total") > 0).then_some(())
     });
     let second = instance(&database, &exchange);
     thread::scope(|scope| {
         let producing = scope.spawn(|| sent.produce(&exchange, 1, 8, 300));
         wait_until_within(WITHIN, "the first instance has taken more", || {
-            (metric(&first, "amqp_messages_consumed_total") > 150).then_some(())
+            (first.metric("amqp_messages_consumed_total") > 150).then_some(())
         });
         first.signal("KILL");
         first.wait_exit();
@@ -151,7 +142,7 @@ fn a_killed_instances_shards_are_taken_over() {
     });
     wait_newest(&second, &sent.newest());
     assert!(
-        metric(&second, "amqp_messages_consumed_total") > 0,
+        second.metric("amqp_messages_consumed_total") > 0,
         "the second instance took the shards over"
     );
     let committed = database.psql("SELECT last_seq FROM seq_counter");

@@ -437,9 +437,7 @@ const SETTINGS: &[Setting] = &[
             allowed: "1 to 200 letters, digits and -_.:",
             default: "product-events",
             set: |c, v| {
-                let ok = (1..=200).contains(&v.len())
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                let ok = is_exchange_name(v);
                 if ok {
                     c.amqp_exchange = v.to_owned();
                 }
@@ -501,9 +499,7 @@ const SETTINGS: &[Setting] = &[
                     c.amqp_outbox_exchange = None;
                     return true;
                 }
-                let ok = v.len() <= 200
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                let ok = is_exchange_name(v);
                 if ok {
                     c.amqp_outbox_exchange = Some(v.to_owned());
                 }
@@ -589,6 +585,15 @@ const SETTINGS: &[Setting] = &[
         },
     },
 ];
+
+/// An exchange name the service accepts: 1 to 200 of letters, digits and
+/// `-_.:` (the queues' names add a suffix within AMQP's 255 bytes).
+fn is_exchange_name(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
 
 /// Settings that earlier versions had and this one does not, with what to
 /// do instead. Setting one is not an error (the service runs as intended
@@ -1062,6 +1067,40 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_rabbitmq_settings() {
+        let c = from(&[
+            ("AMQP_URL", "amqp://app:secret@mq:5672/%2f"),
+            ("AMQP_EXCHANGE", "shop.events"),
+            ("AMQP_SHARDS", "8"),
+            ("AMQP_PREFETCH", "10"),
+            ("AMQP_MAX_ATTEMPTS", "3"),
+            ("AMQP_RETRY_DELAY", "0.5"),
+            ("AMQP_OUTBOX_EXCHANGE", ""),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.amqp_url.as_ref().map(AmqpUrl::expose),
+            Some("amqp://app:secret@mq:5672/%2f")
+        );
+        assert_eq!(c.amqp_exchange, "shop.events");
+        assert_eq!(
+            (c.amqp_shards, c.amqp_prefetch, c.amqp_max_attempts),
+            (8, 10, 3)
+        );
+        assert_eq!(c.amqp_retry_delay, Duration::from_millis(500));
+        assert_eq!(c.amqp_outbox_exchange, None, "empty: no relay");
+        let line = c.to_string();
+        assert!(line.contains("amqp=amqp://app:***@mq"), "{line}");
+        assert!(!line.contains("secret"), "{line}");
+        let defaults = Config::default();
+        assert_eq!(defaults.amqp_url, None);
+        assert_eq!(
+            defaults.amqp_outbox_exchange.as_deref(),
+            Some("product-updates")
+        );
+    }
+
+    #[test]
     fn rejects_out_of_range_and_unparsable_values() {
         for (var, value) in [
             ("WORKERS", "0"),
@@ -1089,6 +1128,16 @@ mod tests {
             ("MAX_CONNECTIONS", "0"),
             ("IDEMPOTENCY_TTL", "0.5"),
             ("LOG_FORMAT", "yaml"),
+            ("AMQP_URL", "amqps://mq"),
+            ("AMQP_URL", "http://mq"),
+            ("AMQP_EXCHANGE", ""),
+            ("AMQP_EXCHANGE", "has space"),
+            ("AMQP_OUTBOX_EXCHANGE", "a/b"),
+            ("AMQP_SHARDS", "0"),
+            ("AMQP_SHARDS", "65"),
+            ("AMQP_PREFETCH", "0"),
+            ("AMQP_MAX_ATTEMPTS", "21"),
+            ("AMQP_RETRY_DELAY", "0"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
             assert_eq!(err.variable, var);

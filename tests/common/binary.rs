@@ -62,6 +62,21 @@ impl Binary {
         format!("http://{}", self.addr)
     }
 
+    /// A counter's or gauge's value in its `GET /metrics` (0 while it is
+    /// not there).
+    pub fn metric(&self, name: &str) -> u64 {
+        let reply = super::read_reply(
+            super::agent()
+                .get(format!("{}/metrics", self.base()))
+                .call(),
+        );
+        reply
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
