@@ -456,3 +456,63 @@ fn in_sqlite_mode_every_committed_event_is_published_in_seq_order() {
     server.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An event refused for now waits in the delay queue of its attempt and
+/// in no other (a headers exchange ignores `x-` headers when it matches:
+/// with one, every delay queue got a copy).
+#[test]
+fn a_refused_event_waits_in_one_delay_queue() {
+    let exchange = exchange("one-delay");
+    let config = Config {
+        queue_size: 1,
+        workers: 1,
+        amqp_shards: 1,
+        amqp_max_attempts: 4,
+        // Long enough that the copies are still there when counted.
+        amqp_retry_delay: Duration::from_secs(120),
+        ..amqp_config(&exchange)
+    };
+    let server = TestServer::start(config);
+    let client = RabbitMq::get().client();
+    let paused = server.running.pause_workers();
+    publish_stock(&client, &exchange, "d", 5, 0..5);
+    // Two fit (the queue, and the worker's hand); the rest are refused.
+    wait_until("the refused events are sent to a delay queue", || {
+        (metric(&server, "amqp_messages_retried_total") >= 3).then_some(())
+    });
+    let retried = metric(&server, "amqp_messages_retried_total");
+    let waiting: Vec<u32> = (1..4)
+        .map(|level| client.ready(&format!("{exchange}.retry-{level}")))
+        .collect();
+    assert_eq!(waiting, [retried as u32, 0, 0], "copies per delay queue");
+    drop(paused);
+    server.shutdown();
+}
+
+/// A producer's own `x-attempts` header, however large, is only a number:
+/// the event is taken, and the shard's consumer goes on.
+#[test]
+fn a_huge_attempts_header_does_not_stop_the_consumer() {
+    let exchange = exchange("attempts");
+    let server = TestServer::start(amqp_config(&exchange));
+    let client = RabbitMq::get().client();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-attempts".into(),
+        lapin::types::AMQPValue::LongUInt(u32::MAX),
+    );
+    let properties = BasicProperties::default().with_headers(headers);
+    client.publish(
+        &exchange,
+        "h",
+        br#"{"product_id":"h","stock":1}"#,
+        properties,
+    );
+    publish_stock(&client, &exchange, "h", 1, 2..3);
+    wait_until("both events applied", || {
+        let reply = server.get("/products/h-0");
+        (reply.status == 200 && server.get("/products/h").status == 200).then_some(())
+    });
+    assert_eq!(metric(&server, "amqp_consumers_connected"), 3);
+    server.shutdown();
+}

@@ -53,6 +53,7 @@ pub fn check(config: &Config) -> Result<Checked, BrokerError> {
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let (url, topology) = (checked.url.clone(), Arc::clone(&checked.topology));
+    let outbox = checked.outbox_exchange.clone();
     let unreachable = |detail: String| BrokerError::Unreachable {
         url: checked.masked_url.clone(),
         detail,
@@ -60,7 +61,7 @@ pub fn check(config: &Config) -> Result<Checked, BrokerError> {
     thread::Builder::new()
         .name("amqp-check".to_owned())
         .spawn(move || {
-            let _ = done_tx.send(declare_once(&url, &topology));
+            let _ = done_tx.send(declare_once(&url, &topology, outbox.as_deref()));
         })
         .map_err(|e| unreachable(format!("cannot start a thread: {e}")))?;
     match done.recv_timeout(CHECK_WAIT) {
@@ -76,12 +77,19 @@ enum Failed {
     Other(String),
 }
 
-fn declare_once(url: &str, topology: &Topology) -> Result<(), Failed> {
+fn declare_once(url: &str, topology: &Topology, outbox: Option<&str>) -> Result<(), Failed> {
     let other = |e: lapin::Error| Failed::Other(e.to_string());
     let connection =
         block_on(Connection::connect(url, ConnectionProperties::default())).map_err(other)?;
     let channel = block_on(connection.create_channel()).map_err(other)?;
-    let declared = block_on(topology.declare(&channel)).map_err(|e| {
+    let declared = block_on(async {
+        topology.declare(&channel).await?;
+        match outbox {
+            Some(exchange) => super::relay::declare(&channel, exchange).await,
+            None => Ok(()),
+        }
+    })
+    .map_err(|e| {
         let conflict = matches!(
             e.kind(),
             ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)

@@ -17,8 +17,8 @@
 use std::io::Write;
 
 use futures_lite::future::block_on;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use serde::Serialize;
 
@@ -98,11 +98,22 @@ pub fn run(config: &Config, command: &Command, out: &mut dyn Write) -> Result<us
     let channel = block_on(connection.create_channel()).map_err(broker)?;
     block_on(channel.confirm_select(ConfirmSelectOptions::default())).map_err(broker)?;
     let queue = topology.dead_queue();
+    // No more than were there when it began: a replayed message that fails
+    // again comes back to this queue, and must not be replayed twice.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let waiting =
+        block_on(channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()))
+            .map_err(broker)?
+            .message_count() as usize;
+    let limit = command_limit(command).min(waiting);
     let mut done = 0;
     // Messages taken and not acknowledged stay taken until the connection
     // closes, so none is seen twice.
     let mut seen = 0;
-    while seen < command_limit(command) {
+    while seen < limit {
         let get = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false });
         let Some(message) = block_on(get).map_err(broker)? else {
             break;

@@ -162,7 +162,7 @@ impl fmt::Display for BrokerError {
             ),
             BrokerError::Conflict { detail } => write!(
                 f,
-                "RabbitMQ holds an exchange or queue of this service's names with other arguments: {detail}; delete it (when empty) or set AMQP_EXCHANGE to another name"
+                "RabbitMQ holds an exchange or queue of this service's names with other arguments: {detail}; delete it (when empty) or set AMQP_EXCHANGE (or AMQP_OUTBOX_EXCHANGE) to another name"
             ),
         }
     }

@@ -25,9 +25,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_lite::future::block_on;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use serde::Serialize;
 
+use super::topology::{self, Link};
 use crate::backend::{Outbox, OutboxError};
 use crate::event::ProductUpdate;
 use crate::service::Service;
@@ -108,7 +109,12 @@ pub fn run(mut relay: Relay) {
             Ok(()) => return,
             Err(error) => error,
         };
-        relay.service.metrics().broker.relaying(false);
+        let broker = &relay.service.metrics().broker;
+        broker.relaying(false);
+        // The lag grows while the broker is away: say so.
+        if let (Ok(head), Ok(cursor)) = (relay.outbox.head(), relay.outbox.cursor()) {
+            broker.relay_lag(head.saturating_sub(cursor));
+        }
         log::warn!("amqp: outbox relay: {error}; trying again in {wait:?}");
         if let Err(RecvTimeoutError::Disconnected) = relay.stop.recv_timeout(wait) {
             return;
@@ -120,22 +126,10 @@ pub fn run(mut relay: Relay) {
 impl Relay {
     /// One connection's life: `Ok` once stopped.
     fn serve(&mut self, wait: &mut Duration) -> Result<(), RelayError> {
-        let connection = block_on(Connection::connect(
-            &self.url,
-            ConnectionProperties::default(),
-        ))?;
+        let connection = Link::connect(&self.url)?;
         let channel = block_on(connection.create_channel())?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let exchange = ShortString::try_new(self.exchange.as_str()).unwrap_or_default();
-        block_on(channel.exchange_declare(
-            exchange.clone(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        ))?;
+        block_on(declare(&channel, &self.exchange))?;
+        let exchange = topology::name(&self.exchange);
         block_on(channel.confirm_select(ConfirmSelectOptions::default()))?;
         let mut cursor = self.outbox.cursor()?;
         *wait = RECONNECT_FIRST;
@@ -165,9 +159,24 @@ impl Relay {
             cursor = last;
         };
         broker.relaying(false);
-        let _ = block_on(connection.close(200, "stopping".into()));
         result
     }
+}
+
+/// Declares the outbox exchange (a durable topic exchange; idempotent).
+pub async fn declare(channel: &lapin::Channel, exchange: &str) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            topology::name(exchange),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Publishes a batch and waits for the broker to confirm every message.
@@ -178,7 +187,7 @@ fn publish_batch(
 ) -> Result<(), RelayError> {
     let mut confirms = Vec::with_capacity(events.len());
     for (seq, update) in events {
-        let routing_key = ShortString::try_new(update.product_id.as_ref()).unwrap_or_default();
+        let routing_key = topology::name(&update.product_id);
         let body = body(*seq, update);
         let publish = channel.basic_publish(
             exchange.clone(),

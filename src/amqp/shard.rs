@@ -21,17 +21,18 @@
 //! topology again and goes on: a broker restart needs nobody.
 
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use futures_lite::future::block_on;
+use lapin::Channel;
 use lapin::message::{Delivery, DeliveryResult};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::topology::{self, Message, Topology};
+use super::topology::{self, Link, Message, Topology};
 use super::verdict::{self, Verdict};
 use crate::event;
 use crate::intake::{Outcome, ReplyTo};
@@ -71,11 +72,15 @@ pub struct Shard {
 pub fn run(shard: Shard) {
     let mut wait = RECONNECT_FIRST;
     loop {
-        let error = match serve(&shard, &mut wait) {
-            Ok(()) => return,
-            Err(error) => error,
-        };
+        // A panic (a bug) ends this connection, not the shard's consumer:
+        // `Link` closes the connection as the panic unwinds, and the
+        // thread connects again.
+        let served = panic::catch_unwind(AssertUnwindSafe(|| serve(&shard, &mut wait)))
+            .unwrap_or(Err(LinkError::Panicked));
         shard.service.metrics().broker.connected(shard.index, false);
+        let Err(error) = served else {
+            return;
+        };
         log::warn!(
             "amqp: shard {} ({}): {error}; connecting again in {wait:?}",
             shard.index,
@@ -91,10 +96,7 @@ pub fn run(shard: Shard) {
 /// One connection's life: returns `Ok` once stopped, or the error that
 /// ended the connection.
 fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
-    let connection = block_on(Connection::connect(
-        &shard.url,
-        ConnectionProperties::default(),
-    ))?;
+    let connection = Link::connect(&shard.url)?;
     let publisher = block_on(connection.create_channel())?;
     block_on(shard.topology.declare(&publisher))?;
     block_on(publisher.confirm_select(ConfirmSelectOptions::default()))?;
@@ -119,12 +121,10 @@ fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
     *wait = RECONNECT_FIRST;
     log::info!("amqp: shard {} consuming {queue}", shard.index);
     let mut hand = InHand::new(shard, &publisher);
-    let open = || connection.status().connected() && consuming.status().connected();
-    let result = hand.serve(&deliveries, &open);
-    // Whatever is not acknowledged goes back to the queue with the
-    // connection.
-    let _ = block_on(connection.close(200, "shutting down".into()));
-    result
+    let open = || connection.is_open() && consuming.status().connected();
+    // Whatever is not acknowledged goes back to the queue when the
+    // connection closes, as `Link` does however this ends.
+    hand.serve(&deliveries, &open)
 }
 
 /// The messages this connection holds and what settles them.
@@ -173,7 +173,7 @@ impl<'a> InHand<'a> {
                     Ok(Ok(Some(delivery))) => self.take(delivery)?,
                     Ok(Ok(None)) => return Err(LinkError::Cancelled),
                     Ok(Err(error)) => return Err(error.into()),
-                    Err(_) => return Err(LinkError::Cancelled),
+                    Err(_) => return Err(LinkError::Closed),
                 },
                 recv(self.replies) -> reply => {
                     if let Ok((delivery, outcome)) = reply {
@@ -230,7 +230,8 @@ impl<'a> InHand<'a> {
     }
 
     fn settle(&mut self, delivery: Delivery, verdict: Verdict) -> Result<(), LinkError> {
-        let attempts = topology::attempts(&delivery.properties) + 1;
+        // A producer may set the header too: at its largest it is dead.
+        let attempts = topology::attempts(&delivery.properties).saturating_add(1);
         let verdict = verdict::after_attempts(verdict, attempts, self.shard.topology.max_attempts);
         let message = Message {
             routing_key: delivery.routing_key.as_str(),
@@ -317,7 +318,11 @@ impl<'a> InHand<'a> {
 }
 
 fn ack(delivery: &Delivery, broker: &BrokerMetrics) -> Result<(), LinkError> {
-    block_on(delivery.acker.ack(BasicAckOptions::default()))?;
+    // `false`: the channel is gone, and the broker will deliver the
+    // message again.
+    if !block_on(delivery.acker.ack(BasicAckOptions::default()))? {
+        return Err(LinkError::Closed);
+    }
     broker.acked();
     Ok(())
 }
@@ -331,6 +336,8 @@ pub enum LinkError {
     Cancelled,
     /// The connection or the consuming channel closed.
     Closed,
+    /// The thread's code panicked (a bug; the log has the panic).
+    Panicked,
 }
 
 impl From<lapin::Error> for LinkError {
@@ -345,6 +352,9 @@ impl fmt::Display for LinkError {
             LinkError::Broker(e) => write!(f, "{e}"),
             LinkError::Cancelled => f.write_str("the broker cancelled the consumer"),
             LinkError::Closed => f.write_str("the connection to the broker closed"),
+            LinkError::Panicked => {
+                f.write_str("the consumer panicked (a bug: see the panic above)")
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //!                     │          └──▶ product-events.shard-N-1
 //!                     │ TTL expired: dead-lettered back with its routing key, so to the same shard
 //!   product-events.retry-1 (AMQP_RETRY_DELAY), retry-2 (twice that), ...
-//!                     ▲ headers exchange product-events.retry, by x-retry-level
+//!                     ▲ headers exchange product-events.retry, by retry-level
 //!                     └── a consumer, for an event refused for now (queue full, storage down)
 //!
 //!   product-events.dead ◀── a consumer, for an event that can never succeed, with its reason
@@ -23,14 +23,17 @@
 
 use std::time::Duration;
 
+use futures_lite::future::block_on;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 /// The header a delay queue's binding matches (the retry level, as text).
-const RETRY_LEVEL: &str = "x-retry-level";
+/// Not `x-`: a headers exchange ignores `x-` headers when it matches
+/// (every delay queue would get every copy).
+const RETRY_LEVEL: &str = "retry-level";
 /// How many times the service tried the message (an integer).
 pub const ATTEMPTS: &str = "x-attempts";
 /// A dead letter's reason: the problem's `code` and `detail`.
@@ -221,6 +224,40 @@ impl Topology {
     }
 }
 
+/// A connection that is closed when dropped. lapin leaves a dropped
+/// connection open, and with it its consumers, which keep their place as
+/// a shard's single active consumer: so every way out of a thread's
+/// connection (an error, a panic, a stop) must close it.
+pub struct Link(Connection);
+
+impl Link {
+    pub fn connect(url: &str) -> lapin::Result<Link> {
+        block_on(Connection::connect(url, ConnectionProperties::default())).map(Link)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.status().connected()
+    }
+}
+
+impl std::ops::Deref for Link {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // One that is not open has nothing to close (and closing it would
+        // wait for a broker that is not there).
+        if self.is_open() {
+            let _ = block_on(self.0.close(200, "closing".into()));
+        }
+    }
+}
+
 /// The parts of a delivery that a copy of it carries.
 pub struct Message<'a> {
     pub routing_key: &'a str,
@@ -274,27 +311,52 @@ async fn publish_confirmed(
     message: &Message<'_>,
     headers: FieldTable,
 ) -> lapin::Result<()> {
-    let properties = message
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
     let confirm = channel
         .basic_publish(
             name(exchange),
             name(routing_key),
-            BasicPublishOptions::default(),
+            // A copy no queue takes comes back: an error, not a loss.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             message.body,
-            properties,
+            copy_properties(message.properties, headers),
         )
         .await?
         .await?;
-    if confirm.is_ack() {
-        Ok(())
-    } else {
+    if !confirm.is_ack() {
         let refused = "the broker refused (nacked) the copy of a message";
-        Err(std::io::Error::other(refused).into())
+        return Err(std::io::Error::other(refused).into());
     }
+    if confirm.take_message().is_some() {
+        let unroutable = "no queue took the copy of a message (was a delay queue deleted?)";
+        return Err(std::io::Error::other(unroutable).into());
+    }
+    Ok(())
+}
+
+/// A copy's properties: what identifies and describes the message, with
+/// `headers`, persistent. Not the producer's `expiration` (a dead letter
+/// must not expire) nor its `user_id` (the broker refuses one that is not
+/// this connection's user).
+fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut copy = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(id) = original.message_id() {
+        copy = copy.with_message_id(id.clone());
+    }
+    if let Some(kind) = original.content_type() {
+        copy = copy.with_content_type(kind.clone());
+    }
+    if let Some(id) = original.correlation_id() {
+        copy = copy.with_correlation_id(id.clone());
+    }
+    if let Some(at) = original.timestamp() {
+        copy = copy.with_timestamp(*at);
+    }
+    copy
 }
 
 async fn declare_queue(channel: &Channel, queue: &str, arguments: FieldTable) -> lapin::Result<()> {
@@ -325,11 +387,12 @@ fn long(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }
 
-/// A name as the protocol's short string. Every name here is checked at
-/// startup to fit (`AMQP_EXCHANGE` is at most 200 bytes, and a routing key
-/// comes from a delivery, where it was one already); a longer one is cut
-/// at a character boundary rather than panic.
-fn name(text: &str) -> ShortString {
+/// A name as the protocol's short string, at most 255 bytes. Every name
+/// of the topology fits (`AMQP_EXCHANGE` is at most 200 bytes), and a
+/// routing key from a delivery was one already; a product id may be
+/// longer (128 characters of up to 4 bytes): the outbox routes it by its
+/// first 255 bytes, cut at a character boundary.
+pub fn name(text: &str) -> ShortString {
     let mut end = text.len().min(255);
     while !text.is_char_boundary(end) {
         end -= 1;

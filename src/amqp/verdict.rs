@@ -8,7 +8,7 @@
 //! | refused for now (`queue_full`, `storage_unavailable`, `shutting_down`) | [`Verdict::Retry`], later, through a delay queue |
 //! | accepted, in a mode where a 202 means journaled | [`Verdict::Ack`] |
 //! | accepted, in memory mode | [`Verdict::AckOnceApplied`]: a 202 there means queued, and a queued event dies with the process, so the broker keeps its copy until the event is in the store |
-//! | a duplicate (its id was accepted before) | [`Verdict::Ack`]: nothing new to keep |
+//! | a duplicate (its id was accepted before) | as its first copy: acknowledged once that one is as safe as a 202 |
 //!
 //! A message is never nacked with requeue: the broker would put it back
 //! where the next delivery of the same shard overtakes it.
@@ -62,7 +62,9 @@ pub fn invalid_message_id(reason: &str) -> Verdict {
 /// event is journaled (SQLite and PostgreSQL) or only queued (memory).
 pub fn of_outcome(outcome: Outcome, journals: bool) -> Verdict {
     match outcome {
-        Ok(accepted) if accepted.duplicate || journals => Verdict::Ack,
+        Ok(_) if journals => Verdict::Ack,
+        // A duplicate's seq is its first copy's, which may not be applied
+        // yet: acknowledged once it is, like the first.
         Ok(accepted) => Verdict::AckOnceApplied(accepted.seq),
         Err(refusal) => {
             let (code, detail) = (refusal.code(), refusal.to_string());
@@ -106,7 +108,12 @@ mod tests {
             of_outcome(accepted(7, false), false),
             Verdict::AckOnceApplied(7)
         );
-        assert_eq!(of_outcome(accepted(7, true), false), Verdict::Ack);
+        assert_eq!(of_outcome(accepted(7, true), true), Verdict::Ack);
+        // In memory mode the first copy may still be queued.
+        assert_eq!(
+            of_outcome(accepted(7, true), false),
+            Verdict::AckOnceApplied(7)
+        );
     }
 
     #[test]

@@ -765,6 +765,22 @@ impl Config {
                 });
             }
         }
+        // The outbox's exchange is a topic exchange of its own: the same
+        // name as the events' exchange (or its delay exchange) would
+        // publish every change back in as an event.
+        if let Some(outbox) = &config.amqp_outbox_exchange
+            && (*outbox == config.amqp_exchange
+                || *outbox == format!("{}.retry", config.amqp_exchange))
+        {
+            return Err(ConfigError {
+                variable: "AMQP_OUTBOX_EXCHANGE",
+                value: outbox.clone(),
+                allowed: format!(
+                    "a name other than AMQP_EXCHANGE ({0}) and {0}.retry: the outbox publishes to an exchange of its own",
+                    config.amqp_exchange
+                ),
+            });
+        }
         // One source of truth: a local database or a shared one.
         if let (Some(_), Some(url)) = (&config.data_dir, &config.database_url) {
             return Err(ConfigError {
@@ -1138,6 +1154,8 @@ mod tests {
             ("AMQP_PREFETCH", "0"),
             ("AMQP_MAX_ATTEMPTS", "21"),
             ("AMQP_RETRY_DELAY", "0"),
+            ("AMQP_OUTBOX_EXCHANGE", "product-events"),
+            ("AMQP_OUTBOX_EXCHANGE", "product-events.retry"),
         ] {
             let err = from(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
             assert_eq!(err.variable, var);
