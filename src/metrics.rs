@@ -311,6 +311,10 @@ impl BrokerMetrics {
         self.acked.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn acked_many(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn retried(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
     }

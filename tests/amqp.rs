@@ -360,6 +360,10 @@ fn dead_letters_are_listed_and_replayed_after_a_fix() {
         br#"{"product_id":"x1","stock":1}"#,
         with_id("e-1"),
     );
+    // The limit counts applied products: x2 must come after x1 is in.
+    wait_until("x1 applied", || {
+        (server.get("/products/x1").status == 200).then_some(())
+    });
     client.publish(
         &exchange,
         "x2",
@@ -495,6 +499,9 @@ fn a_refused_event_waits_in_one_delay_queue() {
 fn a_huge_attempts_header_does_not_stop_the_consumer() {
     let exchange = exchange("attempts");
     let server = TestServer::start(amqp_config(&exchange));
+    wait_until("every consumer connected", || {
+        (metric(&server, "amqp_consumers_connected") == 3).then_some(())
+    });
     let client = RabbitMq::get().client();
     let mut headers = lapin::types::FieldTable::default();
     headers.insert(

@@ -35,7 +35,7 @@ use crate::service::Service;
 use crate::store::Seq;
 
 /// Events one batch publishes before it waits for the confirms.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 /// With nothing new, how long the relay waits before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);

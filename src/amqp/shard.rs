@@ -169,11 +169,13 @@ impl<'a> InHand<'a> {
             };
             select! {
                 recv(self.shard.stop) -> _ => return self.settle_before_stopping(),
-                recv(deliveries) -> delivery => match delivery {
-                    Ok(Ok(Some(delivery))) => self.take(delivery)?,
-                    Ok(Ok(None)) => return Err(LinkError::Cancelled),
-                    Ok(Err(error)) => return Err(error.into()),
-                    Err(_) => return Err(LinkError::Closed),
+                recv(deliveries) -> delivery => {
+                    self.take_delivery(delivery)?;
+                    // Take what else has arrived before waiting for the
+                    // workers once for all of them.
+                    while let Ok(delivery) = deliveries.try_recv() {
+                        self.take_delivery(Ok(delivery))?;
+                    }
                 },
                 recv(self.replies) -> reply => {
                     if let Ok((delivery, outcome)) = reply {
@@ -188,6 +190,19 @@ impl<'a> InHand<'a> {
                 },
             }
             self.ack_applied(Instant::now() + APPLIED_WAIT)?;
+        }
+    }
+
+    /// A delivery, or the end of the consumer.
+    fn take_delivery(
+        &mut self,
+        delivery: Result<DeliveryResult, crossbeam_channel::RecvError>,
+    ) -> Result<(), LinkError> {
+        match delivery {
+            Ok(Ok(Some(delivery))) => self.take(delivery),
+            Ok(Ok(None)) => Err(LinkError::Cancelled),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(LinkError::Closed),
         }
     }
 
@@ -290,8 +305,24 @@ impl<'a> InHand<'a> {
             .drain(..)
             .partition(|(seq, _)| *seq <= through);
         self.applying = waiting;
-        for (_, delivery) in applied {
-            ack(&delivery, &self.shard.service.metrics().broker)?;
+        let broker = &self.shard.service.metrics().broker;
+        // Every message taken is settled now: one acknowledgement of the
+        // last one covers them all (`multiple`), since the channel
+        // delivers in tag order and the ones not taken yet come after it.
+        let all_settled = self.applying.is_empty() && self.committing == 0;
+        if let (true, Some((_, last))) = (
+            all_settled,
+            applied.iter().max_by_key(|(_, d)| d.delivery_tag),
+        ) {
+            let every = BasicAckOptions { multiple: true };
+            if !block_on(last.acker.ack(every))? {
+                return Err(LinkError::Closed);
+            }
+            broker.acked_many(applied.len() as u64);
+            return Ok(());
+        }
+        for (_, delivery) in &applied {
+            ack(delivery, broker)?;
         }
         Ok(())
     }
