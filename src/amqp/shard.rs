@@ -23,6 +23,7 @@
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
@@ -109,14 +110,15 @@ fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
         BasicConsumeOptions::default(),
         FieldTable::default(),
     ))?;
-    // lapin calls this on its own thread for each delivery: pass it on.
+    // A thread of its own reads the consumer's stream, in delivery order,
+    // and passes each delivery on. (Not lapin's delegate: it runs each
+    // delivery as a task of its own on the executor's threads, and two
+    // tasks may pass each other: one shard's messages taken out of order.)
     let (delivery_tx, deliveries) = crossbeam_channel::unbounded::<DeliveryResult>();
-    consumer.set_delegate(move |delivery: DeliveryResult| {
-        let delivery_tx = delivery_tx.clone();
-        async move {
-            let _ = delivery_tx.send(delivery);
-        }
-    });
+    thread::Builder::new()
+        .name(format!("amqp-shard-{}-in", shard.index))
+        .spawn(move || forward(consumer, &delivery_tx))
+        .map_err(|e| LinkError::Broker(e.into()))?;
     shard.service.metrics().broker.connected(shard.index, true);
     *wait = RECONNECT_FIRST;
     log::info!("amqp: shard {} consuming {queue}", shard.index);
@@ -125,6 +127,24 @@ fn serve(shard: &Shard, wait: &mut Duration) -> Result<(), LinkError> {
     // Whatever is not acknowledged goes back to the queue when the
     // connection closes, as `Link` does however this ends.
     hand.serve(&deliveries, &open)
+}
+
+/// Passes the consumer's deliveries on, in order, until the stream ends
+/// (the connection closed, or the consumer was cancelled: `Ok(None)`) or
+/// nobody listens any more.
+fn forward(mut consumer: lapin::Consumer, delivery_tx: &Sender<DeliveryResult>) {
+    loop {
+        let next = block_on(futures_lite::StreamExt::next(&mut consumer));
+        let end = !matches!(next, Some(Ok(_)));
+        let delivery = match next {
+            Some(Ok(delivery)) => Ok(Some(delivery)),
+            Some(Err(error)) => Err(error),
+            None => Ok(None),
+        };
+        if delivery_tx.send(delivery).is_err() || end {
+            return;
+        }
+    }
 }
 
 /// The messages this connection holds and what settles them.
