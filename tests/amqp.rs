@@ -31,6 +31,19 @@ fn with_id(id: &str) -> BasicProperties {
     BasicProperties::default().with_message_id(ShortString::from(id))
 }
 
+/// One shard, one worker and a queue of one: with the workers paused, the
+/// third event is refused `queue_full` and goes to the delay queues.
+fn nearly_full(exchange: &str, max_attempts: u32, retry_delay: Duration) -> Config {
+    Config {
+        queue_size: 1,
+        workers: 1,
+        amqp_shards: 1,
+        amqp_max_attempts: max_attempts,
+        amqp_retry_delay: retry_delay,
+        ..amqp_config(exchange)
+    }
+}
+
 /// Publishes events `range` for `products` products named `{prefix}-N`
 /// (event n goes to product n mod products, with stock n), routed by id.
 fn publish_stock(
@@ -198,15 +211,7 @@ fn a_message_id_makes_redeliveries_duplicates() {
 #[test]
 fn an_event_refused_for_now_comes_back_until_it_fits() {
     let exchange = exchange("retry");
-    let config = Config {
-        queue_size: 1,
-        workers: 1,
-        amqp_shards: 1,
-        amqp_max_attempts: 20,
-        amqp_retry_delay: Duration::from_millis(50),
-        ..amqp_config(&exchange)
-    };
-    let server = TestServer::start(config);
+    let server = TestServer::start(nearly_full(&exchange, 20, Duration::from_millis(50)));
     let client = RabbitMq::get().client();
     let paused = server.running.pause_workers();
     publish_stock(&client, &exchange, "r", 5, 0..5);
@@ -467,16 +472,8 @@ fn in_sqlite_mode_every_committed_event_is_published_in_seq_order() {
 #[test]
 fn a_refused_event_waits_in_one_delay_queue() {
     let exchange = exchange("one-delay");
-    let config = Config {
-        queue_size: 1,
-        workers: 1,
-        amqp_shards: 1,
-        amqp_max_attempts: 4,
-        // Long enough that the copies are still there when counted.
-        amqp_retry_delay: Duration::from_secs(120),
-        ..amqp_config(&exchange)
-    };
-    let server = TestServer::start(config);
+    // Long enough that the copies are still there when counted.
+    let server = TestServer::start(nearly_full(&exchange, 4, Duration::from_secs(120)));
     let client = RabbitMq::get().client();
     let paused = server.running.pause_workers();
     publish_stock(&client, &exchange, "d", 5, 0..5);
