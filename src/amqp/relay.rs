@@ -17,6 +17,11 @@
 //! crash, of the process or of the broker, republishes at most the batch
 //! that was not confirmed: downstream sees every seq at least once, in
 //! seq order, and a repeated one has the same `message_id` (its seq).
+//!
+//! With several instances on one PostgreSQL database, every instance runs
+//! this thread but only one relays at a time ([`Outbox::lead`]): the
+//! others stand by, asking every [`STANDBY_POLL`], and the first to ask
+//! after the relaying instance stops takes over from the cursor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +43,8 @@ use crate::store::Seq;
 const BATCH: usize = 2000;
 /// With nothing new, how long the relay waits before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How often an instance that does not relay asks to take over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
@@ -104,10 +111,36 @@ impl std::fmt::Display for RelayError {
 /// Publishes until stopped, connecting again after a failure.
 pub fn run(mut relay: Relay) {
     let mut wait = RECONNECT_FIRST;
+    let mut standing_by = false;
     loop {
-        let error = match relay.serve(&mut wait) {
-            Ok(()) => return,
-            Err(error) => error,
+        let error = match relay.outbox.lead() {
+            Ok(false) => {
+                if !standing_by {
+                    log::info!(
+                        "amqp: outbox relay: another instance relays; this one takes over if it stops"
+                    );
+                    standing_by = true;
+                }
+                if let (Ok(head), Ok(cursor)) = (relay.outbox.head(), relay.outbox.cursor()) {
+                    relay
+                        .service
+                        .metrics()
+                        .broker
+                        .relay_lag(head.saturating_sub(cursor));
+                }
+                match relay.stop.recv_timeout(STANDBY_POLL) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    _ => return,
+                }
+            }
+            Ok(true) => {
+                standing_by = false;
+                match relay.serve(&mut wait) {
+                    Ok(()) => return,
+                    Err(error) => error,
+                }
+            }
+            Err(error) => RelayError::Outbox(error),
         };
         let broker = &relay.service.metrics().broker;
         broker.relaying(false);

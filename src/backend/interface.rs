@@ -118,9 +118,16 @@ pub trait Backend: Send + Sync {
 /// the broker has confirmed them. The journal keeps every event after the
 /// cursor. Each call may block on the database.
 pub trait Outbox: Send {
-    /// How far events are published (confirmed): the cursor. The first
-    /// call on a journal that never had one sets it where the journal
-    /// begins.
+    /// Whether this instance is the one that relays, now: with several
+    /// instances on one database only one may publish at a time, and the
+    /// others ask again now and then, to take over when it stops. Once
+    /// true it stays true until a call fails.
+    fn lead(&mut self) -> Result<bool, OutboxError> {
+        Ok(true)
+    }
+    /// How far events are published (confirmed): the cursor. Opening an
+    /// outbox on a journal that never had one sets it where the journal
+    /// begins, before the first event is taken.
     fn cursor(&mut self) -> Result<Seq, OutboxError>;
     /// Up to `limit` events after `cursor`, in seq order.
     fn after(

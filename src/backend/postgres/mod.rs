@@ -40,6 +40,7 @@ mod committer;
 mod compactor;
 mod error;
 mod handover;
+mod outbox;
 mod session;
 mod tailer;
 mod watchdog;
@@ -55,13 +56,16 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::backend::health::{Health, lock};
-use crate::backend::interface::{Admission, Backend, Committed, CoreParts, Opened, StorageError};
+use crate::backend::interface::{
+    Admission, Backend, Committed, CoreParts, Opened, Outbox, OutboxError, StorageError,
+};
 use crate::backend::stop::StopSignal;
 use crate::config::Config;
 use crate::intake::mailbox::Mailbox;
 use committer::{CommitPool, InFlight, PgCommitter};
 use compactor::Compactor;
 use handover::Handed;
+use outbox::PgOutbox;
 use session::{PgSession, Snapshot};
 use tailer::Tailer;
 
@@ -327,6 +331,13 @@ impl Backend for Postgres {
 
     fn journals(&self) -> bool {
         true
+    }
+
+    /// The journal, shared by every instance: their relays take turns
+    /// (`outbox.rs`).
+    fn outbox(&self) -> Option<Result<Box<dyn Outbox>, OutboxError>> {
+        let opened = PgOutbox::open(&self.pool.url, &self.pool.instance);
+        Some(opened.map(|outbox| Box::new(outbox) as Box<dyn Outbox>))
     }
 
     /// Commits what was posted, and waits (until `deadline`) for the tailer

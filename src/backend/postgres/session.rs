@@ -3,7 +3,7 @@
 //! the committers, the tailer and the compactor (`committer.rs`,
 //! `tailer.rs`, `compactor.rs`) each own one [`PgSession`].
 //!
-//! # The schema (version 2)
+//! # The schema (version 3)
 //!
 //! ```sql
 //! schema_version (version, created_at)
@@ -22,10 +22,13 @@
 //!                 last_seq, updated_at, updated_by)
 //! idempotency    (event_id PRIMARY KEY, seq, fingerprint, accepted_at)
 //! instances      (instance PRIMARY KEY, started_at, seen_at, applied_through)
+//! outbox         (through, relayed_at,       -- one row once an instance relays the journal to
+//!                 relayed_by)                -- RabbitMQ (`outbox.rs`): published through `through`
 //! ```
 //!
 //! Version 1 had an `events` table (a row per event) and wrote `products`
-//! in every commit; `prepare_schema` upgrades it (`UPGRADE_FROM_1`).
+//! in every commit; version 2 had no `outbox`. `prepare_schema` upgrades
+//! both (`UPGRADE_FROM_1`, `OUTBOX`).
 //!
 //! # One statement per batch, in seq order
 //!
@@ -95,7 +98,7 @@ use crate::store::{Seq, Store, Stored, WriteKey};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// `pg_advisory_xact_lock` key of the schema preparation ("PUS1").
 const SCHEMA_LOCK: i64 = 0x5055_5331;
@@ -202,6 +205,17 @@ SELECT j.first_seq + e.i - 1 AS seq, e.product_id, e.price, e.stock, e.version,
 FROM journal j,
      unnest(j.product_ids, j.prices, j.stocks, j.versions, j.event_ids, j.request_ids)
      WITH ORDINALITY AS e(product_id, price, stock, version, event_id, request_id, i);
+"#;
+
+/// Version 3's outbox cursor: empty until an instance with a relay
+/// starts (`outbox.rs`); the housekeeping keeps the journal after it.
+const OUTBOX: &str = r#"
+CREATE TABLE outbox (
+    only_row   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    through    bigint NOT NULL,
+    relayed_at timestamptz NOT NULL DEFAULT now(),
+    relayed_by text NOT NULL
+);
 "#;
 
 /// From version 1 (one `events` row per event, `products` written by
@@ -417,6 +431,12 @@ impl PgSession {
         &self.url
     }
 
+    /// The connection, for the statements of another file's concern
+    /// (the outbox's, `outbox.rs`).
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// A driver error as a message naming the masked URL.
     pub fn error(&self, e: &postgres::Error) -> PgError {
         PgError::Query {
@@ -455,16 +475,19 @@ impl PgSession {
                 .get(0);
             return match found {
                 Some(SCHEMA_VERSION) => tx.commit().map_err(error),
-                Some(1) => {
-                    tx.batch_execute(UPGRADE_FROM_1).map_err(error)?;
-                    tx.batch_execute(JOURNAL).map_err(error)?;
+                Some(found @ (1 | 2)) => {
+                    if found == 1 {
+                        tx.batch_execute(UPGRADE_FROM_1).map_err(error)?;
+                        tx.batch_execute(JOURNAL).map_err(error)?;
+                    }
+                    tx.batch_execute(OUTBOX).map_err(error)?;
                     tx.execute(
                         "INSERT INTO schema_version (version) VALUES ($1)",
                         &[&SCHEMA_VERSION],
                     )
                     .map_err(error)?;
                     log::info!(
-                        "storage: postgres {url}: schema upgraded from version 1 to {SCHEMA_VERSION} (the journal is now one row per batch)"
+                        "storage: postgres {url}: schema upgraded from version {found} to {SCHEMA_VERSION} (the journal is one row per batch, and keeps what the outbox has not published)"
                     );
                     tx.commit().map_err(error)
                 }
@@ -483,6 +506,7 @@ impl PgSession {
         }
         tx.batch_execute(SCHEMA).map_err(error)?;
         tx.batch_execute(JOURNAL).map_err(error)?;
+        tx.batch_execute(OUTBOX).map_err(error)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -866,14 +890,16 @@ impl PgSession {
             // holes), of whole rows: every row before the oldest one still
             // within the retention (`accepted_at` alone is not in seq
             // order: it is when each statement began), and only rows the
-            // compaction has folded into `products`.
+            // compaction has folded into `products`, and, with an outbox,
+            // that the relay has published.
             tx.execute(
                 "DELETE FROM journal WHERE first_seq < least(
                     (SELECT through + 1 FROM compaction),
                     coalesce(
                         (SELECT min(first_seq) FROM journal WHERE accepted_at >= now() - make_interval(secs => $1::float8)),
                         (SELECT last_seq + 1 FROM seq_counter)))
-                  AND first_seq + cardinality(product_ids) - 1 <= (SELECT through FROM compaction)",
+                  AND first_seq + cardinality(product_ids) - 1 <= (SELECT through FROM compaction)
+                  AND first_seq + cardinality(product_ids) - 1 <= coalesce((SELECT through FROM outbox), first_seq + cardinality(product_ids))",
                 &[&EVENT_RETENTION.as_secs_f64()],
             )?;
             // Instances not seen for a day are gone for good.
@@ -1155,14 +1181,14 @@ fn stored_from(row: &postgres::Row) -> Result<Stored, String> {
 }
 
 /// One journal row: its events, with their request ids, from seq `first`.
-struct BatchRow {
-    first: Seq,
-    events: Vec<(ProductUpdate, String)>,
+pub(super) struct BatchRow {
+    pub first: Seq,
+    pub events: Vec<(ProductUpdate, String)>,
 }
 
 /// A journal row from `row`'s columns `at..`: `first_seq, product_ids,
 /// prices, stocks, versions::text[], request_ids`.
-fn batch_from(row: &postgres::Row, at: usize) -> Result<BatchRow, String> {
+pub(super) fn batch_from(row: &postgres::Row, at: usize) -> Result<BatchRow, String> {
     let first: i64 = row.get(at);
     let ids: Vec<String> = row.get(at + 1);
     let prices: Vec<Option<String>> = row.get(at + 2);

@@ -573,13 +573,21 @@ pub struct OutboxFile {
 
 impl SqliteFile {
     /// A connection to the database file at `path` for the outbox's
-    /// relay (the file is open and locked by this process already).
+    /// relay (the file is open and locked by this process already). On a
+    /// journal that never had a cursor, it starts where the journal
+    /// begins (everything applied before is no longer in it), before the
+    /// first event is taken.
     pub fn open_outbox(path: &Path) -> rusqlite::Result<OutboxFile> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value)
+             SELECT 'outbox_through', value FROM meta WHERE key = 'applied_through'",
+            [],
+        )?;
         Ok(OutboxFile {
             conn,
             path: path.to_owned(),
@@ -595,15 +603,6 @@ impl OutboxFile {
 
 impl Outbox for OutboxFile {
     fn cursor(&mut self) -> Result<Seq, OutboxError> {
-        // First run: from where the journal begins (everything applied
-        // before is no longer in it).
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value)
-                 SELECT 'outbox_through', value FROM meta WHERE key = 'applied_through'",
-                [],
-            )
-            .map_err(|e| self.error(e))?;
         let cursor: i64 = self
             .conn
             .query_row(
