@@ -273,6 +273,7 @@ impl Service {
         if through >= seq {
             return through;
         }
+        self.intake.hurry();
         self.progress.wait_through(seq, deadline)
     }
 

@@ -300,6 +300,14 @@ impl Intake {
         self.lock().job_tx.as_ref().map_or(0, Sender::len)
     }
 
+    /// Someone waits for queued events to be applied: a worker that
+    /// lingers takes them now ([`queue::Doorbell::hurry`]).
+    pub fn hurry(&self) {
+        if self.depth() > 0 {
+            self.doorbell.hurry();
+        }
+    }
+
     /// Events the queue has room for right now.
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.depth())

@@ -173,6 +173,19 @@ impl Doorbell {
         }
     }
 
+    /// Someone waits for a queued event to be applied (a reader's
+    /// `min_seq`, RabbitMQ's acknowledgement in memory mode): wakes a
+    /// lingering worker now instead of at the end of its window, so the
+    /// wait costs a wake-up rather than up to [`LINGER`]. Without a
+    /// lingerer there is nothing to hurry: `ring` woke a sleeper already.
+    pub(super) fn hurry(&self) {
+        fence(Ordering::SeqCst);
+        if self.lingerers.load(Ordering::SeqCst) > 0 {
+            let _closed = self.lock();
+            self.bell.notify_one();
+        }
+    }
+
     /// Wakes every worker for good.
     pub(super) fn close(&self) {
         *self.lock() = true;
