@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use futures_lite::future::block_on;
+use futures_lite::future::{self, block_on};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, ExchangeKind};
@@ -166,34 +166,69 @@ impl Relay {
         block_on(channel.confirm_select(ConfirmSelectOptions::default()))?;
         let mut cursor = self.outbox.cursor()?;
         *wait = RECONNECT_FIRST;
-        let broker = &self.service.metrics().broker;
+        let service = Arc::clone(&self.service);
+        let broker = &service.metrics().broker;
         broker.relaying(true);
         log::info!(
             "amqp: outbox relay publishing to {} from seq {}",
             self.exchange,
             cursor + 1
         );
+        // One batch in flight: the next one is read and published while
+        // the broker confirms it. Published is not confirmed: the cursor
+        // moves only with the confirms, and a batch in flight when the
+        // relay stops is published again next time.
+        let mut published = cursor;
+        let mut in_flight: Option<InFlight> = None;
         let result = loop {
             if let Err(crossbeam_channel::TryRecvError::Disconnected) = self.stop.try_recv() {
+                // What is published is confirmed before the relay stops.
+                if let Some(batch) = in_flight.take() {
+                    self.settle(batch)?;
+                }
                 break Ok(());
             }
             let head = self.outbox.head()?;
             broker.relay_lag(head.saturating_sub(cursor));
-            let events = self.outbox.after(cursor, BATCH)?;
+            let events = self.outbox.after(published, BATCH)?;
             let Some(&(last, _)) = events.last() else {
+                if let Some(batch) = in_flight.take() {
+                    cursor = self.settle(batch)?;
+                    continue;
+                }
                 match self.stop.recv_timeout(IDLE_WAIT) {
                     Err(RecvTimeoutError::Timeout) => continue,
                     _ => break Ok(()),
                 }
             };
-            publish_batch(&channel, &exchange, &events)?;
-            self.outbox.advance(last)?;
-            broker.relayed(events.len() as u64);
-            cursor = last;
+            let batch = publish_batch(&channel, &exchange, &events)?;
+            published = last;
+            if let Some(previous) = in_flight.replace(batch) {
+                cursor = self.settle(previous)?;
+            }
         };
         broker.relaying(false);
         result
     }
+
+    /// Waits for a batch's confirms, then moves the cursor past it.
+    fn settle(&mut self, batch: InFlight) -> Result<Seq, RelayError> {
+        for (seq, confirm) in batch.confirms {
+            if !block_on(confirm)?.is_ack() {
+                return Err(RelayError::Refused(seq));
+            }
+        }
+        self.outbox.advance(batch.last)?;
+        self.service.metrics().broker.relayed(batch.count);
+        Ok(batch.last)
+    }
+}
+
+/// A published batch whose confirms have not all come.
+struct InFlight {
+    last: Seq,
+    count: u64,
+    confirms: Vec<(Seq, lapin::PublisherConfirm)>,
 }
 
 /// Declares the outbox exchange (a durable topic exchange; idempotent).
@@ -212,31 +247,55 @@ pub async fn declare(channel: &lapin::Channel, exchange: &str) -> lapin::Result<
         .await
 }
 
-/// Publishes a batch and waits for the broker to confirm every message.
+/// Publishes a batch; the broker's confirms are to be waited for.
+///
+/// lapin's `basic_publish` queues a message's frames at its first poll and
+/// then waits for the connection's writer to send them. Awaited one by
+/// one, every message would wait for that thread; so each is polled once,
+/// in seq order (which queues the frames in that order), and only then
+/// are they awaited: the writer sends the batch in a few writes.
 fn publish_batch(
     channel: &lapin::Channel,
     exchange: &ShortString,
     events: &[(Seq, ProductUpdate)],
-) -> Result<(), RelayError> {
-    let mut confirms = Vec::with_capacity(events.len());
-    for (seq, update) in events {
-        let routing_key = topology::name(&update.product_id);
-        let body = body(*seq, update);
-        let publish = channel.basic_publish(
-            exchange.clone(),
-            routing_key,
-            BasicPublishOptions::default(),
-            &body,
-            properties(*seq),
-        );
-        confirms.push((*seq, block_on(publish)?));
-    }
-    for (seq, confirm) in confirms {
-        if !block_on(confirm)?.is_ack() {
-            return Err(RelayError::Refused(seq));
+) -> Result<InFlight, RelayError> {
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|(seq, update)| body(*seq, update))
+        .collect();
+    let mut publishes: Vec<_> = events
+        .iter()
+        .zip(&bodies)
+        .map(|((seq, update), body)| {
+            Box::pin(channel.basic_publish(
+                exchange.clone(),
+                topology::name(&update.product_id),
+                BasicPublishOptions::default(),
+                body,
+                properties(*seq),
+            ))
+        })
+        .collect();
+    let confirms = block_on(async {
+        let mut first_polls = Vec::with_capacity(publishes.len());
+        for publish in &mut publishes {
+            first_polls.push(future::poll_once(publish.as_mut()).await);
         }
-    }
-    Ok(())
+        let mut confirms = Vec::with_capacity(publishes.len());
+        for (((seq, _), publish), polled) in events.iter().zip(&mut publishes).zip(first_polls) {
+            let confirm = match polled {
+                Some(sent) => sent?,
+                None => publish.await?,
+            };
+            confirms.push((*seq, confirm));
+        }
+        Ok::<_, RelayError>(confirms)
+    })?;
+    Ok(InFlight {
+        last: events.last().map_or(0, |(seq, _)| *seq),
+        count: events.len() as u64,
+        confirms,
+    })
 }
 
 /// The message's body: the event with its seq.
