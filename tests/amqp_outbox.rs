@@ -3,7 +3,7 @@
 //! with SIGKILL in the middle of a load; afterwards (after a restart, or
 //! once the other instance has taken over), downstream has seen every seq
 //! at least once, in seq order, none missing, and repeats only of the
-//! batch that was not confirmed.
+//! two batches that were not confirmed.
 #![cfg(feature = "amqp")]
 #![cfg(any(feature = "sqlite", feature = "postgres"))]
 

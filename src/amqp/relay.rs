@@ -13,10 +13,11 @@
 //! is no second write to keep in step with the first. The relay reads a
 //! batch after its cursor, publishes it with publisher confirms, and only
 //! when the broker has confirmed every message moves the cursor (in the
-//! database) past it; the backend keeps the journal after the cursor. A
-//! crash, of the process or of the broker, republishes at most the batch
-//! that was not confirmed: downstream sees every seq at least once, in
-//! seq order, and a repeated one has the same `message_id` (its seq).
+//! database) past it; the backend keeps the journal after the cursor. One
+//! batch is in flight while the next is read and published. A crash, of
+//! the process or of the broker, republishes at most the two batches that
+//! were not confirmed: downstream sees every seq at least once, in seq
+//! order, and a repeated one has the same `message_id` (its seq).
 //!
 //! With several instances on one PostgreSQL database, every instance runs
 //! this thread but only one relays at a time ([`Outbox::lead`]): the
