@@ -247,9 +247,10 @@ pub struct BrokerMetrics {
     /// Whether each shard's consumer is connected (empty: no broker).
     connected: Mutex<Vec<bool>>,
     /// The outbox relay: running (1) or not (0), or none in this mode
-    /// (`u64::MAX`); events it published (confirmed); its lag.
+    /// (`u64::MAX`); events it published, and of those, confirmed; its lag.
     relay: AtomicU64,
-    relayed: AtomicU64,
+    published: AtomicU64,
+    confirmed: AtomicU64,
     relay_lag: AtomicU64,
 }
 
@@ -262,7 +263,8 @@ impl Default for BrokerMetrics {
             dead: Mutex::new(BTreeMap::new()),
             connected: Mutex::new(Vec::new()),
             relay: AtomicU64::new(u64::MAX),
-            relayed: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
             relay_lag: AtomicU64::new(0),
         }
     }
@@ -295,8 +297,14 @@ impl BrokerMetrics {
         self.relay.store(u64::from(up), Ordering::Relaxed);
     }
 
-    pub fn relayed(&self, events: u64) {
-        self.relayed.fetch_add(events, Ordering::Relaxed);
+    /// The relay sent `events` to the broker.
+    pub fn published(&self, events: u64) {
+        self.published.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// The broker confirmed `events` the relay sent.
+    pub fn confirmed(&self, events: u64) {
+        self.confirmed.fetch_add(events, Ordering::Relaxed);
     }
 
     pub fn relay_lag(&self, events: u64) {
@@ -661,8 +669,14 @@ impl Metrics {
         counter(
             out,
             "amqp_outbox_published_total",
-            "Journaled events published to AMQP_OUTBOX_EXCHANGE and confirmed by the broker.",
-            broker.relayed.load(Ordering::Relaxed),
+            "Journaled events published to AMQP_OUTBOX_EXCHANGE (a batch not confirmed is published again).",
+            broker.published.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "amqp_outbox_confirmed_total",
+            "Published events the broker has confirmed (the relay's cursor moves with them).",
+            broker.confirmed.load(Ordering::Relaxed),
         );
         gauge(
             out,

@@ -449,8 +449,10 @@ fn in_sqlite_mode_every_committed_event_is_published_in_seq_order() {
         assert_eq!(server.post_event(&body).status, 202);
     }
     publish_stock(&client, &exchange, "o", 5, 50..60);
-    wait_until("60 events published", || {
-        (metric(&server, "amqp_outbox_published_total") == 60).then_some(())
+    wait_until("60 events published and confirmed", || {
+        let counts = ["published", "confirmed"]
+            .map(|what| metric(&server, &format!("amqp_outbox_{what}_total")));
+        (counts == [60, 60] && metric(&server, "amqp_outbox_lag_events") == 0).then_some(())
     });
     let published = client.drain_json(&downstream);
     let seqs: Vec<u64> = published.iter().filter_map(|m| m["seq"].as_u64()).collect();

@@ -203,6 +203,7 @@ impl Relay {
                 }
             };
             let batch = publish_batch(&channel, &exchange, &events)?;
+            broker.published(batch.count);
             published = last;
             if let Some(previous) = in_flight.replace(batch) {
                 cursor = self.settle(previous)?;
@@ -220,7 +221,7 @@ impl Relay {
             }
         }
         self.outbox.advance(batch.last)?;
-        self.service.metrics().broker.relayed(batch.count);
+        self.service.metrics().broker.confirmed(batch.count);
         Ok(batch.last)
     }
 }
