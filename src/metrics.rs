@@ -362,6 +362,9 @@ impl std::fmt::Display for BrokerMetrics {
 pub struct Metrics {
     started: SystemTime,
     duplicates: AtomicU64,
+    /// Batch requests (NDJSON) taken, and the new events they carried.
+    batches: AtomicU64,
+    batch_events: AtomicU64,
     rejected: [AtomicU64; 7],
     /// One per `HTTP_REJECTION_CODES`.
     http_rejected: [AtomicU64; HTTP_REJECTION_CODES.len()],
@@ -378,6 +381,8 @@ impl Default for Metrics {
         Metrics {
             started: SystemTime::now(),
             duplicates: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_events: AtomicU64::new(0),
             rejected: Default::default(),
             http_rejected: Default::default(),
             requests: Default::default(),
@@ -393,6 +398,14 @@ impl Metrics {
     /// A retried event (same `event_id`) was recognised and not queued again.
     pub fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch request was taken: `events` new events, `duplicates`
+    /// events recognised and not queued again.
+    pub fn batch(&self, events: u64, duplicates: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_events.fetch_add(events, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     }
 
     pub fn reject(&self, reason: RejectReason) {
@@ -461,6 +474,18 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        counter(
+            out,
+            "batch_requests_total",
+            "Batch requests (NDJSON POST /events) taken; their events count in events_accepted_total, and in batch_events_total.",
+            self.batches.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "batch_events_total",
+            "New events taken in batch requests.",
+            self.batch_events.load(Ordering::Relaxed),
+        );
         counter(
             out,
             "events_duplicate_total",

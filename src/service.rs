@@ -25,6 +25,7 @@
 //! threads of its own but the backend's (through [`Opened::start`]) and
 //! the workers (`worker.rs`).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +36,7 @@ use crate::config::Config;
 use crate::error::StartError;
 use crate::event::ProductUpdate;
 use crate::intake::mailbox::{Mailbox, Posted, Refused, Submission};
-use crate::intake::{Intake, Jobs, Outcome, Refusal, ReplyTo};
+use crate::intake::{BatchReplyTo, Intake, Jobs, Outcome, Refusal, ReplyTo};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::request_id::OwnedRequestId;
@@ -110,7 +111,7 @@ impl Commit<'_> {
             request_id,
             accepted_at,
         } = self;
-        let posted = Posted {
+        let posted = Posted::One {
             submission: Submission {
                 update,
                 request_id,
@@ -121,14 +122,56 @@ impl Commit<'_> {
         // Bounded like the queue: past it the committers are behind.
         let capacity = service.intake.capacity();
         if let Err((refused, posted)) = mailbox.offer(posted, capacity) {
-            let refusal = match refused {
-                Refused::Full => Refusal::QueueFull { capacity },
-                Refused::Closed if service.backend.unavailable().is_some() => {
-                    Refusal::StorageUnavailable
-                }
-                Refused::Closed => Refusal::ShuttingDown,
-            };
-            posted.reply.send(Err(refusal));
+            posted.refuse(service.refusal(refused, capacity));
+        }
+    }
+}
+
+/// What [`Service::accept_batch`] did with a batch request's events: one
+/// outcome per event, in order; either every new event is taken (with
+/// consecutive seqs) or none is.
+pub enum AcceptBatch<'a> {
+    /// Answered: queued (or duplicates), or refused whole.
+    Done(Vec<Outcome>),
+    /// The events wait for their commit, all in one:
+    /// [`CommitBatch::post`] them with where the outcomes should go.
+    Commit(CommitBatch<'a>),
+}
+
+/// A batch request's events to post to the backend's committers.
+#[must_use = "the events are only taken once posted"]
+pub struct CommitBatch<'a> {
+    service: &'a Service,
+    mailbox: &'a Mailbox<Posted>,
+    updates: Vec<ProductUpdate>,
+    request_id: OwnedRequestId,
+    accepted_at: Instant,
+}
+
+impl CommitBatch<'_> {
+    /// Posts the events as one; `reply` gets their outcomes from the
+    /// committer that commits them (in one transaction), or at once if
+    /// the post is refused (as [`Commit::post`]).
+    pub fn post(self, reply: BatchReplyTo) {
+        let CommitBatch {
+            service,
+            mailbox,
+            updates,
+            request_id,
+            accepted_at,
+        } = self;
+        let submissions = updates
+            .into_iter()
+            .map(|update| Submission {
+                update,
+                request_id: request_id.clone(),
+                accepted_at,
+            })
+            .collect();
+        let posted = Posted::Batch { submissions, reply };
+        let capacity = service.intake.capacity();
+        if let Err((refused, posted)) = mailbox.offer(posted, capacity) {
+            posted.refuse(service.refusal(refused, capacity));
         }
     }
 }
@@ -242,6 +285,62 @@ impl Service {
                 accepted_at: Instant::now(),
             }),
             Admission::Refuse => Accept::Done(Err(Refusal::StorageUnavailable)),
+        }
+    }
+
+    /// Takes a batch request's events, all or none (see [`AcceptBatch`]).
+    /// A batch that would take the store past `MAX_PRODUCTS` is refused
+    /// whole.
+    pub fn accept_batch(
+        &self,
+        updates: Vec<ProductUpdate>,
+        request_id: OwnedRequestId,
+    ) -> AcceptBatch<'_> {
+        let refuse_all = |refusal: Refusal| AcceptBatch::Done(vec![Err(refusal); updates.len()]);
+        let new_products: HashSet<&str> = updates
+            .iter()
+            .map(|u| &*u.product_id)
+            .filter(|id| !self.store.contains(id))
+            .collect();
+        if self.store.len() + new_products.len() > self.max_products {
+            return refuse_all(Refusal::ProductLimit {
+                limit: self.max_products,
+            });
+        }
+        match self.backend.admission() {
+            Admission::Queue => AcceptBatch::Done(self.intake.accept_all(updates, &request_id)),
+            Admission::QueueAndReport => {
+                let reported: Vec<_> = updates
+                    .iter()
+                    .map(|u| u.event_id.clone().map(|id| (id, u.fingerprint())))
+                    .collect();
+                let outcomes = self.intake.accept_all(updates, &request_id);
+                for (outcome, reported) in outcomes.iter().zip(reported) {
+                    if let (Ok(accepted), Some((event_id, fingerprint))) = (outcome, reported)
+                        && !accepted.duplicate
+                    {
+                        self.backend.queued(accepted.seq, event_id, fingerprint);
+                    }
+                }
+                AcceptBatch::Done(outcomes)
+            }
+            Admission::Commit(mailbox) => AcceptBatch::Commit(CommitBatch {
+                service: self,
+                mailbox,
+                updates,
+                request_id,
+                accepted_at: Instant::now(),
+            }),
+            Admission::Refuse => refuse_all(Refusal::StorageUnavailable),
+        }
+    }
+
+    /// The refusal of a post the committers' mailbox would not take.
+    fn refusal(&self, refused: Refused, capacity: usize) -> Refusal {
+        match refused {
+            Refused::Full => Refusal::QueueFull { capacity },
+            Refused::Closed if self.backend.unavailable().is_some() => Refusal::StorageUnavailable,
+            Refused::Closed => Refusal::ShuttingDown,
         }
     }
 

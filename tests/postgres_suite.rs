@@ -10,6 +10,8 @@
 
 #[path = "api.rs"]
 mod api;
+#[path = "bulk.rs"]
+mod bulk;
 #[path = "concurrency.rs"]
 mod concurrency;
 #[path = "delivery.rs"]

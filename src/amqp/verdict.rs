@@ -69,9 +69,10 @@ pub fn of_outcome(outcome: Outcome, journals: bool) -> Verdict {
         Err(refusal) => {
             let (code, detail) = (refusal.code(), refusal.to_string());
             match refusal {
-                Refusal::QueueFull { .. } | Refusal::StorageUnavailable | Refusal::ShuttingDown => {
-                    Verdict::Retry { code, detail }
-                }
+                Refusal::QueueFull { .. }
+                | Refusal::StorageUnavailable
+                | Refusal::ShuttingDown
+                | Refusal::WithItsBatch => Verdict::Retry { code, detail },
                 Refusal::IdempotencyConflict { .. } | Refusal::ProductLimit { .. } => {
                     Verdict::Dead { code, detail }
                 }

@@ -42,6 +42,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most events one batch request (NDJSON) may carry.
+    pub max_batch_events: usize,
+    /// Largest accepted batch request body (NDJSON), in bytes.
+    pub max_batch_bytes: usize,
     /// The longest one read or write on a client connection may wait: a
     /// client that sends nothing (or reads nothing) for this long in the
     /// middle of a request or response is disconnected.
@@ -250,6 +254,29 @@ const SETTINGS: &[Setting] = &[
             default: 64 * 1024,
             note: "",
             set: |c, v| c.max_body_bytes = v as usize,
+        },
+    },
+    Setting {
+        name: "MAX_BATCH_EVENTS",
+        help: "most events one NDJSON POST /events may carry; more get 413",
+        kind: Kind::Number {
+            min: 1,
+            max: 1_000_000,
+            default: 1000,
+            note: "",
+            set: |c, v| c.max_batch_events = v as usize,
+        },
+    },
+    Setting {
+        name: "MAX_BATCH_BYTES",
+        help: "largest accepted NDJSON POST /events body; larger ones get 413",
+        // 1000 events of up to about 1 KB each.
+        kind: Kind::Number {
+            min: 1024,
+            max: 256 * 1024 * 1024,
+            default: 1024 * 1024,
+            note: "",
+            set: |c, v| c.max_batch_bytes = v as usize,
         },
     },
     Setting {
@@ -655,6 +682,8 @@ impl Default for Config {
             queue_size: 0,
             shutdown_timeout: Duration::ZERO,
             max_body_bytes: 0,
+            max_batch_events: 0,
+            max_batch_bytes: 0,
             socket_timeout: Duration::ZERO,
             keepalive_timeout: Duration::ZERO,
             header_timeout: Duration::ZERO,
@@ -910,12 +939,14 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} max_connections_per_client={} api_tokens={} public_paths={} storage={}{}",
+            "bind={} workers={} queue_size={} shutdown_timeout={:?} max_body_bytes={} max_batch_events={} max_batch_bytes={} socket_timeout={:?} keepalive_timeout={:?} header_timeout={:?} body_timeout={:?} max_header_bytes={} log_format={:?} idempotency_window={} idempotency_ttl={:?} max_products={} max_connections={} max_connections_per_client={} api_tokens={} public_paths={} storage={}{}",
             self.bind,
             self.workers,
             self.queue_size,
             self.shutdown_timeout,
             self.max_body_bytes,
+            self.max_batch_events,
+            self.max_batch_bytes,
             self.socket_timeout,
             self.keepalive_timeout,
             self.header_timeout,

@@ -11,9 +11,10 @@ use std::time::Instant;
 use serde::Serialize;
 use tiny_http::inline::Response;
 
+use super::ndjson::LineError;
 use super::problem::ApiError;
 use super::route::Route;
-use crate::intake::Outcome;
+use crate::intake::{Accepted, Outcome, Refusal};
 use crate::metrics::{Metrics, RejectReason};
 use crate::request_id::RequestId;
 use crate::service::NotReady;
@@ -176,6 +177,87 @@ pub fn event_outcome(
     };
     json(response, status, &body);
     Ok(())
+}
+
+/// Fills in the answer to a batch request (NDJSON), given each event's
+/// outcome and line: 202 with the new events' seqs (consecutive) and the
+/// duplicates; 200 `duplicate` if every event was one; else the refusal of
+/// the whole batch (409 naming the conflicting lines, or the one refusal
+/// every event got).
+pub fn batch_outcome(
+    outcomes: Vec<Outcome>,
+    lines: &[usize],
+    metrics: &Metrics,
+    response: &mut Response,
+) -> Result<(), ApiError> {
+    let mut conflicts = Vec::new();
+    let mut refusal = None;
+    let mut answer = BatchAcknowledged {
+        status: "accepted",
+        count: 0,
+        first_seq: None,
+        last_seq: None,
+        duplicates: Vec::new(),
+    };
+    for (outcome, &line) in outcomes.iter().zip(lines) {
+        match *outcome {
+            Ok(Accepted {
+                seq,
+                duplicate: false,
+            }) => {
+                answer.count += 1;
+                answer.first_seq.get_or_insert(seq);
+                answer.last_seq = Some(seq);
+            }
+            Ok(Accepted {
+                seq,
+                duplicate: true,
+            }) => answer.duplicates.push(LineSeq { line, seq }),
+            Err(Refusal::IdempotencyConflict { seq }) => conflicts.push(LineError {
+                line,
+                code: "idempotency_conflict",
+                field: Some("event_id".to_owned()),
+                detail: format!("the event_id was already used for a different event (seq {seq})"),
+                seq: Some(seq),
+            }),
+            Err(Refusal::WithItsBatch) => {}
+            Err(other) => refusal = refusal.or(Some(other)),
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(ApiError::BatchConflict { errors: conflicts });
+    }
+    if let Some(refusal) = refusal {
+        return Err(ApiError::refused(refusal, None));
+    }
+    metrics.batch(answer.count as u64, answer.duplicates.len() as u64);
+    let status = if answer.count == 0 {
+        answer.status = "duplicate";
+        200
+    } else {
+        202
+    };
+    json(response, status, &answer);
+    Ok(())
+}
+
+/// The answer to a batch request.
+#[derive(Serialize)]
+struct BatchAcknowledged {
+    status: &'static str,
+    /// New events taken, with seqs `first_seq..=last_seq`.
+    count: usize,
+    first_seq: Option<Seq>,
+    last_seq: Option<Seq>,
+    /// Events whose `event_id` was taken before, with the seq it was
+    /// taken with: not applied again.
+    duplicates: Vec<LineSeq>,
+}
+
+#[derive(Serialize)]
+struct LineSeq {
+    line: usize,
+    seq: Seq,
 }
 
 /// A JSON answer: status, content type, body serialized in place.

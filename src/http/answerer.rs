@@ -34,7 +34,7 @@ use tiny_http::inline::Deferred;
 
 use super::answer::{self, Asked, Finishing};
 use super::route::Route;
-use crate::intake::{Outcome, ReplyTo};
+use crate::intake::{BatchReplyTo, Outcome, ReplyTo};
 use crate::request_id::OwnedRequestId;
 use crate::service::Service;
 
@@ -55,20 +55,38 @@ pub struct Later {
     pub started: Instant,
 }
 
+/// A batch request (NDJSON) whose answer waits for its commit.
+pub struct LaterBatch {
+    pub deferred: Deferred,
+    /// Each event's line in the body.
+    pub lines: Vec<usize>,
+    pub request_id: OwnedRequestId,
+    pub url: Box<str>,
+    pub started: Instant,
+}
+
 /// The handlers' way to address a reply to the answerer.
 #[derive(Clone)]
-pub struct Replies(Sender<(Later, Outcome)>);
+pub struct Replies {
+    one: Sender<(Later, Outcome)>,
+    batch: Sender<(LaterBatch, Vec<Outcome>)>,
+}
 
 impl Replies {
     /// The reply for a deferred answer: its outcome comes back here.
     pub fn reply_to(&self, later: Later) -> ReplyTo {
-        ReplyTo::new(&self.0, later)
+        ReplyTo::new(&self.one, later)
+    }
+
+    /// The reply for a deferred batch answer: its outcomes come back here.
+    pub fn batch_reply_to(&self, later: LaterBatch) -> BatchReplyTo {
+        BatchReplyTo::new(&self.batch, later)
     }
 }
 
 /// The running answerer: where replies are addressed, and its thread.
 pub struct Answerer {
-    reply_tx: Sender<(Later, Outcome)>,
+    replies: Replies,
     /// Disconnects when the thread exits.
     done_rx: Receiver<()>,
     thread: JoinHandle<()>,
@@ -77,18 +95,32 @@ pub struct Answerer {
 impl Answerer {
     /// Starts the thread. `access_log`: whether the access line is written.
     pub fn start(service: Arc<Service>, access_log: bool) -> io::Result<Answerer> {
-        let (reply_tx, reply_rx) = crossbeam_channel::unbounded::<(Later, Outcome)>();
+        let (one, one_rx) = crossbeam_channel::unbounded::<(Later, Outcome)>();
+        let (batch, batch_rx) = crossbeam_channel::unbounded::<(LaterBatch, Vec<Outcome>)>();
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let thread = thread::Builder::new()
             .name("http-answerer".to_owned())
             .spawn(move || {
-                for (later, outcome) in reply_rx {
-                    answer_one(&service, access_log, later, outcome);
+                let (mut one_rx, mut batch_rx) = (Some(one_rx), Some(batch_rx));
+                // Until both channels are disconnected.
+                while one_rx.is_some() || batch_rx.is_some() {
+                    let never_one = crossbeam_channel::never();
+                    let never_batch = crossbeam_channel::never();
+                    crossbeam_channel::select! {
+                        recv(one_rx.as_ref().unwrap_or(&never_one)) -> reply => match reply {
+                            Ok((later, outcome)) => answer_one(&service, access_log, later, outcome),
+                            Err(_) => one_rx = None,
+                        },
+                        recv(batch_rx.as_ref().unwrap_or(&never_batch)) -> reply => match reply {
+                            Ok((later, outcomes)) => answer_batch(&service, access_log, later, outcomes),
+                            Err(_) => batch_rx = None,
+                        },
+                    }
                 }
                 drop(done_tx);
             })?;
         Ok(Answerer {
-            reply_tx,
+            replies: Replies { one, batch },
             done_rx,
             thread,
         })
@@ -96,7 +128,7 @@ impl Answerer {
 
     /// Where the handlers address their replies.
     pub fn replies(&self) -> Replies {
-        Replies(self.reply_tx.clone())
+        self.replies.clone()
     }
 
     /// Shutdown, once the HTTP server has stopped: drops this sender and
@@ -104,11 +136,11 @@ impl Answerer {
     /// shutdown) for the thread to write what it has and exit.
     pub fn stop(self) {
         let Answerer {
-            reply_tx,
+            replies,
             done_rx,
             thread,
         } = self;
-        drop(reply_tx);
+        drop(replies);
         match done_rx.recv_timeout(STOP_WAIT) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 if thread.join().is_err() {
@@ -139,6 +171,41 @@ fn answer_one(service: &Service, access_log: bool, later: Later, outcome: Outcom
             let metrics = service.metrics();
             let result =
                 answer::event_outcome(outcome, &product_id, event_id.as_deref(), metrics, response);
+            let asked = Asked {
+                route: Route::PostEvent,
+                method: "POST",
+                url: &url,
+                request_id: request_id.borrow(),
+                started,
+            };
+            let finishing = Finishing {
+                metrics,
+                draining: service.is_draining(),
+                access_log,
+            };
+            answer::complete(finishing, &asked, result, response);
+        });
+    }));
+    if written.is_err() {
+        log::error!(
+            "http-answerer: answering a client panicked (a bug; see the panic above); it was answered 500"
+        );
+    }
+}
+
+/// Renders and writes a batch request's answer, as [`answer_one`].
+fn answer_batch(service: &Service, access_log: bool, later: LaterBatch, outcomes: Vec<Outcome>) {
+    let written = panic::catch_unwind(AssertUnwindSafe(|| {
+        let LaterBatch {
+            deferred,
+            lines,
+            request_id,
+            url,
+            started,
+        } = later;
+        deferred.answer(|response| {
+            let metrics = service.metrics();
+            let result = answer::batch_outcome(outcomes, &lines, metrics, response);
             let asked = Asked {
                 route: Route::PostEvent,
                 method: "POST",

@@ -20,12 +20,13 @@ use serde::Serialize;
 use tiny_http::inline::{Request, Response};
 
 use super::answer::{self, Asked};
-use super::answerer::{Later, Replies};
+use super::answerer::{Later, LaterBatch, Replies};
+use super::ndjson;
 use super::problem::ApiError;
-use super::wire;
+use super::wire::{self, BodyFormat};
 use crate::config::Config;
 use crate::event::{self, Product};
-use crate::service::{Accept, Service};
+use crate::service::{Accept, AcceptBatch, Service};
 use crate::stats::Stats;
 use crate::store::Seq;
 
@@ -86,7 +87,9 @@ impl Handlers {
         asked: &Asked<'_>,
         response: &mut Response,
     ) -> Result<Answered, ApiError> {
-        wire::check_content_type(request)?;
+        if wire::check_content_type(request)? == BodyFormat::Ndjson {
+            return self.post_batch(request, asked, response);
+        }
         let body = wire::read_body(request, &self.config)?;
         let update = event::decode_event(body).map_err(ApiError::Event)?;
         let product_id = update.product_id.clone();
@@ -114,6 +117,42 @@ impl Handlers {
                     started: asked.started,
                 };
                 commit.post(self.replies.reply_to(later));
+                Ok(Answered::Later)
+            }
+        }
+    }
+
+    /// `POST /events` with NDJSON: a batch request, taken all or none
+    /// (`ndjson.rs`, `Service::accept_batch`); in the durable modes its
+    /// answer waits for its one commit, as a single event's does.
+    fn post_batch(
+        &self,
+        request: &mut Request<'_>,
+        asked: &Asked<'_>,
+        response: &mut Response,
+    ) -> Result<Answered, ApiError> {
+        let config = &self.config;
+        let body =
+            wire::read_body_within(request, config, config.max_batch_bytes, "MAX_BATCH_BYTES")?;
+        let ndjson::Batch { updates, lines } =
+            ndjson::decode(body, config.max_batch_events, config.queue_size)?;
+        match self
+            .service
+            .accept_batch(updates, asked.request_id.to_owned())
+        {
+            AcceptBatch::Done(outcomes) => {
+                answer::batch_outcome(outcomes, &lines, self.service.metrics(), response)?;
+                Ok(Answered::Now)
+            }
+            AcceptBatch::Commit(commit) => {
+                let later = LaterBatch {
+                    deferred: request.defer(),
+                    lines,
+                    request_id: asked.request_id.to_owned(),
+                    url: asked.url.into(),
+                    started: asked.started,
+                };
+                commit.post(self.replies.batch_reply_to(later));
                 Ok(Answered::Later)
             }
         }

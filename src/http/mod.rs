@@ -32,6 +32,7 @@ pub mod answer;
 pub mod answerer;
 pub mod auth;
 pub mod handlers;
+pub mod ndjson;
 pub mod problem;
 pub mod route;
 pub mod server;

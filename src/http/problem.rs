@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::ndjson::LineError;
 use crate::event::EventError;
 use crate::intake::Refusal;
 use crate::service::NotReady;
@@ -30,12 +31,34 @@ pub enum ApiError {
     /// The body could not be read: the client closed early or sent a broken
     /// chunked encoding (400).
     UnreadableBody { detail: String },
-    /// The body is larger than `MAX_BODY_BYTES` (413). `declared` is the
+    /// The body is larger than `setting` (`MAX_BODY_BYTES`, or
+    /// `MAX_BATCH_BYTES` for NDJSON) allows (413). `declared` is the
     /// Content-Length, when the client sent one.
     PayloadTooLarge {
         limit: usize,
         declared: Option<usize>,
+        setting: &'static str,
     },
+    /// An NDJSON body with no event (400).
+    EmptyBatch,
+    /// An NDJSON body with more events than `setting` allows: the
+    /// request's own limit, or the queue's, which a batch could never fit
+    /// in whole (413).
+    TooManyEvents {
+        count: usize,
+        limit: usize,
+        setting: &'static str,
+    },
+    /// Lines of an NDJSON body break a rule (`failing` of `count`; the
+    /// first of them listed); nothing was queued (400).
+    InvalidBatch {
+        errors: Vec<LineError>,
+        failing: usize,
+        count: usize,
+    },
+    /// Lines of an NDJSON body reuse an `event_id` for a different event;
+    /// nothing was queued (409).
+    BatchConflict { errors: Vec<LineError> },
     /// Content-Type is present and is not `application/json` (415).
     UnsupportedMediaType { found: String },
     /// The queue is full (503 with `Retry-After: 1`).
@@ -119,6 +142,9 @@ impl ApiError {
                 event_id: event_id.unwrap_or_default().to_owned(),
                 seq,
             },
+            // Only a batch request's events are refused with their batch,
+            // and a batch is answered as one (`answer::batch_outcome`).
+            Refusal::WithItsBatch => ApiError::StorageUnavailable,
         }
     }
 }
@@ -143,7 +169,9 @@ impl ApiError {
             ApiError::HttpVersionNotSupported => 505,
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::IdempotencyConflict { .. } => 409,
+            ApiError::IdempotencyConflict { .. } | ApiError::BatchConflict { .. } => 409,
+            ApiError::EmptyBatch | ApiError::InvalidBatch { .. } => 400,
+            ApiError::TooManyEvents { .. } => 413,
             ApiError::ProductLimit { .. } => 507,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
@@ -161,6 +189,10 @@ impl ApiError {
             ApiError::Event(e) => e.code(),
             ApiError::UnreadableBody { .. } => "unreadable_body",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::EmptyBatch => "empty_batch",
+            ApiError::TooManyEvents { .. } => "too_many_events",
+            ApiError::InvalidBatch { .. } => "invalid_events",
+            ApiError::BatchConflict { .. } => "idempotency_conflict",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ShuttingDown => "shutting_down",
@@ -203,6 +235,10 @@ impl ApiError {
             ApiError::Event(_) | ApiError::InvalidPathProductId { .. } => "Invalid field value",
             ApiError::UnreadableBody { .. } => "Unreadable request body",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::EmptyBatch => "Empty batch",
+            ApiError::TooManyEvents { .. } => "Too many events",
+            ApiError::InvalidBatch { .. } => "Invalid events",
+            ApiError::BatchConflict { .. } => "Idempotency conflict",
             ApiError::UnsupportedMediaType { .. } => "Unsupported media type",
             ApiError::QueueFull { .. } => "Queue full",
             ApiError::ShuttingDown => "Shutting down",
@@ -257,6 +293,12 @@ impl ApiError {
                 ApiError::NotReady(not_ready) => Some(reason(not_ready)),
                 _ => None,
             },
+            errors: match self {
+                ApiError::InvalidBatch { errors, .. } | ApiError::BatchConflict { errors } => {
+                    Some(errors)
+                }
+                _ => None,
+            },
             request_id: Text(request_id),
         };
         // Serializing strings and integers into a Vec cannot fail.
@@ -284,20 +326,67 @@ impl fmt::Display for ApiError {
             ApiError::PayloadTooLarge {
                 limit,
                 declared: Some(len),
+                setting,
             } => write!(
                 f,
-                "request body is {len} bytes (Content-Length); the limit is {limit} bytes (MAX_BODY_BYTES)"
+                "request body is {len} bytes (Content-Length); the limit is {limit} bytes ({setting})"
             ),
             ApiError::PayloadTooLarge {
                 limit,
                 declared: None,
+                setting,
             } => write!(
                 f,
-                "request body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
+                "request body is larger than the limit of {limit} bytes ({setting})"
             ),
+            ApiError::EmptyBatch => write!(
+                f,
+                "the application/x-ndjson body has no event; send one JSON event per line"
+            ),
+            ApiError::TooManyEvents {
+                count,
+                limit,
+                setting: "QUEUE_SIZE",
+            } => write!(
+                f,
+                "the request has {count} events and the queue holds at most {limit} (QUEUE_SIZE): it could never be taken whole; send at most {limit} events per request"
+            ),
+            ApiError::TooManyEvents {
+                count,
+                limit,
+                setting,
+            } => write!(
+                f,
+                "the request has {count} events; the limit is {limit} events per request ({setting}); split it"
+            ),
+            ApiError::InvalidBatch {
+                errors,
+                failing,
+                count,
+            } => {
+                write!(
+                    f,
+                    "{failing} of the {count} events break a rule, so none was queued; fix them (listed in errors) and send the request again"
+                )?;
+                if let Some(first) = errors.first() {
+                    write!(f, "; line {}: {}", first.line, first.detail)?;
+                }
+                Ok(())
+            }
+            ApiError::BatchConflict { errors } => {
+                write!(
+                    f,
+                    "{} events reuse an event_id for a different event, so none was queued; use a new id for a new event",
+                    errors.len()
+                )?;
+                if let Some(first) = errors.first() {
+                    write!(f, "; line {}: {}", first.line, first.detail)?;
+                }
+                Ok(())
+            }
             ApiError::UnsupportedMediaType { found } => write!(
                 f,
-                "Content-Type {found:?} is not supported; send the header 'Content-Type: application/json' (curl: -H 'Content-Type: application/json')"
+                "Content-Type {found:?} is not supported; send 'Content-Type: application/json' for one event, or 'Content-Type: application/x-ndjson' for one event per line (curl: -H 'Content-Type: application/json')"
             ),
             ApiError::QueueFull { capacity } => write!(
                 f,
@@ -428,6 +517,9 @@ struct Problem<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// An NDJSON request's failing lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [LineError]>,
     request_id: Text<'a, dyn fmt::Display + 'a>,
 }
 
@@ -505,6 +597,7 @@ mod tests {
         let err = ApiError::PayloadTooLarge {
             limit: 65536,
             declared: Some(70000),
+            setting: "MAX_BODY_BYTES",
         };
         assert!(err.to_string().contains("65536") && err.to_string().contains("MAX_BODY_BYTES"));
         let err = ApiError::QueueFull { capacity: 7 };

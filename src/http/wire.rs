@@ -14,16 +14,18 @@ use crate::store::Tag;
 
 /// `application/json`, with any parameters and in any case, or no
 /// Content-Type at all. Anything else is a 415.
-pub fn check_content_type(request: &Request<'_>) -> Result<(), ApiError> {
+pub fn check_content_type(request: &Request<'_>) -> Result<BodyFormat, ApiError> {
     let Some(value) = request.header("Content-Type") else {
-        return Ok(());
+        return Ok(BodyFormat::Json);
     };
     let media_type = value
         .split_once(';')
         .map_or(value, |(media_type, _)| media_type)
         .trim();
     if media_type.eq_ignore_ascii_case("application/json") {
-        Ok(())
+        Ok(BodyFormat::Json)
+    } else if media_type.eq_ignore_ascii_case("application/x-ndjson") {
+        Ok(BodyFormat::Ndjson)
     } else {
         Err(ApiError::UnsupportedMediaType {
             found: value.to_owned(),
@@ -31,16 +33,35 @@ pub fn check_content_type(request: &Request<'_>) -> Result<(), ApiError> {
     }
 }
 
+/// What a `POST /events` body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One event (`application/json`, or no `Content-Type`).
+    Json,
+    /// One event per line (`application/x-ndjson`): a batch request.
+    Ndjson,
+}
+
 /// The whole body, at most `MAX_BODY_BYTES`: a declared `Content-Length`
 /// over the limit is refused before anything is read, a chunked body is
 /// cut off one byte past it. Under `BODY_TIMEOUT` (the connection's body
 /// deadline) and `SOCKET_TIMEOUT` (any one read).
 pub fn read_body<'r>(request: &'r mut Request<'_>, config: &Config) -> Result<&'r [u8], ApiError> {
-    let limit = config.max_body_bytes;
+    read_body_within(request, config, config.max_body_bytes, "MAX_BODY_BYTES")
+}
+
+/// As [`read_body`], with the limit of `setting`.
+pub fn read_body_within<'r>(
+    request: &'r mut Request<'_>,
+    config: &Config,
+    limit: usize,
+    setting: &'static str,
+) -> Result<&'r [u8], ApiError> {
     request.read_body(limit).map_err(|e| match e {
         BodyError::TooLarge { declared } => ApiError::PayloadTooLarge {
             limit,
             declared: declared.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            setting,
         },
         BodyError::TimedOut => body_timeout(config),
         e @ BodyError::Incomplete { .. } => ApiError::UnreadableBody {

@@ -39,9 +39,10 @@
 //! `a_committer_without_a_connection_leaves_the_events_to_the_other` and
 //! `a_stand_by_committer_takes_over_when_the_other_fails`.
 
+use std::ops::Range;
 use std::time::Instant;
 
-use super::outcome::{Outcome, Refusal, ReplyTo};
+use super::outcome::{BatchReplyTo, Outcome, Refusal, ReplyTo};
 use crate::event::ProductUpdate;
 use crate::request_id::OwnedRequestId;
 use crate::sync::{self, Condvar, Mutex, MutexGuard};
@@ -295,18 +296,84 @@ pub struct Submission {
     pub accepted_at: Instant,
 }
 
-/// An event posted for a commit, with where its outcome goes.
-pub struct Posted {
-    pub submission: Submission,
-    pub reply: ReplyTo,
+/// What is posted for a commit, with where its outcome goes: one event,
+/// or a batch request's events, which are taken all or none.
+pub enum Posted {
+    One {
+        submission: Submission,
+        reply: ReplyTo,
+    },
+    Batch {
+        submissions: Vec<Submission>,
+        reply: BatchReplyTo,
+    },
 }
 
-/// Splits a batch into its events and their replies, the replies in a
-/// [`Waiting`] guard: from here on every event gets an answer, whatever
-/// happens to the committer.
-pub fn split(batch: Vec<Posted>) -> (Vec<Submission>, Waiting) {
-    let (submissions, replies) = batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
-    (submissions, Waiting(replies))
+impl Posted {
+    /// Answers every event of the post with `refusal`: it was not taken.
+    pub fn refuse(self, refusal: Refusal) {
+        match self {
+            Posted::One { reply, .. } => reply.send(Err(refusal)),
+            Posted::Batch { submissions, reply } => {
+                reply.send(vec![Err(refusal); submissions.len()]);
+            }
+        }
+    }
+
+    /// How many events the post carries.
+    pub fn events(&self) -> usize {
+        match self {
+            Posted::One { .. } => 1,
+            Posted::Batch { submissions, .. } => submissions.len(),
+        }
+    }
+}
+
+/// A committer's batch, split: every event in posting order, which runs of
+/// them are batch requests (to be taken all or none, with consecutive
+/// seqs), and the replies in a [`Waiting`] guard: from here on every event
+/// gets an answer, whatever happens to the committer.
+pub struct Split {
+    pub submissions: Vec<Submission>,
+    /// The batch requests, as ranges of `submissions`, in order.
+    pub atomic: Vec<Range<usize>>,
+    pub waiting: Waiting,
+}
+
+pub fn split(batch: Vec<Posted>) -> Split {
+    let mut submissions = Vec::with_capacity(batch.len());
+    let mut atomic = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for posted in batch {
+        match posted {
+            Posted::One { submission, reply } => {
+                submissions.push(submission);
+                replies.push(Reply::One(reply));
+            }
+            Posted::Batch {
+                submissions: events,
+                reply,
+            } => {
+                let start = submissions.len();
+                replies.push(Reply::Batch(events.len(), reply));
+                submissions.extend(events);
+                atomic.push(start..submissions.len());
+            }
+        }
+    }
+    Split {
+        submissions,
+        atomic,
+        waiting: Waiting(replies),
+    }
+}
+
+/// Where the outcomes of a committer's batch go, in posting order.
+#[derive(Debug)]
+pub enum Reply {
+    One(ReplyTo),
+    /// A batch request of this many events.
+    Batch(usize, BatchReplyTo),
 }
 
 /// The replies of the batch a committer is committing: each sent its
@@ -314,12 +381,23 @@ pub fn split(batch: Vec<Posted>) -> (Vec<Submission>, Waiting) {
 /// panic first, 503 `storage_unavailable` (the events may have been
 /// committed: the next start applies them, and a client that retries with
 /// its `event_id` is told it is a duplicate).
-pub struct Waiting(pub Vec<ReplyTo>);
+pub struct Waiting(pub Vec<Reply>);
 
 impl Waiting {
+    /// `outcomes`: one per event, in posting order.
     pub fn answer(mut self, outcomes: Vec<Outcome>) {
-        for (reply, outcome) in self.0.drain(..).zip(outcomes) {
-            reply.send(outcome);
+        let mut outcomes = outcomes.into_iter();
+        for reply in self.0.drain(..) {
+            match reply {
+                Reply::One(reply) => {
+                    reply.send(outcomes.next().unwrap_or(Err(Refusal::StorageUnavailable)));
+                }
+                Reply::Batch(events, reply) => {
+                    let mut mine: Vec<Outcome> = outcomes.by_ref().take(events).collect();
+                    mine.resize(events, Err(Refusal::StorageUnavailable));
+                    reply.send(mine);
+                }
+            }
         }
     }
 }
@@ -327,7 +405,12 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         for reply in self.0.drain(..) {
-            reply.send(Err(Refusal::StorageUnavailable));
+            match reply {
+                Reply::One(reply) => reply.send(Err(Refusal::StorageUnavailable)),
+                Reply::Batch(events, reply) => {
+                    reply.send(vec![Err(Refusal::StorageUnavailable); events]);
+                }
+            }
         }
     }
 }

@@ -40,6 +40,7 @@
 //! `outcome.rs` (what an acceptance comes to, and how it travels back) and
 //! `mailbox.rs` (where events wait for a committer in the durable modes).
 
+pub mod batch;
 pub mod dedupe;
 pub mod mailbox;
 pub mod outcome;
@@ -59,7 +60,7 @@ use crate::store::Seq;
 use dedupe::{Dedupe, Remembered};
 use queue::Doorbell;
 
-pub use outcome::{Accepted, Outcome, Refusal, ReplyTo};
+pub use outcome::{Accepted, BatchReplyTo, Outcome, Refusal, ReplyTo};
 pub use queue::{Job, Jobs};
 
 /// Why [`Intake::enqueue`] did not queue a job.
@@ -160,6 +161,96 @@ impl Intake {
                 Err(Refusal::ShuttingDown)
             }
         }
+    }
+
+    /// A batch request's events, all or none: each numbered and queued,
+    /// with consecutive seqs, or none of them. An `event_id` seen before
+    /// (in the window, or earlier in the batch) with the same content is a
+    /// duplicate and takes no seq; with other content it refuses the whole
+    /// batch, as does a queue without room for every new event. One outcome
+    /// per event, in order.
+    pub fn accept_all(
+        &self,
+        updates: Vec<ProductUpdate>,
+        request_id: &OwnedRequestId,
+    ) -> Vec<Outcome> {
+        let now = Instant::now();
+        let fingerprints: Vec<u64> = updates
+            .iter()
+            .map(|u| u.event_id.as_ref().map_or(0, |_| u.fingerprint()))
+            .collect();
+        let mut state = self.lock();
+        let Some(room) = state.job_tx.as_ref().map(|tx| self.capacity - tx.len()) else {
+            return vec![Err(Refusal::ShuttingDown); updates.len()];
+        };
+        let first = state.next_seq;
+        let (standings, fresh) = batch::stand(&updates, &fingerprints, first, |id, fingerprint| {
+            state.window.look_up(id, fingerprint, now)
+        });
+        if let Some(refused) = batch::refuse_unless_whole(&standings, fresh, room, self.capacity) {
+            drop(state);
+            if refused
+                .iter()
+                .any(|o| matches!(o, Err(Refusal::QueueFull { .. })))
+            {
+                self.full();
+            }
+            return refused;
+        }
+        let Some(job_tx) = state.job_tx.clone() else {
+            return vec![Err(Refusal::ShuttingDown); updates.len()];
+        };
+        let mut outcomes = Vec::with_capacity(updates.len());
+        for ((update, fingerprint), standing) in
+            updates.into_iter().zip(fingerprints).zip(standings)
+        {
+            let seq = match standing {
+                batch::Standing::Known(outcome) => {
+                    outcomes.push(outcome);
+                    continue;
+                }
+                batch::Standing::SameAs(seq) => {
+                    outcomes.push(Ok(Accepted {
+                        seq,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                batch::Standing::Conflict(seq) => {
+                    // `refuse_unless_whole` refused the batch for it.
+                    outcomes.push(Err(Refusal::IdempotencyConflict { seq }));
+                    continue;
+                }
+                batch::Standing::Fresh(seq) => seq,
+            };
+            let event_id = update.event_id.clone();
+            let job = Job {
+                seq,
+                update,
+                request_id: request_id.clone(),
+                accepted_at: now,
+            };
+            // Room was counted under this lock, and only the intake sends:
+            // the send cannot find the queue full. Disconnected would mean
+            // the workers are gone while the intake is open (not possible).
+            if job_tx.try_send(job).is_err() {
+                log::error!("intake: seq={seq} of a batch could not be queued");
+            }
+            state.next_seq = seq + 1;
+            if let Some(event_id) = event_id {
+                state.window.remember(event_id, seq, fingerprint, now);
+            }
+            outcomes.push(Ok(Accepted {
+                seq,
+                duplicate: false,
+            }));
+        }
+        let depth = job_tx.len();
+        drop(state);
+        if fresh > 0 {
+            self.queued(depth);
+        }
+        outcomes
     }
 
     /// The answer for an event with `event_id` if the window has the id: a

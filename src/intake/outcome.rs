@@ -42,6 +42,9 @@ pub enum Refusal {
     /// The event could not be made durable (or storage is failing, so it is
     /// not tried). Nothing was acknowledged; retry later.
     StorageUnavailable,
+    /// The event is fine, but another event of its batch request was
+    /// refused, so none of them was taken (all or nothing).
+    WithItsBatch,
 }
 
 impl Refusal {
@@ -54,6 +57,7 @@ impl Refusal {
             Refusal::ProductLimit { .. } => "product_limit_reached",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::StorageUnavailable => "storage_unavailable",
+            Refusal::WithItsBatch => "refused_with_its_batch",
         }
     }
 }
@@ -78,6 +82,9 @@ impl fmt::Display for Refusal {
             Refusal::StorageUnavailable => f.write_str(
                 "the event could not be committed to the durable store (DATA_DIR or DATABASE_URL)",
             ),
+            Refusal::WithItsBatch => {
+                f.write_str("another event of the same request was refused, so none was taken")
+            }
         }
     }
 }
@@ -98,8 +105,8 @@ trait Deliver: Send {
     fn deliver(self: Box<Self>, outcome: Outcome);
 }
 
-struct Addressed<T> {
-    reply_tx: Sender<(T, Outcome)>,
+struct Addressed<T, O = Outcome> {
+    reply_tx: Sender<(T, O)>,
     token: T,
 }
 
@@ -123,6 +130,41 @@ impl ReplyTo {
     /// Sends the outcome to the front door.
     pub fn send(self, outcome: Outcome) {
         self.0.deliver(outcome);
+    }
+}
+
+/// Where the outcomes of a batch request's events go, together, in the
+/// order of its events: as [`ReplyTo`], one message for the whole request.
+pub struct BatchReplyTo(Box<dyn DeliverAll>);
+
+trait DeliverAll: Send {
+    fn deliver(self: Box<Self>, outcomes: Vec<Outcome>);
+}
+
+impl<T: Send> DeliverAll for Addressed<T, Vec<Outcome>> {
+    fn deliver(self: Box<Self>, outcomes: Vec<Outcome>) {
+        let _ = self.reply_tx.send((self.token, outcomes));
+    }
+}
+
+impl BatchReplyTo {
+    /// A reply that sends `(token, outcomes)` on `reply_tx`.
+    pub fn new<T: Send + 'static>(reply_tx: &Sender<(T, Vec<Outcome>)>, token: T) -> BatchReplyTo {
+        BatchReplyTo(Box::new(Addressed {
+            reply_tx: reply_tx.clone(),
+            token,
+        }))
+    }
+
+    /// Sends the outcomes, one per event in the request's order.
+    pub fn send(self, outcomes: Vec<Outcome>) {
+        self.0.deliver(outcomes);
+    }
+}
+
+impl fmt::Debug for BatchReplyTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BatchReplyTo")
     }
 }
 

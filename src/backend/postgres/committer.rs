@@ -29,6 +29,7 @@
 //! `duplicate` if they were), at shutdown (503 `shutting_down`), and if
 //! this thread panics (the [`Waiting`] guard).
 
+use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -199,7 +200,7 @@ impl PgCommitter {
             Refusal::ShuttingDown
         };
         for posted in pool.mailbox.stop() {
-            posted.reply.send(Err(refusal));
+            posted.refuse(refusal);
         }
         committed
     }
@@ -267,14 +268,18 @@ impl PgCommitter {
     /// Commits one batch and answers every event of it.
     fn commit(&mut self, batch: Vec<Posted>) {
         let pool = Arc::clone(&self.pool);
-        let (submissions, waiting) = mailbox::split(batch);
+        let mailbox::Split {
+            submissions,
+            atomic,
+            waiting,
+        } = mailbox::split(batch);
         let refuse = |refusal: Refusal| submissions.iter().map(|_| Err(refusal)).collect();
         let (outcomes, waiting) = if submissions.is_empty() {
             (Vec::new(), Some(waiting))
         } else if pool.intake.is_closed() {
             (refuse(Refusal::ShuttingDown), Some(waiting))
         } else if self.session.is_some() {
-            self.accept(&submissions, waiting)
+            self.accept(&submissions, &atomic, waiting)
         } else {
             (refuse(Refusal::StorageUnavailable), Some(waiting))
         };
@@ -293,6 +298,7 @@ impl PgCommitter {
     fn accept(
         &mut self,
         submissions: &[Submission],
+        atomic: &[Range<usize>],
         waiting: Waiting,
     ) -> (Vec<Outcome>, Option<Waiting>) {
         let pool = Arc::clone(&self.pool);
@@ -304,7 +310,7 @@ impl PgCommitter {
         let started = Instant::now();
         let window = (pool.window_len > 0).then_some(pool.window_ttl);
         pool.in_flight[part].begin(Some(waiting), COMMIT_PATIENCE);
-        let outcome = session.accept(submissions, window, &pool.instance);
+        let outcome = session.accept(submissions, atomic, window, &pool.instance);
         let waiting = pool.in_flight[part].end();
         match outcome {
             Ok(outcomes) => {

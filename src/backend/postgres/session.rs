@@ -79,6 +79,7 @@
 //! written.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -90,7 +91,7 @@ use super::error::PgError;
 use crate::config::DatabaseUrl;
 use crate::event::ProductUpdate;
 use crate::intake::mailbox::Submission;
-use crate::intake::{Accepted, Outcome, Refusal};
+use crate::intake::{Accepted, Outcome, Refusal, batch};
 use crate::store::{Seq, Store, Stored, WriteKey};
 
 /// How long a connection attempt may take (once serving; at startup the
@@ -617,6 +618,7 @@ impl PgSession {
     pub fn accept(
         &mut self,
         batch: &[Submission],
+        atomic: &[Range<usize>],
         window: Option<Duration>,
         accepted_by: &str,
     ) -> Result<Vec<Outcome>, postgres::Error> {
@@ -625,7 +627,7 @@ impl PgSession {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.try_accept(batch, window, accepted_by) {
+            match self.try_accept(batch, atomic, window, accepted_by) {
                 Err(e) if attempts < 3 && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
                 other => return other,
             }
@@ -635,6 +637,7 @@ impl PgSession {
     fn try_accept(
         &mut self,
         batch: &[Submission],
+        atomic: &[Range<usize>],
         window: Option<Duration>,
         accepted_by: &str,
     ) -> Result<Vec<Outcome>, postgres::Error> {
@@ -654,7 +657,7 @@ impl PgSession {
                 known.insert(id, (seq as Seq, fingerprint as u64));
             }
         }
-        let numbered = NumberedBatch::number(batch, &known, window.is_some());
+        let numbered = NumberedBatch::number(batch, &known, window.is_some(), atomic);
         if numbered.fresh.is_empty() {
             return Ok(numbered.settle(0));
         }
@@ -946,29 +949,75 @@ struct WriteParameters<'a> {
 
 impl<'a> NumberedBatch<'a> {
     /// Numbers `batch`, given the ids `known` to the database; `remember`:
-    /// whether the window is on (ids are looked up and remembered).
+    /// whether the window is on (ids are looked up and remembered). A
+    /// batch request (`atomic`) is numbered whole or refused whole
+    /// (`intake/batch.rs`); with the window off no id repeats, so every
+    /// one is whole.
     fn number(
         batch: &'a [Submission],
         known: &HashMap<String, (Seq, u64)>,
         remember: bool,
+        atomic: &[Range<usize>],
     ) -> NumberedBatch<'a> {
         let mut answers = Vec::with_capacity(batch.len());
         let mut fresh = Vec::new();
         let mut in_batch: HashMap<&str, (i64, u64)> = HashMap::new();
-        for submission in batch {
+        let fingerprint_of =
+            |update: &ProductUpdate| update.event_id.as_ref().map_or(0, |_| update.fingerprint());
+        let known_answer = |event_id: &str, fingerprint: u64| {
+            known.get(event_id).map(|&(seq, seen)| {
+                if seen == fingerprint {
+                    Ok(Accepted {
+                        seq,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(Refusal::IdempotencyConflict { seq })
+                }
+            })
+        };
+        let mut atomic = atomic.iter().peekable();
+        // A refused batch request: where it starts, and its refusals.
+        let mut refused: Option<(usize, Vec<Outcome>)> = None;
+        for (k, submission) in batch.iter().enumerate() {
+            if let Some(range) = atomic.next_if(|r| r.start == k).filter(|_| remember) {
+                let updates: Vec<ProductUpdate> = batch[range.clone()]
+                    .iter()
+                    .map(|s| s.update.clone())
+                    .collect();
+                let fingerprints: Vec<u64> = updates.iter().map(fingerprint_of).collect();
+                // Numbers here are only compared, never written: 1-based
+                // like `i`, whatever they start from.
+                let (stood, new) = batch::stand(&updates, &fingerprints, 1, |id, fingerprint| {
+                    known_answer(id, fingerprint).or_else(|| {
+                        in_batch.get(id).map(|&(_, seen)| {
+                            if seen == fingerprint {
+                                Ok(Accepted {
+                                    seq: 0,
+                                    duplicate: true,
+                                })
+                            } else {
+                                Err(Refusal::IdempotencyConflict { seq: 0 })
+                            }
+                        })
+                    })
+                });
+                refused = batch::refuse_unless_whole(&stood, new, usize::MAX, 0)
+                    .map(|refusals| (range.start, refusals));
+            }
+            if let Some(&refusal) = refused
+                .as_ref()
+                .and_then(|(start, refusals)| refusals.get(k - start))
+            {
+                answers.push(Numbered::Known(refusal));
+                continue;
+            }
             let update = &submission.update;
-            let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
+            let fingerprint = fingerprint_of(update);
             let remembered = update.event_id.as_deref().filter(|_| remember);
             if let Some(event_id) = remembered {
-                if let Some(&(seq, seen)) = known.get(event_id) {
-                    answers.push(Numbered::Known(if seen == fingerprint {
-                        Ok(Accepted {
-                            seq,
-                            duplicate: true,
-                        })
-                    } else {
-                        Err(Refusal::IdempotencyConflict { seq })
-                    }));
+                if let Some(answer) = known_answer(event_id, fingerprint) {
+                    answers.push(Numbered::Known(answer));
                     continue;
                 }
                 if let Some(&(i, seen)) = in_batch.get(event_id) {

@@ -42,7 +42,7 @@ pub fn watch(pool: &CommitPool, stop: &StopSignal) {
         // before the health failed is answered here.
         if stalled && pool.health.is_failing() {
             for posted in pool.mailbox.take_pending() {
-                posted.reply.send(Err(Refusal::StorageUnavailable));
+                posted.refuse(Refusal::StorageUnavailable);
             }
         }
     }

@@ -37,6 +37,7 @@
 //! store reports itself unavailable for good).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -48,8 +49,9 @@ use crate::backend::health::{RETRY_INTERVAL, lock};
 use crate::backend::interface::Committed;
 use crate::backend::stop::StopSignal;
 use crate::config::Durability;
+use crate::event::ProductUpdate;
 use crate::intake::mailbox::{self, Collected, Mailbox, Posted, Submission};
-use crate::intake::{Accepted, Intake, Job, Outcome, Refusal};
+use crate::intake::{Accepted, Intake, Job, Outcome, Refusal, batch};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::store::{Seq, Store, Stored};
@@ -129,6 +131,19 @@ enum Standing {
     OnCommit(Outcome),
 }
 
+/// A repeat of the id of this cycle's event `first`: with the same content
+/// a duplicate of it, else a conflict.
+fn duplicate_or_conflict(first: Seq, same: bool) -> Outcome {
+    if same {
+        Ok(Accepted {
+            seq: first,
+            duplicate: true,
+        })
+    } else {
+        Err(Refusal::IdempotencyConflict { seq: first })
+    }
+}
+
 /// What the workers applied, taken for the next write.
 struct Flush {
     /// The watermark read before the products were taken.
@@ -195,8 +210,12 @@ impl SqliteCommitter {
             let (batch, next_phase) = self.next_batch(phase, timers.last_flush);
             // From here on every one of these events gets an answer, even if
             // this cycle panics.
-            let (submissions, waiting) = mailbox::split(batch);
-            let numbered = self.number(submissions);
+            let mailbox::Split {
+                submissions,
+                atomic,
+                waiting,
+            } = mailbox::split(batch);
+            let numbered = self.number(submissions, &atomic);
             let flush_due =
                 next_phase == Phase::Final || timers.last_flush.elapsed() >= FLUSH_INTERVAL;
             let flush = flush_due.then(|| self.take_flush(&timers));
@@ -262,70 +281,139 @@ impl SqliteCommitter {
             Refusal::ShuttingDown
         };
         for posted in self.inbox.mailbox.stop() {
-            posted.reply.send(Err(refusal));
+            posted.refuse(refusal);
         }
     }
 
     /// Numbers a batch (see the module docs, step 2). The window is only
     /// changed by this thread in these modes, so what it says now still
-    /// holds when the new events are queued.
-    fn number(&self, submissions: Vec<Submission>) -> Numbered {
+    /// holds when the new events are queued. A batch request (`atomic`) is
+    /// numbered whole or refused whole (`intake/batch.rs`).
+    fn number(&self, submissions: Vec<Submission>, atomic: &[Range<usize>]) -> Numbered {
         let capacity = self.intake.capacity();
         let mut room = self.intake.room();
         let mut seq = self.intake.next_seq();
-        let mut numbered = Numbered {
-            standings: Vec::with_capacity(submissions.len()),
-            fresh: Vec::with_capacity(submissions.len()),
-            fingerprints: Vec::with_capacity(submissions.len()),
-        };
+        let fingerprints: Vec<u64> = submissions
+            .iter()
+            .map(|s| {
+                s.update
+                    .event_id
+                    .as_ref()
+                    .map_or(0, |_| s.update.fingerprint())
+            })
+            .collect();
+        // Ids new in this cycle: their first seq and fingerprint.
         let mut in_batch: HashMap<Box<str>, (Seq, u64)> = HashMap::new();
-        for submission in submissions {
-            let Submission {
-                update,
-                request_id,
-                accepted_at,
-            } = submission;
-            let fingerprint = update.event_id.as_ref().map_or(0, |_| update.fingerprint());
+        let mut standings = Vec::with_capacity(submissions.len());
+        let mut atomic = atomic.iter().peekable();
+        let mut i = 0;
+        while i < submissions.len() {
+            if let Some(range) = atomic.next_if(|r| r.start == i) {
+                let updates: Vec<ProductUpdate> = submissions[range.clone()]
+                    .iter()
+                    .map(|s| s.update.clone())
+                    .collect();
+                let (stood, fresh) = batch::stand(
+                    &updates,
+                    &fingerprints[range.clone()],
+                    seq,
+                    |id, fingerprint| {
+                        self.intake.look_up(id, fingerprint).or_else(|| {
+                            in_batch.get(id).map(|&(first, seen)| {
+                                duplicate_or_conflict(first, seen == fingerprint)
+                            })
+                        })
+                    },
+                );
+                match batch::refuse_unless_whole(&stood, fresh, room, capacity) {
+                    Some(refused) => standings.extend(refused.into_iter().map(Standing::Settled)),
+                    None => {
+                        for (standing, k) in stood.into_iter().zip(range.clone()) {
+                            standings.push(match standing {
+                                batch::Standing::Known(outcome)
+                                    if self.intake_knows(&submissions[k]) =>
+                                {
+                                    Standing::Settled(outcome)
+                                }
+                                batch::Standing::Known(outcome) => Standing::OnCommit(outcome),
+                                batch::Standing::SameAs(first) => {
+                                    Standing::OnCommit(duplicate_or_conflict(first, true))
+                                }
+                                batch::Standing::Conflict(first) => {
+                                    Standing::OnCommit(duplicate_or_conflict(first, false))
+                                }
+                                batch::Standing::Fresh(new) => {
+                                    if let Some(event_id) = &submissions[k].update.event_id {
+                                        in_batch.insert(event_id.clone(), (new, fingerprints[k]));
+                                    }
+                                    Standing::Fresh(new)
+                                }
+                            });
+                        }
+                        room -= fresh;
+                        seq += fresh as Seq;
+                    }
+                }
+                i = range.end;
+                continue;
+            }
+            let (update, fingerprint) = (&submissions[i].update, fingerprints[i]);
+            i += 1;
             if let Some(event_id) = &update.event_id {
                 if let Some(seen) = self.intake.look_up(event_id, fingerprint) {
-                    numbered.standings.push(Standing::Settled(seen));
+                    standings.push(Standing::Settled(seen));
                     continue;
                 }
                 if let Some(&(first, seen)) = in_batch.get(event_id) {
-                    numbered
-                        .standings
-                        .push(Standing::OnCommit(if seen == fingerprint {
-                            Ok(Accepted {
-                                seq: first,
-                                duplicate: true,
-                            })
-                        } else {
-                            Err(Refusal::IdempotencyConflict { seq: first })
-                        }));
+                    standings.push(Standing::OnCommit(duplicate_or_conflict(
+                        first,
+                        seen == fingerprint,
+                    )));
                     continue;
                 }
             }
             if room == 0 {
-                numbered
-                    .standings
-                    .push(Standing::Settled(Err(Refusal::QueueFull { capacity })));
+                standings.push(Standing::Settled(Err(Refusal::QueueFull { capacity })));
                 continue;
             }
             room -= 1;
             if let Some(event_id) = &update.event_id {
                 in_batch.insert(event_id.clone(), (seq, fingerprint));
             }
-            numbered.standings.push(Standing::Fresh(seq));
-            numbered.fingerprints.push(fingerprint);
-            numbered.fresh.push(Job {
-                seq,
-                update,
-                request_id,
-                accepted_at,
-            });
+            standings.push(Standing::Fresh(seq));
             seq += 1;
         }
+        let mut numbered = Numbered {
+            standings,
+            fresh: Vec::with_capacity(submissions.len()),
+            fingerprints: Vec::with_capacity(submissions.len()),
+        };
+        for ((submission, fingerprint), standing) in submissions
+            .into_iter()
+            .zip(fingerprints)
+            .zip(&numbered.standings)
+        {
+            if let Standing::Fresh(seq) = *standing {
+                numbered.fingerprints.push(fingerprint);
+                numbered.fresh.push(Job {
+                    seq,
+                    update: submission.update,
+                    request_id: submission.request_id,
+                    accepted_at: submission.accepted_at,
+                });
+            }
+        }
         numbered
+    }
+
+    /// Whether the window (not this cycle) knows `submission`'s id: its
+    /// answer stands whatever this cycle's commit does.
+    fn intake_knows(&self, submission: &Submission) -> bool {
+        let update = &submission.update;
+        update
+            .event_id
+            .as_ref()
+            .is_some_and(|id| self.intake.look_up(id, update.fingerprint()).is_some())
     }
 
     /// Takes what the workers applied (see the module docs, step 3).
