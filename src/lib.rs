@@ -35,6 +35,8 @@
 //!   applied out of order still leave the newest value of each field.
 //! - [`event`]: the event and its rules.
 //! - [`shutdown`]: [`Running`], the handle that stops everything in order.
+//! - [`send`]: the backfill tool (`product-update-service send FILE`), a
+//!   client of the service, not a part of it.
 //!
 //! ARCHITECTURE.md tells the whole story: a reading order, who owns what,
 //! the ordering argument, and the shutdown sequence step by step.
@@ -63,6 +65,7 @@ pub mod intake;
 pub mod metrics;
 pub mod progress;
 pub mod request_id;
+pub mod send;
 pub mod service;
 pub mod shutdown;
 pub mod stats;

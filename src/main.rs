@@ -49,6 +49,15 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(code);
         }
+        Some("send") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let code = product_update_service::send::command(
+                &args,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            return ExitCode::from(code);
+        }
         Some(other) => {
             eprintln!(
                 "error: unknown argument {other:?}; settings come from the environment (see --help)"
