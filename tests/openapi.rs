@@ -335,10 +335,14 @@ fn produce(server: &TestServer, doc: &Value, c: &Case, seen: &mut Produced) -> u
 }
 
 const EVENT: &str = r#"{"product_id":"doc-1","price":49.99,"stock":100}"#;
+const NDJSON: &str = "application/x-ndjson";
+/// A batch request with event ids: a second copy is all duplicates.
+const BATCH: &str = "{\"product_id\":\"doc-3\",\"stock\":1,\"event_id\":\"batch-1\"}\n{\"product_id\":\"doc-3\",\"price\":2,\"event_id\":\"batch-2\"}\n";
 
 /// Every route's ordinary answers and the errors of its input.
 fn routed_answers(server: &TestServer, doc: &Value, seen: &mut Produced) {
     let big = format!(r#"{{"product_id":"x","price":1{}}}"#, " ".repeat(70_000));
+    let many = "{\"product_id\":\"doc-5\",\"stock\":1}\n".repeat(1001);
     let cases = vec![
         post("/events", "application/json", EVENT),
         post(
@@ -363,6 +367,22 @@ fn routed_answers(server: &TestServer, doc: &Value, seen: &mut Produced) {
             "application/json",
             r#"{"product_id":"doc-2","stock":2,"event_id":"once"}"#,
         ),
+        // Batch requests (NDJSON): taken, all duplicates, a bad line, a
+        // reused event_id, empty, too many events.
+        post("/events", NDJSON, BATCH),
+        post("/events", NDJSON, BATCH),
+        post(
+            "/events",
+            NDJSON,
+            "{\"product_id\":\"doc-4\",\"stock\":1}\n{\"product_id\":\"doc-4\",\"stok\":1}\n",
+        ),
+        post(
+            "/events",
+            NDJSON,
+            "{\"product_id\":\"doc-3\",\"stock\":9,\"event_id\":\"batch-1\"}\n",
+        ),
+        post("/events", NDJSON, "\n"),
+        post("/events", NDJSON, &many),
         case("/products/{id}", "get", "/products/doc-1"),
         case("/products/{id}", "get", "/products/none"),
         Case {
