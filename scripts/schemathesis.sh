@@ -49,6 +49,9 @@ if [ -n "${ST_REPORT_DIR:-}" ]; then
   report=("--report=junit,vcr" --report-dir "$ST_REPORT_DIR")
 fi
 status=0
+# The serializer of application/x-ndjson (batch requests): a string, sent
+# as it is.
+SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" \
 schemathesis run "$svc_url/openapi.json" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \

@@ -185,7 +185,7 @@ fn the_limits_are_named() {
     });
     let before = next_seq(&server);
     let problem =
-        post_ndjson(&server, &lines("l", 6, false)).assert_problem(413, "too_many_events");
+        post_ndjson(&server, &lines("l", 6, false)).assert_problem(400, "too_many_events");
     assert!(
         problem["detail"]
             .as_str()
@@ -216,7 +216,7 @@ fn the_limits_are_named() {
         ..test_config()
     });
     let problem =
-        post_ndjson(&server, &lines("q", 9, false)).assert_problem(413, "too_many_events");
+        post_ndjson(&server, &lines("q", 9, false)).assert_problem(400, "too_many_events");
     assert!(
         problem["detail"]
             .as_str()

@@ -43,7 +43,7 @@ pub enum ApiError {
     EmptyBatch,
     /// An NDJSON body with more events than `setting` allows: the
     /// request's own limit, or the queue's, which a batch could never fit
-    /// in whole (413).
+    /// in whole (400: the request, not its size, is at fault).
     TooManyEvents {
         count: usize,
         limit: usize,
@@ -170,8 +170,9 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::ProductNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::IdempotencyConflict { .. } | ApiError::BatchConflict { .. } => 409,
-            ApiError::EmptyBatch | ApiError::InvalidBatch { .. } => 400,
-            ApiError::TooManyEvents { .. } => 413,
+            ApiError::EmptyBatch
+            | ApiError::InvalidBatch { .. }
+            | ApiError::TooManyEvents { .. } => 400,
             ApiError::ProductLimit { .. } => 507,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
