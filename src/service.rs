@@ -297,15 +297,19 @@ impl Service {
         request_id: OwnedRequestId,
     ) -> AcceptBatch<'_> {
         let refuse_all = |refusal: Refusal| AcceptBatch::Done(vec![Err(refusal); updates.len()]);
-        let new_products: HashSet<&str> = updates
-            .iter()
-            .map(|u| &*u.product_id)
-            .filter(|id| !self.store.contains(id))
-            .collect();
-        if self.store.len() + new_products.len() > self.max_products {
-            return refuse_all(Refusal::ProductLimit {
-                limit: self.max_products,
-            });
+        // The count is a lock-free read; the map is only consulted when the
+        // batch could take the store past the limit.
+        if self.store.len() + updates.len() > self.max_products {
+            let new_products: HashSet<&str> = updates
+                .iter()
+                .map(|u| &*u.product_id)
+                .filter(|id| !self.store.contains(id))
+                .collect();
+            if self.store.len() + new_products.len() > self.max_products {
+                return refuse_all(Refusal::ProductLimit {
+                    limit: self.max_products,
+                });
+            }
         }
         match self.backend.admission() {
             Admission::Queue => AcceptBatch::Done(self.intake.accept_all(updates, &request_id)),

@@ -38,37 +38,31 @@ pub struct LineError {
 /// is `MAX_BATCH_EVENTS`; a batch of more than `queue_size` events could
 /// never be queued whole.
 pub fn decode(body: &[u8], max_events: usize, queue_size: usize) -> Result<Batch, ApiError> {
-    let lines = || {
-        body.split(|&b| b == b'\n')
-            .enumerate()
-            .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
-            .filter(|(_, line)| !line.iter().all(|b| matches!(b, b' ' | b'\t')))
-    };
-    let count = lines().count();
-    if count == 0 {
-        return Err(ApiError::EmptyBatch);
-    }
-    if count > max_events {
-        return Err(ApiError::TooManyEvents {
-            count,
-            limit: max_events,
-            setting: "MAX_BATCH_EVENTS",
+    // The lines that hold something (an event starts with `{`, so the
+    // whole-line scan for blanks is only for the rare line that does not).
+    let lines = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| {
+            line.first() == Some(&b'{') || !line.iter().all(|b| matches!(b, b' ' | b'\t'))
         });
-    }
-    if count > queue_size {
-        return Err(ApiError::TooManyEvents {
-            count,
-            limit: queue_size,
-            setting: "QUEUE_SIZE",
-        });
-    }
+    let limit = max_events.min(queue_size);
     let mut batch = Batch {
-        updates: Vec::with_capacity(count),
-        lines: Vec::with_capacity(count),
+        // An event line is at least 20 bytes (`{"product_id":"","stock":0}`
+        // is the shortest valid one): no reallocation for valid bodies.
+        updates: Vec::with_capacity((body.len() / 20 + 1).min(limit)),
+        lines: Vec::with_capacity((body.len() / 20 + 1).min(limit)),
     };
     let mut errors = Vec::new();
     let mut failing = 0;
-    for (line, text) in lines() {
+    let mut count = 0;
+    for (line, text) in lines {
+        count += 1;
+        if count > limit {
+            // Past the limit: only the count matters now.
+            continue;
+        }
         match event::decode_event(text) {
             Ok(update) => {
                 batch.updates.push(update);
@@ -87,6 +81,23 @@ pub fn decode(body: &[u8], max_events: usize, queue_size: usize) -> Result<Batch
                 }
             }
         }
+    }
+    if count == 0 {
+        return Err(ApiError::EmptyBatch);
+    }
+    if count > max_events {
+        return Err(ApiError::TooManyEvents {
+            count,
+            limit: max_events,
+            setting: "MAX_BATCH_EVENTS",
+        });
+    }
+    if count > queue_size {
+        return Err(ApiError::TooManyEvents {
+            count,
+            limit: queue_size,
+            setting: "QUEUE_SIZE",
+        });
     }
     if failing > 0 {
         return Err(ApiError::InvalidBatch {

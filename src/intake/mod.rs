@@ -281,6 +281,65 @@ impl Intake {
         self.send(state, job, fingerprint, now)
     }
 
+    /// Queues jobs numbered elsewhere, in seq order, as [`Intake::enqueue`]
+    /// does each, under one lock and with one wake-up for all of them (a
+    /// committer's batch). Stops at the first that cannot be queued, and
+    /// says why, with its seq.
+    pub fn enqueue_all(&self, jobs: Vec<Job>) -> Result<(), (EnqueueError, Seq)> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut queued = 0;
+        let mut failed = None;
+        for job in jobs {
+            let seq = job.seq;
+            let Some(job_tx) = &state.job_tx else {
+                failed = Some((EnqueueError::Closed, seq));
+                break;
+            };
+            if seq != state.next_seq {
+                failed = Some((
+                    EnqueueError::OutOfOrder {
+                        expected: state.next_seq,
+                    },
+                    seq,
+                ));
+                break;
+            }
+            let event_id = job.update.event_id.clone();
+            let fingerprint = event_id.as_ref().map_or(0, |_| job.update.fingerprint());
+            match job_tx.try_send(job) {
+                Ok(()) => {
+                    queued += 1;
+                    state.next_seq += 1;
+                    if let Some(event_id) = event_id {
+                        state.window.remember(event_id, seq, fingerprint, now);
+                    }
+                }
+                Err(TrySendError::Full(_)) => {
+                    failed = Some((EnqueueError::Full, seq));
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    failed = Some((EnqueueError::Closed, seq));
+                    break;
+                }
+            }
+        }
+        let depth = state.job_tx.as_ref().map_or(0, Sender::len);
+        drop(state);
+        if queued > 0 {
+            self.queued(depth);
+        }
+        match failed {
+            Some((EnqueueError::Full, seq)) => {
+                self.full();
+                Err((EnqueueError::Full, seq))
+            }
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+
     /// Sends `job` (whose seq is `state.next_seq`) to the workers and, once
     /// it is queued, takes the next seq and remembers its `event_id`; then
     /// lets the lock go. Never blocks waiting for room.
@@ -519,6 +578,23 @@ mod tests {
             intake.look_up("e-1", with_id().fingerprint()),
             retry.ok().map(Ok)
         );
+    }
+
+    #[test]
+    fn a_committer_s_batch_is_queued_in_order_up_to_the_first_that_cannot_be() {
+        let (intake, mut jobs) = Intake::new(3);
+        assert_eq!(intake.enqueue_all(vec![job(1), job(2)]), Ok(()));
+        assert_eq!(
+            intake.enqueue_all(vec![job(4)]),
+            Err((EnqueueError::OutOfOrder { expected: 3 }, 4))
+        );
+        assert_eq!(
+            intake.enqueue_all(vec![job(3), job(4)]),
+            Err((EnqueueError::Full, 4))
+        );
+        assert_eq!(intake.next_seq(), 4);
+        let taken: Vec<Seq> = (0..3).filter_map(|_| jobs.next().map(|j| j.seq)).collect();
+        assert_eq!(taken, [1, 2, 3]);
     }
 
     #[test]

@@ -554,17 +554,12 @@ impl SqliteCommitter {
     /// Each event's outcome (see [`Standing`]); on success, the new events
     /// are queued first.
     fn settle(&self, numbered: Numbered, committed: bool) -> Vec<Outcome> {
-        if committed {
-            for job in numbered.fresh {
-                let seq = job.seq;
-                if let Err(e) = self.intake.enqueue(job) {
-                    // Only past shutdown's deadline (the intake closed while
-                    // this batch was at the disk): the event is journaled.
-                    log::error!(
-                        "storage: seq={seq} is committed but could not be queued ({e:?}); the next start applies it"
-                    );
-                }
-            }
+        if committed && let Err((e, seq)) = self.intake.enqueue_all(numbered.fresh) {
+            // Only past shutdown's deadline (the intake closed while this
+            // batch was at the disk): the events are journaled.
+            log::error!(
+                "storage: seq={seq} and the events after it in its batch are committed but could not be queued ({e:?}); the next start applies them"
+            );
         }
         numbered
             .standings
