@@ -20,7 +20,9 @@ fn main() {
     // The same shape as bench/bulk.lua's lines, from a small fixed generator.
     let mut state: u64 = 1;
     let mut next = |below: u64| {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         (state >> 33) % below
     };
     let body: String = (0..batch)

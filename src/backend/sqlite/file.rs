@@ -413,21 +413,21 @@ fn write_journal(
         return Ok(());
     }
     let accepted_at = rfc3339(now);
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO journal (seq, product_id, price, stock, version, event_id, accepted_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for row in journal {
-        let u = row.update;
-        insert.execute(params![
-            row.seq as i64,
-            &*u.product_id,
-            price_value(u.price.as_ref()),
-            u.stock.map(|s| s as i64),
-            version_value(u.version),
-            u.event_id.as_deref(),
-            &accepted_at,
-        ])?;
+    // Rows in groups of `JOURNAL_ROWS_PER_INSERT` per statement (the
+    // statement's own cost, paid once per group, was most of a row's at
+    // batch requests of 1000 events); the rest one by one.
+    let mut chunks = journal.chunks_exact(JOURNAL_ROWS_PER_INSERT);
+    let mut insert = tx.prepare_cached(&JOURNAL_INSERT_MANY)?;
+    for chunk in &mut chunks {
+        for (i, row) in chunk.iter().enumerate() {
+            bind_journal_row(&mut insert, i * 7, row, &accepted_at)?;
+        }
+        insert.raw_execute()?;
+    }
+    let mut insert = tx.prepare_cached(&JOURNAL_INSERT_ONE)?;
+    for row in chunks.remainder() {
+        bind_journal_row(&mut insert, 0, row, &accepted_at)?;
+        insert.raw_execute()?;
     }
     let mut remember = tx.prepare_cached(REMEMBER)?;
     for row in journal {
@@ -441,6 +441,39 @@ fn write_journal(
         }
     }
     Ok(())
+}
+
+/// Journal rows one `INSERT` writes, but for a cycle's last few.
+const JOURNAL_ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO journal ... VALUES (?, ... ?)` for `rows` rows.
+fn journal_insert(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO journal (seq, product_id, price, stock, version, event_id, accepted_at) VALUES {values}"
+    )
+}
+
+static JOURNAL_INSERT_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| journal_insert(JOURNAL_ROWS_PER_INSERT));
+static JOURNAL_INSERT_ONE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| journal_insert(1));
+
+/// Binds one journal row's 7 values from parameter `at + 1` on.
+fn bind_journal_row(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    row: &JournalRow<'_>,
+    accepted_at: &str,
+) -> rusqlite::Result<()> {
+    let u = row.update;
+    insert.raw_bind_parameter(at + 1, row.seq as i64)?;
+    insert.raw_bind_parameter(at + 2, &*u.product_id)?;
+    insert.raw_bind_parameter(at + 3, price_value(u.price.as_ref()))?;
+    insert.raw_bind_parameter(at + 4, u.stock.map(|s| s as i64))?;
+    insert.raw_bind_parameter(at + 5, version_value(u.version))?;
+    insert.raw_bind_parameter(at + 6, u.event_id.as_deref())?;
+    insert.raw_bind_parameter(at + 7, accepted_at)
 }
 
 /// Ids to remember (`async` mode: those of events a products write covers).
