@@ -81,7 +81,7 @@ stop_service || code=$?
 expect "exit code after SIGTERM" 0 "$code"
 summary=$(grep -o 'shutdown complete: .*' "$log" || true)
 case "$summary" in
-  *"accepted=4 applied=4 panicked=0 not_applied=0 drained=true"*) echo "smoke: ok: $summary" ;;
+  *"accepted=6 applied=6 panicked=0 not_applied=0 drained=true"*) echo "smoke: ok: $summary" ;;
   *) fail "shutdown summary: '$summary'" ;;
 esac
 echo "smoke: all checks passed"
