@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 
 use super::outcome::{Outcome, Refusal};
-use crate::event::ProductUpdate;
 use crate::store::Seq;
 
 /// How one event of a batch stands before it is taken.
@@ -35,21 +34,20 @@ pub enum Standing {
     Conflict(Seq),
 }
 
-/// How each of `updates` stands, the new ones numbered from `first` on;
-/// `fingerprints[i]` is the content fingerprint of `updates[i]` (0 without
-/// an `event_id`); `seen` answers for an id taken before the batch.
-/// Returns the standings and how many events are new.
-pub fn stand(
-    updates: &[ProductUpdate],
-    fingerprints: &[u64],
+/// How each event stands, given its `event_id` and content fingerprint (0
+/// without an id), the new ones numbered from `first` on; `seen` answers
+/// for an id taken before the batch. Returns the standings and how many
+/// events are new.
+pub fn stand<'a>(
+    events: impl ExactSizeIterator<Item = (Option<&'a str>, u64)>,
     first: Seq,
     mut seen: impl FnMut(&str, u64) -> Option<Outcome>,
 ) -> (Vec<Standing>, usize) {
     let mut in_batch: HashMap<&str, (Seq, u64)> = HashMap::new();
-    let mut standings = Vec::with_capacity(updates.len());
+    let mut standings = Vec::with_capacity(events.len());
     let mut fresh = 0;
-    for (update, &fingerprint) in updates.iter().zip(fingerprints) {
-        if let Some(event_id) = update.event_id.as_deref() {
+    for (event_id, fingerprint) in events {
+        if let Some(event_id) = event_id {
             if let Some(outcome) = seen(event_id, fingerprint) {
                 standings.push(Standing::Known(outcome));
                 continue;
@@ -65,7 +63,7 @@ pub fn stand(
         }
         let seq = first + fresh as Seq;
         fresh += 1;
-        if let Some(event_id) = update.event_id.as_deref() {
+        if let Some(event_id) = event_id {
             in_batch.insert(event_id, (seq, fingerprint));
         }
         standings.push(Standing::Fresh(seq));
@@ -102,6 +100,7 @@ pub fn refuse_unless_whole(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ProductUpdate;
     use crate::intake::Accepted;
 
     fn event(event_id: Option<&str>, stock: u64) -> ProductUpdate {
@@ -114,11 +113,12 @@ mod tests {
         }
     }
 
-    fn fingerprints(updates: &[ProductUpdate]) -> Vec<u64> {
-        updates
-            .iter()
-            .map(|u| u.event_id.as_ref().map_or(0, |_| u.fingerprint()))
-            .collect()
+    /// Each event's id and fingerprint, as `stand` takes them.
+    fn ids(updates: &[ProductUpdate]) -> impl ExactSizeIterator<Item = (Option<&str>, u64)> {
+        updates.iter().map(|u| {
+            let fingerprint = u.event_id.as_ref().map_or(0, |_| u.fingerprint());
+            (u.event_id.as_deref(), fingerprint)
+        })
     }
 
     #[test]
@@ -134,9 +134,7 @@ mod tests {
             seq: 7,
             duplicate: true,
         });
-        let (standings, fresh) = stand(&updates, &fingerprints(&updates), 10, |id, _| {
-            (id == "old").then_some(old)
-        });
+        let (standings, fresh) = stand(ids(&updates), 10, |id, _| (id == "old").then_some(old));
         assert_eq!(
             standings,
             [
@@ -158,7 +156,7 @@ mod tests {
     #[test]
     fn a_conflict_refuses_every_event_of_the_batch() {
         let updates = [event(Some("a"), 1), event(None, 2), event(Some("a"), 9)];
-        let (standings, fresh) = stand(&updates, &fingerprints(&updates), 1, |_, _| None);
+        let (standings, fresh) = stand(ids(&updates), 1, |_, _| None);
         assert_eq!(standings[2], Standing::Conflict(1));
         assert_eq!(
             refuse_unless_whole(&standings, fresh, 100, 100),

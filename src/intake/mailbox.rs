@@ -341,7 +341,7 @@ pub struct Split {
 }
 
 pub fn split(batch: Vec<Posted>) -> Split {
-    let mut submissions = Vec::with_capacity(batch.len());
+    let mut submissions = Vec::with_capacity(batch.iter().map(Posted::events).sum());
     let mut atomic = Vec::new();
     let mut replies = Vec::with_capacity(batch.len());
     for posted in batch {

@@ -184,7 +184,11 @@ impl Intake {
             return vec![Err(Refusal::ShuttingDown); updates.len()];
         };
         let first = state.next_seq;
-        let (standings, fresh) = batch::stand(&updates, &fingerprints, first, |id, fingerprint| {
+        let events = updates
+            .iter()
+            .zip(&fingerprints)
+            .map(|(u, &f)| (u.event_id.as_deref(), f));
+        let (standings, fresh) = batch::stand(events, first, |id, fingerprint| {
             state.window.look_up(id, fingerprint, now)
         });
         if let Some(refused) = batch::refuse_unless_whole(&standings, fresh, room, self.capacity) {

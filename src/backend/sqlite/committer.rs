@@ -49,7 +49,6 @@ use crate::backend::health::{RETRY_INTERVAL, lock};
 use crate::backend::interface::Committed;
 use crate::backend::stop::StopSignal;
 use crate::config::Durability;
-use crate::event::ProductUpdate;
 use crate::intake::mailbox::{self, Collected, Mailbox, Posted, Submission};
 use crate::intake::{Accepted, Intake, Job, Outcome, Refusal, batch};
 use crate::metrics::Metrics;
@@ -309,22 +308,17 @@ impl SqliteCommitter {
         let mut i = 0;
         while i < submissions.len() {
             if let Some(range) = atomic.next_if(|r| r.start == i) {
-                let updates: Vec<ProductUpdate> = submissions[range.clone()]
+                let events = submissions[range.clone()]
                     .iter()
-                    .map(|s| s.update.clone())
-                    .collect();
-                let (stood, fresh) = batch::stand(
-                    &updates,
-                    &fingerprints[range.clone()],
-                    seq,
-                    |id, fingerprint| {
-                        self.intake.look_up(id, fingerprint).or_else(|| {
-                            in_batch.get(id).map(|&(first, seen)| {
-                                duplicate_or_conflict(first, seen == fingerprint)
-                            })
-                        })
-                    },
-                );
+                    .zip(&fingerprints[range.clone()])
+                    .map(|(s, &f)| (s.update.event_id.as_deref(), f));
+                let (stood, fresh) = batch::stand(events, seq, |id, fingerprint| {
+                    self.intake.look_up(id, fingerprint).or_else(|| {
+                        in_batch
+                            .get(id)
+                            .map(|&(first, seen)| duplicate_or_conflict(first, seen == fingerprint))
+                    })
+                });
                 match batch::refuse_unless_whole(&stood, fresh, room, capacity) {
                     Some(refused) => standings.extend(refused.into_iter().map(Standing::Settled)),
                     None => {
