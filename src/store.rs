@@ -47,7 +47,7 @@
 //! therefore ignores poisoning (`PoisonError::into_inner`) instead of turning
 //! one bad event into a permanent outage for every thread.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -172,9 +172,11 @@ pub struct Store {
     /// every `POST /events`, for `MAX_PRODUCTS`) takes no lock.
     count: Arc<AtomicUsize>,
     /// Ids of the products applied to since the last [`Store::take_changed`]
-    /// (repeats allowed), once [`Store::record_changes`] was called. A lock
-    /// of its own, so that taking the list does not hold up readers.
-    changed: Arc<OnceLock<Mutex<Vec<Box<str>>>>>,
+    /// (each once: a set, so that a product applied to a thousand times
+    /// between takes costs one copy of its id, not a thousand), once
+    /// [`Store::record_changes`] was called. A lock of its own, so that
+    /// taking the list does not hold up readers.
+    changed: Arc<OnceLock<Mutex<HashSet<Box<str>>>>>,
 }
 
 impl Store {
@@ -195,7 +197,10 @@ impl Store {
         // Noted once the record exists, under the write lock: a backend that
         // takes the id then finds the product (see the module docs).
         if let Some(changed) = self.changed.get() {
-            lock(changed).push(update.product_id.clone());
+            let mut changed = lock(changed);
+            if !changed.contains(&*update.product_id) {
+                changed.insert(update.product_id.clone());
+            }
         }
         let key = WriteKey::new(seq, update.version);
         let mut outcome = ApplyOutcome::default();
@@ -222,7 +227,7 @@ impl Store {
 
     /// From now on, note the product of every apply (see the module docs).
     pub fn record_changes(&self) {
-        let _ = self.changed.set(Mutex::new(Vec::new()));
+        let _ = self.changed.set(Mutex::new(HashSet::new()));
     }
 
     /// The ids of the products applied to since the last call (each once,
@@ -231,17 +236,17 @@ impl Store {
         let Some(changed) = self.changed.get() else {
             return Vec::new();
         };
-        let mut ids = std::mem::take(&mut *lock(changed));
+        let taken = std::mem::take(&mut *lock(changed));
+        let mut ids: Vec<Box<str>> = taken.into_iter().collect();
         ids.sort_unstable();
-        ids.dedup();
         ids
     }
 
     /// Puts back ids taken with [`Store::take_changed`] whose products
     /// could not be written: the next take returns them again.
-    pub fn put_back_changed(&self, mut ids: Vec<Box<str>>) {
+    pub fn put_back_changed(&self, ids: Vec<Box<str>>) {
         if let Some(changed) = self.changed.get() {
-            lock(changed).append(&mut ids);
+            lock(changed).extend(ids);
         }
     }
 
@@ -340,7 +345,7 @@ impl Store {
     }
 }
 
-/// Poisoning: a list of ids, changed by single pushes and takes.
+/// Poisoning: a set of ids, changed by single inserts and takes.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -341,7 +341,15 @@ pub struct Split {
 }
 
 pub fn split(batch: Vec<Posted>) -> Split {
-    let mut submissions = Vec::with_capacity(batch.iter().map(Posted::events).sum());
+    let events = batch.iter().map(Posted::events).sum();
+    // A cycle that starts with a batch request takes that request's vector
+    // as it is (a batch of 1000 events is about 130 KB: copying it, into
+    // freshly mapped pages, was a tenth of a SQLite committer's time), and
+    // grows it for the rest.
+    let mut submissions = match batch.first() {
+        Some(Posted::Batch { .. }) => Vec::new(),
+        _ => Vec::with_capacity(events),
+    };
     let mut atomic = Vec::new();
     let mut replies = Vec::with_capacity(batch.len());
     for posted in batch {
@@ -351,12 +359,17 @@ pub fn split(batch: Vec<Posted>) -> Split {
                 replies.push(Reply::One(reply));
             }
             Posted::Batch {
-                submissions: events,
+                submissions: mut mine,
                 reply,
             } => {
                 let start = submissions.len();
-                replies.push(Reply::Batch(events.len(), reply));
-                submissions.extend(events);
+                replies.push(Reply::Batch(mine.len(), reply));
+                if submissions.is_empty() {
+                    mine.reserve(events - mine.len());
+                    submissions = mine;
+                } else {
+                    submissions.append(&mut mine);
+                }
                 atomic.push(start..submissions.len());
             }
         }
