@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::{TestServer, scratch_dir, test_config, wait_until};
 use product_update_service::Config;
@@ -28,14 +28,28 @@ fn write_events(path: &Path, count: usize) {
     file.flush().expect("flush");
 }
 
-fn send(server: &TestServer, file: &Path, extra: &[&str]) -> Output {
-    Command::new(BINARY)
+fn command(server: &TestServer, file: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
         .arg("send")
         .arg(file)
         .args(["--url", &server.url("")])
         .args(extra)
-        .env_remove("API_TOKEN")
-        .output()
+        .env_remove("API_TOKEN");
+    command
+}
+
+/// Runs the tool to its end.
+fn send(server: &TestServer, file: &Path, extra: &[&str]) -> Output {
+    command(server, file, extra).output().expect("run send")
+}
+
+/// Starts the tool, its output piped.
+fn spawn_send(server: &TestServer, file: &Path, extra: &[&str]) -> Child {
+    command(server, file, extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run send")
 }
 
@@ -139,15 +153,7 @@ fn a_full_queue_is_waited_out() {
     let file = dir.join("events.ndjson");
     write_events(&file, 400);
     let paused = server.running.pause_workers();
-    let mut child = Command::new(BINARY)
-        .arg("send")
-        .arg(&file)
-        .args(["--url", &server.url(""), "--batch", "60"])
-        .env_remove("API_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run send");
+    let mut child = spawn_send(&server, &file, &["--batch", "60"]);
     // The second batch does not fit while the workers are paused.
     let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
     let mut line = String::new();
@@ -181,15 +187,7 @@ fn a_run_killed_with_sigkill_resumes_without_applying_anything_twice() {
     write_events(&file, 20_000);
     let progress = dir.join("events.ndjson.progress");
     let paused = server.running.pause_workers();
-    let mut child = Command::new(BINARY)
-        .arg("send")
-        .arg(&file)
-        .args(["--url", &server.url(""), "--batch", "100"])
-        .env_remove("API_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run send");
+    let mut child = spawn_send(&server, &file, &["--batch", "100"]);
     wait_until("the queue full and the tool waiting", || {
         (metric(&server, "events_rejected_total{reason=\"queue_full\"}") > 0).then_some(())
     });

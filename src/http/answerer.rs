@@ -30,11 +30,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tiny_http::inline::Deferred;
+use tiny_http::inline::{Deferred, Response};
 
 use super::answer::{self, Asked, Finishing};
+use super::problem::ApiError;
 use super::route::Route;
 use crate::intake::{BatchReplyTo, Outcome, ReplyTo};
+use crate::metrics::Metrics;
 use crate::request_id::OwnedRequestId;
 use crate::service::Service;
 
@@ -155,57 +157,54 @@ impl Answerer {
 }
 
 /// Renders and writes one answer: the same answer the connection's thread
-/// would have written. A bug here costs this one answer (its client gets a
-/// 500: the `Deferred` is dropped unanswered), not the thread.
+/// would have written.
 fn answer_one(service: &Service, access_log: bool, later: Later, outcome: Outcome) {
-    let written = panic::catch_unwind(AssertUnwindSafe(|| {
-        let Later {
-            deferred,
-            product_id,
-            event_id,
-            request_id,
-            url,
-            started,
-        } = later;
-        deferred.answer(|response| {
-            let metrics = service.metrics();
-            let result =
-                answer::event_outcome(outcome, &product_id, event_id.as_deref(), metrics, response);
-            let asked = Asked {
-                route: Route::PostEvent,
-                method: "POST",
-                url: &url,
-                request_id: request_id.borrow(),
-                started,
-            };
-            let finishing = Finishing {
-                metrics,
-                draining: service.is_draining(),
-                access_log,
-            };
-            answer::complete(finishing, &asked, result, response);
-        });
-    }));
-    if written.is_err() {
-        log::error!(
-            "http-answerer: answering a client panicked (a bug; see the panic above); it was answered 500"
-        );
-    }
+    let Later {
+        deferred,
+        product_id,
+        event_id,
+        request_id,
+        url,
+        started,
+    } = later;
+    let asked = (request_id, url, started);
+    write(service, access_log, deferred, asked, |metrics, response| {
+        answer::event_outcome(outcome, &product_id, event_id.as_deref(), metrics, response)
+    });
 }
 
 /// Renders and writes a batch request's answer, as [`answer_one`].
 fn answer_batch(service: &Service, access_log: bool, later: LaterBatch, outcomes: Vec<Outcome>) {
+    let LaterBatch {
+        deferred,
+        lines,
+        request_id,
+        url,
+        started,
+    } = later;
+    let asked = (request_id, url, started);
+    write(service, access_log, deferred, asked, |metrics, response| {
+        answer::batch_outcome(outcomes, &lines, metrics, response)
+    });
+}
+
+/// Has the fork write a deferred answer, which `render` fills in, and
+/// completes it as a connection's thread does (the headers, the metrics,
+/// the access line). `asked`: the request's id, target and start. A bug
+/// here costs this one answer (its client gets a 500: the `Deferred` is
+/// dropped unanswered), not the thread.
+fn write(
+    service: &Service,
+    access_log: bool,
+    deferred: Deferred,
+    asked: (OwnedRequestId, Box<str>, Instant),
+    render: impl FnOnce(&Metrics, &mut Response) -> Result<(), ApiError>,
+) {
+    let (request_id, url, started) = asked;
     let written = panic::catch_unwind(AssertUnwindSafe(|| {
-        let LaterBatch {
-            deferred,
-            lines,
-            request_id,
-            url,
-            started,
-        } = later;
         deferred.answer(|response| {
             let metrics = service.metrics();
-            let result = answer::batch_outcome(outcomes, &lines, metrics, response);
+            let result = render(metrics, response);
             let asked = Asked {
                 route: Route::PostEvent,
                 method: "POST",
