@@ -20,7 +20,7 @@ use common::rabbitmq::{RabbitMq, exchange};
 use common::{StopOnDrop, agent, post_event, read_reply, wait_until_within};
 
 /// The most events one batch of the relay publishes (`relay.rs`).
-const BATCH: usize = 2000;
+const BATCH: usize = 1000;
 const WITHIN: Duration = Duration::from_secs(120);
 
 /// Posts events until told to stop or the instance is gone; records the

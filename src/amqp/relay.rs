@@ -40,8 +40,10 @@ use crate::event::ProductUpdate;
 use crate::service::Service;
 use crate::store::Seq;
 
-/// Events one batch publishes before it waits for the confirms.
-const BATCH: usize = 2000;
+/// Events one batch publishes. Two batches are unconfirmed at most (one
+/// waiting for its confirms, the next being published), so a crash
+/// republishes at most twice this.
+const BATCH: usize = 1000;
 /// With nothing new, how long the relay waits before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How often an instance that does not relay asks to take over.
