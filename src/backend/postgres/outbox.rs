@@ -29,7 +29,7 @@
 
 use postgres::Row;
 
-use super::session::{CONNECT_TIMEOUT, PgSession, batch_from};
+use super::session::{CONNECT_TIMEOUT, PgSession, TAIL, batch_from};
 use crate::backend::interface::{Outbox, OutboxError};
 use crate::config::DatabaseUrl;
 use crate::event::ProductUpdate;
@@ -43,21 +43,6 @@ const RELAY_LOCK: i64 = 0x5055_5352;
 const START: &str = "INSERT INTO outbox (through, relayed_by)
 SELECT last_seq, $1 FROM seq_counter
 ON CONFLICT (only_row) DO NOTHING";
-
-/// The journal rows holding seqs after `$1`, from the one holding `$1 + 1`
-/// up to the one starting at `$1 + $2` at most, and the counter, in one
-/// snapshot (as the tailer's `TAIL`, with the event ids).
-const AFTER: &str = "
-SELECT c.last_seq, j.first_seq, j.product_ids, j.prices, j.stocks, j.versions::text[], j.request_ids,
-       j.event_ids
-FROM seq_counter c
-LEFT JOIN LATERAL (
-    SELECT * FROM journal
-    WHERE first_seq >= (SELECT max(first_seq) FROM journal WHERE first_seq <= $1::bigint + 1)
-      AND first_seq <= $1::bigint + $2::bigint
-    ORDER BY first_seq
-) j ON true
-ORDER BY j.first_seq";
 
 /// The relay's connection to the database, made again after an error.
 pub struct PgOutbox {
@@ -149,7 +134,7 @@ impl Outbox for PgOutbox {
         limit: usize,
     ) -> Result<Vec<(Seq, ProductUpdate)>, OutboxError> {
         let bound = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.run(|client| client.query(AFTER, &[&(cursor as i64), &bound]))?;
+        let rows = self.run(|client| client.query(TAIL, &[&(cursor as i64), &bound]))?;
         let last_seq = rows
             .first()
             .map_or(0, |row| row.get::<_, i64>(0).max(0) as Seq);

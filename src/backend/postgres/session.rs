@@ -313,9 +313,11 @@ ON CONFLICT (product_id) DO UPDATE SET
 /// The journal rows that hold seqs after `$1`, from the one holding
 /// `$1 + 1` up to the one starting at `$1 + $2` at most, and the counter,
 /// in one snapshot (no rows: the one holding `$1 + 1` is pruned, or not
-/// committed yet).
-const TAIL: &str = "
-SELECT c.last_seq, j.first_seq, j.product_ids, j.prices, j.stocks, j.versions::text[], j.request_ids
+/// committed yet). The tailer's read, and the outbox relay's, which also
+/// takes the event ids (column 7).
+pub(super) const TAIL: &str = "
+SELECT c.last_seq, j.first_seq, j.product_ids, j.prices, j.stocks, j.versions::text[], j.request_ids,
+       j.event_ids
 FROM seq_counter c
 LEFT JOIN LATERAL (
     SELECT * FROM journal
