@@ -839,7 +839,8 @@ impl Config {
             "product-update-service: accepts product update events over HTTP and applies them\n\
              with a pool of worker threads.\n\n\
              Usage: product-update-service [--help | --version]\n\
-             \x20      product-update-service dead-letters list [--limit N] | replay [--code CODE] [--limit N]\n\n\
+             \x20      product-update-service dead-letters list [--limit N] | replay [--code CODE] [--limit N]\n\
+             \x20      product-update-service send FILE [--url http://HOST:PORT] [--batch N] ... (send --help)\n\n\
              Settings (environment variables):\n",
         );
         for s in SETTINGS {
