@@ -175,6 +175,22 @@ fn a_reused_event_id_refuses_the_whole_batch() {
     server.shutdown();
 }
 
+/// Two lines of one request with one `event_id` and different content:
+/// the 409 names the line, and no seq (none was given out).
+#[test]
+fn an_event_id_reused_within_the_request_refuses_it_naming_no_seq() {
+    let server = TestServer::start(test_config());
+    let before = next_seq(&server);
+    let body = "{\"product_id\":\"z\",\"stock\":1,\"event_id\":\"z1\"}\n{\"product_id\":\"z\",\"stock\":2,\"event_id\":\"z1\"}\n";
+    let problem = post_ndjson(&server, body).assert_problem(409, "idempotency_conflict");
+    let errors = problem["errors"].as_array().expect("errors").clone();
+    assert_eq!(errors.len(), 1, "{problem}");
+    assert_eq!(errors[0]["line"], 2);
+    assert!(errors[0].get("seq").is_none(), "{problem}");
+    assert_eq!(next_seq(&server), before + 1, "no seq was taken");
+    server.shutdown();
+}
+
 #[test]
 fn the_limits_are_named() {
     let server = TestServer::start(Config {

@@ -219,3 +219,58 @@ fn a_run_killed_with_sigkill_resumes_without_applying_anything_twice() {
     server.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Blank lines between the last line of a batch and a line held back for
+/// the next (by `--max-bytes`): a resume starts at that line, and later
+/// refusals still name the file's lines.
+#[test]
+fn a_resume_after_blank_lines_keeps_the_file_s_line_numbers() {
+    let server = TestServer::start(test_config());
+    let dir = scratch_dir("send-blank");
+    let file = dir.join("events.ndjson");
+    let event = |n: usize| format!(r#"{{"product_id":"q-{n}","stock":{n},"event_id":"q-{n}"}}"#);
+    let broken = |n: usize| event(n).replace("\"stock\"", "\"stok\"");
+    // Lines 3 and 4 are blank; two lines fit in a request.
+    let lines = |bad: Option<usize>| -> String {
+        (1..=12)
+            .map(|n| match n {
+                3 | 4 => String::new(),
+                n if Some(n) == bad => broken(n),
+                n => event(n),
+            })
+            .map(|line| line + "\n")
+            .collect()
+    };
+    let max_bytes = (event(10).len() + 1) * 2;
+    let options = ["--max-bytes", &max_bytes.to_string()].map(str::to_owned);
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    std::fs::write(&file, lines(Some(6))).expect("write");
+    let first = send(&server, &file, &options);
+    assert_eq!(first.status.code(), Some(1));
+    assert!(
+        text(&first.stderr).contains("line 6: unknown_field"),
+        "{}",
+        text(&first.stderr)
+    );
+
+    std::fs::write(&file, lines(Some(9))).expect("fix line 6, break line 9");
+    let second = send(&server, &file, &options);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second.stderr).contains("line 9: unknown_field"),
+        "{}",
+        text(&second.stderr)
+    );
+
+    std::fs::write(&file, lines(None)).expect("fix line 9");
+    let third = send(&server, &file, &options);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
+    assert_eq!(
+        metric(&server, "events_accepted_total"),
+        10,
+        "each event once"
+    );
+    assert_eq!(metric(&server, "events_duplicate_total"), 0);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -73,9 +73,9 @@ pub fn of_outcome(outcome: Outcome, journals: bool) -> Verdict {
                 | Refusal::StorageUnavailable
                 | Refusal::ShuttingDown
                 | Refusal::WithItsBatch => Verdict::Retry { code, detail },
-                Refusal::IdempotencyConflict { .. } | Refusal::ProductLimit { .. } => {
-                    Verdict::Dead { code, detail }
-                }
+                Refusal::IdempotencyConflict { .. }
+                | Refusal::ConflictInCommit
+                | Refusal::ProductLimit { .. } => Verdict::Dead { code, detail },
             }
         }
     }

@@ -220,6 +220,13 @@ pub fn batch_outcome(
                 detail: format!("the event_id was already used for a different event (seq {seq})"),
                 seq: Some(seq),
             }),
+            Err(Refusal::ConflictInCommit) => conflicts.push(LineError {
+                line,
+                code: "idempotency_conflict",
+                field: Some("event_id".to_owned()),
+                detail: Refusal::ConflictInCommit.to_string(),
+                seq: None,
+            }),
             Err(Refusal::WithItsBatch) => {}
             Err(other) => refusal = refusal.or(Some(other)),
         }

@@ -144,7 +144,9 @@ impl ApiError {
             },
             // Only a batch request's events are refused with their batch,
             // and a batch is answered as one (`answer::batch_outcome`).
-            Refusal::WithItsBatch => ApiError::StorageUnavailable,
+            Refusal::WithItsBatch | Refusal::ConflictInCommit => {
+                ApiError::BatchConflict { errors: Vec::new() }
+            }
         }
     }
 }

@@ -83,7 +83,8 @@ pub fn refuse_unless_whole(
 ) -> Option<Vec<Outcome>> {
     let conflict = |standing: &Standing| match *standing {
         Standing::Known(Err(refusal)) => Some(refusal),
-        Standing::Conflict(seq) => Some(Refusal::IdempotencyConflict { seq }),
+        // The earlier event's seq was never given out: the batch is refused.
+        Standing::Conflict(_) => Some(Refusal::ConflictInCommit),
         _ => None,
     };
     if standings.iter().any(|s| conflict(s).is_some()) {
@@ -163,7 +164,7 @@ mod tests {
             Some(vec![
                 Err(Refusal::WithItsBatch),
                 Err(Refusal::WithItsBatch),
-                Err(Refusal::IdempotencyConflict { seq: 1 }),
+                Err(Refusal::ConflictInCommit),
             ])
         );
     }

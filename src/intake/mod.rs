@@ -220,9 +220,9 @@ impl Intake {
                     }));
                     continue;
                 }
-                batch::Standing::Conflict(seq) => {
+                batch::Standing::Conflict(_) => {
                     // `refuse_unless_whole` refused the batch for it.
-                    outcomes.push(Err(Refusal::IdempotencyConflict { seq }));
+                    outcomes.push(Err(Refusal::ConflictInCommit));
                     continue;
                 }
                 batch::Standing::Fresh(seq) => seq,

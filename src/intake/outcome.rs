@@ -45,6 +45,10 @@ pub enum Refusal {
     /// The event is fine, but another event of its batch request was
     /// refused, so none of them was taken (all or nothing).
     WithItsBatch,
+    /// The `event_id` is used for a different event earlier in the same
+    /// batch request, or in a request committed together with it, which
+    /// has no seq to name (yet).
+    ConflictInCommit,
 }
 
 impl Refusal {
@@ -58,6 +62,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::StorageUnavailable => "storage_unavailable",
             Refusal::WithItsBatch => "refused_with_its_batch",
+            Refusal::ConflictInCommit => "idempotency_conflict",
         }
     }
 }
@@ -85,6 +90,9 @@ impl fmt::Display for Refusal {
             Refusal::WithItsBatch => {
                 f.write_str("another event of the same request was refused, so none was taken")
             }
+            Refusal::ConflictInCommit => f.write_str(
+                "the event_id is used for a different event earlier in this request (or in one committed with it)",
+            ),
         }
     }
 }

@@ -209,6 +209,10 @@ fn run(options: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Res
                 saved.line.saturating_sub(1)
             )));
         }
+        // On from where the next batch starts (past any blank lines after
+        // the last line taken).
+        file.seek(SeekFrom::Start(saved.offset))
+            .map_err(|e| Stop::usage(format!("{name}: {e}")))?;
         input = Box::new(file);
         let _ = writeln!(
             stderr,

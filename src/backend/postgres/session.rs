@@ -1008,7 +1008,8 @@ impl<'a> NumberedBatch<'a> {
                                     duplicate: true,
                                 })
                             } else {
-                                Err(Refusal::IdempotencyConflict { seq: 0 })
+                                // An event of this commit: no seq yet.
+                                Err(Refusal::ConflictInCommit)
                             }
                         })
                     })
