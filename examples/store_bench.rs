@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use product_update_service::Config;
 use product_update_service::event::{self, ProductUpdate};
-use product_update_service::intake::{Intake, Job};
+use product_update_service::intake::Intake;
 use product_update_service::store::Store;
-use product_update_service::worker::{Control, Worker, WorkerCounters};
+use product_update_service::worker::{self, Control, Worker, WorkerCounters};
 
 const PRODUCTS: usize = 10_000;
 const EVENTS: usize = 1_000_000;
@@ -81,14 +81,14 @@ fn drain(workers: usize, events: usize) -> Duration {
     let start = Instant::now();
     let pool: Vec<Worker> = (0..workers)
         .map(|id| {
-            let store = store.clone();
+            let apply = worker::apply_to(store.clone(), Arc::default(), Arc::default());
             Worker::spawn(
                 id,
                 jobs.clone(),
                 done_tx.clone(),
                 Arc::clone(&control),
                 Arc::clone(&counters),
-                move |job: &Job| store.apply(job.seq, &job.update),
+                apply,
             )
             .expect("spawn a worker")
         })

@@ -76,21 +76,31 @@ impl Progress {
 
     /// A worker finished `seq` (applied it, or its apply panicked).
     pub fn done(&self, seq: Seq) {
+        self.done_all([seq]);
+    }
+
+    /// A worker finished each of `seqs` (a batch, see `worker.rs`): one
+    /// hold of the lock for all of them.
+    pub fn done_all(&self, seqs: impl IntoIterator<Item = Seq>) {
         let mut state = self.lock();
-        if seq <= state.through {
-            // Counted already: the watermark skipped past it (`skip_to`).
-            return;
+        let before = state.through;
+        for seq in seqs {
+            if seq <= state.through {
+                // Counted already: the watermark skipped past it (`skip_to`).
+                continue;
+            }
+            if seq != state.through + 1 {
+                state.ahead.insert(seq);
+                continue;
+            }
+            let mut through = seq;
+            while state.ahead.remove(&(through + 1)) {
+                through += 1;
+            }
+            state.through = through;
         }
-        if seq != state.through + 1 {
-            state.ahead.insert(seq);
-            return;
-        }
-        let mut through = seq;
-        while state.ahead.remove(&(through + 1)) {
-            through += 1;
-        }
-        state.through = through;
-        if state.waiters.is_empty() {
+        let through = state.through;
+        if through == before || state.waiters.is_empty() {
             return;
         }
         // Everyone filed at or below the new watermark: split off the rest.
@@ -177,16 +187,6 @@ impl Progress {
     // Poisoning: plain counters and sets; nothing inside can panic midway.
     fn lock(&self) -> MutexGuard<'_, Watermark> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Calls [`Progress::done`] when dropped, so a seq counts as done even if
-/// applying it panicked.
-pub struct DoneOnDrop<'a>(pub &'a Progress, pub Seq);
-
-impl Drop for DoneOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.done(self.1);
     }
 }
 

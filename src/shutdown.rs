@@ -20,7 +20,7 @@
 //!    `done_rx.recv_deadline(now + SHUTDOWN_TIMEOUT)` returns "disconnected":
 //!    drained.
 //! 3. **Deadline.** If the deadline passes first, `Control::abandon` makes
-//!    each worker stop after at most the event it holds. The events left in
+//!    each worker stop after at most the batch it holds. The events left in
 //!    the queue are counted (accepted − applied − panicked) and logged.
 //! 4. **Join the workers.** In the durable modes the backend then writes
 //!    what they applied and stops its threads (`Service::finish`).
@@ -139,7 +139,7 @@ impl Running {
         }
 
         // 4. Join the workers (after a missed deadline, each finishes at
-        // most one event), then let the backend write what they applied
+        // most one batch), then let the backend write what they applied
         // and stop.
         let counters = Arc::clone(self.workers.counters());
         let panicked = self.workers.join();

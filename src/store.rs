@@ -1,10 +1,11 @@
 //! The product store: a cheap-to-clone handle over
 //! `Arc<RwLock<HashMap<id, Record>>>`.
 //!
-//! Worker threads write it ([`Store::apply`]); HTTP threads read it
-//! ([`Store::get`]). Every critical section is a hash lookup and a few field
-//! copies: no I/O, no JSON, no logging and no channel operation happens while
-//! a guard is held.
+//! Worker threads write it, a run of up to [`MAX_RUN`] events under one hold
+//! of the lock ([`Store::writer`]); HTTP threads read it ([`Store::get`]).
+//! Every critical section is a hash lookup and a few field copies (a
+//! writer's, that many of them): no I/O, no JSON, no logging and no channel
+//! operation happens while a guard is held.
 //!
 //! # Ordering: per-field sequence guards
 //!
@@ -49,7 +50,9 @@
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 use std::fmt;
 
@@ -186,43 +189,21 @@ impl Store {
 
     /// Applies `update`, accepted with sequence number `seq`, field by field.
     pub fn apply(&self, seq: Seq, update: &ProductUpdate) -> ApplyOutcome {
-        let mut products = self.write();
-        let record = match products.get_mut(&*update.product_id) {
-            Some(record) => record,
-            None => {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                products.entry(update.product_id.clone()).or_default()
-            }
-        };
-        // Noted once the record exists, under the write lock: a backend that
-        // takes the id then finds the product (see the module docs).
-        if let Some(changed) = self.changed.get() {
-            let mut changed = lock(changed);
-            if !changed.contains(&*update.product_id) {
-                changed.insert(update.product_id.clone());
-            }
+        self.writer().apply(seq, update)
+    }
+
+    /// The store held for writing, for a run of applies under one hold of
+    /// the lock (a worker's batch, see `worker.rs`): readers wait for the
+    /// whole run, at most [`MAX_RUN`] events.
+    pub fn writer(&self) -> Writer<'_> {
+        let products = self.write();
+        // Lock order: the map, then the list (see the module docs).
+        let changed = self.changed.get().map(lock);
+        Writer {
+            products,
+            changed,
+            count: &self.count,
         }
-        let key = WriteKey::new(seq, update.version);
-        let mut outcome = ApplyOutcome::default();
-        if let Some(price) = &update.price {
-            if key > record.price_key {
-                record.price = Some(price.clone());
-                record.price_key = key;
-                outcome.written += 1;
-            } else {
-                outcome.stale += 1;
-            }
-        }
-        if let Some(stock) = update.stock {
-            if key > record.stock_key {
-                record.stock = stock;
-                record.stock_key = key;
-                outcome.written += 1;
-            } else {
-                outcome.stale += 1;
-            }
-        }
-        outcome
     }
 
     /// From now on, note the product of every apply (see the module docs).
@@ -345,8 +326,61 @@ impl Store {
     }
 }
 
+/// Most events a [`Writer`] should apply under one hold of the lock: a
+/// reader then waits at most that many applies (a few microseconds).
+pub const MAX_RUN: usize = 64;
+
+/// The store's write lock, held over a run of applies ([`Store::writer`]).
+pub struct Writer<'a> {
+    products: RwLockWriteGuard<'a, HashMap<Box<str>, Record>>,
+    /// The changed-ids list, when changes are recorded.
+    changed: Option<MutexGuard<'a, HashSet<Box<str>>>>,
+    count: &'a AtomicUsize,
+}
+
+impl Writer<'_> {
+    /// Applies `update`, accepted with sequence number `seq`, field by field.
+    pub fn apply(&mut self, seq: Seq, update: &ProductUpdate) -> ApplyOutcome {
+        let record = match self.products.get_mut(&*update.product_id) {
+            Some(record) => record,
+            None => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                self.products.entry(update.product_id.clone()).or_default()
+            }
+        };
+        // Noted once the record exists, under the write lock: a backend that
+        // takes the id then finds the product (see the module docs).
+        if let Some(changed) = &mut self.changed
+            && !changed.contains(&*update.product_id)
+        {
+            changed.insert(update.product_id.clone());
+        }
+        let key = WriteKey::new(seq, update.version);
+        let mut outcome = ApplyOutcome::default();
+        if let Some(price) = &update.price {
+            if key > record.price_key {
+                record.price = Some(price.clone());
+                record.price_key = key;
+                outcome.written += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        if let Some(stock) = update.stock {
+            if key > record.stock_key {
+                record.stock = stock;
+                record.stock_key = key;
+                outcome.written += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        outcome
+    }
+}
+
 /// Poisoning: a set of ids, changed by single inserts and takes.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

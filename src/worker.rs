@@ -8,20 +8,32 @@
 //! That lets shutdown wait for "all workers finished" with a deadline
 //! (`done_rx.recv_deadline`), which `JoinHandle::join` cannot do.
 //!
+//! # Batches
+//!
+//! A worker that has taken an event also takes the events queued behind it,
+//! up to [`MAX_RUN`], and applies them together: one hold of the store's
+//! write lock, one report to the watermark, one reading of the clock.
+//! Under load that divides the per-event cost of the locks (contended by
+//! every worker) by the batch; an idle service still applies each event as
+//! it comes, a batch of one. A reader waits at most one batch's applies for
+//! the lock.
+//!
 //! # Control: pause and abandon
 //!
-//! Between receiving an event and applying it, a worker passes a
-//! [`Control`] checkpoint. Normally that is one atomic load. It exists for
-//! two reasons:
+//! Between taking its first event and the rest of a batch, a worker passes
+//! a [`Control`] checkpoint. Normally that is one atomic load. It exists
+//! for two reasons:
 //!
 //! - **abandon**: if the drain deadline passes, shutdown must stop the
 //!   workers even though events are still queued. Closing the channel cannot
 //!   do that (a closed channel still delivers what it holds), so shutdown
 //!   flips the control to `Abandon` and each worker leaves its loop after at
-//!   most the event it holds. The events left are counted as not applied.
+//!   most the batch it holds. The events left are counted as not applied.
 //! - **pause**: lets a test (or a demonstration) hold the workers still so
-//!   the queue fills and backpressure can be observed.
+//!   the queue fills and backpressure can be observed. A paused worker holds
+//!   one event, and takes no more until resumed.
 
+use std::any::Any;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -34,8 +46,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::intake::{Job, Jobs};
 use crate::metrics::Metrics;
-use crate::progress::{DoneOnDrop, Progress};
-use crate::store::{ApplyOutcome, Store};
+use crate::progress::Progress;
+use crate::store::{ApplyOutcome, MAX_RUN, Store};
 
 /// Counts kept by the workers, read by shutdown (and, later, metrics).
 #[derive(Debug, Default)]
@@ -56,7 +68,8 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `id` on a thread named `worker-{id}`. `apply` is called
-    /// once per event; a panic inside it is caught, counted and logged.
+    /// once per batch and reports what became of each event; a panic it
+    /// caught is counted and logged.
     pub fn spawn<F>(
         id: usize,
         jobs: Jobs,
@@ -66,7 +79,7 @@ impl Worker {
         apply: F,
     ) -> io::Result<Worker>
     where
-        F: Fn(&Job) -> ApplyOutcome + Send + 'static,
+        F: Fn(&[Job], &mut Vec<Applied>) + Send + 'static,
     {
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
@@ -90,71 +103,103 @@ impl Worker {
     }
 }
 
-/// What the service's workers do with each event: apply it to the store,
-/// record how long it waited in the queue, and report its seq to the
-/// watermark, also when the apply panics (so `min_seq` readers behind it are
-/// not stalled).
+/// What became of one event: applied, with what it did, or its apply
+/// panicked, with the panic's message.
+pub type Applied = Result<ApplyOutcome, String>;
+
+/// What the service's workers do with each batch: apply its events to the
+/// store under one hold of the lock, then report their seqs to the
+/// watermark (also those whose apply panicked, so `min_seq` readers behind
+/// them are not stalled), then record how long each waited in the queue.
 pub fn apply_to(
     store: Store,
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
-) -> impl Fn(&Job) -> ApplyOutcome + Send + Clone + 'static {
-    move |job| {
-        // Reports the seq as done when dropped: after the apply, or while
-        // unwinding from a panic in it.
-        let _done = DoneOnDrop(&progress, job.seq);
-        let outcome = store.apply(job.seq, &job.update);
-        metrics
-            .queue_wait_seconds
-            .observe(job.accepted_at.elapsed());
-        outcome
+) -> impl Fn(&[Job], &mut Vec<Applied>) + Send + Clone + 'static {
+    move |batch, applied| {
+        let mut writer = store.writer();
+        for job in batch {
+            applied.push(caught(|| writer.apply(job.seq, &job.update)));
+        }
+        // Released first: a reader the watermark wakes finds them applied.
+        drop(writer);
+        progress.done_all(batch.iter().map(|job| job.seq));
+        let now = Instant::now();
+        metrics.queue_wait_seconds.observe_all(
+            batch
+                .iter()
+                .map(|job| now.saturating_duration_since(job.accepted_at)),
+        );
     }
 }
 
-fn run<F>(id: usize, jobs: Jobs, control: &Control, counters: &WorkerCounters, apply: F)
+/// Runs one event's apply, turning a panic into its message: one bad event
+/// must not take its batch (or its worker) down with it.
+pub fn caught(apply: impl FnOnce() -> ApplyOutcome) -> Applied {
+    panic::catch_unwind(AssertUnwindSafe(apply)).map_err(|payload| message(&*payload))
+}
+
+fn message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
+}
+
+fn run<F>(id: usize, mut jobs: Jobs, control: &Control, counters: &WorkerCounters, apply: F)
 where
-    F: Fn(&Job) -> ApplyOutcome,
+    F: Fn(&[Job], &mut Vec<Applied>),
 {
+    let mut batch = Vec::with_capacity(MAX_RUN);
+    let mut applied = Vec::with_capacity(MAX_RUN);
     // `Jobs` waits while the queue is empty and ends once the intake is
     // closed *and* the queue is empty: a closed queue is drained before the
     // loop ends.
-    for job in jobs {
+    while let Some(first) = jobs.next() {
         if control.checkpoint() == Checkpoint::Stop {
             return;
         }
-        match panic::catch_unwind(AssertUnwindSafe(|| apply(&job))) {
-            Ok(outcome) => {
-                counters.applied.fetch_add(1, Ordering::Relaxed);
-                if outcome.stale > 0 {
-                    counters
-                        .stale_fields
-                        .fetch_add(u64::from(outcome.stale), Ordering::Relaxed);
+        batch.push(first);
+        jobs.take_queued(&mut batch, MAX_RUN);
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| apply(&batch, &mut applied)))
+        {
+            // A panic outside every event's own `caught` (a bug in `apply`):
+            // the events it gave no outcome count as panicked.
+            applied.resize(batch.len(), Err(message(&*payload)));
+        }
+        let mut done = 0;
+        for (job, outcome) in batch.drain(..).zip(applied.drain(..)) {
+            match outcome {
+                Ok(outcome) => {
+                    done += 1;
+                    if outcome.stale > 0 {
+                        counters
+                            .stale_fields
+                            .fetch_add(u64::from(outcome.stale), Ordering::Relaxed);
+                    }
+                    log::debug!(
+                        "worker-{id} applied seq={} product_id={:?} request_id={} fields_written={} fields_stale={} queued_for={:?}",
+                        job.seq,
+                        job.update.product_id,
+                        job.request_id,
+                        outcome.written,
+                        outcome.stale,
+                        job.accepted_at.elapsed()
+                    );
                 }
-                log::debug!(
-                    "worker-{id} applied seq={} product_id={:?} request_id={} fields_written={} fields_stale={} queued_for={:?}",
-                    job.seq,
-                    job.update.product_id,
-                    job.request_id,
-                    outcome.written,
-                    outcome.stale,
-                    job.accepted_at.elapsed()
-                );
-            }
-            Err(payload) => {
-                counters.panics.fetch_add(1, Ordering::Relaxed);
-                let reason = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(non-string panic payload)");
-                log::error!(
-                    "worker-{id} panicked applying seq={} product_id={:?} request_id={}: {reason}; event not applied, worker continues",
-                    job.seq,
-                    job.update.product_id,
-                    job.request_id
-                );
+                Err(reason) => {
+                    counters.panics.fetch_add(1, Ordering::Relaxed);
+                    log::error!(
+                        "worker-{id} panicked applying seq={} product_id={:?} request_id={}: {reason}; event not applied, worker continues",
+                        job.seq,
+                        job.update.product_id,
+                        job.request_id
+                    );
+                }
             }
         }
+        counters.applied.fetch_add(done, Ordering::Relaxed);
     }
 }
 
@@ -175,7 +220,7 @@ impl Workers {
     /// exit once `jobs`'s intake closes) and the error names the thread.
     pub fn spawn<F>(count: usize, jobs: Jobs, apply: F) -> Result<Workers, (String, io::Error)>
     where
-        F: Fn(&Job) -> ApplyOutcome + Send + Clone + 'static,
+        F: Fn(&[Job], &mut Vec<Applied>) + Send + Clone + 'static,
     {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let control = Arc::new(Control::default());
@@ -220,7 +265,7 @@ impl Workers {
 
     /// Shutdown, once the intake is closed: waits until every worker has
     /// drained the queue and exited, or `deadline` passes, in which case
-    /// each is told to stop after at most the event it holds. True if
+    /// each is told to stop after at most the batch it holds. True if
     /// drained.
     pub fn drain(&self, deadline: Instant) -> bool {
         match self.done_rx.recv_deadline(deadline) {
@@ -335,10 +380,14 @@ mod tests {
         worker: Worker,
     }
 
+    /// A worker whose batches apply each event with `apply`.
     fn start<F>(apply: F) -> Harness
     where
         F: Fn(&Job) -> ApplyOutcome + Send + 'static,
     {
+        let apply = move |batch: &[Job], applied: &mut Vec<Applied>| {
+            applied.extend(batch.iter().map(|job| caught(|| apply(job))));
+        };
         let (intake, jobs) = Intake::new(16);
         let (done_tx, done_rx) = crossbeam_channel::bounded(0);
         let control = Arc::new(Control::default());
@@ -400,6 +449,31 @@ mod tests {
         assert_eq!(h.counters.applied.load(Ordering::Relaxed), 2);
         assert_eq!(h.counters.panics.load(Ordering::Relaxed), 1);
         assert_eq!(h.counters.stale_fields.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_panic_in_the_middle_of_a_batch_spares_the_rest_of_it() {
+        let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+        let h = start(move |job| {
+            seen_tx.send(job.seq).unwrap();
+            if &*job.update.product_id == "boom" {
+                panic!("deliberate test panic");
+            }
+            ApplyOutcome::default()
+        });
+        // Paused, the worker holds the first event at its checkpoint; on
+        // resume it takes the two queued behind it: one batch of three.
+        h.control.pause();
+        for id in ["a", "boom", "b"] {
+            h.intake.accept(event(id), "test".into()).unwrap();
+        }
+        h.control.resume();
+        h.intake.close();
+        wait_done(&h.done_rx);
+        h.worker.join().unwrap();
+        assert_eq!(seen_rx.try_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(h.counters.applied.load(Ordering::Relaxed), 2);
+        assert_eq!(h.counters.panics.load(Ordering::Relaxed), 1);
     }
 
     #[test]

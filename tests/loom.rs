@@ -15,7 +15,7 @@
 //! of each protocol) and in the doc comment of each test.
 #![cfg(loom)]
 
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 use std::time::{Duration, Instant};
 
 use loom::sync::Arc;
@@ -24,7 +24,8 @@ use loom::thread;
 use product_update_service::event::ProductUpdate;
 use product_update_service::intake::mailbox::{Mailbox, Refused};
 use product_update_service::intake::{Intake, Refusal};
-use product_update_service::progress::{DoneOnDrop, Progress};
+use product_update_service::progress::Progress;
+use product_update_service::worker::caught;
 
 /// What the models post: a ticket its poster parks on until a committer
 /// (or the stop) puts the answer in. (The service posts an event with the
@@ -172,11 +173,13 @@ fn far() -> Instant {
     Instant::now() + Duration::from_secs(3600)
 }
 
-/// The watermark: seqs finish out of order, seq 1's apply panics (its
-/// `DoneOnDrop` still reports it), and a reader waits for seq 2. In every
-/// interleaving the reader is woken, and never before both are done.
-/// Caught: `done` not waking the readers it satisfies, and a reader that
-/// files itself after releasing the lock.
+/// The watermark: seqs finish out of order, and a worker's batch of seqs 1
+/// and 3 reports both although seq 1's apply panics (`caught` turns the
+/// panic into an outcome), while another worker finishes seq 2 and a
+/// reader waits for seq 3. In every interleaving the reader is woken, and
+/// never before all three are done. Caught: `done_all` not waking the
+/// readers it satisfies, and a reader that files itself after releasing
+/// the lock.
 #[test]
 fn a_min_seq_reader_is_woken_once_its_seq_is_done_and_never_before() {
     // Keep the deliberate panic below quiet (it happens in most iterations);
@@ -195,26 +198,24 @@ fn a_min_seq_reader_is_woken_once_its_seq_is_done_and_never_before() {
         let progress = Arc::new(Progress::default());
         let reader = {
             let progress = Arc::clone(&progress);
-            thread::spawn(move || progress.wait_through(2, far()))
+            thread::spawn(move || progress.wait_through(3, far()))
         };
         let second = {
             let progress = Arc::clone(&progress);
             thread::spawn(move || progress.done(2))
         };
-        let first = {
+        let batch = {
             let progress = Arc::clone(&progress);
             thread::spawn(move || {
-                let applied = panic::catch_unwind(AssertUnwindSafe(|| {
-                    let _done = DoneOnDrop(&progress, 1);
-                    panic!("a deliberate panic while applying seq 1");
-                }));
+                let applied = caught(|| panic!("a deliberate panic while applying seq 1"));
                 assert!(applied.is_err());
+                progress.done_all([1, 3]);
             })
         };
         second.join().unwrap();
-        first.join().unwrap();
-        assert_eq!(reader.join().unwrap(), 2);
-        assert_eq!(progress.through(), 2);
+        batch.join().unwrap();
+        assert_eq!(reader.join().unwrap(), 3);
+        assert_eq!(progress.through(), 3);
         assert_eq!(progress.waiting(), 0);
     });
 }

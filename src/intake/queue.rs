@@ -75,6 +75,20 @@ impl Jobs {
     }
 }
 
+impl Jobs {
+    /// Moves events already queued into `batch` until it holds `max`,
+    /// without waiting: a worker that has one event takes those behind it
+    /// too (see `worker.rs`, "Batches").
+    pub fn take_queued(&mut self, batch: &mut Vec<Job>, max: usize) {
+        while batch.len() < max {
+            match self.job_rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// The events, in queue order, for one worker: `for job in jobs { … }`.
 impl Iterator for Jobs {
     type Item = Job;
