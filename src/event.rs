@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
+use crate::product_id::ProductId;
+
 /// Longest accepted `product_id` (and `event_id`), in characters (Unicode
 /// code points), as JSON Schema's `maxLength` counts them: the OpenAPI
 /// document can then state the rule exactly.
@@ -30,7 +32,7 @@ pub const MAX_STOCK: u64 = 1_000_000_000;
 /// `49.99`), so it reads back exactly as sent, not just as an equal `f64`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductUpdate {
-    pub product_id: Box<str>,
+    pub product_id: ProductId,
     pub price: Option<Number>,
     pub stock: Option<u64>,
     /// The client's id for this event, for idempotent retries (see
@@ -452,7 +454,7 @@ impl RawEvent<'_> {
             return Err(EventError::NoUpdateFields);
         }
         Ok(ProductUpdate {
-            product_id: Box::from(&*product_id),
+            product_id: ProductId::from(&*product_id),
             price,
             stock,
             event_id,

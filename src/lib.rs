@@ -63,6 +63,7 @@ pub mod event;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod product_id;
 pub mod progress;
 pub mod request_id;
 pub mod send;

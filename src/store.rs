@@ -345,7 +345,9 @@ impl Writer<'_> {
             Some(record) => record,
             None => {
                 self.count.fetch_add(1, Ordering::Relaxed);
-                self.products.entry(update.product_id.clone()).or_default()
+                self.products
+                    .entry(Box::from(&update.product_id))
+                    .or_default()
             }
         };
         // Noted once the record exists, under the write lock: a backend that
@@ -353,7 +355,7 @@ impl Writer<'_> {
         if let Some(changed) = &mut self.changed
             && !changed.contains(&*update.product_id)
         {
-            changed.insert(update.product_id.clone());
+            changed.insert(Box::from(&update.product_id));
         }
         let key = WriteKey::new(seq, update.version);
         let mut outcome = ApplyOutcome::default();

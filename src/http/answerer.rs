@@ -37,6 +37,7 @@ use super::problem::ApiError;
 use super::route::Route;
 use crate::intake::{BatchReplyTo, Outcome, ReplyTo};
 use crate::metrics::Metrics;
+use crate::product_id::ProductId;
 use crate::request_id::OwnedRequestId;
 use crate::service::Service;
 
@@ -48,7 +49,7 @@ const STOP_WAIT: Duration = Duration::from_millis(300);
 /// needs, carried with the event to the committer and back.
 pub struct Later {
     pub deferred: Deferred,
-    pub product_id: Box<str>,
+    pub product_id: ProductId,
     pub event_id: Option<Box<str>>,
     pub request_id: OwnedRequestId,
     /// The request target, for the access line.

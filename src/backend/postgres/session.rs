@@ -92,6 +92,7 @@ use crate::config::DatabaseUrl;
 use crate::event::ProductUpdate;
 use crate::intake::mailbox::Submission;
 use crate::intake::{Accepted, Outcome, Refusal, batch};
+use crate::product_id::ProductId;
 use crate::store::{Seq, Store, Stored, WriteKey};
 
 /// How long a connection attempt may take (once serving; at startup the
@@ -602,7 +603,7 @@ impl PgSession {
             }
             for (update, _) in &batch.events {
                 store.apply(next, update);
-                ids.push(update.product_id.clone());
+                ids.push(Box::from(&update.product_id));
                 next += 1;
             }
         }
@@ -746,7 +747,7 @@ impl PgSession {
             .map_err(error)?;
         let folded = Store::new();
         // Each product's last event: its seq and its journal row.
-        let mut last_of: HashMap<Box<str>, (Seq, Seq)> = HashMap::new();
+        let mut last_of: HashMap<ProductId, (Seq, Seq)> = HashMap::new();
         let mut next = through as Seq + 1;
         for row in &journal {
             let batch = batch_from(row, 0).map_err(|what| PgError::Query {
@@ -1280,7 +1281,7 @@ pub(super) fn batch_from(row: &postgres::Row, at: usize) -> Result<BatchRow, Str
         let seq = first + i as Seq;
         let what = |what: String| format!("journal event seq={seq}: {what}");
         let update = ProductUpdate {
-            product_id: id.into_boxed_str(),
+            product_id: id.into(),
             price: price_from(price).map_err(what)?,
             stock: stock_from(stock).map_err(what)?,
             // The database has already told duplicates apart.
