@@ -454,7 +454,11 @@ impl RawEvent<'_> {
             return Err(EventError::NoUpdateFields);
         }
         Ok(ProductUpdate {
-            product_id: ProductId::from(&*product_id),
+            // A borrowed id is copied once, an unescaped (owned) one moved.
+            product_id: match product_id {
+                Cow::Borrowed(id) => ProductId::from(id),
+                Cow::Owned(id) => ProductId::from(id),
+            },
             price,
             stock,
             event_id,

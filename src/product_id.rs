@@ -1,5 +1,6 @@
 //! A product id as an event carries it: short ids (most are) are kept
-//! inline, so decoding and queueing an event allocates nothing.
+//! inline, so decoding and queueing an event without an `event_id`
+//! allocates nothing.
 //!
 //! Why it matters: an event is decoded on a connection thread and dropped
 //! by a worker. Had its id a heap allocation, every event would be a

@@ -102,8 +102,9 @@ impl Running {
     }
 
     /// Holds the workers still until the returned value is dropped: each
-    /// worker stops at its next checkpoint (an event it is already applying
-    /// is finished, and each worker may hold one event taken from the queue).
+    /// worker stops at its next checkpoint (a batch it has already started,
+    /// at most 64 events, is finished, and each worker may hold one event
+    /// taken from the queue).
     /// Useful to watch the queue fill and backpressure start.
     pub fn pause_workers(&self) -> PausedWorkers {
         let control = Arc::clone(self.workers.control());

@@ -26,7 +26,7 @@
 //!
 //! A backend that copies products to a database asks the store to
 //! [`record_changes`](Store::record_changes); from then on each
-//! [`Store::apply`] notes its product's id, under the write lock, once the
+//! apply ([`Writer::apply`]) notes its product's id, under the write lock, once the
 //! product's record exists and before its fields are written (so an apply
 //! that panics half-way is noted too), and the backend takes the list with
 //! [`Store::take_changed`]. Every id taken is then a product in the map (had
@@ -42,7 +42,9 @@
 //!
 //! # Poisoning policy
 //!
-//! A panic while holding the write guard poisons the lock. Every change here
+//! A panic that unwinds through the write guard poisons the lock (a worker
+//! catches each event's panic inside the guard, so only a bug around that
+//! would). Every change here
 //! is a whole-field assignment of plain data, so a panic cannot leave a
 //! record half-written in a way later readers could misread; the store
 //! therefore ignores poisoning (`PoisonError::into_inner`) instead of turning
@@ -158,7 +160,7 @@ pub struct Stored {
     pub stock_key: WriteKey,
 }
 
-/// What one [`Store::apply`] did, for the counters.
+/// What one apply ([`Writer::apply`]) did, for the counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// Fields the event set.

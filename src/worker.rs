@@ -117,19 +117,33 @@ pub fn apply_to(
     metrics: Arc<Metrics>,
 ) -> impl Fn(&[Job], &mut Vec<Applied>) + Send + Clone + 'static {
     move |batch, applied| {
+        // Made before the writer, so dropped after it (a reader the
+        // watermark wakes finds the events applied), and dropped even if
+        // something here panics outside `caught`.
+        let report = DoneOnDrop(&progress, batch);
         let mut writer = store.writer();
         for job in batch {
             applied.push(caught(|| writer.apply(job.seq, &job.update)));
         }
-        // Released first: a reader the watermark wakes finds them applied.
         drop(writer);
-        progress.done_all(batch.iter().map(|job| job.seq));
+        drop(report);
         let now = Instant::now();
         metrics.queue_wait_seconds.observe_all(
             batch
                 .iter()
                 .map(|job| now.saturating_duration_since(job.accepted_at)),
         );
+    }
+}
+
+/// Reports a batch's seqs to the watermark when dropped: after their
+/// applies, or while unwinding from a panic, so that `min_seq` readers
+/// behind them are never stalled.
+struct DoneOnDrop<'a>(&'a Progress, &'a [Job]);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.done_all(self.1.iter().map(|job| job.seq));
     }
 }
 
